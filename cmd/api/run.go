@@ -1,0 +1,219 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/hardenedgo/ginservice/internal/config"
+	"github.com/hardenedgo/ginservice/internal/health"
+	"github.com/hardenedgo/ginservice/internal/items"
+	"github.com/hardenedgo/ginservice/internal/observability"
+	"github.com/hardenedgo/ginservice/internal/server"
+)
+
+// exitCoder is an error that chooses the process exit code.
+type exitCoder interface{ ExitCode() int }
+
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string { return e.err.Error() }
+func (e exitError) Unwrap() error { return e.err }
+func (e exitError) ExitCode() int { return e.code }
+
+// run is the whole program; main only calls it, and tests call it too.
+// It returns when ctx is cancelled or SIGINT/SIGTERM arrives and the
+// shutdown sequence has finished.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	prog := "api"
+	if len(args) > 0 {
+		prog = filepath.Base(args[0])
+	}
+	if len(args) > 1 {
+		switch args[1] {
+		case "-h", "-help", "--help", "help":
+			config.Usage(stdout, prog)
+			return nil
+		case "version", "-version", "--version":
+			fmt.Fprintf(stdout, "%s %s (commit %s, %s)\n", prog, version, commit, runtime.Version())
+			return nil
+		case "healthcheck":
+			return healthcheck(ctx, getenv)
+		default:
+			return exitError{2, fmt.Errorf("unknown argument %q: see %s -h", args[1], prog)}
+		}
+	}
+
+	// --- Configuration: fail fast with one line naming the variable.
+	cfg, err := config.Load(getenv)
+	if err != nil {
+		return exitError{2, err}
+	}
+	logger, err := observability.NewLogger(stdout, cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return exitError{2, fmt.Errorf("config: LOG_LEVEL/LOG_FORMAT: %w", err)}
+	}
+	logger.Info("starting", slog.String("version", version), slog.String("commit", commit), slog.Any("config", cfg.LogValue()))
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	// --- Telemetry.
+	reg := observability.NewRegistry(version, commit)
+	httpMetrics := observability.NewHTTPMetrics(reg)
+	readiness := health.NewReadiness()
+
+	// --- The items dependency.
+	sim := items.NewSimulated()
+	var src items.Source = sim
+
+	// --- Handlers and servers.
+	trusted, _ := cfg.TrustedPrefixes() // validated by config.Load
+	public := server.NewHTTPServer(server.NewServer(server.Deps{
+		Logger:         logger,
+		Metrics:        httpMetrics,
+		Readiness:      readiness,
+		Items:          src,
+		MaxBodyBytes:   cfg.MaxBodyBytes,
+		TrustedProxies: trusted,
+	}), server.Timeouts{
+		ReadHeader: cfg.ReadHeaderTimeout,
+		Read:       cfg.ReadTimeout,
+		Write:      cfg.WriteTimeout,
+		Idle:       cfg.IdleTimeout,
+	}, cfg.MaxHeaderBytes, logger)
+	adminSim := sim
+	if cfg.DownstreamURL != "" {
+		adminSim = nil
+	}
+	admin := server.NewHTTPServer(server.NewAdmin(server.AdminDeps{
+		Logger:   logger,
+		Gatherer: reg,
+		Pprof:    cfg.PprofEnabled,
+		Faults:   adminSim,
+	}), server.Timeouts{ReadHeader: 5 * time.Second, Read: 30 * time.Second, Write: 60 * time.Second, Idle: 120 * time.Second}, 1<<16, logger)
+
+	// Listen before reporting ready. net.Listen on Linux uses
+	// net.core.somaxconn as the accept backlog.
+	pubLn, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
+	}
+	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		pubLn.Close()
+		return fmt.Errorf("ADMIN_ADDR %s: %w", cfg.AdminAddr, err)
+	}
+
+	// --- Lifecycle: the servers run as a group; the first to fail, a
+	// signal or ctx ends them all through the shutdown sequence.
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		var err error
+		if cfg.TLSCertFile != "" {
+			err = public.ServeTLS(pubLn, cfg.TLSCertFile, cfg.TLSKeyFile)
+		} else {
+			err = public.Serve(pubLn)
+		}
+		return serveErr("public", err)
+	})
+	g.Go(func() error { return serveErr("admin", admin.Serve(adminLn)) })
+	g.Go(func() error {
+		<-gctx.Done()
+		return shutdown(ctx.Err() != nil, stop, cfg, logger, readiness, public, admin)
+	})
+
+	readiness.SetReady()
+	logger.Info("listening", slog.String("public", pubLn.Addr().String()), slog.String("admin", adminLn.Addr().String()))
+
+	err = g.Wait()
+	logger.Info("stopped", slog.Any("error", err))
+	return err
+}
+
+func serveErr(name string, err error) error {
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return fmt.Errorf("%s listener: %w", name, err)
+}
+
+// shutdown is the SIGTERM sequence: readiness fails at once; traffic is still
+// served for SHUTDOWN_DELAY while load balancers notice (keep-alives are
+// turned off so clients move to other pods); then the listener closes and
+// in-flight requests drain for up to SHUTDOWN_TIMEOUT. The admin listener
+// closes last so the drain can be watched.
+func shutdown(signalled bool, stopSignals func(), cfg config.Config, logger *slog.Logger, readiness *health.Readiness, public, admin *http.Server) error {
+	stopSignals() // a second SIGTERM/SIGINT now kills the process at once
+	readiness.SetShuttingDown()
+	public.SetKeepAlivesEnabled(false)
+	if signalled && cfg.ShutdownDelay > 0 {
+		logger.Info("shutdown: not ready, still serving", slog.String("delay", cfg.ShutdownDelay.String()))
+		time.Sleep(cfg.ShutdownDelay)
+	}
+	logger.Info("shutdown: closing listener, draining", slog.String("timeout", cfg.ShutdownTimeout.String()))
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	var errs []error
+	if err := public.Shutdown(sctx); err != nil {
+		_ = public.Close()
+		errs = append(errs, fmt.Errorf("drain public listener: %w", err))
+	}
+	actx, acancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer acancel()
+	if err := admin.Shutdown(actx); err != nil {
+		_ = admin.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// healthcheck is `api healthcheck`: the container image has no curl, so the
+// binary probes its own /healthz on loopback.
+func healthcheck(ctx context.Context, getenv func(string) string) error {
+	cfg, err := config.Load(getenv)
+	if err != nil {
+		return exitError{2, err}
+	}
+	_, port, err := net.SplitHostPort(cfg.HTTPAddr)
+	if err != nil {
+		return exitError{2, fmt.Errorf("HTTP_ADDR %q: %w", cfg.HTTPAddr, err)}
+	}
+	scheme := "http"
+	tr := &http.Transport{DisableKeepAlives: true}
+	if cfg.TLSCertFile != "" {
+		scheme = "https"
+		// The probe talks to this very process on loopback.
+		tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // loopback self-probe
+	}
+	client := &http.Client{Timeout: 3 * time.Second, Transport: tr}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+net.JoinHostPort("127.0.0.1", port)+"/healthz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return exitError{1, fmt.Errorf("healthcheck: %w", err)}
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return exitError{1, fmt.Errorf("healthcheck: /healthz answered %d", resp.StatusCode)}
+	}
+	return nil
+}

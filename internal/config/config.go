@@ -1,0 +1,315 @@
+// Package config is the service's one typed configuration, read from
+// environment variables (12-factor), defaulted and validated at start.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"net/url"
+	"reflect"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+)
+
+// Config holds every setting. The env tag names the variable, envDefault its
+// default and help its meaning (printed by `api -h`).
+type Config struct {
+	// Listeners and http.Server tuning.
+	HTTPAddr          string        `env:"HTTP_ADDR" envDefault:":8080" help:"public listener address"`
+	AdminAddr         string        `env:"ADMIN_ADDR" envDefault:":9090" help:"admin listener: /metrics, /debug/pprof/ (with PPROF_ENABLED), PUT /debug/faults"`
+	ReadHeaderTimeout time.Duration `env:"HTTP_READ_HEADER_TIMEOUT" envDefault:"5s" help:"time to read request headers; slower clients are cut off"`
+	ReadTimeout       time.Duration `env:"HTTP_READ_TIMEOUT" envDefault:"30s" help:"time to read a whole request, body included"`
+	WriteTimeout      time.Duration `env:"HTTP_WRITE_TIMEOUT" envDefault:"30s" help:"time from the end of the request headers to the end of the response"`
+	IdleTimeout       time.Duration `env:"HTTP_IDLE_TIMEOUT" envDefault:"75s" help:"keep-alive idle timeout; must outlive the proxy's upstream keep-alive (nginx/ingress-nginx 60s, AWS ALB 60s; GCP LB 600s: set 620s there)"`
+	MaxHeaderBytes    int           `env:"HTTP_MAX_HEADER_BYTES" envDefault:"65536" help:"largest request header block; larger gets 431 (at most 65536)"`
+	MaxBodyBytes      int64         `env:"MAX_BODY_BYTES" envDefault:"1048576" help:"largest request body; larger gets 413"`
+	TLSCertFile       string        `env:"TLS_CERT_FILE" help:"serve the public listener over TLS with this certificate (PEM); needs TLS_KEY_FILE"`
+	TLSKeyFile        string        `env:"TLS_KEY_FILE" help:"private key (PEM) for TLS_CERT_FILE"`
+	TrustedProxies    []string      `env:"TRUSTED_PROXIES" envSeparator:"," help:"comma-separated CIDRs or IPs whose X-Forwarded-For is believed; empty: the client is the peer address"`
+
+	// Lifecycle.
+	ShutdownDelay   time.Duration `env:"SHUTDOWN_DELAY" envDefault:"5s" help:"after SIGTERM: /readyz fails and traffic is still served this long before the listeners close"`
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"20s" help:"how long in-flight requests may drain after the listeners close"`
+
+	// Logs and admin.
+	LogLevel     string `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
+	LogFormat    string `env:"LOG_FORMAT" envDefault:"json" help:"json, or text for local reading"`
+	PprofEnabled bool   `env:"PPROF_ENABLED" envDefault:"false" help:"serve /debug/pprof/ on the admin listener"`
+
+	// Rate limiting.
+	RedisURL           string        `env:"REDIS_URL" help:"redis://[:password@]host:port/db, or a cluster as redis://h1:p1?addr=h2:p2&addr=h3:p3; empty: in-memory limiter"`
+	RateLimitRate      float64       `env:"RATELIMIT_RATE" envDefault:"100" help:"tokens per second per key"`
+	RateLimitBurst     int           `env:"RATELIMIT_BURST" envDefault:"200" help:"bucket capacity per key"`
+	RateLimitOnError   string        `env:"RATELIMIT_ON_REDIS_ERROR" envDefault:"local" help:"when Redis fails or is slow: local (in-memory bucket), allow or deny"`
+	RateLimitInstances int           `env:"RATELIMIT_INSTANCES" envDefault:"1" help:"replicas sharing the limit; the local fallback admits RATE/INSTANCES per key"`
+	RateLimitTimeout   time.Duration `env:"RATELIMIT_REDIS_TIMEOUT" envDefault:"20ms" help:"budget of one Redis decision before the fallback decides"`
+	RateLimitKeyHeader string        `env:"RATELIMIT_KEY_HEADER" help:"optional request header (e.g. X-API-Key) added to the client IP to form the limiter key"`
+
+	// The dependency behind /api/v1/items/:id.
+	DownstreamURL string `env:"DOWNSTREAM_URL" help:"base URL of the items dependency (GET {url}/items/{id}); empty: the built-in simulated dependency"`
+
+	// Circuit breaker (hystrix) around the dependency.
+	BreakerTimeout       time.Duration `env:"BREAKER_TIMEOUT" envDefault:"1s" help:"command timeout; the work is cancelled and the fallback served"`
+	BreakerMaxConcurrent int           `env:"BREAKER_MAX_CONCURRENT" envDefault:"100" help:"bulkhead: concurrent calls to the dependency"`
+	BreakerErrorPercent  int           `env:"BREAKER_ERROR_PERCENT" envDefault:"50" help:"error percentage that opens the circuit"`
+	BreakerVolume        int           `env:"BREAKER_REQUEST_VOLUME" envDefault:"20" help:"minimum requests in the 10s window before the circuit may open"`
+	BreakerSleepWindow   time.Duration `env:"BREAKER_SLEEP_WINDOW" envDefault:"5s" help:"open time before one probe is let through"`
+}
+
+// Load reads the configuration through getenv and validates it. The error is
+// one line naming the variable at fault.
+func Load(getenv func(string) string) (Config, error) {
+	var cfg Config
+	vars := Vars()
+	m := make(map[string]string, len(vars))
+	for _, v := range vars {
+		if val := getenv(v.Name); val != "" {
+			m[v.Name] = val
+		}
+	}
+	if err := env.ParseWithOptions(&cfg, env.Options{Environment: m}); err != nil {
+		return Config{}, explain(err, vars, m)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// explain turns the library's error (which names struct fields) into one
+// line naming the environment variable and its bad value.
+func explain(err error, vars []Var, m map[string]string) error {
+	var agg env.AggregateError
+	if errors.As(err, &agg) && len(agg.Errors) > 0 {
+		err = agg.Errors[0]
+	}
+	var pe env.ParseError
+	if errors.As(err, &pe) {
+		for _, v := range vars {
+			if v.field == pe.Name {
+				return fmt.Errorf("config: %s=%q: want %s", v.Name, m[v.Name], kind(v.typ))
+			}
+		}
+	}
+	return fmt.Errorf("config: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+}
+
+func kind(t reflect.Type) string {
+	switch {
+	case t == reflect.TypeOf(time.Duration(0)):
+		return "a duration in Go syntax such as 250ms or 5s"
+	case t.Kind() == reflect.Bool:
+		return "true or false"
+	case t.Kind() == reflect.Float64:
+		return "a number"
+	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Int64:
+		return "a whole number"
+	}
+	return "a " + t.String()
+}
+
+func bad(name string, format string, args ...any) error {
+	return fmt.Errorf("config: %s: %s", name, fmt.Sprintf(format, args...))
+}
+
+// Validate checks ranges and relations between settings.
+func (c Config) Validate() error {
+	positive := []struct {
+		name string
+		d    time.Duration
+	}{
+		{"HTTP_READ_HEADER_TIMEOUT", c.ReadHeaderTimeout},
+		{"HTTP_READ_TIMEOUT", c.ReadTimeout},
+		{"HTTP_WRITE_TIMEOUT", c.WriteTimeout},
+		{"HTTP_IDLE_TIMEOUT", c.IdleTimeout},
+		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout},
+		{"RATELIMIT_REDIS_TIMEOUT", c.RateLimitTimeout},
+		{"BREAKER_TIMEOUT", c.BreakerTimeout},
+		{"BREAKER_SLEEP_WINDOW", c.BreakerSleepWindow},
+	}
+	for _, p := range positive {
+		if p.d <= 0 {
+			return bad(p.name, "must be > 0, got %s", p.d)
+		}
+	}
+	if c.ShutdownDelay < 0 {
+		return bad("SHUTDOWN_DELAY", "must be >= 0, got %s", c.ShutdownDelay)
+	}
+	if c.ReadHeaderTimeout > c.ReadTimeout {
+		return bad("HTTP_READ_HEADER_TIMEOUT", "%s is longer than HTTP_READ_TIMEOUT %s", c.ReadHeaderTimeout, c.ReadTimeout)
+	}
+	if c.HTTPAddr == "" {
+		return bad("HTTP_ADDR", "must not be empty")
+	}
+	if c.AdminAddr == "" {
+		return bad("ADMIN_ADDR", "must not be empty")
+	}
+	if c.HTTPAddr == c.AdminAddr {
+		return bad("ADMIN_ADDR", "must differ from HTTP_ADDR (%s)", c.HTTPAddr)
+	}
+	if c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 65536 {
+		return bad("HTTP_MAX_HEADER_BYTES", "must be within [1024, 65536], got %d", c.MaxHeaderBytes)
+	}
+	if c.MaxBodyBytes < 1 {
+		return bad("MAX_BODY_BYTES", "must be >= 1, got %d", c.MaxBodyBytes)
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return bad("TLS_CERT_FILE", "TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+	}
+	if _, err := c.TrustedPrefixes(); err != nil {
+		return err
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("LOG_LEVEL", "want debug, info, warn or error, got %q", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		return bad("LOG_FORMAT", "want json or text, got %q", c.LogFormat)
+	}
+	if c.RedisURL != "" {
+		u, err := url.Parse(c.RedisURL)
+		if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+			return bad("REDIS_URL", "want redis://host:port/db or rediss://..., got %q", c.RedisURL)
+		}
+	}
+	if c.RateLimitRate <= 0 {
+		return bad("RATELIMIT_RATE", "must be > 0, got %v", c.RateLimitRate)
+	}
+	if c.RateLimitBurst < 1 {
+		return bad("RATELIMIT_BURST", "must be >= 1, got %d", c.RateLimitBurst)
+	}
+	switch c.RateLimitOnError {
+	case "local", "allow", "deny":
+	default:
+		return bad("RATELIMIT_ON_REDIS_ERROR", "want local, allow or deny, got %q", c.RateLimitOnError)
+	}
+	if c.RateLimitInstances < 1 {
+		return bad("RATELIMIT_INSTANCES", "must be >= 1, got %d", c.RateLimitInstances)
+	}
+	if c.DownstreamURL != "" {
+		u, err := url.Parse(c.DownstreamURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return bad("DOWNSTREAM_URL", "want an absolute http(s) URL, got %q", c.DownstreamURL)
+		}
+	}
+	if c.BreakerMaxConcurrent < 1 {
+		return bad("BREAKER_MAX_CONCURRENT", "must be >= 1, got %d", c.BreakerMaxConcurrent)
+	}
+	if c.BreakerErrorPercent < 1 || c.BreakerErrorPercent > 100 {
+		return bad("BREAKER_ERROR_PERCENT", "must be within [1, 100], got %d", c.BreakerErrorPercent)
+	}
+	if c.BreakerVolume < 1 {
+		return bad("BREAKER_REQUEST_VOLUME", "must be >= 1, got %d", c.BreakerVolume)
+	}
+	return nil
+}
+
+// TrustedPrefixes parses TRUSTED_PROXIES; a bare IP is a single-address prefix.
+func (c Config) TrustedPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range c.TrustedProxies {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, bad("TRUSTED_PROXIES", "%q is neither a CIDR nor an IP address", s)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
+}
+
+// LogValue lists the settings for the start-up log line, secrets masked.
+func (c Config) LogValue() map[string]string {
+	out := map[string]string{}
+	v := reflect.ValueOf(c)
+	for _, f := range Vars() {
+		val := fmt.Sprint(v.FieldByName(f.field).Interface())
+		if f.Name == "REDIS_URL" && val != "" {
+			val = MaskURL(val)
+		}
+		out[f.Name] = val
+	}
+	return out
+}
+
+// MaskURL hides the password of a URL.
+func MaskURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparseable)"
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}
+
+// Var describes one environment variable.
+type Var struct {
+	Name    string
+	Default string
+	Help    string
+	field   string
+	typ     reflect.Type
+}
+
+// Vars lists every variable in declaration order.
+func Vars() []Var {
+	t := reflect.TypeOf(Config{})
+	out := make([]Var, 0, t.NumField())
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name := f.Tag.Get("env")
+		if name == "" {
+			continue
+		}
+		out = append(out, Var{Name: name, Default: f.Tag.Get("envDefault"), Help: f.Tag.Get("help"), field: f.Name, typ: f.Type})
+	}
+	return out
+}
+
+// Usage writes the `api -h` text: every variable, its default and meaning.
+func Usage(w io.Writer, prog string) {
+	fmt.Fprintf(w, "Usage: %s [healthcheck | version]\n\n", prog)
+	fmt.Fprintln(w, "Configured by environment variables (durations in Go syntax: 250ms, 5s):")
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "VARIABLE\tDEFAULT\tMEANING")
+	for _, v := range Vars() {
+		d := v.Default
+		if d == "" {
+			d = "(empty)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", v.Name, d, v.Help)
+	}
+	for _, v := range otelVars {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", v[0], v[1], v[2])
+	}
+	_ = tw.Flush()
+}
+
+// otelVars are read by the OpenTelemetry SDK itself; listed for completeness.
+var otelVars = [][3]string{
+	{"OTEL_EXPORTER_OTLP_ENDPOINT", "(empty)", "OTLP endpoint (e.g. http://jaeger:4318); tracing is off unless this or OTEL_TRACES_EXPORTER=otlp is set"},
+	{"OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", "http/protobuf or grpc"},
+	{"OTEL_TRACES_EXPORTER", "(empty)", "otlp to enable tracing, none to disable it"},
+	{"OTEL_SERVICE_NAME", "api", "service.name of the traces"},
+	{"OTEL_TRACES_SAMPLER", "parentbased_traceidratio", "sampler; with OTEL_TRACES_SAMPLER_ARG (default 0.01)"},
+	{"OTEL_PROPAGATORS", "tracecontext,baggage,jaeger", "incoming/outgoing trace headers"},
+	{"OTEL_RESOURCE_ATTRIBUTES", "(empty)", "extra resource attributes, k=v,k2=v2"},
+}

@@ -1,0 +1,193 @@
+package observability
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// StatusClientClosedRequest is logged (never sent) when the client went away
+// before the response: nginx's 499.
+const StatusClientClosedRequest = 499
+
+// RouteUnmatched labels requests that matched no route, so raw paths never
+// become label values.
+const RouteUnmatched = "unmatched"
+
+const (
+	keyClientAbort = "observability.client_abort"
+	keyTruncated   = "observability.truncated_body"
+)
+
+// MarkTruncatedBody records that the request body ended early (the client
+// sent fewer bytes than announced and went away): the request is logged as
+// 499 and counted as a truncated body and a client abort.
+func MarkTruncatedBody(c *gin.Context) {
+	c.Set(keyTruncated, true)
+	c.Set(keyClientAbort, true)
+}
+
+// MarkClientAbort records that the client went away before the response.
+func MarkClientAbort(c *gin.Context) { c.Set(keyClientAbort, true) }
+
+// HTTPMetrics are the RED metrics of the public listener.
+type HTTPMetrics struct {
+	requests  *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+	size      *prometheus.HistogramVec
+	inFlight  prometheus.Gauge
+	aborts    *prometheus.CounterVec
+	truncated *prometheus.CounterVec
+	panics    *prometheus.CounterVec
+	degraded  *prometheus.CounterVec
+}
+
+// NewHTTPMetrics registers the HTTP server metrics on reg.
+func NewHTTPMetrics(reg prometheus.Registerer) *HTTPMetrics {
+	m := &HTTPMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "http_server_requests_total",
+			Help: "HTTP requests served, by route template and status code (499: the client went away).",
+		}, []string{"method", "route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:                            "http_server_request_duration_seconds",
+			Help:                            "HTTP request latency by route template.",
+			Buckets:                         []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+			NativeHistogramBucketFactor:     1.1,
+			NativeHistogramMaxBucketNumber:  100,
+			NativeHistogramMinResetDuration: time.Hour,
+		}, []string{"method", "route"}),
+		size: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "http_server_response_size_bytes",
+			Help:    "HTTP response body size by route template.",
+			Buckets: prometheus.ExponentialBuckets(64, 4, 8),
+		}, []string{"method", "route"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "http_server_requests_in_flight",
+			Help: "HTTP requests being served.",
+		}),
+		aborts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "http_server_client_aborts_total",
+			Help: "Requests whose client went away before the response (logged as status 499).",
+		}, []string{"route"}),
+		truncated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "http_server_truncated_bodies_total",
+			Help: "Requests whose body ended before its announced length (unexpected EOF).",
+		}, []string{"route"}),
+		panics: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "http_server_panics_total",
+			Help: "Handler panics recovered into a 500.",
+		}, []string{"route"}),
+		degraded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "http_server_degraded_responses_total",
+			Help: "Responses served from a fallback (X-Degraded: true).",
+		}, []string{"route"}),
+	}
+	reg.MustRegister(m.requests, m.duration, m.size, m.inFlight, m.aborts, m.truncated, m.panics, m.degraded)
+	return m
+}
+
+// Panic counts a recovered panic on route.
+func (m *HTTPMetrics) Panic(route string) { m.panics.WithLabelValues(routeLabel(route)).Inc() }
+
+// Degraded counts a fallback response on route.
+func (m *HTTPMetrics) Degraded(route string) { m.degraded.WithLabelValues(routeLabel(route)).Inc() }
+
+func routeLabel(r string) string {
+	if r == "" {
+		return RouteUnmatched
+	}
+	return r
+}
+
+// codes holds the label strings of every status code, so the hot path does
+// not format integers.
+var codes = func() [600]string {
+	var a [600]string
+	for i := range a {
+		a[i] = strconv.Itoa(i)
+	}
+	return a
+}()
+
+func codeLabel(c int) string {
+	if c >= 0 && c < len(codes) {
+		return codes[c]
+	}
+	return strconv.Itoa(c)
+}
+
+// AccessOptions tune the access middleware.
+type AccessOptions struct {
+	// Quiet lists route templates that are measured but not logged
+	// (liveness and readiness probes).
+	Quiet []string
+}
+
+// Access returns the middleware that measures every request and writes one
+// access line per request. A request whose client went away is logged and
+// counted as 499 exactly once, whatever the handler wrote.
+func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.HandlerFunc {
+	quiet := make(map[string]bool, len(opts.Quiet))
+	for _, q := range opts.Quiet {
+		quiet[q] = true
+	}
+	return func(c *gin.Context) {
+		start := time.Now()
+		m.inFlight.Inc()
+		c.Next()
+		m.inFlight.Dec()
+		elapsed := time.Since(start)
+
+		route := routeLabel(c.FullPath())
+		status := c.Writer.Status()
+		aborted := c.GetBool(keyClientAbort) || c.Request.Context().Err() != nil
+		if aborted {
+			status = StatusClientClosedRequest
+			m.aborts.WithLabelValues(route).Inc()
+			if c.GetBool(keyTruncated) {
+				m.truncated.WithLabelValues(route).Inc()
+			}
+		}
+		size := c.Writer.Size()
+		if size < 0 {
+			size = 0
+		}
+		method := c.Request.Method
+		m.requests.WithLabelValues(method, route, codeLabel(status)).Inc()
+		m.duration.WithLabelValues(method, route).Observe(elapsed.Seconds())
+		m.size.WithLabelValues(method, route).Observe(float64(size))
+
+		if quiet[route] && status < 500 {
+			return
+		}
+		level := slog.LevelInfo
+		if status >= 500 {
+			level = slog.LevelError
+		}
+		// trace_id and span_id are always present (empty without a span) so
+		// every access line has the same keys; the background context keeps
+		// the trace handler from adding them twice.
+		var traceID, spanID string
+		if sc := trace.SpanContextFromContext(c.Request.Context()); sc.IsValid() {
+			traceID, spanID = sc.TraceID().String(), sc.SpanID().String()
+		}
+		logger.LogAttrs(context.Background(), level, "request",
+			slog.String("method", method),
+			slog.String("route", route),
+			slog.String("path", c.Request.URL.Path),
+			slog.Int("status", status),
+			slog.Float64("latency_ms", float64(elapsed.Microseconds())/1000),
+			slog.Int("bytes", size),
+			slog.String("client_ip", c.ClientIP()),
+			slog.String("request_id", c.Writer.Header().Get("X-Request-ID")),
+			slog.String("trace_id", traceID),
+			slog.String("span_id", spanID),
+		)
+	}
+}

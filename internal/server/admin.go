@@ -1,0 +1,101 @@
+package server
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/hardenedgo/ginservice/internal/items"
+	"github.com/hardenedgo/ginservice/internal/problem"
+)
+
+// AdminDeps is what the admin listener serves.
+type AdminDeps struct {
+	Logger   *slog.Logger
+	Gatherer prometheus.Gatherer
+	Pprof    bool
+	// Faults is the simulated dependency; nil when DOWNSTREAM_URL is set
+	// (then PUT /debug/faults answers 409).
+	Faults *items.Simulated
+}
+
+// NewAdmin returns the admin handler on its own mux: it is never exposed on
+// the public port, and it is not traced, logged or rate limited.
+func NewAdmin(d AdminDeps) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.Gatherer, promhttp.HandlerOpts{
+		EnableOpenMetrics: true, // exemplars are only exposed in OpenMetrics
+		ErrorLog:          slog.NewLogLogger(d.Logger.Handler(), slog.LevelError),
+	}))
+	if d.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
+	mux.HandleFunc("GET /debug/faults", func(w http.ResponseWriter, r *http.Request) {
+		if d.Faults == nil {
+			problem.Write(w, http.StatusConflict, "DOWNSTREAM_URL is set: there is no simulated dependency", r.URL.Path, "")
+			return
+		}
+		writeFaults(w, d.Faults.Faults())
+	})
+	mux.HandleFunc("PUT /debug/faults", func(w http.ResponseWriter, r *http.Request) {
+		if d.Faults == nil {
+			problem.Write(w, http.StatusConflict, "DOWNSTREAM_URL is set: there is no simulated dependency", r.URL.Path, "")
+			return
+		}
+		f, err := decodeFaults(http.MaxBytesReader(w, r.Body, 4096))
+		if err == nil {
+			err = d.Faults.SetFaults(f)
+		}
+		if err != nil {
+			problem.Write(w, http.StatusBadRequest, err.Error(), r.URL.Path, "")
+			return
+		}
+		d.Logger.Warn("simulated dependency faults changed", slog.String("latency", f.Latency.String()), slog.Float64("error_rate", f.ErrorRate))
+		writeFaults(w, f)
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		problem.Write(w, http.StatusNotFound, "no such admin route", r.URL.Path, "")
+	})
+	return mux
+}
+
+type faultsJSON struct {
+	Latency   string  `json:"latency"`
+	ErrorRate float64 `json:"error_rate"`
+}
+
+// decodeFaults reads {"latency":"200ms","error_rate":0.5}; both optional.
+func decodeFaults(r io.Reader) (items.Faults, error) {
+	var in faultsJSON
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		return items.Faults{}, fmt.Errorf("want {\"latency\":\"200ms\",\"error_rate\":0.5}: %w", err)
+	}
+	var f items.Faults
+	if in.Latency != "" {
+		d, err := time.ParseDuration(in.Latency)
+		if err != nil {
+			return items.Faults{}, fmt.Errorf("latency: %w", err)
+		}
+		f.Latency = d
+	}
+	f.ErrorRate = in.ErrorRate
+	return f, nil
+}
+
+func writeFaults(w http.ResponseWriter, f items.Faults) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(faultsJSON{Latency: f.Latency.String(), ErrorRate: f.ErrorRate})
+}

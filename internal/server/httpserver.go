@@ -1,0 +1,36 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Timeouts are the http.Server limits (see config for their meaning).
+type Timeouts struct {
+	ReadHeader time.Duration
+	Read       time.Duration
+	Write      time.Duration
+	Idle       time.Duration
+}
+
+// NewHTTPServer returns an http.Server with every timeout and the header
+// limit set, and net/http's own error log routed into slog. The zero-value
+// http.Server has no timeouts at all: one slow client can hold a connection
+// (and a goroutine) forever.
+func NewHTTPServer(h http.Handler, t Timeouts, maxHeaderBytes int, logger *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: t.ReadHeader,
+		ReadTimeout:       t.Read,
+		WriteTimeout:      t.Write,
+		IdleTimeout:       t.Idle,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		// Requests get a context that is not cancelled by shutdown: in-flight
+		// work drains instead of failing.
+		BaseContext: func(net.Listener) context.Context { return context.Background() },
+	}
+}

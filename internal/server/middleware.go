@@ -1,0 +1,121 @@
+package server
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/hardenedgo/ginservice/internal/observability"
+	"github.com/hardenedgo/ginservice/internal/problem"
+)
+
+// middlewares is the one place that states the order of the chain. Each
+// piece sees the request after the ones above it and the response before
+// them:
+//
+//  1. request ID     - every response, even a panic's, carries X-Request-ID
+//  2. tracing        - the server span wraps everything measured below
+//  3. access         - metrics + one log line with the final status (499 for
+//     clients that left), after recovery has turned panics into 500s
+//  4. recovery       - panics become 500 problem responses; the process lives
+//  5. body limit     - 413 before any handler reads an oversized body
+//
+// Rate limiting is not global: it guards the /api/v1 group (routes.go), so
+// probes are never limited.
+func middlewares(d Deps) []gin.HandlerFunc {
+	chain := []gin.HandlerFunc{requestID()}
+	if d.Tracing != nil {
+		chain = append(chain, d.Tracing)
+	}
+	chain = append(chain,
+		observability.Access(d.Logger, d.Metrics, observability.AccessOptions{Quiet: []string{"/healthz", "/readyz"}}),
+		recovery(d.Logger, d.Metrics),
+		bodyLimit(d.MaxBodyBytes),
+	)
+	return chain
+}
+
+// validRequestID accepts 1-128 characters of [A-Za-z0-9._:-], so a client
+// cannot inject arbitrary bytes into logs and headers.
+func validRequestID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		switch {
+		case b >= 'a' && b <= 'z', b >= 'A' && b <= 'Z', b >= '0' && b <= '9',
+			b == '.', b == '_', b == ':', b == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(b[:])
+}
+
+func requestID() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		id := c.GetHeader(problem.RequestIDHeader)
+		if !validRequestID(id) {
+			id = newRequestID()
+		}
+		c.Writer.Header().Set(problem.RequestIDHeader, id)
+		c.Next()
+	}
+}
+
+// recovery turns a panic into a 500 problem response, logs the stack and
+// counts it. http.ErrAbortHandler is re-panicked: it is net/http's way to
+// abort a response on purpose.
+func recovery(logger *slog.Logger, m *observability.HTTPMetrics) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		defer func() {
+			v := recover()
+			if v == nil {
+				return
+			}
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			m.Panic(c.FullPath())
+			logger.ErrorContext(c.Request.Context(), "panic recovered",
+				slog.String("panic", fmt.Sprint(v)),
+				slog.String("route", c.FullPath()),
+				slog.String("request_id", c.Writer.Header().Get(problem.RequestIDHeader)),
+				slog.String("stack", string(debug.Stack())))
+			if c.Writer.Written() {
+				// Headers are gone; the best we can do is stop here.
+				c.Abort()
+				return
+			}
+			problem.Abort(c, http.StatusInternalServerError, "internal error")
+		}()
+		c.Next()
+	}
+}
+
+// bodyLimit rejects bodies announced larger than max at once and caps the
+// rest (chunked or lying clients) with http.MaxBytesReader.
+func bodyLimit(max int64) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if c.Request.ContentLength > max {
+			problem.Abort(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", max))
+			return
+		}
+		if c.Request.Body != nil && c.Request.Body != http.NoBody {
+			c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, max)
+		}
+		c.Next()
+	}
+}
