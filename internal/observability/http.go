@@ -191,3 +191,25 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 		)
 	}
 }
+
+// The accessors below expose single series for tests and drills.
+
+// RequestsCounter returns the http_server_requests_total series.
+func (m *HTTPMetrics) RequestsCounter(method, route, code string) prometheus.Counter {
+	return m.requests.WithLabelValues(method, route, code)
+}
+
+// AbortsCounter returns the client-abort series of route.
+func (m *HTTPMetrics) AbortsCounter(route string) prometheus.Counter {
+	return m.aborts.WithLabelValues(route)
+}
+
+// TruncatedCounter returns the truncated-body series of route.
+func (m *HTTPMetrics) TruncatedCounter(route string) prometheus.Counter {
+	return m.truncated.WithLabelValues(route)
+}
+
+// PanicsCounter returns the panic series of route.
+func (m *HTTPMetrics) PanicsCounter(route string) prometheus.Counter {
+	return m.panics.WithLabelValues(route)
+}

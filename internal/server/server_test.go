@@ -1,0 +1,451 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/hardenedgo/ginservice/internal/health"
+	"github.com/hardenedgo/ginservice/internal/items"
+	"github.com/hardenedgo/ginservice/internal/observability"
+	"github.com/hardenedgo/ginservice/internal/problem"
+)
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type fixture struct {
+	h     http.Handler
+	logs  *syncBuffer
+	reg   *prometheus.Registry
+	ready *health.Readiness
+	m     *observability.HTTPMetrics
+}
+
+type itemsFunc func(ctx context.Context, id string) (items.Item, error)
+
+func (f itemsFunc) Get(ctx context.Context, id string) (items.Item, error) { return f(ctx, id) }
+
+func newFixture(t *testing.T, mod func(*Deps)) *fixture {
+	t.Helper()
+	logs := &syncBuffer{}
+	logger, err := observability.NewLogger(logs, "debug", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	m := observability.NewHTTPMetrics(reg)
+	ready := health.NewReadiness()
+	ready.SetReady()
+	d := Deps{
+		Logger:       logger,
+		Metrics:      m,
+		Readiness:    ready,
+		Items:        items.NewSimulated(),
+		MaxBodyBytes: 64,
+	}
+	if mod != nil {
+		mod(&d)
+	}
+	return &fixture{h: NewServer(d), logs: logs, reg: reg, ready: ready, m: m}
+}
+
+func (f *fixture) do(req *http.Request) *httptest.ResponseRecorder {
+	rec := httptest.NewRecorder()
+	f.h.ServeHTTP(rec, req)
+	return rec
+}
+
+func TestRoutes(t *testing.T) {
+	f := newFixture(t, func(d *Deps) {
+		d.Items = itemsFunc(func(ctx context.Context, id string) (items.Item, error) {
+			switch id {
+			case "missing":
+				return items.Item{}, items.ErrNotFound
+			case "broken":
+				return items.Item{}, errors.New("db on fire: password=hunter2")
+			case "fallback":
+				return items.Item{ID: id, Degraded: true, Source: "fallback"}, nil
+			}
+			return items.Item{ID: id, Name: "n", Source: "test"}, nil
+		})
+	})
+	tests := []struct {
+		name        string
+		method      string
+		path        string
+		body        string
+		header      map[string]string
+		wantStatus  int
+		wantProblem bool
+		wantBody    string // substring
+		wantHeader  map[string]string
+	}{
+		{name: "healthz", method: "GET", path: "/healthz", wantStatus: 200, wantBody: `"status":"ok"`},
+		{name: "readyz", method: "GET", path: "/readyz", wantStatus: 200, wantBody: `"status":"ok"`},
+		{name: "ping", method: "GET", path: "/api/v1/ping", wantStatus: 200, wantBody: `{"message":"pong"}`},
+		{name: "item", method: "GET", path: "/api/v1/items/7", wantStatus: 200, wantBody: `"id":"7"`},
+		{name: "item not found", method: "GET", path: "/api/v1/items/missing", wantStatus: 404, wantProblem: true},
+		{name: "item dependency failure hides details", method: "GET", path: "/api/v1/items/broken", wantStatus: 503, wantProblem: true, wantBody: "items dependency unavailable"},
+		{name: "item degraded", method: "GET", path: "/api/v1/items/fallback", wantStatus: 200, wantBody: `"degraded":true`, wantHeader: map[string]string{"X-Degraded": "true"}},
+		{name: "item id too long", method: "GET", path: "/api/v1/items/" + strings.Repeat("x", 65), wantStatus: 400, wantProblem: true},
+		{name: "echo", method: "POST", path: "/api/v1/echo", body: `{"a":[1,2]}`, wantStatus: 200, wantBody: `{"a":[1,2]}`},
+		{name: "echo malformed", method: "POST", path: "/api/v1/echo", body: `{"a":`, wantStatus: 400, wantProblem: true, wantBody: "not valid JSON"},
+		{name: "echo empty", method: "POST", path: "/api/v1/echo", body: ``, wantStatus: 400, wantProblem: true},
+		{name: "echo too large", method: "POST", path: "/api/v1/echo", body: `{"a":"` + strings.Repeat("x", 100) + `"}`, wantStatus: 413, wantProblem: true},
+		{name: "not found", method: "GET", path: "/nope", wantStatus: 404, wantProblem: true},
+		{name: "method not allowed", method: "DELETE", path: "/api/v1/ping", wantStatus: 405, wantProblem: true, wantHeader: map[string]string{"Allow": "GET"}},
+		{name: "echo wrong method", method: "GET", path: "/api/v1/echo", wantStatus: 405, wantProblem: true},
+		{name: "request id echoed", method: "GET", path: "/api/v1/ping", header: map[string]string{"X-Request-ID": "abc-123.x:y_z"}, wantStatus: 200, wantHeader: map[string]string{"X-Request-ID": "abc-123.x:y_z"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var body io.Reader
+			if tt.body != "" {
+				body = strings.NewReader(tt.body)
+			}
+			req := httptest.NewRequest(tt.method, tt.path, body)
+			for k, v := range tt.header {
+				req.Header.Set(k, v)
+			}
+			rec := f.do(req)
+			if rec.Code != tt.wantStatus {
+				t.Fatalf("status = %d, want %d; body %s", rec.Code, tt.wantStatus, rec.Body)
+			}
+			if id := rec.Header().Get("X-Request-ID"); id == "" {
+				t.Error("no X-Request-ID on the response")
+			}
+			if tt.wantProblem {
+				if ct := rec.Header().Get("Content-Type"); ct != problem.ContentType {
+					t.Errorf("Content-Type = %q, want %q", ct, problem.ContentType)
+				}
+				var p problem.Details
+				if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+					t.Fatalf("problem body: %v: %s", err, rec.Body)
+				}
+				if p.Status != tt.wantStatus || p.Title == "" || p.Type == "" {
+					t.Errorf("problem = %+v", p)
+				}
+				if p.RequestID != rec.Header().Get("X-Request-ID") {
+					t.Errorf("problem request_id %q != header %q", p.RequestID, rec.Header().Get("X-Request-ID"))
+				}
+				if strings.Contains(rec.Body.String(), "hunter2") {
+					t.Errorf("internal error detail leaked: %s", rec.Body)
+				}
+			}
+			if tt.wantBody != "" && !strings.Contains(rec.Body.String(), tt.wantBody) {
+				t.Errorf("body %q does not contain %q", rec.Body, tt.wantBody)
+			}
+			for k, v := range tt.wantHeader {
+				if got := rec.Header().Get(k); got != v {
+					t.Errorf("header %s = %q, want %q", k, got, v)
+				}
+			}
+		})
+	}
+}
+
+func TestRequestIDValidation(t *testing.T) {
+	f := newFixture(t, nil)
+	for _, bad := range []string{"", strings.Repeat("a", 129), "has space", "inj\"ect", "new\nline", "é"} {
+		req := httptest.NewRequest("GET", "/api/v1/ping", nil)
+		req.Header.Set("X-Request-ID", bad)
+		rec := f.do(req)
+		got := rec.Header().Get("X-Request-ID")
+		if got == bad || !validRequestID(got) {
+			t.Errorf("incoming %q: response id %q, want a fresh valid one", bad, got)
+		}
+	}
+	ok := strings.Repeat("a", 128)
+	req := httptest.NewRequest("GET", "/api/v1/ping", nil)
+	req.Header.Set("X-Request-ID", ok)
+	if got := f.do(req).Header().Get("X-Request-ID"); got != ok {
+		t.Errorf("128-char id not echoed: %q", got)
+	}
+}
+
+func TestPanicIsRecovered(t *testing.T) {
+	f := newFixture(t, func(d *Deps) {
+		d.Items = itemsFunc(func(context.Context, string) (items.Item, error) { panic("boom") })
+	})
+	for range 3 {
+		rec := f.do(httptest.NewRequest("GET", "/api/v1/items/1", nil))
+		if rec.Code != 500 || rec.Header().Get("Content-Type") != problem.ContentType {
+			t.Fatalf("status %d ct %q", rec.Code, rec.Header().Get("Content-Type"))
+		}
+		if strings.Contains(rec.Body.String(), "boom") {
+			t.Fatalf("panic value leaked to the client: %s", rec.Body)
+		}
+	}
+	if n := testutil.ToFloat64(f.m.PanicsCounter("/api/v1/items/:id")); n != 3 {
+		t.Errorf("panics counted %v, want 3", n)
+	}
+	logs := f.logs.String()
+	if !strings.Contains(logs, `"panic":"boom"`) || !strings.Contains(logs, "goroutine") {
+		t.Errorf("panic not logged with a stack:\n%s", logs)
+	}
+	if !strings.Contains(logs, `"status":500`) {
+		t.Errorf("access line for the panic does not say 500:\n%s", logs)
+	}
+	// The server still serves.
+	if rec := f.do(httptest.NewRequest("GET", "/api/v1/ping", nil)); rec.Code != 200 {
+		t.Fatalf("after panics: %d", rec.Code)
+	}
+}
+
+func TestReadinessLifecycle(t *testing.T) {
+	ready := health.NewReadiness()
+	f := newFixture(t, func(d *Deps) { d.Readiness = ready })
+	check := func(want int, wantStatus string) {
+		t.Helper()
+		rec := f.do(httptest.NewRequest("GET", "/readyz", nil))
+		var rep health.Report
+		_ = json.Unmarshal(rec.Body.Bytes(), &rep)
+		if rec.Code != want || rep.Status != wantStatus {
+			t.Fatalf("readyz = %d %q, want %d %q", rec.Code, rep.Status, want, wantStatus)
+		}
+	}
+	check(503, "starting")
+	ready.SetReady()
+	check(200, "ok")
+	state := health.StatusDegraded
+	ready.Register("redis", func(context.Context) health.Status { return state })
+	check(200, "degraded")
+	state = health.StatusDown
+	check(503, "down")
+	state = health.StatusOK
+	check(200, "ok")
+	ready.SetShuttingDown()
+	check(503, "shutting_down")
+	// Liveness is unaffected by readiness.
+	if rec := f.do(httptest.NewRequest("GET", "/healthz", nil)); rec.Code != 200 {
+		t.Fatalf("healthz during shutdown = %d", rec.Code)
+	}
+}
+
+func TestAccessLogAndMetrics(t *testing.T) {
+	f := newFixture(t, nil)
+	req := httptest.NewRequest("GET", "/api/v1/items/12345", nil)
+	req.Header.Set("X-Request-ID", "req-1")
+	f.do(req)
+	f.do(httptest.NewRequest("GET", "/healthz", nil))
+	f.do(httptest.NewRequest("GET", "/some/random/path", nil))
+
+	var line map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(f.logs.String()), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && m["request_id"] == "req-1" {
+			line = m
+		}
+		if strings.Contains(l, `"route":"/healthz"`) {
+			t.Errorf("probe was access-logged: %s", l)
+		}
+	}
+	if line == nil {
+		t.Fatalf("no access line for req-1:\n%s", f.logs)
+	}
+	for _, k := range []string{"method", "route", "status", "latency_ms", "bytes", "client_ip", "request_id", "trace_id", "span_id"} {
+		if _, ok := line[k]; !ok {
+			t.Errorf("access line lacks %q: %v", k, line)
+		}
+	}
+	if line["route"] != "/api/v1/items/:id" || line["status"] != float64(200) {
+		t.Errorf("access line = %v", line)
+	}
+	if n := testutil.ToFloat64(f.m.RequestsCounter("GET", "/api/v1/items/:id", "200")); n != 1 {
+		t.Errorf("requests{route=template} = %v, want 1", n)
+	}
+	if n := testutil.ToFloat64(f.m.RequestsCounter("GET", observability.RouteUnmatched, "404")); n != 1 {
+		t.Errorf("requests{route=unmatched} = %v, want 1", n)
+	}
+	// No raw path ever becomes a label value.
+	mfs, _ := f.reg.Gather()
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if strings.Contains(lp.GetValue(), "12345") || strings.Contains(lp.GetValue(), "random") {
+					t.Errorf("%s has raw path label %s=%s", mf.GetName(), lp.GetName(), lp.GetValue())
+				}
+			}
+		}
+	}
+}
+
+func TestClientGoneIsLogged499(t *testing.T) {
+	started := make(chan struct{})
+	f := newFixture(t, func(d *Deps) {
+		d.Items = itemsFunc(func(ctx context.Context, id string) (items.Item, error) {
+			close(started)
+			<-ctx.Done()
+			return items.Item{}, ctx.Err()
+		})
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	req := httptest.NewRequest("GET", "/api/v1/items/1", nil).WithContext(ctx)
+	done := make(chan struct{})
+	go func() { f.do(req); close(done) }()
+	<-started
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("handler did not return after the client left")
+	}
+	logs := f.logs.String()
+	if c := strings.Count(logs, `"msg":"request"`); c != 1 {
+		t.Fatalf("%d access lines, want exactly 1:\n%s", c, logs)
+	}
+	if !strings.Contains(logs, `"status":499`) || strings.Contains(logs, `"status":500`) || strings.Contains(logs, `"status":503`) {
+		t.Errorf("client abort not logged as 499:\n%s", logs)
+	}
+	if n := testutil.ToFloat64(f.m.AbortsCounter("/api/v1/items/:id")); n != 1 {
+		t.Errorf("aborts = %v, want 1", n)
+	}
+}
+
+// truncatedReader yields part of a body and then fails like a connection
+// that closed early.
+type truncatedReader struct{ r io.Reader }
+
+func (t truncatedReader) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if err == io.EOF {
+		return n, io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+func TestTruncatedBody(t *testing.T) {
+	f := newFixture(t, nil)
+	req := httptest.NewRequest("POST", "/api/v1/echo", truncatedReader{strings.NewReader(`{"a":`)})
+	rec := f.do(req)
+	if rec.Code >= 500 {
+		t.Fatalf("truncated body got %d", rec.Code)
+	}
+	if !strings.Contains(f.logs.String(), `"status":499`) {
+		t.Errorf("truncated body not logged as 499:\n%s", f.logs)
+	}
+	if n := testutil.ToFloat64(f.m.TruncatedCounter("/api/v1/echo")); n != 1 {
+		t.Errorf("truncated = %v, want 1", n)
+	}
+}
+
+func TestTrustedProxies(t *testing.T) {
+	var seen string
+	f := newFixture(t, func(d *Deps) {
+		d.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+		d.RateLimit = func(c *gin.Context) { seen = c.ClientIP() }
+	})
+	cases := []struct{ peer, xff, want string }{
+		{"192.0.2.1:1234", "203.0.113.9", "192.0.2.1"},  // untrusted peer: XFF ignored
+		{"10.1.2.3:1234", "203.0.113.9", "203.0.113.9"}, // trusted proxy: XFF believed
+		{"10.1.2.3:1234", "", "10.1.2.3"},
+	}
+	for _, c := range cases {
+		req := httptest.NewRequest("GET", "/api/v1/ping", nil)
+		req.RemoteAddr = c.peer
+		if c.xff != "" {
+			req.Header.Set("X-Forwarded-For", c.xff)
+		}
+		f.do(req)
+		if seen != c.want {
+			t.Errorf("peer %s xff %q: client ip %q, want %q", c.peer, c.xff, seen, c.want)
+		}
+	}
+	// No trusted proxies at all: XFF never believed.
+	f2 := newFixture(t, func(d *Deps) { d.RateLimit = func(c *gin.Context) { seen = c.ClientIP() } })
+	req := httptest.NewRequest("GET", "/api/v1/ping", nil)
+	req.RemoteAddr = "10.1.2.3:1"
+	req.Header.Set("X-Forwarded-For", "203.0.113.9")
+	f2.do(req)
+	if seen != "10.1.2.3" {
+		t.Errorf("no trusted proxies: client ip %q, want the peer", seen)
+	}
+}
+
+func TestRateLimitOnlyOnAPI(t *testing.T) {
+	f := newFixture(t, func(d *Deps) {
+		d.RateLimit = func(c *gin.Context) { problem.Abort(c, http.StatusTooManyRequests, "slow down") }
+	})
+	if rec := f.do(httptest.NewRequest("GET", "/api/v1/ping", nil)); rec.Code != 429 {
+		t.Errorf("api route = %d, want 429", rec.Code)
+	}
+	for _, p := range []string{"/healthz", "/readyz"} {
+		if rec := f.do(httptest.NewRequest("GET", p, nil)); rec.Code != 200 {
+			t.Errorf("%s = %d: probes must never be limited", p, rec.Code)
+		}
+	}
+}
+
+func TestAdmin(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	reg := prometheus.NewRegistry()
+	observability.NewHTTPMetrics(reg)
+	sim := items.NewSimulated()
+	h := NewAdmin(AdminDeps{Logger: logger, Gatherer: reg, Faults: sim})
+	do := func(method, path, body string) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(method, path, strings.NewReader(body)))
+		return rec
+	}
+	if rec := do("GET", "/metrics", ""); rec.Code != 200 || !strings.Contains(rec.Body.String(), "http_server_requests_in_flight") {
+		t.Errorf("/metrics = %d", rec.Code)
+	}
+	if rec := do("GET", "/debug/pprof/", ""); rec.Code != 404 {
+		t.Errorf("pprof without PPROF_ENABLED = %d, want 404", rec.Code)
+	}
+	if rec := do("PUT", "/debug/faults", `{"latency":"200ms","error_rate":0.5}`); rec.Code != 200 {
+		t.Fatalf("PUT faults = %d %s", rec.Code, rec.Body)
+	}
+	if f := sim.Faults(); f.Latency != 200*time.Millisecond || f.ErrorRate != 0.5 {
+		t.Errorf("faults = %+v", f)
+	}
+	for _, bad := range []string{`{"latency":"fast"}`, `{"error_rate":2}`, `{"nope":1}`, `not json`, `{"latency":"-1s"}`} {
+		if rec := do("PUT", "/debug/faults", bad); rec.Code != 400 || rec.Header().Get("Content-Type") != problem.ContentType {
+			t.Errorf("PUT %s = %d, want 400 problem", bad, rec.Code)
+		}
+	}
+	if f := sim.Faults(); f.Latency != 200*time.Millisecond {
+		t.Errorf("bad input changed faults: %+v", f)
+	}
+	hp := NewAdmin(AdminDeps{Logger: logger, Gatherer: reg, Pprof: true})
+	rec := httptest.NewRecorder()
+	hp.ServeHTTP(rec, httptest.NewRequest("GET", "/debug/pprof/", nil))
+	if rec.Code != 200 {
+		t.Errorf("pprof enabled = %d", rec.Code)
+	}
+	rec = httptest.NewRecorder()
+	hp.ServeHTTP(rec, httptest.NewRequest("PUT", "/debug/faults", strings.NewReader(`{}`)))
+	if rec.Code != 409 {
+		t.Errorf("faults without a simulated dependency = %d, want 409", rec.Code)
+	}
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the real programs the test suite runs against, when missing:
+# redis-server and redis-cli (limiter, cluster and fault tests), nginx (proxy
+# layer test) and promtool (alert rule tests). Debian/Ubuntu, as root.
+set -euo pipefail
+
+usage() {
+  cat <<USAGE
+Usage: bash scripts/ci-deps.sh [-h]
+Installs redis-server, redis-tools, nginx and prometheus (promtool) with apt-get
+when their binaries are missing. Does nothing when everything is present.
+USAGE
+}
+[[ "${1:-}" == "-h" || "${1:-}" == "--help" ]] && { usage; exit 0; }
+
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "ci-deps: missing ${need[*]} and no apt-get here; install them by hand" >&2
+  exit 1
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null 2>&1 || { echo "ci-deps: need root (or sudo) to install ${need[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
+echo "ci-deps: installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+# policy-rc.d keeps the packages from starting system services (port 80,
+# 6379) during the install; the tests start their own instances.
+printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+$sudo chmod +x /usr/sbin/policy-rc.d
+trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+echo "ci-deps: done"
