@@ -1,0 +1,480 @@
+package resilience
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// ClientConfig tunes the outbound client. The comments name the environment
+// variables the service exposes them as.
+type ClientConfig struct {
+	// Retries.
+	AttemptTimeout   time.Duration // DOWNSTREAM_ATTEMPT_TIMEOUT: one attempt, headers and body; inside the caller's deadline
+	MaxAttempts      int           // DOWNSTREAM_MAX_ATTEMPTS: first try included; 1 disables retries
+	BackoffBase      time.Duration // DOWNSTREAM_BACKOFF_BASE: full-jitter backoff, first retry waits up to this
+	BackoffCap       time.Duration // DOWNSTREAM_BACKOFF_CAP: upper bound of one backoff
+	MaxRetryAfter    time.Duration // DOWNSTREAM_MAX_RETRY_AFTER: a longer Retry-After is not waited for
+	RetryBudgetRatio float64       // DOWNSTREAM_RETRY_BUDGET_RATIO: retries per request, on average, per host
+	RetryBudgetBurst int           // DOWNSTREAM_RETRY_BUDGET_BURST: retries allowed before the ratio applies
+
+	// Transport.
+	MaxIdleConns          int           // DOWNSTREAM_MAX_IDLE_CONNS: idle connections kept, all hosts
+	MaxIdleConnsPerHost   int           // DOWNSTREAM_MAX_IDLE_CONNS_PER_HOST: well above the stdlib's 2
+	MaxConnsPerHost       int           // DOWNSTREAM_MAX_CONNS_PER_HOST: 0 = unlimited
+	IdleConnTimeout       time.Duration // DOWNSTREAM_IDLE_CONN_TIMEOUT: shorter than the peer's keep-alive timeout
+	DialTimeout           time.Duration // DOWNSTREAM_DIAL_TIMEOUT
+	KeepAlive             time.Duration // DOWNSTREAM_TCP_KEEPALIVE: TCP keep-alive probe interval
+	TLSHandshakeTimeout   time.Duration // DOWNSTREAM_TLS_HANDSHAKE_TIMEOUT
+	ResponseHeaderTimeout time.Duration // DOWNSTREAM_RESPONSE_HEADER_TIMEOUT: transport backstop
+	ExpectContinueTimeout time.Duration // DOWNSTREAM_EXPECT_CONTINUE_TIMEOUT
+}
+
+// DefaultClientConfig returns defaults sized for a dependency behind a
+// 1s breaker timeout: two or three attempts fit in it.
+func DefaultClientConfig() ClientConfig {
+	return ClientConfig{
+		AttemptTimeout:   400 * time.Millisecond,
+		MaxAttempts:      3,
+		BackoffBase:      20 * time.Millisecond,
+		BackoffCap:       200 * time.Millisecond,
+		MaxRetryAfter:    2 * time.Second,
+		RetryBudgetRatio: 0.1,
+		RetryBudgetBurst: 10,
+
+		MaxIdleConns:        256,
+		MaxIdleConnsPerHost: 128,
+		MaxConnsPerHost:     256,
+		// Below the 60s of nginx/ALB and the 75s of this service's own
+		// HTTP_IDLE_TIMEOUT: the client, not the peer, closes idle
+		// connections, so a request never races a server-side close.
+		IdleConnTimeout:       30 * time.Second,
+		DialTimeout:           time.Second,
+		KeepAlive:             30 * time.Second,
+		TLSHandshakeTimeout:   2 * time.Second,
+		ResponseHeaderTimeout: time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+}
+
+// Validate reports the first bad setting, naming its environment variable.
+func (c ClientConfig) Validate() error {
+	positive := []struct {
+		name string
+		d    time.Duration
+	}{
+		{"DOWNSTREAM_ATTEMPT_TIMEOUT", c.AttemptTimeout},
+		{"DOWNSTREAM_BACKOFF_BASE", c.BackoffBase},
+		{"DOWNSTREAM_BACKOFF_CAP", c.BackoffCap},
+		{"DOWNSTREAM_IDLE_CONN_TIMEOUT", c.IdleConnTimeout},
+		{"DOWNSTREAM_DIAL_TIMEOUT", c.DialTimeout},
+		{"DOWNSTREAM_TLS_HANDSHAKE_TIMEOUT", c.TLSHandshakeTimeout},
+		{"DOWNSTREAM_RESPONSE_HEADER_TIMEOUT", c.ResponseHeaderTimeout},
+		{"DOWNSTREAM_EXPECT_CONTINUE_TIMEOUT", c.ExpectContinueTimeout},
+	}
+	for _, p := range positive {
+		if p.d <= 0 {
+			return fmt.Errorf("%s: must be > 0, got %s", p.name, p.d)
+		}
+	}
+	switch {
+	case c.MaxRetryAfter < 0:
+		return fmt.Errorf("DOWNSTREAM_MAX_RETRY_AFTER: must be >= 0, got %s", c.MaxRetryAfter)
+	case c.KeepAlive < 0:
+		return fmt.Errorf("DOWNSTREAM_TCP_KEEPALIVE: must be >= 0, got %s", c.KeepAlive)
+	case c.BackoffBase > c.BackoffCap:
+		return fmt.Errorf("DOWNSTREAM_BACKOFF_BASE: %s is above DOWNSTREAM_BACKOFF_CAP %s", c.BackoffBase, c.BackoffCap)
+	case c.MaxAttempts < 1 || c.MaxAttempts > 10:
+		return fmt.Errorf("DOWNSTREAM_MAX_ATTEMPTS: must be within [1, 10], got %d", c.MaxAttempts)
+	case c.RetryBudgetRatio < 0 || c.RetryBudgetRatio > 1:
+		return fmt.Errorf("DOWNSTREAM_RETRY_BUDGET_RATIO: must be within [0, 1], got %v", c.RetryBudgetRatio)
+	case c.RetryBudgetBurst < 0:
+		return fmt.Errorf("DOWNSTREAM_RETRY_BUDGET_BURST: must be >= 0, got %d", c.RetryBudgetBurst)
+	case c.MaxIdleConns < 1:
+		return fmt.Errorf("DOWNSTREAM_MAX_IDLE_CONNS: must be >= 1, got %d", c.MaxIdleConns)
+	case c.MaxIdleConnsPerHost < 1 || c.MaxIdleConnsPerHost > c.MaxIdleConns:
+		return fmt.Errorf("DOWNSTREAM_MAX_IDLE_CONNS_PER_HOST: must be within [1, DOWNSTREAM_MAX_IDLE_CONNS=%d], got %d", c.MaxIdleConns, c.MaxIdleConnsPerHost)
+	case c.MaxConnsPerHost < 0:
+		return fmt.Errorf("DOWNSTREAM_MAX_CONNS_PER_HOST: must be >= 0 (0 = unlimited), got %d", c.MaxConnsPerHost)
+	case c.MaxConnsPerHost > 0 && c.MaxConnsPerHost < c.MaxIdleConnsPerHost:
+		return fmt.Errorf("DOWNSTREAM_MAX_CONNS_PER_HOST: %d is below DOWNSTREAM_MAX_IDLE_CONNS_PER_HOST %d", c.MaxConnsPerHost, c.MaxIdleConnsPerHost)
+	}
+	return nil
+}
+
+// ClientOption customises NewClient.
+type ClientOption func(*clientOptions)
+
+type clientOptions struct {
+	propagator propagation.TextMapPropagator
+}
+
+// WithPropagator sets the propagator that injects trace context into
+// outbound requests; the default is otel.GetTextMapPropagator().
+func WithPropagator(p propagation.TextMapPropagator) ClientOption {
+	return func(o *clientOptions) { o.propagator = p }
+}
+
+// Client is the resilient outbound HTTP client. Do retries what is safe to
+// retry; a Client is safe for concurrent use.
+type Client struct {
+	cfg       ClientConfig
+	transport *http.Transport
+	rt        http.RoundTripper
+	logger    *slog.Logger
+
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	retries  *prometheus.CounterVec
+	conns    *prometheus.CounterVec
+
+	budgets sync.Map // host -> *retryBudget
+}
+
+// NewClient builds a Client. tp nil means no client spans and no trace
+// propagation.
+func NewClient(cfg ClientConfig, logger *slog.Logger, reg prometheus.Registerer, tp trace.TracerProvider, opts ...ClientOption) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var o clientOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	c := &Client{cfg: cfg, logger: logger}
+	var err error
+	if c.requests, err = registerCounterVec(reg, prometheus.CounterOpts{
+		Name: "http_client_requests_total",
+		Help: "Outbound HTTP attempts by host, method and status code (code=\"error\" for transport errors).",
+	}, []string{"host", "method", "code"}); err != nil {
+		return nil, err
+	}
+	if c.retries, err = registerCounterVec(reg, prometheus.CounterOpts{
+		Name: "http_client_retries_total",
+		Help: "Outbound HTTP retries by host and reason (eof, reset, refused, timeout, status_429, status_502, status_503, status_504).",
+	}, []string{"host", "reason"}); err != nil {
+		return nil, err
+	}
+	if c.conns, err = registerCounterVec(reg, prometheus.CounterOpts{
+		Name: "http_client_connections_total",
+		Help: "Connections obtained for outbound HTTP attempts, by host and whether they were reused (keep-alive).",
+	}, []string{"host", "reused"}); err != nil {
+		return nil, err
+	}
+	dur := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "http_client_request_duration_seconds",
+		Help:    "Outbound HTTP attempt latency until the response headers (or the error), by host.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	}, []string{"host"})
+	if err := reg.Register(dur); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		existing, ok := (*prometheus.HistogramVec)(nil), false
+		if errors.As(err, &are) {
+			existing, ok = are.ExistingCollector.(*prometheus.HistogramVec)
+		}
+		if !ok {
+			return nil, fmt.Errorf("resilience: register http_client_request_duration_seconds: %w", err)
+		}
+		dur = existing
+	}
+	c.duration = dur
+
+	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: cfg.KeepAlive}
+	c.transport = &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          cfg.MaxIdleConns,
+		MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerHost,
+		MaxConnsPerHost:       cfg.MaxConnsPerHost,
+		IdleConnTimeout:       cfg.IdleConnTimeout,
+		TLSHandshakeTimeout:   cfg.TLSHandshakeTimeout,
+		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+		ExpectContinueTimeout: cfg.ExpectContinueTimeout,
+	}
+	c.rt = c.transport
+	if tp != nil {
+		prop := o.propagator
+		if prop == nil {
+			prop = otel.GetTextMapPropagator()
+		}
+		// One client span per attempt, so retries show in the trace.
+		c.rt = otelhttp.NewTransport(c.transport,
+			otelhttp.WithTracerProvider(tp),
+			otelhttp.WithPropagators(prop),
+			// Our own Prometheus metrics cover outbound calls; keep otelhttp
+			// away from the global meter provider.
+			otelhttp.WithMeterProvider(noop.NewMeterProvider()),
+		)
+	}
+	return c, nil
+}
+
+// CloseIdleConnections closes idle keep-alive connections (at shutdown).
+func (c *Client) CloseIdleConnections() { c.transport.CloseIdleConnections() }
+
+// Do sends req, retrying when that is safe and useful:
+//   - only requests that can be replayed: idempotent methods (GET, HEAD,
+//     OPTIONS, TRACE, PUT, DELETE) or an Idempotency-Key header, and a body
+//     that can be rewound (GetBody);
+//   - only on connection errors (EOF, reset, refused), attempt timeouts and
+//     429/502/503/504;
+//   - with full-jitter exponential backoff, or Retry-After when longer
+//     (never longer than MaxRetryAfter nor past the caller's deadline);
+//   - only while the host's retry budget allows, so retries cannot
+//     multiply an outage.
+//
+// Each attempt has its own timeout inside the caller's deadline. Redirects
+// are not followed. The caller must close the response body.
+func (c *Client) Do(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	host := req.URL.Host
+	replayable := isReplayable(req)
+	budget := c.budget(host)
+	budget.deposit()
+	for attempt := 1; ; attempt++ {
+		resp, cancel, err := c.attempt(req, attempt, host)
+		reason := retryReason(ctx, resp, err)
+		if reason == "" || !replayable || attempt >= c.cfg.MaxAttempts {
+			return finish(resp, cancel, err)
+		}
+		wait := c.backoff(attempt)
+		if resp != nil {
+			if ra, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+				if ra > c.cfg.MaxRetryAfter {
+					return finish(resp, cancel, err)
+				}
+				wait = max(wait, ra)
+			}
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= wait {
+			// Waiting would outlive the caller: give them the answer we have.
+			return finish(resp, cancel, err)
+		}
+		if !budget.withdraw() {
+			c.logger.DebugContext(ctx, "retry budget exhausted", slog.String("host", host), slog.String("reason", reason))
+			return finish(resp, cancel, err)
+		}
+		if resp != nil {
+			drain(resp.Body)
+		}
+		cancel()
+		c.retries.WithLabelValues(host, reason).Inc()
+		c.logger.DebugContext(ctx, "retrying outbound request", slog.String("host", host),
+			slog.String("method", req.Method), slog.Int("attempt", attempt+1),
+			slog.String("reason", reason), slog.Duration("wait", wait))
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, &url.Error{Op: urlOp(req.Method), URL: redact(req.URL), Err: ctx.Err()}
+			case <-t.C:
+			}
+		}
+	}
+}
+
+// attempt sends one attempt under its own timeout. The returned cancel must
+// be called once the response is done with (finish ties it to Body.Close).
+func (c *Client) attempt(req *http.Request, n int, host string) (*http.Response, context.CancelFunc, error) {
+	actx, cancel := context.WithTimeout(req.Context(), c.cfg.AttemptTimeout)
+	actx = httptrace.WithClientTrace(actx, &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) {
+			c.conns.WithLabelValues(host, strconv.FormatBool(info.Reused)).Inc()
+		},
+	})
+	areq := req.WithContext(actx)
+	if n > 1 && req.Body != nil && req.Body != http.NoBody {
+		body, err := req.GetBody()
+		if err != nil {
+			cancel()
+			return nil, nil, fmt.Errorf("resilience: rewind request body: %w", err)
+		}
+		areq.Body = body
+	}
+	start := time.Now()
+	resp, err := c.rt.RoundTrip(areq)
+	c.duration.WithLabelValues(host).Observe(time.Since(start).Seconds())
+	code := "error"
+	if err == nil {
+		code = strconv.Itoa(resp.StatusCode)
+	} else {
+		err = &url.Error{Op: urlOp(req.Method), URL: redact(req.URL), Err: err}
+	}
+	c.requests.WithLabelValues(host, req.Method, code).Inc()
+	return resp, cancel, err
+}
+
+func finish(resp *http.Response, cancel context.CancelFunc, err error) (*http.Response, error) {
+	if cancel == nil {
+		return resp, err
+	}
+	if err != nil || resp == nil {
+		cancel()
+		return nil, err
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+// cancelOnClose ends the attempt's context when the caller is done with the
+// body: cancelling earlier would cut the body short.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
+// drain reads a little of a response we are retrying past, so its
+// connection goes back to the pool instead of being closed.
+func drain(body io.ReadCloser) {
+	_, _ = io.CopyN(io.Discard, body, 4<<10)
+	_ = body.Close()
+}
+
+func isReplayable(req *http.Request) bool {
+	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
+		return false
+	}
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return req.Header.Get("Idempotency-Key") != "" || req.Header.Get("X-Idempotency-Key") != ""
+}
+
+// retryReason classifies one attempt's outcome: "" means do not retry.
+func retryReason(ctx context.Context, resp *http.Response, err error) string {
+	if ctx.Err() != nil {
+		return "" // the caller gave up
+	}
+	if err != nil {
+		var ne net.Error
+		switch {
+		case errors.Is(err, ErrOpen):
+			return "" // retrying an open breaker defeats it
+		case errors.Is(err, syscall.ECONNREFUSED):
+			return "refused"
+		case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+			return "reset"
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+			strings.Contains(err.Error(), "server closed idle connection"):
+			return "eof"
+		case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+			return "timeout" // this attempt's timeout, the caller still has time
+		}
+		return ""
+	}
+	switch resp.StatusCode {
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return "status_" + strconv.Itoa(resp.StatusCode)
+	}
+	return ""
+}
+
+// backoff is "full jitter": uniform in [0, min(cap, base*2^(attempt-1))].
+func (c *Client) backoff(attempt int) time.Duration {
+	d := c.cfg.BackoffCap
+	if shift := attempt - 1; shift < 30 {
+		d = min(d, c.cfg.BackoffBase<<shift)
+	}
+	return rand.N(d + 1)
+}
+
+// parseRetryAfter reads delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	if s, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+		if s < 0 {
+			return 0, false
+		}
+		return time.Duration(s) * time.Second, true
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return 0, false
+	}
+	return max(t.Sub(now), 0), true
+}
+
+func (c *Client) budget(host string) *retryBudget {
+	if b, ok := c.budgets.Load(host); ok {
+		return b.(*retryBudget)
+	}
+	b, _ := c.budgets.LoadOrStore(host, newRetryBudget(c.cfg.RetryBudgetRatio, c.cfg.RetryBudgetBurst))
+	return b.(*retryBudget)
+}
+
+// retryBudget is a token bucket filled by requests, not by time: each
+// request deposits ratio tokens (up to burst), each retry takes one. During
+// a total outage retries are at most burst + ratio*requests.
+type retryBudget struct {
+	mu       sync.Mutex
+	tokens   float64
+	ratio    float64
+	capacity float64
+}
+
+func newRetryBudget(ratio float64, burst int) *retryBudget {
+	// Capacity at least 1, or a zero burst would never let one retry through.
+	return &retryBudget{tokens: float64(burst), ratio: ratio, capacity: max(float64(burst), 1)}
+}
+
+func (b *retryBudget) deposit() {
+	b.mu.Lock()
+	b.tokens = min(b.capacity, b.tokens+b.ratio)
+	b.mu.Unlock()
+}
+
+func (b *retryBudget) withdraw() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+func urlOp(method string) string {
+	if method == "" {
+		return "Get"
+	}
+	return method[:1] + strings.ToLower(method[1:])
+}
+
+// redact drops userinfo and query from URLs that go into errors and logs.
+func redact(u *url.URL) string {
+	r := *u
+	r.User = nil
+	r.RawQuery = ""
+	r.ForceQuery = false
+	return r.String()
+}
