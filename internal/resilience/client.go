@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -433,33 +434,40 @@ func (c *Client) budget(host string) *retryBudget {
 }
 
 // retryBudget is a token bucket filled by requests, not by time: each
-// request deposits ratio tokens (up to burst), each retry takes one. During
-// a total outage retries are at most burst + ratio*requests.
+// request deposits ratio tokens (up to the burst), each retry takes one.
+// During a total outage retries are at most burst + ratio*requests. Tokens
+// are counted in thousandths so that ten deposits of 0.1 make exactly one.
 type retryBudget struct {
 	mu       sync.Mutex
-	tokens   float64
-	ratio    float64
-	capacity float64
+	milli    int64
+	deposit1 int64
+	capacity int64
 }
 
+const milliToken = 1000
+
 func newRetryBudget(ratio float64, burst int) *retryBudget {
-	// Capacity at least 1, or a zero burst would never let one retry through.
-	return &retryBudget{tokens: float64(burst), ratio: ratio, capacity: max(float64(burst), 1)}
+	return &retryBudget{
+		milli:    int64(burst) * milliToken,
+		deposit1: int64(math.Round(ratio * milliToken)),
+		// At least one token, or a zero burst would never let a retry through.
+		capacity: int64(max(burst, 1)) * milliToken,
+	}
 }
 
 func (b *retryBudget) deposit() {
 	b.mu.Lock()
-	b.tokens = min(b.capacity, b.tokens+b.ratio)
+	b.milli = min(b.capacity, b.milli+b.deposit1)
 	b.mu.Unlock()
 }
 
 func (b *retryBudget) withdraw() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.tokens < 1 {
+	if b.milli < milliToken {
 		return false
 	}
-	b.tokens--
+	b.milli -= milliToken
 	return true
 }
 

@@ -1,0 +1,572 @@
+package resilience
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+)
+
+func TestClientConfigValidate(t *testing.T) {
+	if err := DefaultClientConfig().Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	tests := []struct {
+		mutate  func(*ClientConfig)
+		wantVar string
+	}{
+		{func(c *ClientConfig) { c.AttemptTimeout = 0 }, "DOWNSTREAM_ATTEMPT_TIMEOUT"},
+		{func(c *ClientConfig) { c.MaxAttempts = 0 }, "DOWNSTREAM_MAX_ATTEMPTS"},
+		{func(c *ClientConfig) { c.BackoffBase = time.Second }, "DOWNSTREAM_BACKOFF_BASE"},
+		{func(c *ClientConfig) { c.BackoffCap = 0 }, "DOWNSTREAM_BACKOFF_CAP"},
+		{func(c *ClientConfig) { c.MaxRetryAfter = -1 }, "DOWNSTREAM_MAX_RETRY_AFTER"},
+		{func(c *ClientConfig) { c.RetryBudgetRatio = 1.5 }, "DOWNSTREAM_RETRY_BUDGET_RATIO"},
+		{func(c *ClientConfig) { c.RetryBudgetBurst = -1 }, "DOWNSTREAM_RETRY_BUDGET_BURST"},
+		{func(c *ClientConfig) { c.MaxIdleConns = 0 }, "DOWNSTREAM_MAX_IDLE_CONNS"},
+		{func(c *ClientConfig) { c.MaxIdleConnsPerHost = 1000 }, "DOWNSTREAM_MAX_IDLE_CONNS_PER_HOST"},
+		{func(c *ClientConfig) { c.MaxConnsPerHost = 2 }, "DOWNSTREAM_MAX_CONNS_PER_HOST"},
+		{func(c *ClientConfig) { c.IdleConnTimeout = 0 }, "DOWNSTREAM_IDLE_CONN_TIMEOUT"},
+		{func(c *ClientConfig) { c.DialTimeout = 0 }, "DOWNSTREAM_DIAL_TIMEOUT"},
+		{func(c *ClientConfig) { c.KeepAlive = -1 }, "DOWNSTREAM_TCP_KEEPALIVE"},
+		{func(c *ClientConfig) { c.TLSHandshakeTimeout = 0 }, "DOWNSTREAM_TLS_HANDSHAKE_TIMEOUT"},
+		{func(c *ClientConfig) { c.ResponseHeaderTimeout = 0 }, "DOWNSTREAM_RESPONSE_HEADER_TIMEOUT"},
+		{func(c *ClientConfig) { c.ExpectContinueTimeout = 0 }, "DOWNSTREAM_EXPECT_CONTINUE_TIMEOUT"},
+	}
+	for _, tt := range tests {
+		c := DefaultClientConfig()
+		tt.mutate(&c)
+		err := c.Validate()
+		if err == nil || !strings.HasPrefix(err.Error(), tt.wantVar+":") {
+			t.Errorf("Validate() = %v, want an error naming %s", err, tt.wantVar)
+		}
+		if _, err := NewClient(c, discardLogger(), prometheus.NewRegistry(), nil); err == nil {
+			t.Errorf("NewClient accepted a config with a bad %s", tt.wantVar)
+		}
+	}
+}
+
+func mustGet(t testing.TB, ctx context.Context, c *Client, url string) (*http.Response, error) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Do(req)
+}
+
+func readAll(t testing.TB, resp *http.Response) string {
+	t.Helper()
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	return string(b)
+}
+
+// Connection failures on an idempotent request are retried.
+func TestClientRetriesConnectionFailures(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		kind    string
+		reasons []string
+	}{
+		{modeReset, []string{"reset", "eof"}}, // an RST can surface as either, depending on timing
+		{modeEOF, []string{"eof"}},
+		{modeAbort, []string{"eof"}},
+	} {
+		t.Run(tt.kind, func(t *testing.T) {
+			t.Parallel()
+			ds := newDownstream(t, 0)
+			reg := prometheus.NewRegistry()
+			c := newTestClient(t, testClientConfig(), reg)
+			ds.setMode(mode{kind: tt.kind, first: 2})
+			resp, err := mustGet(t, ctxTimeout(t, 5*time.Second), c, ds.URL()+"/items/1")
+			if err != nil {
+				t.Fatalf("Do: %v (want the retries to hide the failures)", err)
+			}
+			if body := readAll(t, resp); resp.StatusCode != 200 || !strings.Contains(body, `"id":"1"`) {
+				t.Fatalf("got %d %q", resp.StatusCode, body)
+			}
+			if ds.hits.Load() != 3 {
+				t.Fatalf("downstream hits = %d, want 3", ds.hits.Load())
+			}
+			var retries float64
+			for _, r := range tt.reasons {
+				retries += metric(t, reg, "http_client_retries_total", map[string]string{"host": ds.Host(), "reason": r})
+			}
+			if retries != 2 {
+				t.Fatalf("retries with reason in %v = %v, want 2", tt.reasons, retries)
+			}
+			if got := metric(t, reg, "http_client_requests_total", map[string]string{"host": ds.Host(), "method": "GET", "code": "error"}); got != 2 {
+				t.Fatalf("requests{code=error} = %v, want 2", got)
+			}
+		})
+	}
+}
+
+func TestClientRetriesRefusedConnections(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there any more
+	reg := prometheus.NewRegistry()
+	cfg := testClientConfig()
+	cfg.MaxAttempts = 3
+	c := newTestClient(t, cfg, reg)
+	_, err = mustGet(t, ctxTimeout(t, 5*time.Second), c, "http://"+addr+"/items/1")
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("Do = %v, want connection refused", err)
+	}
+	if got := metric(t, reg, "http_client_retries_total", map[string]string{"reason": "refused"}); got != 2 {
+		t.Fatalf("refused retries = %v, want 2", got)
+	}
+}
+
+// A POST without Idempotency-Key is never retried; with one it is, and its
+// body is rewound for every attempt.
+func TestClientRetriesOnlyIdempotentRequests(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{modeReset, modeStatus} {
+		t.Run("POST without key "+kind, func(t *testing.T) {
+			t.Parallel()
+			ds := newDownstream(t, 0)
+			reg := prometheus.NewRegistry()
+			c := newTestClient(t, testClientConfig(), reg)
+			ds.setMode(mode{kind: kind, status: http.StatusServiceUnavailable})
+			req, _ := http.NewRequestWithContext(ctxTimeout(t, 5*time.Second), http.MethodPost, ds.URL()+"/orders", strings.NewReader("pay 10"))
+			resp, err := c.Do(req)
+			if err == nil {
+				readAll(t, resp)
+				if resp.StatusCode != http.StatusServiceUnavailable {
+					t.Fatalf("status %d", resp.StatusCode)
+				}
+			}
+			if ds.hits.Load() != 1 {
+				t.Fatalf("downstream saw %d POSTs, want exactly 1", ds.hits.Load())
+			}
+			if got := metric(t, reg, "http_client_retries_total", nil); got != 0 {
+				t.Fatalf("retries = %v, want 0", got)
+			}
+		})
+	}
+	t.Run("POST with Idempotency-Key", func(t *testing.T) {
+		t.Parallel()
+		ds := newDownstream(t, 0)
+		c := newTestClient(t, testClientConfig(), prometheus.NewRegistry())
+		ds.setMode(mode{kind: modeStatus, status: http.StatusServiceUnavailable, first: 2})
+		req, _ := http.NewRequestWithContext(ctxTimeout(t, 5*time.Second), http.MethodPost, ds.URL()+"/orders", strings.NewReader("pay 10"))
+		req.Header.Set("Idempotency-Key", "order-1")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp)
+		if resp.StatusCode != 200 || ds.hits.Load() != 3 {
+			t.Fatalf("status %d after %d attempts, want 200 after 3", resp.StatusCode, ds.hits.Load())
+		}
+		for i, h := range ds.hitsLog() {
+			if h.method != http.MethodPost || h.body != "pay 10" {
+				t.Fatalf("attempt %d: %s with body %q, want the body rewound", i+1, h.method, h.body)
+			}
+		}
+	})
+	t.Run("body without GetBody", func(t *testing.T) {
+		t.Parallel()
+		ds := newDownstream(t, 0)
+		c := newTestClient(t, testClientConfig(), prometheus.NewRegistry())
+		ds.setMode(mode{kind: modeStatus, status: http.StatusServiceUnavailable})
+		req, _ := http.NewRequestWithContext(ctxTimeout(t, 5*time.Second), http.MethodPut, ds.URL()+"/x", io.NopCloser(strings.NewReader("v")))
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp)
+		if ds.hits.Load() != 1 {
+			t.Fatalf("a body that cannot be rewound was sent %d times", ds.hits.Load())
+		}
+	})
+}
+
+// Retry-After is honoured, but not past the caller's deadline nor above
+// MaxRetryAfter.
+func TestClientRetryAfter(t *testing.T) {
+	t.Parallel()
+	t.Run("honoured", func(t *testing.T) {
+		t.Parallel()
+		ds := newDownstream(t, 0)
+		reg := prometheus.NewRegistry()
+		c := newTestClient(t, testClientConfig(), reg)
+		ds.setMode(mode{kind: modeStatus, status: http.StatusServiceUnavailable, retryAfter: "1", first: 1})
+		resp, err := mustGet(t, ctxTimeout(t, 5*time.Second), c, ds.URL()+"/items/1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp)
+		log := ds.hitsLog()
+		if resp.StatusCode != 200 || len(log) != 2 {
+			t.Fatalf("status %d after %d attempts", resp.StatusCode, len(log))
+		}
+		if gap := log[1].at.Sub(log[0].at); gap < 990*time.Millisecond {
+			t.Fatalf("retried after %s, want Retry-After: 1 respected", gap)
+		}
+		if got := metric(t, reg, "http_client_retries_total", map[string]string{"reason": "status_503"}); got != 1 {
+			t.Fatalf("retries{status_503} = %v", got)
+		}
+	})
+	t.Run("429 beyond the deadline", func(t *testing.T) {
+		t.Parallel()
+		ds := newDownstream(t, 0)
+		c := newTestClient(t, testClientConfig(), prometheus.NewRegistry())
+		ds.setMode(mode{kind: modeStatus, status: http.StatusTooManyRequests, retryAfter: "2"})
+		start := time.Now()
+		resp, err := mustGet(t, ctxTimeout(t, 500*time.Millisecond), c, ds.URL()+"/items/1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp)
+		if resp.StatusCode != http.StatusTooManyRequests || ds.hits.Load() != 1 || time.Since(start) > 300*time.Millisecond {
+			t.Fatalf("status %d, %d attempts, %s; want the 429 at once", resp.StatusCode, ds.hits.Load(), time.Since(start))
+		}
+	})
+	t.Run("above MaxRetryAfter", func(t *testing.T) {
+		t.Parallel()
+		ds := newDownstream(t, 0)
+		c := newTestClient(t, testClientConfig(), prometheus.NewRegistry())
+		ds.setMode(mode{kind: modeStatus, status: http.StatusServiceUnavailable, retryAfter: "30"})
+		resp, err := mustGet(t, context.Background(), c, ds.URL()+"/items/1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp)
+		if resp.StatusCode != http.StatusServiceUnavailable || ds.hits.Load() != 1 {
+			t.Fatalf("status %d after %d attempts; want the 503 at once", resp.StatusCode, ds.hits.Load())
+		}
+	})
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	tests := []struct {
+		in     string
+		want   time.Duration
+		wantOK bool
+	}{
+		{"", 0, false},
+		{"3", 3 * time.Second, true},
+		{" 0 ", 0, true},
+		{"-1", 0, false},
+		{"soon", 0, false},
+		{now.Add(10 * time.Second).Format(http.TimeFormat), 10 * time.Second, true},
+		{now.Add(-time.Minute).Format(http.TimeFormat), 0, true},
+	}
+	for _, tt := range tests {
+		got, ok := parseRetryAfter(tt.in, now)
+		if got != tt.want || ok != tt.wantOK {
+			t.Errorf("parseRetryAfter(%q) = %s, %v; want %s, %v", tt.in, got, ok, tt.want, tt.wantOK)
+		}
+	}
+}
+
+func TestBackoffIsFullJitterAndCapped(t *testing.T) {
+	c := &Client{cfg: ClientConfig{BackoffBase: 10 * time.Millisecond, BackoffCap: 50 * time.Millisecond}}
+	for attempt, bound := range map[int]time.Duration{1: 10 * time.Millisecond, 2: 20 * time.Millisecond, 3: 40 * time.Millisecond, 4: 50 * time.Millisecond, 40: 50 * time.Millisecond} {
+		var lo, hi time.Duration = bound, 0
+		for range 2000 {
+			d := c.backoff(attempt)
+			if d < 0 || d > bound {
+				t.Fatalf("backoff(%d) = %s, outside [0, %s]", attempt, d, bound)
+			}
+			lo, hi = min(lo, d), max(hi, d)
+		}
+		// Full jitter spreads over the whole range.
+		if lo > bound/10 || hi < bound*9/10 {
+			t.Errorf("backoff(%d) spans [%s, %s], want most of [0, %s]", attempt, lo, hi, bound)
+		}
+	}
+}
+
+// During a total outage the retry budget caps retries near ratio*requests.
+func TestClientRetryBudgetCapsRetries(t *testing.T) {
+	t.Parallel()
+	ds := newDownstream(t, 0)
+	reg := prometheus.NewRegistry()
+	cfg := testClientConfig()
+	cfg.MaxAttempts = 4
+	cfg.RetryBudgetRatio = 0.1
+	cfg.RetryBudgetBurst = 5
+	cfg.BackoffCap = time.Millisecond
+	c := newTestClient(t, cfg, reg)
+	ds.setMode(mode{kind: modeStatus, status: http.StatusServiceUnavailable})
+	const requests = 200
+	ctx := ctxTimeout(t, 30*time.Second)
+	for range requests {
+		resp, err := mustGet(t, ctx, c, ds.URL()+"/items/1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp)
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	retries := metric(t, reg, "http_client_retries_total", nil)
+	// Without a budget: 3 retries per request = 600.
+	if limit := 5 + 0.1*requests; retries > limit || retries < limit-2 {
+		t.Fatalf("retries = %v during a total outage, want about %v (burst + 10%%)", retries, limit)
+	}
+	if got := ds.hits.Load(); got != requests+int64(retries) {
+		t.Fatalf("downstream hits = %d, want %d", got, requests+int64(retries))
+	}
+}
+
+// A per-attempt timeout inside the caller's deadline: a stuck attempt is
+// cancelled and retried.
+func TestClientAttemptTimeout(t *testing.T) {
+	t.Parallel()
+	ds := newDownstream(t, 0)
+	reg := prometheus.NewRegistry()
+	cfg := testClientConfig()
+	cfg.AttemptTimeout = 100 * time.Millisecond
+	c := newTestClient(t, cfg, reg)
+	ds.setMode(mode{kind: modeSlow, delay: 5 * time.Second, first: 1})
+	start := time.Now()
+	resp, err := mustGet(t, ctxTimeout(t, 5*time.Second), c, ds.URL()+"/items/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	if resp.StatusCode != 200 || time.Since(start) > time.Second {
+		t.Fatalf("status %d after %s", resp.StatusCode, time.Since(start))
+	}
+	if got := metric(t, reg, "http_client_retries_total", map[string]string{"reason": "timeout"}); got != 1 {
+		t.Fatalf("retries{timeout} = %v, want 1", got)
+	}
+	eventually(t, 2*time.Second, func() bool { return ds.cancelled.Load() == 1 }, "the stuck attempt is cancelled at the downstream")
+
+	// The caller's deadline wins over the attempt timeout and is not retried.
+	ds.setMode(mode{kind: modeSlow, delay: 5 * time.Second})
+	before := ds.hits.Load()
+	cfg.AttemptTimeout = time.Second
+	c2 := newTestClient(t, cfg, prometheus.NewRegistry())
+	if _, err := mustGet(t, ctxTimeout(t, 100*time.Millisecond), c2, ds.URL()+"/items/1"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Do = %v, want the caller's deadline", err)
+	}
+	if ds.hits.Load() != before+1 {
+		t.Fatalf("%d attempts after the caller's deadline, want 1", ds.hits.Load()-before)
+	}
+}
+
+// A downstream that closes idle connections early (here 20ms, and a client
+// that keeps them 90s: the misconfiguration behind most EOFs) under a
+// keep-alive load: no error reaches the caller.
+func TestClientIdleCloseUnderKeepAliveLoad(t *testing.T) {
+	t.Parallel()
+	const idle = 20 * time.Millisecond
+	ds := newDownstream(t, idle)
+	reg := prometheus.NewRegistry()
+	cfg := testClientConfig()
+	cfg.IdleConnTimeout = 90 * time.Second
+	ctx := ctxTimeout(t, 30*time.Second)
+	var wg sync.WaitGroup
+	var failures atomic.Int32
+	// One client per worker, so each connection's idle time is the worker's
+	// pause, which straddles the server's idle timeout.
+	for range 4 {
+		c := newTestClient(t, cfg, reg)
+		wg.Go(func() {
+			for range 50 {
+				resp, err := mustGet(t, ctx, c, ds.URL()+"/items/1")
+				if err != nil {
+					failures.Add(1)
+					t.Errorf("Do: %v", err)
+					continue
+				}
+				readAll(t, resp)
+				if resp.StatusCode != 200 {
+					failures.Add(1)
+					t.Errorf("status %d", resp.StatusCode)
+				}
+				time.Sleep(idle - 5*time.Millisecond + rand.N(10*time.Millisecond))
+			}
+		})
+	}
+	wg.Wait()
+	reused := metric(t, reg, "http_client_connections_total", map[string]string{"reused": "true"})
+	fresh := metric(t, reg, "http_client_connections_total", map[string]string{"reused": "false"})
+	retries := metric(t, reg, "http_client_retries_total", nil)
+	// GotConn fires again when net/http itself replays a GET that hit a
+	// connection the server had just closed; our retries cover the rest.
+	t.Logf("200 requests: %v reused connections, %v new (%v replayed by net/http), %v retries by the client, %d failures",
+		reused, fresh, reused+fresh-200-retries, retries, failures.Load())
+	if reused < 10 || fresh < 10 {
+		t.Fatalf("reused %v, new %v: the load did not exercise both keep-alive and server-side idle closes", reused, fresh)
+	}
+}
+
+func TestClientMetrics(t *testing.T) {
+	t.Parallel()
+	ds := newDownstream(t, 0)
+	reg := prometheus.NewRegistry()
+	c := newTestClient(t, testClientConfig(), reg)
+	ctx := ctxTimeout(t, 5*time.Second)
+	for range 2 {
+		resp, err := mustGet(t, ctx, c, ds.URL()+"/items/1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp)
+	}
+	host := ds.Host()
+	checks := []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"http_client_requests_total", map[string]string{"host": host, "method": "GET", "code": "200"}, 2},
+		{"http_client_request_duration_seconds", map[string]string{"host": host}, 2},
+		{"http_client_connections_total", map[string]string{"host": host, "reused": "false"}, 1},
+		{"http_client_connections_total", map[string]string{"host": host, "reused": "true"}, 1},
+	}
+	for _, ck := range checks {
+		if got := metric(t, reg, ck.name, ck.labels); got != ck.want {
+			t.Errorf("%s%v = %v, want %v", ck.name, ck.labels, got, ck.want)
+		}
+	}
+	// A second client on the same registry shares the metrics.
+	if _, err := NewClient(testClientConfig(), discardLogger(), reg, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// With a tracer provider every attempt is a client span and the trace
+// context reaches the downstream; without one nothing is injected.
+func TestClientPropagatesTraceContext(t *testing.T) {
+	t.Parallel()
+	ds := newDownstream(t, 0)
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	c, err := NewClient(testClientConfig(), discardLogger(), prometheus.NewRegistry(), tp, WithPropagator(propagation.TraceContext{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.CloseIdleConnections)
+
+	ctx, parent := tp.Tracer("test").Start(ctxTimeout(t, 5*time.Second), "handler")
+	ds.setMode(mode{kind: modeStatus, status: http.StatusBadGateway, first: 1})
+	resp, err := mustGet(t, ctx, c, ds.URL()+"/items/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	parent.End()
+	traceID := parent.SpanContext().TraceID().String()
+	log := ds.hitsLog()
+	if len(log) != 2 {
+		t.Fatalf("%d attempts, want 2", len(log))
+	}
+	for i, h := range log {
+		if !strings.Contains(h.traceparent, traceID) {
+			t.Fatalf("attempt %d: traceparent %q does not carry trace %s", i+1, h.traceparent, traceID)
+		}
+	}
+	clientSpans := 0
+	for _, s := range rec.Ended() {
+		if s.SpanKind().String() == "client" {
+			clientSpans++
+			if s.Parent().SpanID() != parent.SpanContext().SpanID() {
+				t.Errorf("client span %q is not a child of the handler span", s.Name())
+			}
+		}
+	}
+	if clientSpans != 2 {
+		t.Fatalf("%d client spans, want one per attempt (2)", clientSpans)
+	}
+
+	plain := newTestClient(t, testClientConfig(), prometheus.NewRegistry())
+	resp, err = mustGet(t, ctx, plain, ds.URL()+"/items/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	if log := ds.hitsLog(); log[len(log)-1].traceparent != "" {
+		t.Fatalf("no tracer provider, yet traceparent %q was sent", log[len(log)-1].traceparent)
+	}
+}
+
+func TestIsReplayable(t *testing.T) {
+	mk := func(method, key string, body io.Reader) *http.Request {
+		r, _ := http.NewRequest(method, "http://127.0.0.1/", body)
+		if key != "" {
+			r.Header.Set("Idempotency-Key", key)
+		}
+		return r
+	}
+	tests := []struct {
+		req  *http.Request
+		want bool
+	}{
+		{mk("GET", "", nil), true},
+		{mk("HEAD", "", nil), true},
+		{mk("PUT", "", strings.NewReader("x")), true},
+		{mk("DELETE", "", nil), true},
+		{mk("POST", "", strings.NewReader("x")), false},
+		{mk("PATCH", "", nil), false},
+		{mk("POST", "k1", strings.NewReader("x")), true},
+		{mk("PUT", "", io.NopCloser(strings.NewReader("x"))), false}, // no GetBody
+	}
+	for _, tt := range tests {
+		if got := isReplayable(tt.req); got != tt.want {
+			t.Errorf("isReplayable(%s key=%q) = %v, want %v", tt.req.Method, tt.req.Header.Get("Idempotency-Key"), got, tt.want)
+		}
+	}
+}
+
+func TestRetryBudget(t *testing.T) {
+	b := newRetryBudget(0.5, 2)
+	if !b.withdraw() || !b.withdraw() || b.withdraw() {
+		t.Fatal("burst of 2 not honoured")
+	}
+	b.deposit()
+	if b.withdraw() {
+		t.Fatal("half a token allowed a retry")
+	}
+	b.deposit()
+	if !b.withdraw() {
+		t.Fatal("two deposits of 0.5 did not allow a retry")
+	}
+	for range 100 {
+		b.deposit()
+	}
+	n := 0
+	for b.withdraw() {
+		n++
+	}
+	if n != 2 {
+		t.Fatalf("%d retries after a long healthy period, want the burst (2)", n)
+	}
+	zero := newRetryBudget(0.1, 0)
+	for range 10 {
+		zero.deposit()
+	}
+	if !zero.withdraw() {
+		t.Fatal("burst 0: ten requests at 10% did not earn one retry")
+	}
+}
