@@ -1,0 +1,153 @@
+package items
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// recordingServer answers GET /items/{id} on loopback and records the
+// escaped paths it saw.
+func recordingServer(t *testing.T, handler func(w http.ResponseWriter, r *http.Request)) (*httptest.Server, func() []string) {
+	t.Helper()
+	var mu sync.Mutex
+	var paths []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		paths = append(paths, r.Method+" "+r.URL.EscapedPath())
+		mu.Unlock()
+		handler(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), paths...)
+	}
+}
+
+func TestHTTPSourceGet(t *testing.T) {
+	srv, seen := recordingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if got := r.Header.Get("Accept"); got != "application/json" {
+			http.Error(w, "accept "+got, http.StatusNotAcceptable)
+			return
+		}
+		switch r.URL.Path {
+		case "/prefix/items/7":
+			fmt.Fprint(w, `{"id":"7","name":"seven","price_cents":700,"source":"db"}`)
+		case "/prefix/items/a/b c":
+			fmt.Fprint(w, `{"name":"slashed"}`)
+		case "/prefix/items/missing":
+			http.NotFound(w, r)
+		case "/prefix/items/bad-request":
+			http.Error(w, "no", http.StatusBadRequest)
+		case "/prefix/items/throttled":
+			http.Error(w, "slow down", http.StatusTooManyRequests)
+		case "/prefix/items/broken":
+			http.Error(w, "boom", http.StatusInternalServerError)
+		case "/prefix/items/garbage":
+			fmt.Fprint(w, `{"id":`)
+		case "/prefix/items/degraded":
+			fmt.Fprint(w, `{"id":"degraded","degraded":true,"source":"fallback"}`)
+		default:
+			http.Error(w, "unexpected "+r.URL.Path, http.StatusTeapot)
+		}
+	})
+	src, err := NewHTTPSource(srv.URL+"/prefix/", srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+
+	it, err := src.Get(ctx, "7")
+	if err != nil || it != (Item{ID: "7", Name: "seven", Price: 700, Source: "db"}) {
+		t.Fatalf("Get(7) = %+v, %v", it, err)
+	}
+	it, err = src.Get(ctx, "a/b c")
+	if err != nil || it.ID != "a/b c" || it.Name != "slashed" || it.Source != "downstream" {
+		t.Fatalf("Get(a/b c) = %+v, %v; want id and source filled in", it, err)
+	}
+	if paths := seen(); paths[1] != "GET /prefix/items/a%2Fb%20c" {
+		t.Fatalf("id not path-escaped: %q", paths[1])
+	}
+	if _, err := src.Get(ctx, "missing"); err != ErrNotFound {
+		t.Fatalf("404: %v, want ErrNotFound itself", err)
+	}
+	var se *StatusError
+	for id, want := range map[string]struct {
+		code   int
+		caller bool
+	}{
+		"bad-request": {400, true},
+		"throttled":   {429, false},
+		"broken":      {500, false},
+	} {
+		_, err := src.Get(ctx, id)
+		if !errors.As(err, &se) || se.StatusCode != want.code || se.CallerError() != want.caller {
+			t.Errorf("Get(%s) = %v, want StatusError %d caller=%v", id, err, want.code, want.caller)
+		}
+	}
+	if _, err := src.Get(ctx, "garbage"); err == nil || !strings.Contains(err.Error(), "decode") {
+		t.Fatalf("truncated JSON: %v, want a decode error", err)
+	}
+	if it, err := src.Get(ctx, "degraded"); err != nil || !it.Degraded {
+		t.Fatalf("a degraded answer from the dependency must stay degraded: %+v, %v", it, err)
+	}
+}
+
+func TestHTTPSourceHonoursContext(t *testing.T) {
+	release := make(chan struct{})
+	srv, _ := recordingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	})
+	defer close(release)
+	src, err := NewHTTPSource(srv.URL, srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := src.Get(ctx, "1"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Get = %v, want the context's deadline", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Get returned after %s", d)
+	}
+}
+
+func TestHTTPSourceLimitsBody(t *testing.T) {
+	srv, _ := recordingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"id":"1","name":"`+strings.Repeat("x", maxItemBytes)+`"}`)
+	})
+	src, err := NewHTTPSource(srv.URL, srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Get(context.Background(), "1"); err == nil {
+		t.Fatal("a body over the limit was accepted")
+	}
+}
+
+func TestNewHTTPSourceValidates(t *testing.T) {
+	for _, u := range []string{"", "localhost:8080", "ftp://h/", "http://", "http://h/?q=1", "://x"} {
+		if _, err := NewHTTPSource(u, http.DefaultClient); err == nil {
+			t.Errorf("NewHTTPSource(%q) accepted", u)
+		}
+	}
+	if _, err := NewHTTPSource("http://127.0.0.1:1", nil); err == nil {
+		t.Error("nil client accepted")
+	}
+	if _, err := NewHTTPSource("https://items.internal/api", http.DefaultClient); err != nil {
+		t.Errorf("valid URL rejected: %v", err)
+	}
+}
