@@ -1,0 +1,336 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/extra/redisotel/v9"
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/hardenedgo/ginservice/internal/health"
+)
+
+// RateLimiter is the service's Limiter: the Redis bucket when REDIS_URL is
+// set (with the denied-key cache in front and the configured fallback
+// behind), the local bucket otherwise.
+type RateLimiter struct {
+	cfg    Config
+	logger *slog.Logger
+	m      *metrics
+	now    func() time.Duration
+
+	local *localBucket  // REDIS_URL unset: the limiter; else the `local` fallback
+	redis *redisBackend // nil without REDIS_URL
+	cache *denyCache
+	rdb   redis.UniversalClient
+
+	fallback      atomic.Bool
+	fallbackSince atomic.Int64 // limiter clock, ns
+	tripped       chan struct{}
+	probeCtx      context.Context
+	stopProbe     context.CancelFunc
+	wg            sync.WaitGroup
+	closeOnce     sync.Once
+	closeErr      error
+}
+
+var _ Limiter = (*RateLimiter)(nil)
+
+// New builds the limiter. With REDIS_URL set it never fails because Redis is
+// unreachable: it starts on the fallback, probes in the background and moves
+// to Redis when Redis answers. reg receives the ratelimit_* metrics; a nil
+// reg keeps them private.
+func New(ctx context.Context, cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*RateLimiter, error) {
+	epoch := time.Now()
+	return newLimiter(ctx, cfg, logger, reg, func() time.Duration { return time.Since(epoch) })
+}
+
+func newLimiter(ctx context.Context, cfg Config, logger *slog.Logger, reg prometheus.Registerer, now func() time.Duration) (*RateLimiter, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	r := &RateLimiter{
+		cfg:    cfg,
+		logger: logger,
+		m:      m,
+		now:    now,
+		// Without Redis, or while Redis fails, each instance admits its share.
+		local: newLocalBucket(cfg.Rate/float64(cfg.Instances), max(1, cfg.Burst/cfg.Instances), cfg.MaxLocalKeys, now),
+	}
+	if cfg.RedisURL == "" {
+		logger.Info("ratelimit: in-memory limiter (REDIS_URL unset)", "rate", r.local.rateString(), "burst", r.local.burst)
+		return r, nil
+	}
+
+	rdb, err := newRedisClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.TracerProvider != nil {
+		if err := redisotel.InstrumentTracing(rdb, redisotel.WithTracerProvider(cfg.TracerProvider), redisotel.WithDBStatement(false)); err != nil {
+			_ = rdb.Close()
+			return nil, fmt.Errorf("ratelimit: redis tracing: %w", err)
+		}
+	}
+	r.rdb = rdb
+	r.cache = newDenyCache(cfg.MaxLocalKeys)
+	r.redis = newRedisBackend(rdb, cfg.Burst, cfg.Rate, cfg.RedisTimeout, cfg.Pipelines, now,
+		func(n int) { m.redisErrors[errNoScript].Add(float64(n)) })
+	r.tripped = make(chan struct{}, 1)
+	r.probeCtx, r.stopProbe = context.WithCancel(context.WithoutCancel(ctx))
+
+	// Start on the fallback and let a first probe move us to Redis, so a
+	// Redis that is down at boot delays start-up by at most one probe.
+	r.fallback.Store(true)
+	r.fallbackSince.Store(int64(now()))
+	m.fallbackActive.Set(1)
+	bootCtx, cancel := context.WithTimeout(ctx, max(2*time.Second, 2*cfg.RedisTimeout))
+	err = r.redis.probe(bootCtx)
+	cancel()
+	if err == nil {
+		r.fallback.Store(false)
+		m.fallbackActive.Set(0)
+		logger.Info("ratelimit: Redis limiter", "redis", redactURL(cfg.RedisURL), "rate", cfg.Rate, "burst", cfg.Burst,
+			"budget", cfg.RedisTimeout, "on_redis_error", cfg.OnRedisError)
+	} else {
+		logger.Warn("ratelimit: Redis unreachable at start, fallback decides until it answers",
+			"redis", redactURL(cfg.RedisURL), "fallback", cfg.OnRedisError, "cause", err)
+		r.tripped <- struct{}{}
+	}
+	r.wg.Add(1)
+	go r.probeLoop()
+	return r, nil
+}
+
+// newRedisClient builds the go-redis client from REDIS_URL with the settings
+// the limiter relies on; values given as URL parameters are kept where they
+// do not defeat those guarantees.
+func newRedisClient(cfg Config) (redis.UniversalClient, error) {
+	o, err := parseRedisURL(cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("REDIS_URL: %w", err)
+	}
+	// Connections: one per pipeline plus room for probes and script loads.
+	pool := cfg.Pipelines + 2
+	ioTimeout := max(time.Second, 2*cfg.RedisTimeout) // probes; decisions use the budget via their context
+	if o.cluster != nil {
+		c := o.cluster
+		c.MaxRetries = -1 // never re-send a script that may have run
+		c.ContextTimeoutEnabled = true
+		c.DialTimeout = orDefault(c.DialTimeout, ioTimeout)
+		c.ReadTimeout = orDefault(c.ReadTimeout, ioTimeout)
+		c.WriteTimeout = orDefault(c.WriteTimeout, ioTimeout)
+		c.PoolSize = orDefault(c.PoolSize, pool)
+		c.DialerRetries = orDefault(c.DialerRetries, 1)
+		return redis.NewClusterClient(c), nil
+	}
+	c := o.single
+	c.MaxRetries = -1
+	c.ContextTimeoutEnabled = true
+	c.DialTimeout = orDefault(c.DialTimeout, ioTimeout)
+	c.ReadTimeout = orDefault(c.ReadTimeout, ioTimeout)
+	c.WriteTimeout = orDefault(c.WriteTimeout, ioTimeout)
+	c.PoolSize = orDefault(c.PoolSize, pool)
+	c.DialerRetries = orDefault(c.DialerRetries, 1)
+	return redis.NewClient(c), nil
+}
+
+func orDefault[T comparable](v, d T) T {
+	var zero T
+	if v == zero {
+		return d
+	}
+	return v
+}
+
+// Allow decides whether key may spend cost tokens. It returns an error only
+// for a cost outside [0, burst]; Redis failures are answered by the
+// fallback, never passed to the caller.
+func (r *RateLimiter) Allow(ctx context.Context, key string, cost int) (Decision, error) {
+	if cost < 0 || cost > r.cfg.Burst {
+		return Decision{}, fmt.Errorf("%w: cost %d, RATELIMIT_BURST %d", ErrInvalidCost, cost, r.cfg.Burst)
+	}
+	d, b := r.decide(ctx, key, cost)
+	r.m.decision(d.Allowed, b)
+	// Recorded on the request's span when one is being recorded; with
+	// tracing off this is one context lookup.
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		span.AddEvent("ratelimit.decision", trace.WithAttributes(
+			attribute.Bool("ratelimit.allowed", d.Allowed),
+			attribute.String("ratelimit.backend", b.String()),
+			attribute.Int("ratelimit.limit", d.Limit),
+			attribute.Int("ratelimit.remaining", d.Remaining),
+			attribute.Int64("ratelimit.retry_after_ms", d.RetryAfter.Milliseconds()),
+		))
+	}
+	return d, nil
+}
+
+func (r *RateLimiter) decide(ctx context.Context, key string, cost int) (Decision, backend) {
+	if r.redis == nil {
+		return r.local.allow(key, cost), backendLocal
+	}
+	if r.fallback.Load() {
+		return r.fallbackDecision(key, cost)
+	}
+	now := r.now()
+	if d, ok := r.cache.lookup(key, cost, now); ok {
+		return d, backendCache
+	}
+	rep, err := r.redis.allow(ctx, key, cost)
+	r.m.redisDuration.Observe(min(r.now()-now, r.cfg.RedisTimeout).Seconds())
+	if err != nil {
+		if ctx.Err() != nil {
+			// The caller went away: not Redis's fault, and nobody reads the answer.
+			return r.fallbackDecision(key, cost)
+		}
+		if isTimeout(err) {
+			r.m.redisErrors[errTimeout].Inc()
+		} else {
+			r.m.redisErrors[errOther].Inc()
+		}
+		r.trip(err)
+		return r.fallbackDecision(key, cost)
+	}
+	d := Decision{Allowed: rep.allowed, Limit: r.cfg.Burst, Remaining: int(rep.remaining), ResetAfter: rep.full}
+	if !rep.allowed {
+		d.RetryAfter = rep.wait
+	}
+	if rep.wait > 0 {
+		// Measured from when the call was written, which is before Redis
+		// ran it: the entry can only expire early (one extra call), never
+		// deny a request Redis would admit.
+		r.cache.store(key, cost, r.cfg.Burst, rep.sent+rep.wait, rep.sent+rep.full, now)
+	}
+	return d, backendRedis
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, errBudget) || errors.Is(err, errQueueFull) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func (r *RateLimiter) fallbackDecision(key string, cost int) (Decision, backend) {
+	switch r.cfg.OnRedisError {
+	case OnErrorAllow:
+		return Decision{Allowed: true, Limit: r.cfg.Burst, Remaining: r.cfg.Burst - cost}, backendAllow
+	case OnErrorDeny:
+		return Decision{Limit: r.cfg.Burst, RetryAfter: time.Second, ResetAfter: time.Second}, backendDeny
+	}
+	// The local share may be smaller than a cost the global bucket accepts:
+	// charge at most the whole local bucket rather than deny forever.
+	return r.local.allow(key, min(cost, r.local.burst)), backendLocal
+}
+
+// trip switches to the fallback after a failed or late Redis call; the
+// prober brings Redis back.
+func (r *RateLimiter) trip(cause error) {
+	if !r.fallback.CompareAndSwap(false, true) {
+		return
+	}
+	r.fallbackSince.Store(int64(r.now()))
+	r.m.fallbackActive.Set(1)
+	r.logger.Warn("ratelimit: Redis failing, fallback decides", "fallback", r.cfg.OnRedisError,
+		"budget", r.cfg.RedisTimeout, "cause", cause)
+	select {
+	case r.tripped <- struct{}{}:
+	default:
+	}
+}
+
+func (r *RateLimiter) probeLoop() {
+	defer r.wg.Done()
+	for {
+		select {
+		case <-r.probeCtx.Done():
+			return
+		case <-r.tripped:
+		}
+		var lastErr error
+		for r.fallback.Load() {
+			// Wait first: right after a failure a probe would most likely
+			// fail too, and a one-off hiccup should not cause a flap.
+			select {
+			case <-r.probeCtx.Done():
+				return
+			case <-time.After(r.cfg.ProbeInterval):
+			}
+			if lastErr = r.redis.probe(r.probeCtx); lastErr == nil {
+				since := time.Duration(r.fallbackSince.Load())
+				r.fallback.Store(false)
+				r.m.fallbackActive.Set(0)
+				r.logger.Info("ratelimit: Redis answers again, fallback left", "fallback_for", (r.now() - since).Round(time.Millisecond))
+			}
+		}
+	}
+}
+
+// Health is the readiness check of the limiter: disabled without REDIS_URL,
+// degraded while the fallback decides, ok on Redis.
+func (r *RateLimiter) Health(context.Context) health.Status {
+	switch {
+	case r.redis == nil:
+		return health.StatusDisabled
+	case r.fallback.Load():
+		return health.StatusDegraded
+	}
+	return health.StatusOK
+}
+
+// FallbackActive reports whether the fallback currently decides.
+func (r *RateLimiter) FallbackActive() bool { return r.redis != nil && r.fallback.Load() }
+
+// Close stops the prober and the pipeline workers and closes the Redis
+// client. Decisions after Close come from the fallback.
+func (r *RateLimiter) Close() error {
+	r.closeOnce.Do(func() {
+		if r.redis == nil {
+			return
+		}
+		r.fallback.Store(true) // no new calls into the closing pipeline
+		r.stopProbe()
+		r.wg.Wait()
+		r.redis.close()
+		r.closeErr = r.rdb.Close()
+	})
+	return r.closeErr
+}
+
+// redactURL drops the password from a Redis URL for the log.
+func redactURL(raw string) string {
+	o, err := parseRedisURL(raw)
+	if err != nil {
+		return "<invalid>"
+	}
+	if o.cluster != nil {
+		return fmt.Sprintf("cluster %v", o.cluster.Addrs)
+	}
+	return o.single.Addr
+}
+
+func (b *localBucket) rateString() string {
+	return fmt.Sprintf("%g/s", float64(b.rate)/1000)
+}

@@ -1,0 +1,89 @@
+package ratelimit
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/hardenedgo/ginservice/internal/problem"
+)
+
+// MiddlewareOptions configures Middleware.
+type MiddlewareOptions struct {
+	// KeyHeader, when set (e.g. X-API-Key), adds that header's value to the
+	// key: clients behind one IP with different keys get separate buckets.
+	// The value is hashed, so secrets never reach Redis or logs.
+	KeyHeader string
+	// Logger receives limiter errors (misconfiguration only). Nil: discarded.
+	Logger *slog.Logger
+}
+
+// Response headers (draft-ietf-httpapi-ratelimit-headers).
+const (
+	HeaderLimit      = "RateLimit-Limit"
+	HeaderRemaining  = "RateLimit-Remaining"
+	HeaderReset      = "RateLimit-Reset"
+	HeaderRetryAfter = "Retry-After"
+)
+
+// Middleware limits each request by client key, one token per request. The
+// key is c.ClientIP(): the peer address, or X-Forwarded-For only when the
+// peer is one of the engine's trusted proxies (engine.SetTrustedProxies from
+// TRUSTED_PROXIES; nil trusts none). Every response carries RateLimit-Limit,
+// RateLimit-Remaining and RateLimit-Reset; a denial is a 429 problem with
+// Retry-After in whole seconds (at least 1). A limiter error (only possible
+// through misconfiguration) lets the request through and is logged: the
+// limiter must not take the API down.
+func Middleware(l Limiter, opts MiddlewareOptions) gin.HandlerFunc {
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return func(c *gin.Context) {
+		key := RequestKey(c, opts.KeyHeader)
+		d, err := l.Allow(c.Request.Context(), key, 1)
+		if err != nil {
+			logger.ErrorContext(c.Request.Context(), "ratelimit: limiter error, request let through", "err", err)
+			c.Next()
+			return
+		}
+		h := c.Writer.Header()
+		h.Set(HeaderLimit, strconv.Itoa(d.Limit))
+		h.Set(HeaderRemaining, strconv.Itoa(max(0, d.Remaining)))
+		h.Set(HeaderReset, strconv.FormatInt(ceilSeconds(d.ResetAfter, 0), 10))
+		if !d.Allowed {
+			retry := ceilSeconds(d.RetryAfter, 1)
+			h.Set(HeaderRetryAfter, strconv.FormatInt(retry, 10))
+			problem.Abort(c, http.StatusTooManyRequests, "rate limit exceeded, retry after "+strconv.FormatInt(retry, 10)+"s")
+			return
+		}
+		c.Next()
+	}
+}
+
+// ceilSeconds rounds d up to whole seconds, at least floor: a client told
+// "0" would retry at once and be denied again.
+func ceilSeconds(d time.Duration, floor int64) int64 {
+	s := int64((d + time.Second - 1) / time.Second)
+	return max(s, floor)
+}
+
+// RequestKey is the limiter key of a request: the client IP, prefixed by a
+// hash of the KeyHeader value when that header is configured and present.
+func RequestKey(c *gin.Context, keyHeader string) string {
+	ip := c.ClientIP()
+	if keyHeader == "" {
+		return ip
+	}
+	v := c.GetHeader(keyHeader)
+	if v == "" {
+		return ip
+	}
+	sum := sha256.Sum256([]byte(v))
+	return hex.EncodeToString(sum[:12]) + "|" + ip
+}

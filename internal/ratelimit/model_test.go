@@ -1,0 +1,261 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"math/big"
+	"math/rand/v2"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// refBucket is the reference: a textbook token bucket in exact rational
+// arithmetic, refilled continuously and sampled at whole milliseconds (the
+// granularity the limiter promises), with time that never runs backwards.
+type refBucket struct {
+	rate   *big.Rat // tokens per ms
+	burst  *big.Rat
+	tokens *big.Rat
+	last   int64
+	fullAt int64 // ms at which the stored state refills completely
+	seen   bool
+}
+
+func newRefBucket(rate float64, burst int) *refBucket {
+	r, ok := new(big.Rat).SetString(strconv.FormatFloat(rate, 'f', -1, 64))
+	if !ok {
+		panic(rate)
+	}
+	return &refBucket{rate: r.Quo(r, big.NewRat(1000, 1)), burst: big.NewRat(int64(burst), 1)}
+}
+
+type refResult struct {
+	allowed   bool
+	remaining int64
+	retryAtMs int64 // absolute ms at which cost is affordable; only when denied
+	fullAtMs  int64 // absolute ms at which the bucket is full; -1 if full
+}
+
+func ceilRat(x *big.Rat) int64 {
+	q, m := new(big.Int).QuoRem(x.Num(), x.Denom(), new(big.Int))
+	if m.Sign() > 0 {
+		q.Add(q, big.NewInt(1))
+	}
+	return q.Int64()
+}
+
+func (b *refBucket) take(nowMs int64, cost int) refResult {
+	tokens := new(big.Rat).Set(b.burst)
+	t := nowMs
+	if b.seen {
+		t = max(t, b.last)
+		tokens.Mul(b.rate, big.NewRat(t-b.last, 1))
+		tokens.Add(tokens, b.tokens)
+		if tokens.Cmp(b.burst) > 0 {
+			tokens.Set(b.burst)
+		}
+	}
+	c := big.NewRat(int64(cost), 1)
+	res := refResult{allowed: tokens.Cmp(c) >= 0, fullAtMs: -1}
+	if res.allowed && cost > 0 {
+		tokens.Sub(tokens, c)
+		b.tokens, b.last, b.seen = tokens, t, true
+		b.fullAt = t + ceilRat(new(big.Rat).Quo(new(big.Rat).Sub(b.burst, tokens), b.rate))
+	}
+	res.remaining = new(big.Int).Quo(tokens.Num(), tokens.Denom()).Int64()
+	if !res.allowed {
+		res.retryAtMs = t + ceilRat(new(big.Rat).Quo(new(big.Rat).Sub(c, tokens), b.rate))
+	}
+	if tokens.Cmp(b.burst) < 0 {
+		res.fullAtMs = t + ceilRat(new(big.Rat).Quo(new(big.Rat).Sub(b.burst, tokens), b.rate))
+	}
+	return res
+}
+
+// modelCase is one random configuration.
+type modelCase struct {
+	rate  float64
+	burst int
+}
+
+var modelCases = []modelCase{
+	{1, 1}, {0.5, 3}, {3.3, 7}, {7.25, 20}, {100, 200}, {1000, 10}, {12345.678, 50000}, {0.001, 2},
+}
+
+// step picks the next fake time (µs), mostly forward by a little, sometimes
+// a long idle (to pass expiry) and sometimes backwards (a clock step).
+func step(rng *rand.Rand, nowUs int64, rate float64, burst int) int64 {
+	fill := int64(float64(burst) / rate * 1e6) // µs to refill completely
+	switch p := rng.IntN(100); {
+	case p < 3:
+		return nowUs - rng.Int64N(5_000_000) // backwards up to 5 s
+	case p < 8:
+		return nowUs + fill + rng.Int64N(fill+1) // idle past full
+	case p < 40:
+		return nowUs // same instant
+	default:
+		return nowUs + rng.Int64N(max(2, 3*int64(1e6/rate))) // around a token's time
+	}
+}
+
+func TestLocalBucketMatchesModel(t *testing.T) {
+	for _, mc := range modelCases {
+		t.Run(fmt.Sprintf("rate=%g,burst=%d", mc.rate, mc.burst), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(uint64(mc.burst), uint64(mc.rate*1000)))
+			var nowUs int64 = 1_000_000_000 // arbitrary epoch
+			b := newLocalBucket(mc.rate, mc.burst, 1000, func() time.Duration { return time.Duration(nowUs) * time.Microsecond })
+			refs := map[string]*refBucket{}
+			for i := 0; i < 4000; i++ {
+				nowUs = step(rng, nowUs, mc.rate, mc.burst)
+				key := "k" + strconv.Itoa(rng.IntN(3))
+				cost := rng.IntN(min(mc.burst, 5) + 1)
+				if refs[key] == nil {
+					refs[key] = newRefBucket(mc.rate, mc.burst)
+				}
+				want := refs[key].take(nowUs/1000, cost)
+				got := b.allow(key, cost)
+				checkDecision(t, i, key, cost, nowUs, mc.burst, got, want)
+			}
+		})
+	}
+}
+
+func checkDecision(t *testing.T, i int, key string, cost int, nowUs int64, burst int, got Decision, want refResult) {
+	t.Helper()
+	now := time.Duration(nowUs) * time.Microsecond
+	wantRetry := time.Duration(0)
+	if !want.allowed {
+		wantRetry = time.Duration(want.retryAtMs)*time.Millisecond - now
+	}
+	wantReset := time.Duration(0)
+	if want.fullAtMs >= 0 {
+		wantReset = time.Duration(want.fullAtMs)*time.Millisecond - now
+	}
+	if got.Allowed != want.allowed || int64(got.Remaining) != want.remaining || got.Limit != burst ||
+		got.RetryAfter != wantRetry || got.ResetAfter != wantReset {
+		t.Fatalf("call %d key %s cost %d at %dµs: got %+v, want allowed=%v remaining=%d retry=%s reset=%s",
+			i, key, cost, nowUs, got, want.allowed, want.remaining, wantRetry, wantReset)
+	}
+}
+
+// TestScriptMatchesModel runs the real Lua script (in miniredis, whose TIME
+// follows a fake clock and whose keys expire as the clock advances) against
+// the reference. A TTL shorter than the time to refill, a clock that moves
+// backwards, or float truncation of Remaining would all diverge here.
+func TestScriptMatchesModel(t *testing.T) {
+	for _, mc := range modelCases {
+		t.Run(fmt.Sprintf("rate=%g,burst=%d", mc.rate, mc.burst), func(t *testing.T) {
+			mr := miniredis.RunT(t)
+			rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+			t.Cleanup(func() { rdb.Close() })
+			script := redis.NewScript(bucketLua)
+			ctx := context.Background()
+			rng := rand.New(rand.NewPCG(uint64(mc.burst), uint64(mc.rate*1000)))
+			var nowUs int64 = 1_700_000_000_000_000 // a realistic Unix time in µs
+			mr.SetTime(time.UnixMicro(nowUs))
+			refs := map[string]*refBucket{}
+			high := nowUs // miniredis TTLs only move forward
+			for i := 0; i < 1500; i++ {
+				nowUs = step(rng, nowUs, mc.rate, mc.burst)
+				mr.SetTime(time.UnixMicro(nowUs))
+				if nowUs > high {
+					mr.FastForward(time.Duration(nowUs-high) * time.Microsecond)
+					high = nowUs
+				}
+				key := "k" + strconv.Itoa(rng.IntN(3))
+				cost := rng.IntN(min(mc.burst, 5) + 1)
+				if refs[key] == nil {
+					refs[key] = newRefBucket(mc.rate, mc.burst)
+				}
+				// An absent key is a full bucket. It may vanish only once the
+				// server clock has reached the time the bucket is full again;
+				// earlier would hand out tokens twice.
+				if ref := refs[key]; ref.seen && !mr.Exists(redisKey(key)) {
+					if high < ref.fullAt*1000 {
+						t.Fatalf("call %d: key %s expired at %dµs, before the bucket refilled at %dms", i, key, high, ref.fullAt)
+					}
+					ref.seen = false
+				}
+				want := refs[key].take(nowUs/1000, cost)
+				cmd := script.Run(ctx, rdb, []string{redisKey(key)}, mc.burst, ratePerMs(mc.rate), cost)
+				rep := parseReply(cmd)
+				if rep.err != nil {
+					t.Fatalf("call %d: %v", i, rep.err)
+				}
+				got := Decision{Allowed: rep.allowed, Limit: mc.burst, Remaining: int(rep.remaining), ResetAfter: rep.full}
+				if !rep.allowed {
+					got.RetryAfter = rep.wait
+				}
+				checkDecision(t, i, key, cost, nowUs, mc.burst, got, want)
+				// Expiry: never before the bucket is full again, and at least
+				// 1 s when just written (go-zero's floor(2*burst/rate) TTL is 0
+				// for small bursts).
+				if nowUs >= high && want.fullAtMs >= 0 {
+					ttl := mr.TTL(redisKey(key))
+					toFull := time.Duration(want.fullAtMs)*time.Millisecond - time.Duration(nowUs)*time.Microsecond
+					if ttl < toFull {
+						t.Fatalf("call %d: TTL %s shorter than the time to refill %s", i, ttl, toFull)
+					}
+					if want.allowed && cost > 0 && ttl < time.Second {
+						t.Fatalf("call %d: TTL %s right after a write, want >= 1s", i, ttl)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestShardedMapBounded(t *testing.T) {
+	var nowUs int64
+	b := newLocalBucket(1, 10, 640, func() time.Duration { return time.Duration(nowUs) * time.Microsecond })
+	for i := 0; i < 100_000; i++ {
+		b.allow("key"+strconv.Itoa(i), 1)
+	}
+	if n := b.m.len(); n > 640 {
+		t.Fatalf("local bucket holds %d keys, cap 640", n)
+	}
+	// Once every bucket is full again the entries are dead weight: the next
+	// inserts sweep them.
+	nowUs += 11 * 1e6
+	for i := 0; i < 64*minSweep; i++ {
+		b.allow("fresh"+strconv.Itoa(i), 1)
+	}
+	if n := b.m.len(); n > 64*minSweep {
+		t.Fatalf("expired keys not swept: %d", n)
+	}
+	// A key that is still draining survives small inserts: eviction only
+	// happens at the cap.
+	b2 := newLocalBucket(1, 2, 64000, func() time.Duration { return time.Duration(nowUs) * time.Microsecond })
+	b2.allow("hot", 2)
+	for i := 0; i < 1000; i++ {
+		b2.allow("other"+strconv.Itoa(i), 1)
+	}
+	if d := b2.allow("hot", 1); d.Allowed {
+		t.Fatal("a drained key was forgotten well below the cap")
+	}
+}
+
+func TestDenyCache(t *testing.T) {
+	c := newDenyCache(1000)
+	now := 10 * time.Second
+	c.store("k", 2, 5, now+300*time.Millisecond, now+time.Second, now)
+	if d, ok := c.lookup("k", 2, now+100*time.Millisecond); !ok || d.Allowed || d.RetryAfter != 200*time.Millisecond || d.Limit != 5 || d.ResetAfter != 900*time.Millisecond {
+		t.Fatalf("lookup = %+v, %v", d, ok)
+	}
+	if _, ok := c.lookup("k", 3, now); !ok {
+		t.Fatal("a bigger cost must be denied from the cache too")
+	}
+	if _, ok := c.lookup("k", 1, now); ok {
+		t.Fatal("a smaller cost may be affordable: must ask Redis")
+	}
+	if _, ok := c.lookup("k", 2, now+300*time.Millisecond); ok {
+		t.Fatal("entry used at its expiry")
+	}
+	if _, ok := c.lookup("other", 1, now); ok {
+		t.Fatal("unknown key hit")
+	}
+}

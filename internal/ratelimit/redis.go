@@ -1,0 +1,302 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// bucketLua is the shared token bucket. One hash per key, rl:{key}: the key
+// is its own hash tag, so keys spread over every Cluster shard (a global tag
+// would put them all on one). Time is the Redis server's (TIME), never the
+// caller's, so instance clocks cannot refill a bucket, and is held in whole
+// milliseconds; tokens are integers in 1e-6 units. A stored time is never
+// moved backwards: if the server clock steps back (NTP, failover to a
+// replica whose clock lags) time stands still instead of refilling twice.
+// The key expires when the bucket is full again (at least 1 s, so a huge
+// rate cannot produce a zero TTL): an absent key means a full bucket.
+//
+// KEYS[1] bucket hash; ARGV[1] burst (tokens); ARGV[2] refill in 1e-6 tokens
+// per ms; ARGV[3] cost (tokens). Returns {allowed 0|1, whole tokens left,
+// µs until cost is affordable (0 if it is), µs until full}, the waits measured
+// from the server's microsecond clock (as it reads, even if it stepped back)
+// to the millisecond at which the bucket holds the tokens.
+const bucketLua = `
+if redis.replicate_commands then redis.replicate_commands() end
+local burst = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local need = tonumber(ARGV[3]) * 1000000
+local cap = burst * 1000000
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local clock = math.floor(now_us / 1000)
+local now = clock
+local tokens = cap
+local s = redis.call('HMGET', KEYS[1], 'tk', 'ts')
+if s[1] and s[2] then
+  local last = tonumber(s[2])
+  if now < last then now = last end
+  tokens = math.min(cap, tonumber(s[1]) + (now - last) * rate)
+end
+local allowed = 0
+if tokens >= need then
+  allowed = 1
+  if need > 0 then
+    tokens = tokens - need
+    redis.call('HSET', KEYS[1], 'tk', tokens, 'ts', now)
+    -- PEXPIRE counts from the server clock, which may lag the stored time.
+    redis.call('PEXPIRE', KEYS[1], math.max(1000, now + math.ceil((cap - tokens) / rate) - clock))
+  end
+end
+local wait = 0
+if tokens < need then
+  wait = (now + math.ceil((need - tokens) / rate)) * 1000 - now_us
+end
+local full = 0
+if tokens < cap then
+  full = (now + math.ceil((cap - tokens) / rate)) * 1000 - now_us
+end
+return {allowed, math.floor(tokens / 1000000), wait, full}
+`
+
+// redisKey is the bucket's Redis key: the whole key is the hash tag.
+func redisKey(key string) string { return "rl:{" + key + "}" }
+
+// noRetry marks the script call as never to be retried by go-redis: after a
+// timeout or a dropped connection the script may already have run, and
+// running it again would charge the caller twice. (MaxRetries is -1 as well;
+// this also covers the Cluster client, whose redirect budget would otherwise
+// re-send a pipeline after a network error. MOVED/ASK are still followed:
+// those replies mean the script did not run.)
+type noRetry struct{ *redis.Cmd }
+
+func (noRetry) NoRetry() bool { return true }
+
+var (
+	errBudget    = errors.New("ratelimit: Redis decision exceeded its budget")
+	errQueueFull = errors.New("ratelimit: Redis pipeline queue full")
+)
+
+// redisBackend runs the bucket script, coalescing concurrent calls into
+// pipelines (auto-pipelining): up to `pipelines` batches are in flight and
+// every call that arrives meanwhile joins the next one. At low load a call
+// goes out alone at once (no added wait); under load one round trip serves
+// hundreds of calls, so throughput is not bound by one round trip per call.
+type redisBackend struct {
+	client   redis.UniversalClient
+	script   *redis.Script
+	burstArg string
+	rateArg  string
+	budget   time.Duration
+	now      func() time.Duration
+	onNoScr  func(n int)
+
+	queue chan *call
+	stop  chan struct{}
+	wg    sync.WaitGroup
+}
+
+const (
+	maxBatch   = 512
+	queueDepth = 8192
+)
+
+type call struct {
+	ctx  context.Context
+	rkey string
+	cost int
+	enq  time.Duration
+	sent time.Duration // when the command was written (limiter clock)
+	cmd  *redis.Cmd
+	done chan reply
+}
+
+type reply struct {
+	allowed   bool
+	remaining int64
+	wait      time.Duration // until cost is affordable again; 0 if it is
+	full      time.Duration
+	sent      time.Duration // when the command was written (limiter clock)
+	err       error
+}
+
+func newRedisBackend(client redis.UniversalClient, burst int, rate float64, budget time.Duration, pipelines int, now func() time.Duration, onNoScript func(int)) *redisBackend {
+	b := &redisBackend{
+		client:   client,
+		script:   redis.NewScript(bucketLua),
+		burstArg: strconv.Itoa(burst),
+		rateArg:  strconv.FormatInt(ratePerMs(rate), 10),
+		budget:   budget,
+		now:      now,
+		onNoScr:  onNoScript,
+		queue:    make(chan *call, queueDepth),
+		stop:     make(chan struct{}),
+	}
+	for range pipelines {
+		b.wg.Add(1)
+		go b.worker()
+	}
+	return b
+}
+
+func (b *redisBackend) close() {
+	close(b.stop)
+	b.wg.Wait()
+}
+
+// allow asks Redis, waiting at most the budget (queueing included).
+func (b *redisBackend) allow(ctx context.Context, key string, cost int) (reply, error) {
+	c := &call{ctx: ctx, rkey: redisKey(key), cost: cost, enq: b.now(), done: make(chan reply, 1)}
+	select {
+	case b.queue <- c:
+	default:
+		return reply{}, errQueueFull
+	}
+	t := time.NewTimer(b.budget)
+	defer t.Stop()
+	select {
+	case r := <-c.done:
+		return r, r.err
+	case <-t.C:
+		return reply{}, errBudget
+	case <-ctx.Done():
+		return reply{}, ctx.Err()
+	}
+}
+
+func (b *redisBackend) worker() {
+	defer b.wg.Done()
+	batch := make([]*call, 0, maxBatch)
+	for {
+		select {
+		case <-b.stop:
+			return
+		case c := <-b.queue:
+			batch = append(batch[:0], c)
+		}
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case c := <-b.queue:
+				batch = append(batch, c)
+			default:
+				break fill
+			}
+		}
+		b.exec(batch)
+		clear(batch) // drop references to finished calls
+	}
+}
+
+func (b *redisBackend) exec(batch []*call) {
+	// The oldest call's budget bounds the whole round trip: past it nobody in
+	// the batch waits for the answer. The first call's context (minus its
+	// cancellation) parents the Redis span when tracing is on.
+	left := b.budget - (b.now() - batch[0].enq)
+	if left <= 0 {
+		for _, c := range batch {
+			c.done <- reply{err: errBudget}
+		}
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(batch[0].ctx), left)
+	defer cancel()
+
+	pipe := b.client.Pipeline()
+	for _, c := range batch {
+		c.cmd = redis.NewCmd(ctx, "evalsha", b.script.Hash(), 1, c.rkey, b.burstArg, b.rateArg, c.cost)
+		_ = pipe.Process(ctx, noRetry{c.cmd})
+	}
+	sent := b.now()
+	_, _ = pipe.Exec(ctx)
+	for _, c := range batch {
+		c.sent = sent
+	}
+
+	// NOSCRIPT (SCRIPT FLUSH, a restarted or new node): the script did not
+	// run, so sending it again with EVAL cannot double-count. Redis caches it
+	// again for the next EVALSHA.
+	var again []*call
+	for _, c := range batch {
+		if isNoScript(c.cmd.Err()) {
+			again = append(again, c)
+		}
+	}
+	if len(again) > 0 {
+		b.onNoScr(len(again))
+		pipe = b.client.Pipeline()
+		for _, c := range again {
+			c.cmd = redis.NewCmd(ctx, "eval", bucketLua, 1, c.rkey, b.burstArg, b.rateArg, c.cost)
+			_ = pipe.Process(ctx, noRetry{c.cmd})
+		}
+		sent = b.now()
+		_, _ = pipe.Exec(ctx)
+		for _, c := range again {
+			c.sent = sent
+		}
+	}
+	for _, c := range batch {
+		r := parseReply(c.cmd)
+		r.sent = c.sent
+		c.done <- r
+	}
+}
+
+func isNoScript(err error) bool {
+	return err != nil && (errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT"))
+}
+
+func parseReply(cmd *redis.Cmd) reply {
+	vals, err := cmd.Int64Slice()
+	if err != nil {
+		return reply{err: err}
+	}
+	if len(vals) != 4 {
+		return reply{err: fmt.Errorf("ratelimit: script returned %d values, want 4", len(vals))}
+	}
+	return reply{
+		allowed:   vals[0] == 1,
+		remaining: vals[1],
+		wait:      time.Duration(vals[2]) * time.Microsecond,
+		full:      time.Duration(vals[3]) * time.Microsecond,
+	}
+}
+
+// probe reports whether Redis (every master of a Cluster) answers PING
+// within the budget. A first PING with a generous timeout may dial a new
+// connection (DNS, TCP, TLS): dialing is not what the budget measures.
+func (b *redisBackend) probe(ctx context.Context) error {
+	each := func(ctx context.Context, fn func(context.Context, redis.Cmdable) error) error {
+		if cc, ok := b.client.(*redis.ClusterClient); ok {
+			return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return fn(ctx, c) })
+		}
+		return fn(ctx, b.client)
+	}
+	ping := func(ctx context.Context, c redis.Cmdable) error { return c.Ping(ctx).Err() }
+	warm, cancel := context.WithTimeout(ctx, max(time.Second, b.budget))
+	err := each(warm, ping)
+	cancel()
+	if err != nil {
+		return err
+	}
+	timed, cancel := context.WithTimeout(ctx, b.budget)
+	defer cancel()
+	start := time.Now()
+	if err := each(timed, ping); err != nil {
+		return fmt.Errorf("PING within the %s budget: %w", b.budget, err)
+	}
+	if d := time.Since(start); d > b.budget {
+		return fmt.Errorf("PING took %s, over the %s budget", d, b.budget)
+	}
+	// Load the script now so the first decisions do not pay a NOSCRIPT
+	// round trip (a Cluster client loads it on every master).
+	loadCtx, cancel := context.WithTimeout(ctx, max(time.Second, b.budget))
+	defer cancel()
+	_ = b.script.Load(loadCtx, b.client).Err()
+	return nil
+}
