@@ -847,4 +847,3 @@ func hasPortName(cs []corev1.Container, name string) bool {
 	}
 	return false
 }
-
