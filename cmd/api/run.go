@@ -155,14 +155,20 @@ func serveErr(name string, err error) error {
 }
 
 // shutdown is the SIGTERM sequence: readiness fails at once; traffic is still
-// served for SHUTDOWN_DELAY while load balancers notice (keep-alives are
-// turned off so clients move to other pods); then the listener closes and
-// in-flight requests drain for up to SHUTDOWN_TIMEOUT. The admin listener
-// closes last so the drain can be watched.
+// served for SHUTDOWN_DELAY while load balancers take the pod out; then the
+// listener closes and in-flight requests drain for up to SHUTDOWN_TIMEOUT.
+// The admin listener closes last so the drain can be watched.
+//
+// Keep-alives stay on during the delay on purpose: turning them off makes
+// every client open a new connection per request, and connections still
+// queued in the kernel's accept backlog when the listener closes are reset
+// (the client sees EOF or ECONNRESET for a request it did send). With
+// keep-alives on, no new connections queue up; Shutdown then closes only
+// idle connections, and responses written while draining carry
+// "Connection: close".
 func shutdown(signalled bool, stopSignals func(), cfg config.Config, logger *slog.Logger, readiness *health.Readiness, public, admin *http.Server) error {
 	stopSignals() // a second SIGTERM/SIGINT now kills the process at once
 	readiness.SetShuttingDown()
-	public.SetKeepAlivesEnabled(false)
 	if signalled && cfg.ShutdownDelay > 0 {
 		logger.Info("shutdown: not ready, still serving", slog.String("delay", cfg.ShutdownDelay.String()))
 		time.Sleep(cfg.ShutdownDelay)

@@ -149,7 +149,7 @@ func (c Config) Validate() error {
 	if c.AdminAddr == "" {
 		return bad("ADMIN_ADDR", "must not be empty")
 	}
-	if c.HTTPAddr == c.AdminAddr {
+	if c.HTTPAddr == c.AdminAddr && !strings.HasSuffix(c.HTTPAddr, ":0") {
 		return bad("ADMIN_ADDR", "must differ from HTTP_ADDR (%s)", c.HTTPAddr)
 	}
 	if c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 65536 {

@@ -1,0 +1,547 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// logSink collects the service's stdout and reports the listening
+// addresses from its "listening" line.
+type logSink struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	addrs chan [2]string
+	once  sync.Once
+	line  []byte
+}
+
+func newLogSink() *logSink { return &logSink{addrs: make(chan [2]string, 1)} }
+
+func (s *logSink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.buf.Write(p)
+	s.line = append(s.line, p...)
+	for {
+		i := bytes.IndexByte(s.line, '\n')
+		if i < 0 {
+			break
+		}
+		var m map[string]any
+		if json.Unmarshal(s.line[:i], &m) == nil && m["msg"] == "listening" {
+			s.once.Do(func() { s.addrs <- [2]string{fmt.Sprint(m["public"]), fmt.Sprint(m["admin"])} })
+		}
+		s.line = s.line[i+1:]
+	}
+	return len(p), nil
+}
+
+func (s *logSink) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
+// lines returns the parsed JSON log lines.
+func (s *logSink) lines() []map[string]any {
+	var out []map[string]any
+	for _, l := range strings.Split(s.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func envFunc(kv map[string]string) func(string) string {
+	return func(k string) string { return kv[k] }
+}
+
+func baseEnv(extra map[string]string) map[string]string {
+	env := map[string]string{
+		"HTTP_ADDR":      "127.0.0.1:0",
+		"ADMIN_ADDR":     "127.0.0.1:0",
+		"SHUTDOWN_DELAY": "0s",
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	return env
+}
+
+type running struct {
+	public, admin string
+	logs          *logSink
+	cancel        context.CancelFunc
+	done          chan error
+}
+
+// startRun runs the service in-process through run, as main does.
+func startRun(t *testing.T, extra map[string]string) *running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := newLogSink()
+	r := &running{logs: logs, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- run(ctx, []string{"api"}, envFunc(baseEnv(extra)), logs, io.Discard) }()
+	select {
+	case a := <-logs.addrs:
+		r.public, r.admin = a[0], a[1]
+	case err := <-r.done:
+		t.Fatalf("run exited early: %v\n%s", err, logs)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("service did not start:\n%s", logs)
+	}
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.done:
+		case <-time.After(30 * time.Second):
+			t.Errorf("run did not return after cancel")
+		}
+	})
+	return r
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestRunServes(t *testing.T) {
+	r := startRun(t, nil)
+	if code, body := get(t, "http://"+r.public+"/healthz"); code != 200 {
+		t.Fatalf("healthz = %d %s", code, body)
+	}
+	if code, body := get(t, "http://"+r.public+"/readyz"); code != 200 || !strings.Contains(body, `"redis":"disabled"`) && !strings.Contains(body, `"status":"ok"`) {
+		t.Fatalf("readyz = %d %s", code, body)
+	}
+	if code, body := get(t, "http://"+r.public+"/api/v1/ping"); code != 200 || body != `{"message":"pong"}` {
+		t.Fatalf("ping = %d %s", code, body)
+	}
+	code, body := get(t, "http://"+r.admin+"/metrics")
+	if code != 200 {
+		t.Fatalf("metrics = %d", code)
+	}
+	for _, want := range []string{`http_server_requests_total{code="200",method="GET",route="/api/v1/ping"}`, "service_build_info{", "go_goroutines", "process_open_fds"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	// The public port never serves admin routes.
+	if code, _ := get(t, "http://"+r.public+"/metrics"); code != 404 {
+		t.Errorf("public /metrics = %d, want 404", code)
+	}
+}
+
+func TestRunBadConfig(t *testing.T) {
+	cases := map[string]string{
+		"HTTP_READ_TIMEOUT":        "soon",
+		"RATELIMIT_RATE":           "-1",
+		"RATELIMIT_ON_REDIS_ERROR": "maybe",
+		"TRUSTED_PROXIES":          "10.0.0.0/8,not-an-ip",
+		"HTTP_MAX_HEADER_BYTES":    "1000000",
+		"LOG_LEVEL":                "loud",
+		"PPROF_ENABLED":            "yes please",
+		"REDIS_URL":                "http://redis:6379",
+	}
+	for name, val := range cases {
+		var stdout bytes.Buffer
+		err := run(context.Background(), []string{"api"}, envFunc(baseEnv(map[string]string{name: val})), &stdout, io.Discard)
+		var ec exitCoder
+		if err == nil || !errors.As(err, &ec) || ec.ExitCode() == 0 {
+			t.Errorf("%s=%q: err %v, want a non-zero exit", name, val, err)
+			continue
+		}
+		msg := err.Error()
+		if !strings.Contains(msg, name) || strings.Contains(msg, "\n") {
+			t.Errorf("%s=%q: message %q must be one line naming the variable", name, val, msg)
+		}
+		if stdout.Len() != 0 {
+			t.Errorf("%s: bad config must not start anything, logged %q", name, stdout.String())
+		}
+	}
+}
+
+func TestRunHelpListsEveryVariable(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"api", "-h"}, envFunc(nil), &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"HTTP_ADDR", "ADMIN_ADDR", "REDIS_URL", "RATELIMIT_RATE", "RATELIMIT_BURST", "RATELIMIT_ON_REDIS_ERROR",
+		"TRUSTED_PROXIES", "DOWNSTREAM_URL", "HTTP_IDLE_TIMEOUT", "SHUTDOWN_DELAY", "SHUTDOWN_TIMEOUT", "RATELIMIT_INSTANCES",
+		"RATELIMIT_REDIS_TIMEOUT", "BREAKER_TIMEOUT", "BREAKER_MAX_CONCURRENT", "BREAKER_ERROR_PERCENT", "BREAKER_REQUEST_VOLUME",
+		"BREAKER_SLEEP_WINDOW", "HTTP_READ_HEADER_TIMEOUT", "HTTP_READ_TIMEOUT", "HTTP_WRITE_TIMEOUT", "HTTP_MAX_HEADER_BYTES",
+		"MAX_BODY_BYTES", "LOG_LEVEL", "LOG_FORMAT", "PPROF_ENABLED", "OTEL_EXPORTER_OTLP_ENDPOINT"} {
+		if !strings.Contains(out.String(), v) {
+			t.Errorf("-h does not list %s", v)
+		}
+	}
+}
+
+func TestSlowlorisIsCutOff(t *testing.T) {
+	r := startRun(t, map[string]string{"HTTP_READ_HEADER_TIMEOUT": "1s"})
+	conn, err := net.Dial("tcp", r.public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	closed := make(chan time.Duration, 1)
+	go func() {
+		// The server closes the connection; our read then returns.
+		_, _ = io.Copy(io.Discard, conn)
+		closed <- time.Since(start)
+	}()
+	req := "GET /api/v1/ping HTTP/1.1\r\nHost: x\r\nX-Slow: " + strings.Repeat("a", 20)
+	for i := 0; i < len(req); i++ {
+		if _, err := conn.Write([]byte{req[i]}); err != nil {
+			break // cut off
+		}
+		select {
+		case d := <-closed:
+			if d > 2500*time.Millisecond {
+				t.Fatalf("slow client cut off after %s, want about 1s", d)
+			}
+			return
+		case <-time.After(time.Second / 4):
+		}
+	}
+	select {
+	case d := <-closed:
+		if d > 2500*time.Millisecond {
+			t.Fatalf("slow client cut off after %s, want about 1s", d)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("slow-header client was never cut off")
+	}
+}
+
+func TestHugeHeadersGet431(t *testing.T) {
+	r := startRun(t, nil)
+	req, _ := http.NewRequest("GET", "http://"+r.public+"/api/v1/ping", nil)
+	req.Header.Set("X-Big", strings.Repeat("a", 70*1024))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("70 KB of headers: %d, want 431", resp.StatusCode)
+	}
+	if code, _ := get(t, "http://"+r.public+"/healthz"); code != 200 {
+		t.Fatal("not healthy after 431")
+	}
+}
+
+func TestTruncatedBodiesAndGoneClients(t *testing.T) {
+	r := startRun(t, nil)
+	const n = 50
+	for i := range n {
+		conn, err := net.Dial("tcp", r.public)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nX-Request-ID: trunc-%d\r\n\r\n{\"a\":", i)
+		conn.Close()
+	}
+	// A client that waits for a slow dependency and leaves.
+	put(t, "http://"+r.admin+"/debug/faults", `{"latency":"2s"}`)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+r.public+"/api/v1/items/1", nil)
+	req.Header.Set("X-Request-ID", "gone-1")
+	if _, err := http.DefaultClient.Do(req); err == nil {
+		t.Fatal("expected the client timeout")
+	}
+	cancel()
+	put(t, "http://"+r.admin+"/debug/faults", `{"latency":"0s"}`)
+
+	deadline := time.Now().Add(5 * time.Second)
+	var got499, got5xx int
+	for time.Now().Before(deadline) {
+		got499, got5xx = 0, 0
+		for _, l := range r.logs.lines() {
+			if l["msg"] != "request" {
+				continue
+			}
+			id, _ := l["request_id"].(string)
+			if !strings.HasPrefix(id, "trunc-") && id != "gone-1" {
+				continue
+			}
+			switch st := l["status"].(float64); {
+			case st == 499:
+				got499++
+			case st >= 500:
+				got5xx++
+			}
+		}
+		if got499 >= n+1 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got499 != n+1 || got5xx != 0 {
+		t.Fatalf("logged %d x 499 and %d x 5xx, want %d and 0", got499, got5xx, n+1)
+	}
+	if code, _ := get(t, "http://"+r.public+"/healthz"); code != 200 {
+		t.Fatal("not healthy after truncated bodies")
+	}
+	_, metrics := get(t, "http://"+r.admin+"/metrics")
+	for _, want := range []string{
+		fmt.Sprintf(`http_server_truncated_bodies_total{route="/api/v1/echo"} %d`, n),
+		fmt.Sprintf(`http_server_client_aborts_total{route="/api/v1/echo"} %d`, n),
+		`http_server_client_aborts_total{route="/api/v1/items/:id"} 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+func put(t *testing.T, url, body string) {
+	t.Helper()
+	req, _ := http.NewRequest("PUT", url, strings.NewReader(body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("PUT %s %s = %d", url, body, resp.StatusCode)
+	}
+}
+
+// --- Real-process tests: the binary built once, driven by real signals.
+
+var binPath string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "api-bin-")
+	if err != nil {
+		panic(err)
+	}
+	binPath = filepath.Join(dir, "api")
+	out, err := exec.Command("go", "build", "-ldflags", "-X main.version=v9.9.9-test -X main.commit=c0ffee", "-o", binPath, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type proc struct {
+	cmd           *exec.Cmd
+	logs          *logSink
+	public, admin string
+	exited        chan struct{} // closed when the process has exited
+	err           error         // its exit status, valid after exited
+}
+
+func startBinary(t *testing.T, extra map[string]string) *proc {
+	t.Helper()
+	cmd := exec.Command(binPath)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	for k, v := range baseEnv(extra) {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	logs := newLogSink()
+	cmd.Stdout = logs
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, logs: logs, exited: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			_ = cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	select {
+	case a := <-logs.addrs:
+		p.public, p.admin = a[0], a[1]
+	case <-p.exited:
+		t.Fatalf("binary exited early: %v\n%s", p.err, logs)
+	case <-time.After(15 * time.Second):
+		t.Fatalf("binary did not start:\n%s", logs)
+	}
+	return p
+}
+
+func TestBinaryVersionAndHealthcheck(t *testing.T) {
+	out, err := exec.Command(binPath, "version").Output()
+	if err != nil || !strings.Contains(string(out), "v9.9.9-test") || !strings.Contains(string(out), "c0ffee") {
+		t.Fatalf("version: %v %q", err, out)
+	}
+	p := startBinary(t, nil)
+	hc := exec.Command(binPath, "healthcheck")
+	hc.Env = []string{"HTTP_ADDR=" + p.public}
+	if out, err := hc.CombinedOutput(); err != nil {
+		t.Fatalf("healthcheck against a live server: %v %s", err, out)
+	}
+	_, metrics := get(t, "http://"+p.admin+"/metrics")
+	if !strings.Contains(metrics, `service_build_info{commit="c0ffee",goversion=`) || !strings.Contains(metrics, `version="v9.9.9-test"`) {
+		t.Errorf("build info does not carry the stamped version")
+	}
+	// Nothing listens here: the probe must fail.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := ln.Addr().String()
+	ln.Close()
+	hc = exec.Command(binPath, "healthcheck")
+	hc.Env = []string{"HTTP_ADDR=" + dead}
+	if err := hc.Run(); err == nil {
+		t.Fatal("healthcheck against nothing succeeded")
+	}
+	// Bad config through the real binary: non-zero exit, one line on stderr.
+	bad := exec.Command(binPath)
+	bad.Env = []string{"HTTP_IDLE_TIMEOUT=forever"}
+	var stderr bytes.Buffer
+	bad.Stderr = &stderr
+	err = bad.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+		t.Fatalf("bad config exit: %v", err)
+	}
+	if s := strings.TrimSpace(stderr.String()); strings.Count(s, "\n") != 0 || !strings.Contains(s, "HTTP_IDLE_TIMEOUT") {
+		t.Fatalf("bad config stderr = %q", s)
+	}
+}
+
+// TestGracefulShutdownUnderLoad: SIGTERM while 16 keep-alive clients load
+// /api/v1/ping and 4 wait on slow /api/v1/items calls. /readyz must fail at
+// once, every request sent before the listener closed must succeed, and the
+// process must exit 0.
+func TestGracefulShutdownUnderLoad(t *testing.T) {
+	p := startBinary(t, map[string]string{
+		"SHUTDOWN_DELAY":   "1s",
+		"SHUTDOWN_TIMEOUT": "10s",
+		"RATELIMIT_RATE":   "1000000",
+		"RATELIMIT_BURST":  "1000000",
+		"BREAKER_TIMEOUT":  "10s",
+	})
+	put(t, "http://"+p.admin+"/debug/faults", `{"latency":"1500ms"}`)
+
+	var ok, failed, refused, slowOK atomic.Int64
+	var failures sync.Map
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	client := func() *http.Client {
+		return &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	}
+	worker := func(path string, maxReq int) {
+		defer wg.Done()
+		c := client()
+		for i := 0; i < maxReq; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			resp, err := c.Get("http://" + p.public + path)
+			if err != nil {
+				if errors.Is(err, syscall.ECONNREFUSED) {
+					refused.Add(1) // never sent: the listener was closed
+					return
+				}
+				failed.Add(1)
+				failures.Store(err.Error(), true)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				ok.Add(1)
+				if path != "/api/v1/ping" {
+					slowOK.Add(1)
+				}
+			} else {
+				failed.Add(1)
+				failures.Store(fmt.Sprintf("status %d on %s", resp.StatusCode, path), true)
+			}
+		}
+	}
+	for range 16 {
+		wg.Add(1)
+		go worker("/api/v1/ping", 200000)
+	}
+	time.Sleep(300 * time.Millisecond)
+	for range 4 {
+		wg.Add(1)
+		go worker("/api/v1/items/1", 100)
+	}
+	time.Sleep(700 * time.Millisecond) // slow calls are in flight now
+
+	sigAt := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// Readiness fails at once (a fresh connection each probe).
+	probe := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	var notReadyAfter time.Duration
+	for time.Since(sigAt) < 2*time.Second {
+		resp, err := probe.Get("http://" + p.public + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 503 {
+				notReadyAfter = time.Since(sigAt)
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if notReadyAfter == 0 || notReadyAfter > 500*time.Millisecond {
+		t.Errorf("/readyz not 503 within 500ms of SIGTERM (after %s)", notReadyAfter)
+	}
+
+	var exitErr error
+	select {
+	case <-p.exited:
+		exitErr = p.err
+	case <-time.After(20 * time.Second):
+		t.Fatal("process did not exit after SIGTERM")
+	}
+	close(stop)
+	wg.Wait()
+	if exitErr != nil {
+		t.Fatalf("exit: %v\n%s", exitErr, p.logs)
+	}
+	t.Logf("shutdown under load: %d ok, %d failed, %d refused after the listener closed; not ready %s after SIGTERM; exited %s after SIGTERM",
+		ok.Load(), failed.Load(), refused.Load(), notReadyAfter, time.Since(sigAt).Round(time.Millisecond))
+	if failed.Load() != 0 {
+		var msgs []string
+		failures.Range(func(k, _ any) bool { msgs = append(msgs, k.(string)); return true })
+		t.Fatalf("%d requests failed: %s", failed.Load(), strings.Join(msgs, "; "))
+	}
+	if ok.Load() < 100 {
+		t.Fatalf("only %d requests succeeded: the load did not run", ok.Load())
+	}
+	if slowOK.Load() < 4 {
+		t.Fatalf("only %d slow /api/v1/items calls completed, want the 4 in flight at SIGTERM", slowOK.Load())
+	}
+}
