@@ -546,3 +546,35 @@ func TestBreakerMetricsExported(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// hystrix returns a call's ticket to its pool only after the caller has its
+// answer, through one metrics goroutine; at a high call rate finished calls
+// pile up holding tickets. With a pool sized like the bulkhead that turned
+// into rejections, counted as errors, which opened the circuit of a healthy
+// dependency. No healthy call may be refused.
+func TestBreakerHighCallRateHasNoSpuriousRejections(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	b := newTestBreaker(t, DefaultBreakerConfig(), reg)
+	var calls, fallbacks atomic.Int64
+	deadline := time.Now().Add(500 * time.Millisecond)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				calls.Add(1)
+				_ = b.Do(context.Background(), work, func(_ context.Context, cause error) error {
+					if fallbacks.Add(1) == 1 {
+						t.Errorf("healthy call fell back: %v", cause)
+					}
+					return nil
+				})
+			}
+		})
+	}
+	wg.Wait()
+	if fallbacks.Load() != 0 || b.Open() {
+		t.Fatalf("%d of %d healthy calls fell back; circuit open: %v", fallbacks.Load(), calls.Load(), b.Open())
+	}
+	t.Logf("%d calls", calls.Load())
+}

@@ -136,9 +136,15 @@ func (b *HystrixBreaker) createCommand(cfg BreakerConfig) error {
 		hystrixPlugin.route(cmd, sink)
 		hystrix.ConfigureCommand(cmd, hystrix.CommandConfig{
 			Timeout: ceilMillis(cfg.Timeout),
-			// The real bulkhead is b.slots; hystrix's own pool is given slack
-			// so it never rejects first (it frees a slot on timeout, #84).
-			MaxConcurrentRequests:  2 * cfg.MaxConcurrent,
+			// The real bulkhead is b.slots. hystrix's own pool frees a slot on
+			// timeout (#84) and, worse, only after the caller has its answer:
+			// the ticket goes back through an unbuffered channel to a single
+			// metrics goroutine, so under a high call rate finished calls pile
+			// up holding tickets, and a pool sized like the bulkhead rejects
+			// healthy calls (rejections count as errors and can open the
+			// circuit; seen at ~100k calls/s with a 200-ticket pool). The
+			// headroom absorbs such pile-ups; a ticket is one pointer.
+			MaxConcurrentRequests:  2*cfg.MaxConcurrent + hystrixPoolHeadroom,
 			RequestVolumeThreshold: cfg.RequestVolume,
 			SleepWindow:            ceilMillis(cfg.SleepWindow),
 			ErrorPercentThreshold:  cfg.ErrorPercent,
@@ -156,6 +162,9 @@ func (b *HystrixBreaker) createCommand(cfg BreakerConfig) error {
 	}
 	return errors.New("resilience: no free hystrix command name")
 }
+
+// hystrixPoolHeadroom is added to hystrix's ticket pool; see createCommand.
+const hystrixPoolHeadroom = 4096
 
 func ceilMillis(d time.Duration) int {
 	return int((d + time.Millisecond - 1) / time.Millisecond)
