@@ -1,0 +1,87 @@
+package config
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func envOf(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
+
+func TestDefaults(t *testing.T) {
+	c, err := Load(envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTPAddr != ":8080" || c.AdminAddr != ":9090" || c.RateLimitRate != 100 || c.RateLimitBurst != 200 ||
+		c.RateLimitOnError != "local" || c.RateLimitTimeout != 20*time.Millisecond || c.ShutdownDelay != 5*time.Second ||
+		c.ShutdownTimeout != 20*time.Second || c.MaxBodyBytes != 1<<20 || c.BreakerTimeout != time.Second {
+		t.Errorf("defaults = %+v", c)
+	}
+	// The server must outlive the 60 s upstream keep-alive of common proxies.
+	if c.IdleTimeout <= 60*time.Second {
+		t.Errorf("HTTP_IDLE_TIMEOUT default %s must exceed 60s", c.IdleTimeout)
+	}
+	if c.MaxHeaderBytes > 65536 {
+		t.Errorf("HTTP_MAX_HEADER_BYTES default %d > 65536", c.MaxHeaderBytes)
+	}
+}
+
+func TestBadValuesNameTheVariable(t *testing.T) {
+	cases := []map[string]string{
+		{"HTTP_READ_HEADER_TIMEOUT": "10s", "HTTP_READ_TIMEOUT": "5s"},
+		{"SHUTDOWN_DELAY": "-1s"},
+		{"MAX_BODY_BYTES": "0"},
+		{"TLS_CERT_FILE": "/x.pem"},
+		{"LOG_FORMAT": "xml"},
+		{"RATELIMIT_BURST": "0"},
+		{"RATELIMIT_INSTANCES": "0"},
+		{"DOWNSTREAM_URL": "ftp://x"},
+		{"BREAKER_ERROR_PERCENT": "101"},
+		{"BREAKER_SLEEP_WINDOW": "0s"},
+		{"HTTP_ADDR": ":1", "ADMIN_ADDR": ":1"},
+		{"RATELIMIT_REDIS_TIMEOUT": "fast"},
+	}
+	for _, kv := range cases {
+		_, err := Load(envOf(kv))
+		if err == nil {
+			t.Errorf("%v accepted", kv)
+			continue
+		}
+		named := false
+		for k := range kv {
+			named = named || strings.Contains(err.Error(), k)
+		}
+		if !named || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%v: %q must be one line naming the variable", kv, err)
+		}
+	}
+}
+
+func TestTrustedProxiesAndMasking(t *testing.T) {
+	c, err := Load(envOf(map[string]string{"TRUSTED_PROXIES": "10.0.0.0/8, 192.168.1.7,::1", "REDIS_URL": "redis://:s3cret@redis:6379/0"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := c.TrustedPrefixes()
+	if len(p) != 3 || p[1].String() != "192.168.1.7/32" || p[2].String() != "::1/128" {
+		t.Errorf("prefixes = %v", p)
+	}
+	if v := c.LogValue()["REDIS_URL"]; strings.Contains(v, "s3cret") {
+		t.Errorf("password not masked: %s", v)
+	}
+}
+
+// The README's configuration table lists every variable `api -h` lists.
+func TestReadmeListsEveryVariable(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range Vars() {
+		if !strings.Contains(string(b), "| `"+v.Name+"` |") {
+			t.Errorf("README.md configuration table lacks %s", v.Name)
+		}
+	}
+}
