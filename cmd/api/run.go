@@ -22,6 +22,8 @@ import (
 	"github.com/hardenedgo/ginservice/internal/health"
 	"github.com/hardenedgo/ginservice/internal/items"
 	"github.com/hardenedgo/ginservice/internal/observability"
+	"github.com/hardenedgo/ginservice/internal/ratelimit"
+	"github.com/hardenedgo/ginservice/internal/resilience"
 	"github.com/hardenedgo/ginservice/internal/server"
 )
 
@@ -79,9 +81,59 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	httpMetrics := observability.NewHTTPMetrics(reg)
 	readiness := health.NewReadiness()
 
-	// --- The items dependency.
+	// --- Rate limiting: Redis when REDIS_URL is set, else in memory. A
+	// Redis that is down at start is not fatal: the fallback decides and a
+	// background probe switches back when Redis answers.
+	limiter, err := ratelimit.New(ctx, ratelimit.Config{
+		RedisURL:     cfg.RedisURL,
+		Rate:         cfg.RateLimitRate,
+		Burst:        cfg.RateLimitBurst,
+		OnRedisError: cfg.RateLimitOnError,
+		Instances:    cfg.RateLimitInstances,
+		RedisTimeout: cfg.RateLimitTimeout,
+		KeyHeader:    cfg.RateLimitKeyHeader,
+	}, logger, reg)
+	if err != nil {
+		return exitError{2, fmt.Errorf("config: rate limiter: %w", err)}
+	}
+	defer limiter.Close()
+	readiness.Register("redis", limiter.Health)
+
+	// --- The items dependency: simulated, or DOWNSTREAM_URL through the
+	// resilient client; either way behind the circuit breaker and fallback.
 	sim := items.NewSimulated()
-	var src items.Source = sim
+	var base items.Source = sim
+	if cfg.DownstreamURL != "" {
+		ccfg := resilience.DefaultClientConfig()
+		ccfg.AttemptTimeout = cfg.DownstreamAttemptTimeout
+		ccfg.MaxAttempts = cfg.DownstreamMaxAttempts
+		ccfg.RetryBudgetRatio = cfg.DownstreamRetryBudget
+		ccfg.IdleConnTimeout = cfg.DownstreamIdleTimeout
+		ccfg.MaxConnsPerHost = cfg.DownstreamMaxConns
+		client, err := resilience.NewClient(ccfg, logger, reg, nil)
+		if err != nil {
+			return exitError{2, fmt.Errorf("config: downstream client: %w", err)}
+		}
+		defer client.CloseIdleConnections()
+		if base, err = items.NewHTTPSource(cfg.DownstreamURL, client); err != nil {
+			return exitError{2, fmt.Errorf("config: DOWNSTREAM_URL: %w", err)}
+		}
+	}
+	breaker, err := resilience.NewHystrixBreaker("items", resilience.BreakerConfig{
+		Timeout:       cfg.BreakerTimeout,
+		MaxConcurrent: cfg.BreakerMaxConcurrent,
+		ErrorPercent:  cfg.BreakerErrorPercent,
+		RequestVolume: cfg.BreakerVolume,
+		SleepWindow:   cfg.BreakerSleepWindow,
+	}, logger, reg)
+	if err != nil {
+		return exitError{2, fmt.Errorf("config: breaker: %w", err)}
+	}
+	readiness.Register("items", breaker.Check)
+	src, err := resilience.NewItemSource(base, breaker, logger, reg)
+	if err != nil {
+		return fmt.Errorf("items source: %w", err)
+	}
 
 	// --- Handlers and servers.
 	trusted, _ := cfg.TrustedPrefixes() // validated by config.Load
@@ -92,6 +144,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Items:          src,
 		MaxBodyBytes:   cfg.MaxBodyBytes,
 		TrustedProxies: trusted,
+		RateLimit:      ratelimit.Middleware(limiter, ratelimit.MiddlewareOptions{KeyHeader: cfg.RateLimitKeyHeader, Logger: logger}),
 	}), server.Timeouts{
 		ReadHeader: cfg.ReadHeaderTimeout,
 		Read:       cfg.ReadTimeout,

@@ -545,3 +545,51 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 		t.Fatalf("only %d slow /api/v1/items calls completed, want the 4 in flight at SIGTERM", slowOK.Load())
 	}
 }
+
+func TestRunRateLimitAndDegradation(t *testing.T) {
+	r := startRun(t, map[string]string{"RATELIMIT_RATE": "1", "RATELIMIT_BURST": "2", "BREAKER_REQUEST_VOLUME": "1000"})
+	var codes []int
+	var last *http.Response
+	for range 3 {
+		resp, err := http.Get("http://" + r.public + "/api/v1/ping")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		codes = append(codes, resp.StatusCode)
+		last = resp
+		if resp.Header.Get("RateLimit-Limit") == "" || resp.Header.Get("RateLimit-Remaining") == "" || resp.Header.Get("RateLimit-Reset") == "" {
+			t.Errorf("response %d lacks RateLimit-* headers: %v", resp.StatusCode, resp.Header)
+		}
+	}
+	if codes[0] != 200 || codes[1] != 200 || codes[2] != 429 {
+		t.Fatalf("codes = %v, want 200 200 429", codes)
+	}
+	if ra := last.Header.Get("Retry-After"); ra != "1" || last.Header.Get("Content-Type") != "application/problem+json" {
+		t.Errorf("429: Retry-After %q, Content-Type %q", ra, last.Header.Get("Content-Type"))
+	}
+	// Probes are never limited.
+	for range 5 {
+		if code, _ := get(t, "http://"+r.public+"/readyz"); code != 200 {
+			t.Fatalf("readyz limited: %d", code)
+		}
+	}
+
+	// A failing dependency degrades to the fallback, never an error page.
+	r2 := startRun(t, map[string]string{"RATELIMIT_RATE": "10000", "RATELIMIT_BURST": "10000"})
+	put(t, "http://"+r2.admin+"/debug/faults", `{"error_rate":1}`)
+	resp, err := http.Get("http://" + r2.public + "/api/v1/items/9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Degraded") != "true" || !strings.Contains(string(body), `"degraded":true`) {
+		t.Fatalf("failing dependency: %d %v %s", resp.StatusCode, resp.Header, body)
+	}
+	_, metrics := get(t, "http://"+r2.admin+"/metrics")
+	if !strings.Contains(metrics, `http_server_degraded_responses_total{route="/api/v1/items/:id"} 1`) {
+		t.Errorf("degraded response not counted")
+	}
+}

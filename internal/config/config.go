@@ -53,6 +53,14 @@ type Config struct {
 	// The dependency behind /api/v1/items/:id.
 	DownstreamURL string `env:"DOWNSTREAM_URL" help:"base URL of the items dependency (GET {url}/items/{id}); empty: the built-in simulated dependency"`
 
+	// Outbound client to DOWNSTREAM_URL (the rest keeps the tuned defaults of
+	// resilience.DefaultClientConfig).
+	DownstreamAttemptTimeout time.Duration `env:"DOWNSTREAM_ATTEMPT_TIMEOUT" envDefault:"400ms" help:"timeout of one outbound attempt, inside the breaker timeout"`
+	DownstreamMaxAttempts    int           `env:"DOWNSTREAM_MAX_ATTEMPTS" envDefault:"3" help:"outbound attempts per call, first included (1 disables retries); only idempotent requests are retried"`
+	DownstreamRetryBudget    float64       `env:"DOWNSTREAM_RETRY_BUDGET_RATIO" envDefault:"0.1" help:"retries allowed per request on average, so retries cannot multiply an outage"`
+	DownstreamIdleTimeout    time.Duration `env:"DOWNSTREAM_IDLE_CONN_TIMEOUT" envDefault:"30s" help:"idle outbound connections are closed after this; keep it below the dependency's keep-alive timeout"`
+	DownstreamMaxConns       int           `env:"DOWNSTREAM_MAX_CONNS_PER_HOST" envDefault:"256" help:"outbound connections per host (0: unlimited)"`
+
 	// Circuit breaker (hystrix) around the dependency.
 	BreakerTimeout       time.Duration `env:"BREAKER_TIMEOUT" envDefault:"1s" help:"command timeout; the work is cancelled and the fallback served"`
 	BreakerMaxConcurrent int           `env:"BREAKER_MAX_CONCURRENT" envDefault:"100" help:"bulkhead: concurrent calls to the dependency"`
@@ -199,6 +207,21 @@ func (c Config) Validate() error {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return bad("DOWNSTREAM_URL", "want an absolute http(s) URL, got %q", c.DownstreamURL)
 		}
+	}
+	if c.DownstreamAttemptTimeout <= 0 {
+		return bad("DOWNSTREAM_ATTEMPT_TIMEOUT", "must be > 0, got %s", c.DownstreamAttemptTimeout)
+	}
+	if c.DownstreamMaxAttempts < 1 || c.DownstreamMaxAttempts > 10 {
+		return bad("DOWNSTREAM_MAX_ATTEMPTS", "must be within [1, 10], got %d", c.DownstreamMaxAttempts)
+	}
+	if c.DownstreamRetryBudget < 0 || c.DownstreamRetryBudget > 1 {
+		return bad("DOWNSTREAM_RETRY_BUDGET_RATIO", "must be within [0, 1], got %v", c.DownstreamRetryBudget)
+	}
+	if c.DownstreamIdleTimeout <= 0 {
+		return bad("DOWNSTREAM_IDLE_CONN_TIMEOUT", "must be > 0, got %s", c.DownstreamIdleTimeout)
+	}
+	if c.DownstreamMaxConns < 0 {
+		return bad("DOWNSTREAM_MAX_CONNS_PER_HOST", "must be >= 0, got %d", c.DownstreamMaxConns)
 	}
 	if c.BreakerMaxConcurrent < 1 {
 		return bad("BREAKER_MAX_CONCURRENT", "must be >= 1, got %d", c.BreakerMaxConcurrent)
