@@ -30,7 +30,7 @@ type RateLimiter struct {
 
 	local *localBucket  // REDIS_URL unset: the limiter; else the `local` fallback
 	redis *redisBackend // nil without REDIS_URL
-	cache *denyCache
+	cache *keyCache
 	rdb   redis.UniversalClient
 
 	fallback      atomic.Bool
@@ -93,7 +93,7 @@ func newLimiter(ctx context.Context, cfg Config, logger *slog.Logger, reg promet
 		}
 	}
 	r.rdb = rdb
-	r.cache = newDenyCache(cfg.MaxLocalKeys)
+	r.cache = newKeyCache(cfg.MaxLocalKeys)
 	r.redis = newRedisBackend(rdb, cfg.Burst, cfg.Rate, cfg.RedisTimeout, cfg.Pipelines, now,
 		func(n int) { m.redisErrors[errNoScript].Add(float64(n)) })
 	r.tripped = make(chan struct{}, 1)
@@ -194,12 +194,44 @@ func (r *RateLimiter) decide(ctx context.Context, key string, cost int) (Decisio
 		return r.fallbackDecision(key, cost)
 	}
 	now := r.now()
-	if d, ok := r.cache.lookup(key, cost, now); ok {
-		return d, backendCache
+	deadline := now + r.cfg.RedisTimeout
+	var timer *time.Timer
+	for {
+		a := r.cache.admit(key, cost, now)
+		if a.denied {
+			return a.d, backendCache
+		}
+		if a.wait != nil {
+			// Another call for this key is in flight and may take what is
+			// left: wait for its answer (within this call's own budget),
+			// then look again.
+			if timer == nil {
+				timer = time.NewTimer(deadline - now)
+				defer timer.Stop()
+			}
+			select {
+			case <-a.wait:
+			case <-timer.C:
+				// The call waited on is late; it trips the fallback itself.
+				return r.fallbackDecision(key, cost)
+			case <-ctx.Done():
+				return r.fallbackDecision(key, cost)
+			}
+			if r.fallback.Load() {
+				return r.fallbackDecision(key, cost)
+			}
+			now = r.now()
+			continue
+		}
+		return r.askRedis(ctx, key, cost, a.entry, now, deadline)
 	}
-	rep, err := r.redis.allow(ctx, key, cost)
-	r.m.redisDuration.Observe(min(r.now()-now, r.cfg.RedisTimeout).Seconds())
+}
+
+func (r *RateLimiter) askRedis(ctx context.Context, key string, cost int, e *keyEntry, start, deadline time.Duration) (Decision, backend) {
+	rep, err := r.redis.allow(ctx, key, cost, deadline)
+	r.m.redisDuration.Observe(min(r.now()-start, r.cfg.RedisTimeout).Seconds())
 	if err != nil {
+		r.cache.done(key, e, cost, r.cfg.Burst, nil)
 		if ctx.Err() != nil {
 			// The caller went away: not Redis's fault, and nobody reads the answer.
 			return r.fallbackDecision(key, cost)
@@ -212,15 +244,10 @@ func (r *RateLimiter) decide(ctx context.Context, key string, cost int) (Decisio
 		r.trip(err)
 		return r.fallbackDecision(key, cost)
 	}
+	r.cache.done(key, e, cost, r.cfg.Burst, &rep)
 	d := Decision{Allowed: rep.allowed, Limit: r.cfg.Burst, Remaining: int(rep.remaining), ResetAfter: rep.full}
 	if !rep.allowed {
 		d.RetryAfter = rep.wait
-	}
-	if rep.wait > 0 {
-		// Measured from when the call was written, which is before Redis
-		// ran it: the entry can only expire early (one extra call), never
-		// deny a request Redis would admit.
-		r.cache.store(key, cost, r.cfg.Burst, rep.sent+rep.wait, rep.sent+rep.full, now)
 	}
 	return d, backendRedis
 }

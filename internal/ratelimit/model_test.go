@@ -239,23 +239,47 @@ func TestShardedMapBounded(t *testing.T) {
 	}
 }
 
-func TestDenyCache(t *testing.T) {
-	c := newDenyCache(1000)
+func TestKeyCache(t *testing.T) {
+	c := newKeyCache(1000)
 	now := 10 * time.Second
-	c.store("k", 2, 5, now+300*time.Millisecond, now+time.Second, now)
-	if d, ok := c.lookup("k", 2, now+100*time.Millisecond); !ok || d.Allowed || d.RetryAfter != 200*time.Millisecond || d.Limit != 5 || d.ResetAfter != 900*time.Millisecond {
-		t.Fatalf("lookup = %+v, %v", d, ok)
+	a := c.admit("k", 2, now)
+	if a.entry == nil || a.denied || a.wait != nil {
+		t.Fatalf("first call must go to Redis: %+v", a)
 	}
-	if _, ok := c.lookup("k", 3, now); !ok {
+	// Nothing known about the key yet: a second call waits for the first.
+	w := c.admit("k", 2, now)
+	if w.wait == nil {
+		t.Fatalf("concurrent call on an unknown key: %+v, want to wait", w)
+	}
+	c.done("k", a.entry, 2, 5, &reply{allowed: true, remaining: 1, wait: 300 * time.Millisecond, full: time.Second, answered: now})
+	select {
+	case <-w.wait:
+	default:
+		t.Fatal("waiter not woken by the answer")
+	}
+	if got := c.admit("k", 2, now+100*time.Millisecond); !got.denied || got.d.RetryAfter != 200*time.Millisecond || got.d.Limit != 5 || got.d.ResetAfter != 900*time.Millisecond {
+		t.Fatalf("cached denial = %+v", got)
+	}
+	if got := c.admit("k", 3, now); !got.denied {
 		t.Fatal("a bigger cost must be denied from the cache too")
 	}
-	if _, ok := c.lookup("k", 1, now); ok {
-		t.Fatal("a smaller cost may be affordable: must ask Redis")
+	b := c.admit("k", 1, now)
+	if b.entry == nil {
+		t.Fatalf("a smaller cost may be affordable: must ask Redis, got %+v", b)
 	}
-	if _, ok := c.lookup("k", 2, now+300*time.Millisecond); ok {
+	c.done("k", b.entry, 1, 5, nil) // failed call: releases the permit only
+	if got := c.admit("k", 2, now+300*time.Millisecond); got.denied {
 		t.Fatal("entry used at its expiry")
 	}
-	if _, ok := c.lookup("other", 1, now); ok {
-		t.Fatal("unknown key hit")
+	// A key with tokens to spare is not serialised.
+	h := c.admit("hot", 1, now)
+	c.done("hot", h.entry, 1, 100, &reply{allowed: true, remaining: 50, answered: now})
+	for i := 0; i < 50; i++ {
+		if got := c.admit("hot", 1, now); got.entry == nil {
+			t.Fatalf("call %d on a key with 50 tokens left had to wait", i)
+		}
+	}
+	if got := c.admit("hot", 1, now); got.wait == nil {
+		t.Fatal("51 calls in flight on 50 known tokens: the 51st should wait")
 	}
 }

@@ -110,10 +110,12 @@ type call struct {
 	ctx  context.Context
 	rkey string
 	cost int
-	enq  time.Duration
-	sent time.Duration // when the command was written (limiter clock)
-	cmd  *redis.Cmd
-	done chan reply
+	// deadline on the limiter clock: the caller stops waiting then.
+	deadline time.Duration
+	cmd      *redis.Cmd
+	// answered is when the reply was read (limiter clock).
+	answered time.Duration
+	done     chan reply
 }
 
 type reply struct {
@@ -121,7 +123,7 @@ type reply struct {
 	remaining int64
 	wait      time.Duration // until cost is affordable again; 0 if it is
 	full      time.Duration
-	sent      time.Duration // when the command was written (limiter clock)
+	answered  time.Duration // when the reply was read (limiter clock)
 	err       error
 }
 
@@ -149,15 +151,20 @@ func (b *redisBackend) close() {
 	b.wg.Wait()
 }
 
-// allow asks Redis, waiting at most the budget (queueing included).
-func (b *redisBackend) allow(ctx context.Context, key string, cost int) (reply, error) {
-	c := &call{ctx: ctx, rkey: redisKey(key), cost: cost, enq: b.now(), done: make(chan reply, 1)}
+// allow asks Redis, waiting until deadline (limiter clock) at most,
+// queueing included.
+func (b *redisBackend) allow(ctx context.Context, key string, cost int, deadline time.Duration) (reply, error) {
+	left := deadline - b.now()
+	if left <= 0 {
+		return reply{}, errBudget
+	}
+	c := &call{ctx: ctx, rkey: redisKey(key), cost: cost, deadline: deadline, done: make(chan reply, 1)}
 	select {
 	case b.queue <- c:
 	default:
 		return reply{}, errQueueFull
 	}
-	t := time.NewTimer(b.budget)
+	t := time.NewTimer(left)
 	defer t.Stop()
 	select {
 	case r := <-c.done:
@@ -194,16 +201,29 @@ func (b *redisBackend) worker() {
 }
 
 func (b *redisBackend) exec(batch []*call) {
-	// The oldest call's budget bounds the whole round trip: past it nobody in
-	// the batch waits for the answer. The first call's context (minus its
-	// cancellation) parents the Redis span when tracing is on.
-	left := b.budget - (b.now() - batch[0].enq)
-	if left <= 0 {
-		for _, c := range batch {
+	// The earliest deadline in the batch bounds the whole round trip: past
+	// it callers start to give up on the answer, and a Redis that slow is
+	// about to be bypassed anyway. Calls already past their deadline are not
+	// sent. The first call's context (minus its cancellation) parents the
+	// Redis span when tracing is on.
+	now := b.now()
+	live := batch[:0]
+	for _, c := range batch {
+		if c.deadline <= now {
 			c.done <- reply{err: errBudget}
+			continue
 		}
+		live = append(live, c)
+	}
+	if len(live) == 0 {
 		return
 	}
+	batch = live
+	first := batch[0].deadline
+	for _, c := range batch[1:] {
+		first = min(first, c.deadline)
+	}
+	left := first - now
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(batch[0].ctx), left)
 	defer cancel()
 
@@ -212,10 +232,10 @@ func (b *redisBackend) exec(batch []*call) {
 		c.cmd = redis.NewCmd(ctx, "evalsha", b.script.Hash(), 1, c.rkey, b.burstArg, b.rateArg, c.cost)
 		_ = pipe.Process(ctx, noRetry{c.cmd})
 	}
-	sent := b.now()
 	_, _ = pipe.Exec(ctx)
+	answered := b.now()
 	for _, c := range batch {
-		c.sent = sent
+		c.answered = answered
 	}
 
 	// NOSCRIPT (SCRIPT FLUSH, a restarted or new node): the script did not
@@ -234,15 +254,15 @@ func (b *redisBackend) exec(batch []*call) {
 			c.cmd = redis.NewCmd(ctx, "eval", bucketLua, 1, c.rkey, b.burstArg, b.rateArg, c.cost)
 			_ = pipe.Process(ctx, noRetry{c.cmd})
 		}
-		sent = b.now()
 		_, _ = pipe.Exec(ctx)
+		answered = b.now()
 		for _, c := range again {
-			c.sent = sent
+			c.answered = answered
 		}
 	}
 	for _, c := range batch {
 		r := parseReply(c.cmd)
-		r.sent = c.sent
+		r.answered = c.answered
 		c.done <- r
 	}
 }

@@ -1,0 +1,194 @@
+package ratelimit
+
+import (
+	"context"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/hardenedgo/ginservice/internal/health"
+)
+
+func TestConfigValidate(t *testing.T) {
+	ok := Config{Rate: 100, Burst: 200}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		mod  func(*Config)
+		want string
+	}{
+		{"rate zero", func(c *Config) { c.Rate = 0 }, "RATELIMIT_RATE"},
+		{"rate negative", func(c *Config) { c.Rate = -1 }, "RATELIMIT_RATE"},
+		{"rate huge", func(c *Config) { c.Rate = 1e12 }, "RATELIMIT_RATE"},
+		{"burst zero", func(c *Config) { c.Burst = 0 }, "RATELIMIT_BURST"},
+		{"mode", func(c *Config) { c.OnRedisError = "ignore" }, "RATELIMIT_ON_REDIS_ERROR"},
+		{"instances", func(c *Config) { c.Instances = -2 }, "RATELIMIT_INSTANCES"},
+		{"share too small", func(c *Config) { c.Rate = 0.002; c.Instances = 3 }, "RATELIMIT_INSTANCES"},
+		{"timeout", func(c *Config) { c.RedisTimeout = -time.Second }, "RATELIMIT_REDIS_TIMEOUT"},
+		{"url scheme", func(c *Config) { c.RedisURL = "http://localhost:6379" }, "REDIS_URL"},
+		{"url param", func(c *Config) { c.RedisURL = "redis://localhost:6379?bogus=1" }, "REDIS_URL"},
+		{"cluster url param", func(c *Config) { c.RedisURL = "redis://a:1?addr=b:2&bogus=1" }, "REDIS_URL"},
+	} {
+		c := ok
+		tc.mod(&c)
+		err := c.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want one naming %s", tc.name, err, tc.want)
+		}
+	}
+	for _, u := range []string{"redis://localhost:6379/2", "rediss://user:pw@h:6380", "redis://h1:1?addr=h2:2&addr=h3:3"} {
+		c := ok
+		c.RedisURL = u
+		if err := c.Validate(); err != nil {
+			t.Errorf("%s: %v", u, err)
+		}
+	}
+	c := ok
+	c.RedisURL = "redis://user:hunter2@host:notaport"
+	if err := c.Validate(); err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("bad URL error leaks the password or passes: %v", err)
+	}
+}
+
+func TestParseRedisURL(t *testing.T) {
+	o, err := parseRedisURL("redis://h1:7001?addr=h2:7002&addr=h3:7003")
+	if err != nil || o.cluster == nil || len(o.cluster.Addrs) != 3 {
+		t.Fatalf("cluster URL: %+v, %v", o, err)
+	}
+	o, err = parseRedisURL("redis://:pw@h:6379/3")
+	if err != nil || o.single == nil || o.single.DB != 3 || o.single.Password != "pw" {
+		t.Fatalf("single URL: %+v, %v", o, err)
+	}
+}
+
+func TestLocalLimiter(t *testing.T) {
+	rl := newTestLimiter(t, Config{Rate: 1, Burst: 3})
+	ctx := context.Background()
+	if got := rl.Health(ctx); got != health.StatusDisabled {
+		t.Fatalf("Health = %s without REDIS_URL, want disabled", got)
+	}
+	for i := 0; i < 3; i++ {
+		if d, err := rl.Allow(ctx, "k", 1); err != nil || !d.Allowed || d.Remaining != 2-i {
+			t.Fatalf("call %d: %+v, %v", i, d, err)
+		}
+	}
+	d, _ := rl.Allow(ctx, "k", 1)
+	if d.Allowed || d.RetryAfter <= 0 || d.RetryAfter > time.Second {
+		t.Fatalf("4th: %+v", d)
+	}
+	if got := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "local"); got != 3 {
+		t.Fatalf("local allowed = %v", got)
+	}
+	if got := metric(t, rl.reg, "ratelimit_decisions_total", "result", "denied", "backend", "local"); got != 1 {
+		t.Fatalf("local denied = %v", got)
+	}
+	if _, err := rl.Allow(ctx, "k", 4); err == nil {
+		t.Fatal("cost > burst accepted")
+	}
+	if _, err := rl.Allow(ctx, "k", -1); err == nil {
+		t.Fatal("negative cost accepted")
+	}
+}
+
+// TestMetricNames checks that every ratelimit_* name in docs/metrics.md is
+// exported, with its documented label values, before any decision.
+func TestMetricNames(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/metrics.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := regexp.MustCompile("`(ratelimit_[a-z_]+)`").FindAllStringSubmatch(string(doc), -1)
+	if len(want) < 4 {
+		t.Fatalf("docs/metrics.md lists %d ratelimit metrics", len(want))
+	}
+	reg := prometheus.NewRegistry()
+	rl, err := New(context.Background(), Config{Rate: 1, Burst: 1}, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rl.Close()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, mf := range mfs {
+		have[mf.GetName()] = true
+	}
+	for _, w := range want {
+		if !have[w[1]] {
+			t.Errorf("%s documented but not exported (have %v)", w[1], have)
+		}
+	}
+	for _, b := range []string{"redis", "local", "cache", "allow", "deny"} {
+		for _, r := range []string{"allowed", "denied"} {
+			if !strings.Contains(gatherText(t, reg), `ratelimit_decisions_total{backend="`+b+`",result="`+r+`"}`) {
+				t.Errorf("series result=%s backend=%s not pre-created", r, b)
+			}
+		}
+	}
+	// A second limiter on the same registry is a wiring error, reported.
+	if _, err := New(context.Background(), Config{Rate: 1, Burst: 1}, nil, reg); err == nil {
+		t.Fatal("duplicate registration not reported")
+	}
+}
+
+func gatherText(t *testing.T, reg *prometheus.Registry) string {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			b.WriteString(mf.GetName() + "{")
+			for i, l := range m.GetLabel() {
+				if i > 0 {
+					b.WriteString(",")
+				}
+				b.WriteString(l.GetName() + `="` + l.GetValue() + `"`)
+			}
+			b.WriteString("}\n")
+		}
+	}
+	return b.String()
+}
+
+func TestSpanEvent(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	defer tp.Shutdown(context.Background())
+	rl := newTestLimiter(t, Config{Rate: 1, Burst: 1})
+	ctx, span := tp.Tracer("test").Start(context.Background(), "request")
+	rl.Allow(ctx, "k", 1)
+	rl.Allow(ctx, "k", 1)
+	span.End()
+	spans := rec.Ended()
+	if len(spans) != 1 {
+		t.Fatalf("%d spans", len(spans))
+	}
+	ev := spans[0].Events()
+	if len(ev) != 2 || ev[0].Name != "ratelimit.decision" {
+		t.Fatalf("events %+v", ev)
+	}
+	got := map[string]string{}
+	for _, a := range ev[1].Attributes {
+		got[string(a.Key)] = a.Value.Emit()
+	}
+	if got["ratelimit.allowed"] != "false" || got["ratelimit.backend"] != "local" || got["ratelimit.limit"] != "1" {
+		t.Fatalf("attributes %v", got)
+	}
+	// Without a recording span, nothing is recorded and nothing breaks.
+	if _, err := rl.Allow(context.Background(), "k2", 1); err != nil {
+		t.Fatal(err)
+	}
+}

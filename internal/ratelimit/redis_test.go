@@ -1,0 +1,508 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hardenedgo/ginservice/internal/health"
+	"github.com/hardenedgo/ginservice/internal/testkit/redistest"
+)
+
+// These tests run against a real redis-server started on a free loopback
+// port (internal/testkit/redistest). They are correctness tests: they run in
+// -short mode too, and on CI a missing redis-server fails them.
+
+func TestRedisDecisions(t *testing.T) {
+	srv := redistest.Start(t)
+	rl := newTestLimiter(t, Config{RedisURL: srv.URL(), Rate: 1, Burst: 5, RedisTimeout: time.Second})
+	ctx := context.Background()
+	if got := rl.Health(ctx); got != health.StatusOK {
+		t.Fatalf("Health = %s, want ok", got)
+	}
+	// A fresh key: Remaining is exact (go-redis/redis_rate reports one less).
+	for i := 0; i < 5; i++ {
+		d, err := rl.Allow(ctx, "k", 1)
+		if err != nil || !d.Allowed || d.Remaining != 4-i || d.Limit != 5 {
+			t.Fatalf("call %d: %+v, %v; want allowed, remaining %d", i, d, err, 4-i)
+		}
+		if d.ResetAfter <= time.Duration(i)*time.Second || d.ResetAfter > time.Duration(i+1)*time.Second {
+			t.Fatalf("call %d: ResetAfter %s, want in (%ds, %ds]", i, d.ResetAfter, i, i+1)
+		}
+	}
+	// The 5th call left less than a token: from now until the next token the
+	// key is denied from the local cache, without a Redis call.
+	before, _ := srv.CommandCalls("evalsha")
+	d, err := rl.Allow(ctx, "k", 1)
+	if err != nil || d.Allowed || d.Remaining != 0 || d.RetryAfter <= 0 || d.RetryAfter > time.Second {
+		t.Fatalf("6th call: %+v, %v; want denied with RetryAfter in (0, 1s]", d, err)
+	}
+	// The hash lives at rl:{k} (its own hash tag), with Redis-side time and
+	// an expiry of the time to refill (here ~5s).
+	if v, err := srv.Do("HGET", "rl:{k}", "ts"); err != nil || len(v) < 13 {
+		t.Fatalf("HGET rl:{k} ts = %q, %v; want server time in ms", v, err)
+	}
+	pttl, err := srv.Do("PTTL", "rl:{k}")
+	if n, _ := strconv.Atoi(pttl); err != nil || n < 4000 || n > 5000 {
+		t.Fatalf("PTTL rl:{k} = %q, %v; want (4000, 5000]", pttl, err)
+	}
+	for i := 0; i < 10; i++ {
+		if d, _ := rl.Allow(ctx, "k", 1); d.Allowed {
+			t.Fatalf("cached denial %d allowed", i)
+		}
+	}
+	after, _ := srv.CommandCalls("evalsha")
+	if after != before {
+		t.Fatalf("denied key cost %d Redis calls, want 0", after-before)
+	}
+	if got := metric(t, rl.reg, "ratelimit_decisions_total", "result", "denied", "backend", "cache"); got != 11 {
+		t.Fatalf("cache denials = %v, want 11", got)
+	}
+	if got := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis"); got != 5 {
+		t.Fatalf("redis allowed = %v, want 5", got)
+	}
+	// A cost above the burst can never succeed: an error, not a fake RetryAfter.
+	if _, err := rl.Allow(ctx, "k2", 6); !errors.Is(err, ErrInvalidCost) {
+		t.Fatalf("cost > burst: err = %v, want ErrInvalidCost", err)
+	}
+	// Cost 0 peeks without spending.
+	if d, err := rl.Allow(ctx, "k3", 0); err != nil || !d.Allowed || d.Remaining != 5 {
+		t.Fatalf("cost 0: %+v, %v", d, err)
+	}
+}
+
+// hammer runs workers goroutines calling Allow on key through the given
+// limiters until stop, each pausing pause between calls, and returns the
+// number of admissions and of errors.
+func hammer(limiters []*testLimiter, key string, workers int, pause time.Duration, d time.Duration) (admitted, errs int64, elapsed time.Duration) {
+	var wg sync.WaitGroup
+	var adm, bad atomic.Int64
+	start := time.Now()
+	deadline := start.Add(d)
+	for _, l := range limiters {
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for time.Now().Before(deadline) {
+					dec, err := l.Allow(context.Background(), key, 1)
+					if err != nil {
+						bad.Add(1)
+					} else if dec.Allowed {
+						adm.Add(1)
+					}
+					time.Sleep(pause)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	return adm.Load(), bad.Load(), time.Since(start)
+}
+
+func checkExact(t *testing.T, admitted int64, rate float64, burst int, elapsed time.Duration) {
+	t.Helper()
+	bound := float64(burst) + rate*elapsed.Seconds()
+	t.Logf("admitted %d over %s; bound burst + rate*T = %.1f (%.2f%%)", admitted, elapsed.Round(time.Millisecond), bound, 100*float64(admitted)/bound)
+	if float64(admitted) > bound {
+		t.Fatalf("admitted %d > burst + rate*T = %.1f", admitted, bound)
+	}
+	if float64(admitted) < 0.98*bound {
+		t.Fatalf("admitted %d < 98%% of burst + rate*T = %.1f", admitted, bound)
+	}
+}
+
+func TestRedisExactAcrossThreeInstances(t *testing.T) {
+	srv := redistest.Start(t)
+	const rate, burst = 200.0, 100
+	var ls []*testLimiter
+	for i := 0; i < 3; i++ {
+		// Separate clients, separate caches: three service instances.
+		ls = append(ls, newTestLimiter(t, Config{RedisURL: srv.URL(), Rate: rate, Burst: burst, RedisTimeout: 500 * time.Millisecond}))
+	}
+	admitted, errs, elapsed := hammer(ls, "shared", 4, time.Millisecond, 5*time.Second)
+	if errs != 0 {
+		t.Fatalf("%d errors", errs)
+	}
+	for i, l := range ls {
+		if l.FallbackActive() {
+			t.Fatalf("instance %d fell back during the test: %s", i, l.logs.String())
+		}
+	}
+	checkExact(t, admitted, rate, burst, elapsed)
+}
+
+// TestRedisClockSkew: the limiter never sends its own time to Redis, so
+// instances whose clocks are off by an hour and run fast or slow admit no
+// extra; their clocks only time the local denied-key cache.
+func TestRedisClockSkew(t *testing.T) {
+	srv := redistest.Start(t)
+	const rate, burst = 100.0, 50
+	epoch := time.Now()
+	clocks := []func() time.Duration{
+		func() time.Duration { return time.Since(epoch) },
+		func() time.Duration { return time.Hour + time.Since(epoch)*3/2 }, // ahead, fast
+		func() time.Duration { return 4*time.Hour + time.Since(epoch)/2 }, // off, slow
+	}
+	var ls []*testLimiter
+	for _, c := range clocks {
+		ls = append(ls, newTestLimiterClock(t, Config{RedisURL: srv.URL(), Rate: rate, Burst: burst, RedisTimeout: 500 * time.Millisecond}, c))
+	}
+	admitted, errs, elapsed := hammer(ls, "skewed", 3, time.Millisecond, 2*time.Second)
+	if errs != 0 {
+		t.Fatalf("%d errors", errs)
+	}
+	checkExact(t, admitted, rate, burst, elapsed)
+}
+
+// loadUntil runs a steady load over many keys and records each call's
+// latency and errors until stop is closed.
+func loadUntil(l *testLimiter, workers int, lat *latencies, errs *atomic.Int64, stop <-chan struct{}) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				start := time.Now()
+				_, err := l.Allow(context.Background(), fmt.Sprintf("client-%d-%d", w, i%50), 1)
+				lat.add(time.Since(start))
+				if err != nil {
+					errs.Add(1)
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}()
+	}
+	return &wg
+}
+
+// slack is what a loaded 2-core CI machine may add to a deadline in the
+// scheduler; the budget itself is what the limiter controls.
+const slack = 30 * time.Millisecond
+
+func TestRedisKilledAndRestarted(t *testing.T) {
+	srv := redistest.Start(t)
+	const budget = 20 * time.Millisecond
+	rl := newTestLimiter(t, Config{RedisURL: srv.URL(), Rate: 1000, Burst: 1000, RedisTimeout: budget, ProbeInterval: 100 * time.Millisecond})
+	var lat latencies
+	var errs atomic.Int64
+	stop := make(chan struct{})
+	wg := loadUntil(rl, 8, &lat, &errs, stop)
+	defer func() { close(stop); wg.Wait() }()
+
+	time.Sleep(300 * time.Millisecond)
+	if rl.FallbackActive() {
+		t.Fatalf("fallback before the kill: %s", rl.logs.String())
+	}
+	lat.reset()
+	srv.Kill()
+	waitFor(t, time.Second, "fallback after the kill", rl.FallbackActive)
+	time.Sleep(500 * time.Millisecond)
+	if got := rl.Health(context.Background()); got != health.StatusDegraded {
+		t.Fatalf("Health = %s while Redis is down, want degraded", got)
+	}
+	if errs.Load() != 0 {
+		t.Fatalf("%d errors reached callers", errs.Load())
+	}
+	p99, worst := lat.quantile(0.99), lat.quantile(1)
+	t.Logf("Redis down: %d calls, p99 %s, max %s (budget %s)", lat.len(), p99, worst, budget)
+	if worst > budget+slack {
+		t.Fatalf("a call took %s with Redis down; budget %s", worst, budget)
+	}
+	if metric(t, rl.reg, "ratelimit_fallback_active") != 1 {
+		t.Fatal("ratelimit_fallback_active != 1 while Redis is down")
+	}
+	if metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "local") == 0 {
+		t.Fatal("no local decisions while Redis is down")
+	}
+
+	srv.Restart()
+	back := waitFor(t, 3*time.Second, "back on Redis after the restart", func() bool { return !rl.FallbackActive() })
+	t.Logf("back on Redis %s after the restart", back.Round(time.Millisecond))
+	redisBefore := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis")
+	time.Sleep(200 * time.Millisecond)
+	if metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis") <= redisBefore {
+		t.Fatal("no Redis decisions after the restart")
+	}
+	if rl.Health(context.Background()) != health.StatusOK || metric(t, rl.reg, "ratelimit_fallback_active") != 0 {
+		t.Fatal("still degraded after the restart")
+	}
+	if errs.Load() != 0 {
+		t.Fatalf("%d errors reached callers", errs.Load())
+	}
+	logs := rl.logs.String()
+	if strings.Count(logs, "fallback decides") != 1 || strings.Count(logs, "fallback left") != 1 {
+		t.Fatalf("want one log line per transition, got:\n%s", logs)
+	}
+}
+
+func TestRedisSlow(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy := redistest.NewProxy(t, srv.Addr)
+	const budget = 20 * time.Millisecond
+	rl := newTestLimiter(t, Config{RedisURL: proxy.URL(), Rate: 1000, Burst: 1000, RedisTimeout: budget, ProbeInterval: 100 * time.Millisecond})
+	if rl.FallbackActive() {
+		t.Fatal("fallback at start")
+	}
+	var lat latencies
+	var errs atomic.Int64
+	stop := make(chan struct{})
+	wg := loadUntil(rl, 8, &lat, &errs, stop)
+	defer func() { close(stop); wg.Wait() }()
+
+	time.Sleep(200 * time.Millisecond)
+	lat.reset()
+	proxy.SetDelay(50 * time.Millisecond) // a round trip now takes >= 100ms
+	waitFor(t, time.Second, "fallback with Redis slower than the budget", rl.FallbackActive)
+	time.Sleep(500 * time.Millisecond)
+	p99, worst := lat.quantile(0.99), lat.quantile(1)
+	t.Logf("Redis slow: %d calls, p99 %s, max %s (budget %s)", lat.len(), p99, worst, budget)
+	if worst > budget+slack {
+		t.Fatalf("a call took %s with Redis slow; budget %s", worst, budget)
+	}
+	if !rl.FallbackActive() {
+		t.Fatal("left the fallback while Redis is still slower than the budget")
+	}
+	if metric(t, rl.reg, "ratelimit_redis_errors_total", "kind", "timeout") == 0 {
+		t.Fatal("no timeout counted")
+	}
+	proxy.SetDelay(0)
+	back := waitFor(t, 3*time.Second, "back on Redis once it is fast again", func() bool { return !rl.FallbackActive() })
+	t.Logf("back on Redis %s after the delay was removed", back.Round(time.Millisecond))
+	if errs.Load() != 0 {
+		t.Fatalf("%d errors reached callers", errs.Load())
+	}
+}
+
+func TestRedisScriptFlush(t *testing.T) {
+	srv := redistest.Start(t)
+	rl := newTestLimiter(t, Config{RedisURL: srv.URL(), Rate: 0.001, Burst: 10, RedisTimeout: time.Second})
+	ctx := context.Background()
+	for i := 0; i < 4; i++ {
+		if d, _ := rl.Allow(ctx, "k", 1); !d.Allowed {
+			t.Fatalf("call %d denied", i)
+		}
+	}
+	if _, err := srv.Do("SCRIPT", "FLUSH"); err != nil {
+		t.Fatal(err)
+	}
+	// The script is gone: EVALSHA answers NOSCRIPT, the call is re-sent with
+	// EVAL (it did not run, so nothing is charged twice) and state is kept.
+	d, err := rl.Allow(ctx, "k", 1)
+	if err != nil || !d.Allowed || d.Remaining != 5 {
+		t.Fatalf("after SCRIPT FLUSH: %+v, %v; want allowed with 5 left", d, err)
+	}
+	if rl.FallbackActive() {
+		t.Fatal("SCRIPT FLUSH sent the limiter to the fallback")
+	}
+	if got := metric(t, rl.reg, "ratelimit_redis_errors_total", "kind", "noscript"); got != 1 {
+		t.Fatalf("noscript errors = %v, want 1", got)
+	}
+	if got := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis"); got != 5 {
+		t.Fatalf("redis decisions = %v, want 5", got)
+	}
+	// EVAL cached it again: the next call is a plain EVALSHA.
+	if d, _ := rl.Allow(ctx, "k", 1); d.Remaining != 4 {
+		t.Fatalf("next call: %+v", d)
+	}
+	if got := metric(t, rl.reg, "ratelimit_redis_errors_total", "kind", "noscript"); got != 1 {
+		t.Fatalf("noscript errors = %v after reload, want 1", got)
+	}
+}
+
+func TestRedisDownAtBoot(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Kill()
+	start := time.Now()
+	rl := newTestLimiter(t, Config{RedisURL: srv.URL(), Rate: 1, Burst: 2, RedisTimeout: 20 * time.Millisecond, ProbeInterval: 50 * time.Millisecond})
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("New took %s with Redis down", took)
+	}
+	if !rl.FallbackActive() || rl.Health(context.Background()) != health.StatusDegraded {
+		t.Fatal("not on the fallback with Redis down at boot")
+	}
+	if !strings.Contains(rl.logs.String(), "unreachable at start") {
+		t.Fatalf("no start-up log line: %s", rl.logs.String())
+	}
+	d, err := rl.Allow(context.Background(), "k", 1)
+	if err != nil || !d.Allowed {
+		t.Fatalf("fallback decision: %+v, %v", d, err)
+	}
+	srv.Restart()
+	waitFor(t, 3*time.Second, "on Redis once it starts", func() bool { return !rl.FallbackActive() })
+	if rl.Health(context.Background()) != health.StatusOK {
+		t.Fatal("Health not ok on Redis")
+	}
+}
+
+func TestRedisFallbackModes(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Kill()
+	ctx := context.Background()
+	t.Run("allow", func(t *testing.T) {
+		rl := newTestLimiter(t, Config{RedisURL: srv.URL(), Rate: 1, Burst: 2, OnRedisError: OnErrorAllow, RedisTimeout: 20 * time.Millisecond})
+		for i := 0; i < 5; i++ {
+			if d, err := rl.Allow(ctx, "k", 1); err != nil || !d.Allowed {
+				t.Fatalf("allow mode denied: %+v, %v", d, err)
+			}
+		}
+		if got := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "allow"); got != 5 {
+			t.Fatalf("allow decisions = %v", got)
+		}
+	})
+	t.Run("deny", func(t *testing.T) {
+		rl := newTestLimiter(t, Config{RedisURL: srv.URL(), Rate: 1, Burst: 2, OnRedisError: OnErrorDeny, RedisTimeout: 20 * time.Millisecond})
+		d, err := rl.Allow(ctx, "k", 1)
+		if err != nil || d.Allowed || d.RetryAfter < time.Second {
+			t.Fatalf("deny mode: %+v, %v", d, err)
+		}
+		if got := metric(t, rl.reg, "ratelimit_decisions_total", "result", "denied", "backend", "deny"); got != 1 {
+			t.Fatalf("deny decisions = %v", got)
+		}
+	})
+	t.Run("local share", func(t *testing.T) {
+		// Three instances share the limit: each admits a third locally.
+		rl := newTestLimiter(t, Config{RedisURL: srv.URL(), Rate: 0.003, Burst: 9, Instances: 3, RedisTimeout: 20 * time.Millisecond})
+		n := 0
+		for i := 0; i < 10; i++ {
+			if d, _ := rl.Allow(ctx, "k", 1); d.Allowed {
+				n++
+			}
+		}
+		if n != 3 {
+			t.Fatalf("local share admitted %d of burst 9 / 3 instances, want 3", n)
+		}
+	})
+}
+
+func TestRedisCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	const burst = 10
+	// Two instances over the cluster, separate clients.
+	a := newTestLimiter(t, Config{RedisURL: cl.URL(), Rate: 0.001, Burst: burst, RedisTimeout: time.Second})
+	b := newTestLimiter(t, Config{RedisURL: cl.URL(), Rate: 0.001, Burst: burst, RedisTimeout: time.Second})
+	if a.FallbackActive() {
+		t.Fatalf("cluster limiter on the fallback: %s", a.logs.String())
+	}
+	ctx := context.Background()
+	const keys = 300
+	var wg sync.WaitGroup
+	var admitted [keys]atomic.Int64
+	for _, l := range []*testLimiter{a, b} {
+		for w := 0; w < 4; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for k := w; k < keys*8; k += 4 {
+					d, err := l.Allow(ctx, "client-"+strconv.Itoa(k%keys), 1)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if d.Allowed {
+						admitted[k%keys].Add(1)
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	// 2 instances x 4 workers x 2 passes = 16 calls per key: exactly burst pass.
+	for k := range admitted {
+		if got := admitted[k].Load(); got != burst {
+			t.Fatalf("key %d: %d admitted, want exactly %d", k, got, burst)
+		}
+	}
+	per, err := cl.KeysPerNode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("keys per node: %v", per)
+	for i, n := range per {
+		// Each key is its own hash tag: ~1/3 of the keys per master.
+		if n < keys/6 {
+			t.Fatalf("node %d holds %d of %d keys: keys are not spread over the slots (%v)", i, n, keys, per)
+		}
+	}
+	if a.FallbackActive() || b.FallbackActive() {
+		t.Fatal("fell back during the cluster test")
+	}
+	if got := metric(t, a.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis") +
+		metric(t, b.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis"); got != keys*burst {
+		t.Fatalf("redis allowed = %v, want %d", got, keys*burst)
+	}
+}
+
+// TestRedisFlood: one client at 10x its rate. The denied-key cache answers
+// the excess, so Redis sees about one script call per token, far from one per
+// request. RATELIMIT_FLOOD_SECONDS sets the duration (3 s by default; the
+// benchmark figures use 10).
+func TestRedisFlood(t *testing.T) {
+	srv := redistest.Start(t)
+	secs := 3.0
+	if v, err := strconv.ParseFloat(os.Getenv("RATELIMIT_FLOOD_SECONDS"), 64); err == nil && v > 0 {
+		secs = v
+	}
+	const rate, burst = 100.0, 100
+	rl := newTestLimiter(t, Config{RedisURL: srv.URL(), Rate: rate, Burst: burst, RedisTimeout: 500 * time.Millisecond})
+	ctx := context.Background()
+	callsBefore, _ := srv.CommandCalls("evalsha")
+	evalBefore, _ := srv.CommandCalls("eval")
+
+	// 10x the rate, paced by 4 senders.
+	const senders = 4
+	offered := 10 * rate
+	interval := time.Duration(float64(time.Second) * senders / offered)
+	var wg sync.WaitGroup
+	var sent, admitted atomic.Int64
+	start := time.Now()
+	deadline := start.Add(time.Duration(secs * float64(time.Second)))
+	for s := 0; s < senders; s++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			next := start.Add(time.Duration(s) * interval / senders)
+			for next.Before(deadline) {
+				time.Sleep(time.Until(next))
+				next = next.Add(interval)
+				d, err := rl.Allow(ctx, "flooder", 1)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				sent.Add(1)
+				if d.Allowed {
+					admitted.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	callsAfter, _ := srv.CommandCalls("evalsha")
+	evalAfter, _ := srv.CommandCalls("eval")
+	calls := (callsAfter - callsBefore) + (evalAfter - evalBefore)
+	perSec := float64(calls) / elapsed.Seconds()
+	t.Logf("flood %.0f req/s for %s: %d requests, %d admitted, %d script calls = %.1f/s (rate %.0f/s, target <= %.0f/s)",
+		offered, elapsed.Round(time.Millisecond), sent.Load(), admitted.Load(), calls, perSec, rate, 2*rate)
+	if perSec > 2*rate {
+		t.Fatalf("%.1f script calls/s for one flooding key, want <= 2x the rate (%.0f)", perSec, 2*rate)
+	}
+	if float64(sent.Load()) < 0.9*offered*elapsed.Seconds() {
+		t.Fatalf("only %d requests sent; the flood did not reach 10x the rate", sent.Load())
+	}
+	checkExact(t, admitted.Load(), rate, burst, elapsed)
+}
