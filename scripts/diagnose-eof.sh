@@ -1,0 +1,639 @@
+#!/usr/bin/env bash
+# diagnose-eof.sh: the three-layer EOF diagnosis (client, proxy, kernel) as
+# one report in plain words. Read-only: it changes nothing.
+set -euo pipefail
+
+usage() {
+	cat <<'EOF'
+Usage: bash scripts/diagnose-eof.sh [options]
+
+Looks for the causes of "EOF", "connection reset" and 502/504 errors in three
+layers and prints what it found, what it means and what to do:
+
+  1. client  - curl timing phases against a URL, and (root + tcpdump) who
+               sends FIN/RST on that port
+  2. proxy   - 499/502/504 and "upstream prematurely closed" / "reset by
+               peer" in nginx's access and error logs
+  3. kernel  - listen queue overflows, socket states (CLOSE-WAIT, TIME-WAIT),
+               sysctls against the recommended values, NIC and softnet drops
+
+Every part is optional: a missing tool or input is reported, not fatal.
+
+Options:
+  -u, --url URL          probe URL with curl (e.g. http://127.0.0.1:8080/healthz)
+  -n, --requests N       requests sent over one connection (default 3)
+  -t, --timeout SEC      curl's limit per request (default 10)
+  -c, --capture SEC      capture FIN/RST packets on the URL's port for SEC
+                         seconds while probing (root and tcpdump needed)
+  -a, --nginx-access F   nginx access log (combined or deploy/nginx format)
+  -e, --nginx-error F    nginx error log
+  -p, --port PORT        only count sockets on this local or remote port
+  -i, --interval SEC     seconds between two readings of the kernel counters,
+                         to tell "rising now" from "since boot" (default 2; 0:
+                         one reading)
+  -h, --help             this help
+
+Example:
+  bash scripts/diagnose-eof.sh -u http://127.0.0.1:8080/api/v1/ping \
+    -a /var/log/nginx/access.log -e /var/log/nginx/error.log -p 8080
+EOF
+}
+
+url=""
+requests=3
+timeout=10
+capture=0
+access_log=""
+error_log=""
+port=""
+interval=2
+
+need_arg() {
+	if [[ $# -lt 2 || -z $2 ]]; then
+		echo "diagnose-eof: $1 needs a value (see -h)" >&2
+		exit 2
+	fi
+}
+need_int() {
+	if ! [[ $2 =~ ^[0-9]+$ ]]; then
+		echo "diagnose-eof: $1 wants a whole number, got '$2'" >&2
+		exit 2
+	fi
+}
+
+while [[ $# -gt 0 ]]; do
+	case $1 in
+	-h | --help)
+		usage
+		exit 0
+		;;
+	-u | --url) need_arg "$@" && url=$2 && shift ;;
+	-n | --requests) need_arg "$@" && need_int "$1" "$2" && requests=$2 && shift ;;
+	-t | --timeout) need_arg "$@" && need_int "$1" "$2" && timeout=$2 && shift ;;
+	-c | --capture) need_arg "$@" && need_int "$1" "$2" && capture=$2 && shift ;;
+	-a | --nginx-access) need_arg "$@" && access_log=$2 && shift ;;
+	-e | --nginx-error) need_arg "$@" && error_log=$2 && shift ;;
+	-p | --port) need_arg "$@" && need_int "$1" "$2" && port=$2 && shift ;;
+	-i | --interval) need_arg "$@" && need_int "$1" "$2" && interval=$2 && shift ;;
+	*)
+		echo "diagnose-eof: unknown argument '$1' (see -h)" >&2
+		exit 2
+		;;
+	esac
+	shift
+done
+((requests >= 1 && requests <= 100)) || {
+	echo "diagnose-eof: --requests must be within 1..100" >&2
+	exit 2
+}
+((capture <= 300)) || {
+	echo "diagnose-eof: --capture is at most 300 seconds" >&2
+	exit 2
+}
+((interval <= 60)) || {
+	echo "diagnose-eof: --interval is at most 60 seconds" >&2
+	exit 2
+}
+
+script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+work=$(mktemp -d "${TMPDIR:-/tmp}/diagnose-eof.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# hex() for awk: mawk, Debian's default awk, has no strtonum.
+awk_hex='function hex(s,  i, v) { v = 0; s = toupper(s); for (i = 1; i <= length(s); i++) v = v * 16 + index("0123456789ABCDEF", substr(s, i, 1)) - 1; return v }'
+
+warnings=()
+
+section() { printf '\n== %s ==\n' "$1"; }
+
+# finding LEVEL WHAT MEANS DO: one finding in plain words. LEVEL is OK, NOTE
+# or WARN; WARN headlines are repeated in the summary.
+finding() {
+	local level=$1 what=$2 means=${3:-} todo=${4:-}
+	printf '[%s] %s\n' "$level" "$what"
+	[[ -n $means ]] && printf '%s\n' "$means" | fold -s -w 86 | sed '1s/^/       means: /; 2,$s/^/              /'
+	[[ -n $todo ]] && printf '%s\n' "$todo" | fold -s -w 86 | sed '1s/^/       do:    /; 2,$s/^/              /'
+	if [[ $level == WARN ]]; then
+		warnings+=("$what")
+	fi
+	return 0
+}
+
+skip() { printf '[SKIP] %s\n' "$1"; }
+
+printf 'EOF diagnosis on %s at %s\n' "$(hostname 2>/dev/null || echo '?')" "$(date -u '+%Y-%m-%dT%H:%M:%SZ')"
+if [[ $(id -u) -ne 0 ]]; then
+	echo "(not root: packet capture, some dmesg lines and socket owners are not visible)"
+fi
+
+# ---------------------------------------------------------------- kernel #1
+# The kernel counters are read first and again at the end, so the report
+# can say whether they rose while it ran.
+
+counters=(ListenOverflows ListenDrops TCPAbortOnData TCPAbortOnClose TCPAbortOnTimeout TCPAbortOnMemory TCPReqQFullDrop TCPBacklogDrop)
+
+# read_counters FILE: "Name value" lines for the TcpExt counters above.
+read_counters() {
+	local out=$1
+	if have nstat; then
+		# -a absolute, -s do not touch nstat's history file, -z zeros too.
+		if nstat -asz 2>/dev/null | awk '$1 ~ /^TcpExt/ { sub(/^TcpExt/, "", $1); print $1, $2 }' >"$out" && [[ -s $out ]]; then
+			echo nstat
+			return
+		fi
+	fi
+	if [[ -r /proc/net/netstat ]]; then
+		awk '$1 == "TcpExt:" { if (!n) { for (i = 2; i <= NF; i++) name[i] = $i; n = NF } else { for (i = 2; i <= n; i++) print name[i], $i } }' /proc/net/netstat >"$out"
+		echo /proc/net/netstat
+		return
+	fi
+	: >"$out"
+	echo none
+}
+
+counter() { awk -v k="$1" '$1 == k { print $2; found = 1 } END { if (!found) print "" }' "$2"; }
+
+counter_src=$(read_counters "$work/counters.1")
+counter_t0=$(date +%s)
+
+# ---------------------------------------------------------------- client
+section "1. Client: what a caller sees"
+
+url_port() {
+	local u=$1 hostport
+	hostport=${u#*://}
+	hostport=${hostport%%/*}
+	hostport=${hostport##*@}
+	if [[ $hostport =~ :([0-9]+)$ ]]; then
+		echo "${BASH_REMATCH[1]}"
+	elif [[ $u == https://* ]]; then
+		echo 443
+	else
+		echo 80
+	fi
+}
+
+capture_pid=""
+capture_file="$work/capture.txt"
+if [[ $capture -gt 0 ]]; then
+	if [[ -z $url ]]; then
+		skip "packet capture: needs --url to know the port"
+	elif [[ $(id -u) -ne 0 ]]; then
+		skip "packet capture: needs root (run with sudo)"
+	elif ! have tcpdump; then
+		skip "packet capture: tcpdump is not installed (apt-get install tcpdump)"
+	elif ! have timeout; then
+		skip "packet capture: timeout(1) is not installed (coreutils)"
+	else
+		cport=$(url_port "$url")
+		# FIN and RST only: who ends connections, and who aborts them.
+		timeout "$capture" tcpdump -nn -l -i any "tcp port $cport and (tcp[tcpflags] & (tcp-fin|tcp-rst) != 0)" \
+			>"$capture_file" 2>"$work/tcpdump.err" &
+		capture_pid=$!
+		sleep 0.5 # let tcpdump attach before the probe starts
+	fi
+fi
+
+if [[ -z $url ]]; then
+	skip "no --url given: client timing not measured"
+elif ! have curl; then
+	skip "curl is not installed (apt-get install curl): client timing not measured"
+else
+	fmt='%{http_code} %{time_namelookup} %{time_connect} %{time_appconnect} %{time_pretransfer} %{time_starttransfer} %{time_total} %{num_connects}\n'
+	args=()
+	for ((i = 0; i < requests; i++)); do args+=("$url"); done
+	# One curl with the URL repeated reuses the connection like a keep-alive
+	# client; num_connects says whether it did.
+	set +e
+	curl -sS -o /dev/null --connect-timeout 5 --max-time "$timeout" -w "$fmt" "${args[@]}" >"$work/curl.out" 2>"$work/curl.err"
+	rc=$?
+	set -e
+	echo "GET $url x$requests over one keep-alive connection (seconds; phases from curl -w):"
+	printf '  %-3s %-6s %-8s %-8s %-8s %-10s %-8s %s\n' '#' status dns tcp tls server total new-conn
+	n=0
+	ok=0
+	max_connect=0
+	max_server=0
+	new_conns=0
+	statuses=""
+	while read -r code dns conn app pre start total nconn; do
+		n=$((n + 1))
+		if [[ $code == 000 ]]; then
+			printf '  %-3s %-6s (no response)\n' "$n" failed
+			continue
+		fi
+		ok=$((ok + 1))
+		tcp=$(awk -v a="$conn" -v b="$dns" 'BEGIN { d = a - b; if (a == 0 || d < 0) d = 0; printf "%.3f", d }')
+		tls=$(awk -v a="$app" -v b="$conn" 'BEGIN { d = a - b; if (a == 0 || d < 0) d = 0; printf "%.3f", d }')
+		server=$(awk -v a="$start" -v b="$pre" 'BEGIN { printf "%.3f", a - b }')
+		printf '  %-3s %-6s %-8s %-8s %-8s %-10s %-8s %s\n' "$n" "$code" "$dns" "$tcp" "$tls" "$server" "$total" "$nconn"
+		max_connect=$(awk -v a="$tcp" -v b="$max_connect" 'BEGIN { print (a > b) ? a : b }')
+		max_server=$(awk -v a="$server" -v b="$max_server" 'BEGIN { print (a > b) ? a : b }')
+		new_conns=$((new_conns + nconn))
+		statuses+="$code "
+	done <"$work/curl.out"
+	echo "  (dns: name lookup; tcp: handshake; tls: TLS handshake; server: request sent to first byte back; new-conn: 1 = a new TCP connection)"
+	# curl prints one error line per failed URL; the first says it.
+	curl_err=$(head -n 1 "$work/curl.err" | tr -d '\n')
+
+	case $rc in
+	0) ;;
+	6) finding WARN "curl could not resolve the host (exit 6)" \
+		"DNS failed before any connection was made; nothing reached the server." \
+		"Check the host name and the resolver (/etc/resolv.conf, CoreDNS in Kubernetes)." ;;
+	7) finding WARN "curl could not connect (exit 7): $curl_err" \
+		"Nothing accepted the connection: the process is not listening on that port, it is restarting, or a firewall rejects it. Behind nginx this becomes a 502 with \"connect() failed (111: Connection refused)\"." \
+		"Check that the service runs and listens on that address (ss -ltn), and its restarts (kubectl get pods, journalctl)." ;;
+	28) finding WARN "curl timed out (exit 28) after at most ${timeout}s" \
+		"The server did not answer in time. A stuck connect points at a full listen queue or dropped SYNs (see the kernel section); a stuck response points at a slow handler or dependency." \
+		"Compare the phases above: large tcp = kernel/network, large server = the application. Raise the client timeout only if the work is legitimately slow." ;;
+	52) finding WARN "curl got an empty reply (exit 52): the server closed the connection without answering" \
+		"This is the EOF itself: the peer sent FIN before any response byte. Typical causes: a keep-alive connection the server had just closed as idle, a server-side read/header timeout, a crash, or a proxy dropping the request." \
+		"If it happens on reused connections, the client's idle timeout must be shorter than the server's (Go: http.Transport.IdleConnTimeout < the server's IdleTimeout). Check the server's logs at that moment." ;;
+	56) finding WARN "curl's connection was reset (exit 56): $curl_err" \
+		"The peer (or something in between) sent RST: the server closed the socket with unread data, its accept queue overflowed with tcp_abort_on_overflow, a firewall or conntrack table dropped state, or a process died." \
+		"Check the kernel section (ListenOverflows, TCPAbortOnData, conntrack), the proxy's error log, and whether the server restarted." ;;
+	18) finding WARN "the response was truncated (exit 18): fewer body bytes than Content-Length" \
+		"The server or a proxy closed the connection in the middle of the body: a write timeout (Go http.Server.WriteTimeout) that fired during a slow transfer, or a crash." \
+		"Make sure the server's write timeout covers the slowest legitimate response, and that proxies buffer responses (proxy_buffering on)." ;;
+	35) finding WARN "the TLS handshake failed (exit 35): $curl_err" \
+		"The connection was made but TLS did not complete: protocol or certificate mismatch, or a plain-HTTP port spoken to with https." \
+		"Check the scheme and the server's certificate (openssl s_client -connect host:port)." ;;
+	*) finding WARN "curl failed (exit $rc): $curl_err" \
+		"The request did not complete." \
+		"See 'man curl' (EXIT CODES) for exit $rc." ;;
+	esac
+
+	if [[ $ok -gt 0 ]]; then
+		if [[ $statuses == *502* || $statuses == *504* ]]; then
+			finding WARN "the URL answered 502/504: a proxy in front could not get a response" \
+				"The client reached a proxy, and the proxy failed towards the service (refused, reset, premature close or timeout)." \
+				"Read the proxy section (pass --nginx-access/--nginx-error) for the reason."
+		elif [[ $statuses == *" 5"* || $statuses == 5* ]]; then
+			finding WARN "the URL answered a 5xx status ($statuses)" \
+				"The server answered, so the connection is fine: this is an application error." \
+				"Read the service's logs for these requests."
+		elif [[ $rc -eq 0 ]]; then
+			finding OK "the URL answered ($statuses) with no transport error"
+		fi
+		if awk -v a="$max_connect" 'BEGIN { exit !(a >= 1) }'; then
+			finding WARN "a TCP handshake took ${max_connect}s" \
+				"A handshake above 1s almost always means a lost SYN or SYN-ACK that was retransmitted after 1s: the server's listen queue or SYN backlog was full, or packets were dropped." \
+				"Check ListenOverflows/ListenDrops and somaxconn/tcp_max_syn_backlog in the kernel section."
+		fi
+		if awk -v a="$max_server" 'BEGIN { exit !(a >= 1) }'; then
+			finding NOTE "the slowest response took ${max_server}s in the server" \
+				"Time from the request sent to the first response byte: handler, dependency or queueing time." \
+				"If clients time out at this level they give up first: nginx logs 499, the service logs status 499."
+		fi
+		if [[ $ok -gt 1 && $new_conns -ge $ok ]]; then
+			finding NOTE "every request opened a new connection (no keep-alive reuse)" \
+				"The server (or proxy) closes the connection after each response (Connection: close), which costs a handshake per request and leaves TIME-WAIT sockets behind." \
+				"Behind nginx: upstream keepalive + proxy_http_version 1.1 + proxy_set_header Connection \"\" (see deploy/nginx). During a graceful shutdown this is expected."
+		elif [[ $ok -gt 1 ]]; then
+			finding OK "keep-alive works: $ok requests used $new_conns new connection(s)"
+		fi
+	fi
+fi
+
+if [[ -n $capture_pid ]]; then
+	wait "$capture_pid" 2>/dev/null || true
+	cport=$(url_port "$url")
+	echo "Packets with FIN or RST on port $cport during ${capture}s:"
+	# Lines look like "IP 10.0.0.1.8080 > 10.0.0.2.5555: Flags [F.], ..."; the
+	# sender is the server when its address ends in the service port.
+	awk -v p="$cport" '
+		/Flags \[/ {
+			for (i = 1; i <= NF; i++) if ($i == ">") { src = $(i - 1); break }
+			n = split(src, a, "."); sport = a[n]
+			who = (sport == p) ? "server" : "client"
+			match($0, /Flags \[[^]]*\]/); f = substr($0, RSTART + 7, RLENGTH - 8)
+			if (f ~ /R/) rst[who]++; else if (f ~ /F/) fin[who]++
+		}
+		END {
+			printf "  FIN from server %d, FIN from client %d, RST from server %d, RST from client %d\n", fin["server"], fin["client"], rst["server"], rst["client"]
+			print "CAPTURE", fin["server"] + 0, fin["client"] + 0, rst["server"] + 0, rst["client"] + 0
+		}' "$capture_file" >"$work/capture.sum"
+	grep -v '^CAPTURE' "$work/capture.sum"
+	read -r _ fin_s fin_c rst_s rst_c < <(grep '^CAPTURE' "$work/capture.sum")
+	if ((rst_s > 0)); then
+		finding WARN "the server side sent $rst_s RST packet(s)" \
+			"The server aborted connections instead of closing them: it closed a socket with unread data (e.g. an idle keep-alive connection closed just as a request arrived), its accept queue overflowed, or the process died." \
+			"Correlate the times with the proxy's error log; keep every client's idle timeout shorter than the server's."
+	fi
+	if ((rst_c > 0)); then
+		finding NOTE "the client side sent $rst_c RST packet(s)" \
+			"Clients aborted connections: a client timeout or cancellation, or a client closing with unread response data." \
+			"Compare client timeouts with the server's latency; these show up as 499 in nginx and in the service."
+	fi
+	if ((fin_s > fin_c && fin_s > 0)); then
+		finding NOTE "the server closed more connections ($fin_s) than the clients ($fin_c)" \
+			"Server-side closes are idle timeouts, Connection: close responses or shutdowns. A client that reuses such a connection at that instant gets EOF." \
+			"Clients (and proxies) should give up idle connections before the server does."
+	fi
+	if ((fin_s + fin_c + rst_s + rst_c == 0)); then
+		finding OK "no connection ended on port $cport during the capture"
+	fi
+fi
+
+# ---------------------------------------------------------------- proxy
+section "2. Proxy: nginx logs"
+
+if [[ -z $access_log ]]; then
+	skip "no --nginx-access given: 499/502/504 not counted"
+elif [[ ! -r $access_log ]]; then
+	skip "cannot read $access_log"
+else
+	# The status is the first 3-digit field after the quoted request line,
+	# in the combined format and in deploy/nginx's "upstream" format.
+	awk '
+		{ total++ }
+		match($0, /" [0-9][0-9][0-9] /) { s = substr($0, RSTART + 2, 3); st[s]++; if (s ~ /^5/) s5++ }
+		/ us="[^"]*,/ { retried++ }
+		END { printf "%d %d %d %d %d %d %d\n", total, st["499"], st["502"], st["503"], st["504"], s5, retried }
+	' "$access_log" >"$work/access.sum"
+	read -r total c499 c502 c503 c504 c5xx retried <"$work/access.sum"
+	pct() { awk -v a="$1" -v t="$total" 'BEGIN { if (t == 0) print "0%"; else printf "%.2f%%", 100 * a / t }'; }
+	echo "$access_log: $total requests; 499: $c499, 502: $c502, 503: $c503, 504: $c504, all 5xx: $c5xx, retried upstream: $retried"
+	if ((c499 > 0)); then
+		finding WARN "$c499 requests ended with 499 ($(pct "$c499")): the client closed the connection before nginx answered" \
+			"The caller gave up first: its timeout is shorter than the request took, or users navigated away. The service sees the same requests as aborted (status 499 in its access log, client-abort counter)." \
+			"Compare the client's timeout with the request times (rt= in deploy/nginx's log format); make the slow path faster or the client patient. Many 499 at once usually follow a slow dependency."
+	fi
+	if ((c502 > 0)); then
+		finding WARN "$c502 requests ended with 502 ($(pct "$c502")): nginx got no valid response from the service" \
+			"The connection to the service was refused (instance down or restarting), reset, or closed before the response header. See the error-log findings for which." \
+			"If the error log says \"upstream prematurely closed\" or \"reset by peer\": make nginx's upstream keepalive_timeout shorter than the service's HTTP_IDLE_TIMEOUT (deploy/nginx). If \"Connection refused\": look for restarts and make shutdowns graceful (readiness fails before the listener closes)."
+	fi
+	if ((c504 > 0)); then
+		finding WARN "$c504 requests ended with 504 ($(pct "$c504")): the service did not answer within proxy_read_timeout" \
+			"A request took longer than nginx waits. The service's own timeouts (HTTP_WRITE_TIMEOUT, BREAKER_TIMEOUT) should fire first, so a 504 means a request hung past them." \
+			"Find the slow requests (urt= in the log), check the dependency's latency and the breaker; keep proxy_read_timeout above the service's write timeout."
+	fi
+	if ((c503 > 0)); then
+		finding NOTE "$c503 requests ended with 503 ($(pct "$c503"))" \
+			"Either the service refused them (shutting down, overloaded) or nginx had no live upstream." \
+			"Check the error log for \"no live upstreams\" and the service's readiness."
+	fi
+	if ((retried > 0)); then
+		finding WARN "$retried requests needed a second upstream attempt (us=\"..., ...\")" \
+			"nginx hid a failure by retrying on another connection or server: each is an error-log line. GETs are retried, POSTs are not, so the same cause produces 502 for POSTs." \
+			"Find the cause in the error log (premature close / reset = keep-alive order; refused = restarts)."
+	fi
+	if ((total > 0 && c499 + c502 + c503 + c504 + retried == 0)); then
+		finding OK "no 499, 502, 503 or 504 among $total requests"
+	fi
+fi
+
+if [[ -z $error_log ]]; then
+	skip "no --nginx-error given: upstream errors not counted"
+elif [[ ! -r $error_log ]]; then
+	skip "cannot read $error_log"
+else
+	count() { grep -c -- "$1" "$error_log" || true; }
+	premature=$(count "upstream prematurely closed")
+	reset=$(count "reset by peer")
+	pipe=$(count "Broken pipe")
+	refused=$(count "(111: Connection refused)")
+	timedout=$(count "upstream timed out")
+	nolive=$(count "no live upstreams")
+	fds=$(count "Too many open files")
+	workers=$(count "worker_connections are not enough")
+	echo "$error_log: upstream prematurely closed: $premature, reset by peer: $reset, broken pipe: $pipe, connection refused: $refused, upstream timed out: $timedout, no live upstreams: $nolive"
+	if ((premature + reset + pipe > 0)); then
+		finding WARN "$((premature + reset + pipe)) upstream connections died under a request (prematurely closed: $premature, reset by peer: $reset, broken pipe: $pipe)" \
+			"nginx sent a request on a connection the service was closing. Usually a reused keep-alive connection that the service closed as idle at that instant: nginx's upstream keepalive_timeout is not shorter than the service's idle timeout. Also: the service crashed or was killed mid-request." \
+			"Set upstream { keepalive_timeout } below HTTP_IDLE_TIMEOUT (reference: 60s < 75s, deploy/nginx/nginx.conf); on ingress-nginx, upstream-keepalive-timeout. Check for restarts/OOM kills at the same times."
+	fi
+	if ((refused > 0)); then
+		finding WARN "$refused connects to the service were refused" \
+			"Nothing listened on the upstream address: the instance was down, restarting, or had closed its listener during shutdown while still in the load balancer." \
+			"Keep serving during SHUTDOWN_DELAY after readiness fails; check restarts and the endpoint list."
+	fi
+	if ((timedout > 0)); then
+		finding WARN "$timedout upstream timeouts" \
+			"The service accepted the request but did not answer within proxy_read_timeout (or connect within proxy_connect_timeout)." \
+			"Look for slow requests and dependencies; the service's timeouts should be shorter than nginx's."
+	fi
+	if ((nolive > 0)); then
+		finding WARN "$nolive requests found no live upstream" \
+			"Every server of the upstream group was marked failed (max_fails within fail_timeout)." \
+			"Fix the underlying errors above; failures of reused connections count against max_fails too."
+	fi
+	if ((fds + workers > 0)); then
+		finding WARN "nginx ran out of connections or file descriptors ($fds + $workers lines)" \
+			"New connections were refused or dropped by nginx itself." \
+			"Raise worker_connections and worker_rlimit_nofile (and the LimitNOFILE of the service manager)."
+	fi
+	if ((premature + reset + pipe + refused + timedout + nolive + fds + workers == 0)); then
+		finding OK "no upstream connection errors in the error log"
+	fi
+fi
+
+# ---------------------------------------------------------------- kernel
+section "3. Kernel: queues, sockets, settings, NIC"
+
+echo "-- listen queue and aborts (TcpExt counters, source: $counter_src)"
+if [[ $counter_src == none ]]; then
+	skip "neither nstat (iproute2) nor /proc/net/netstat is available"
+else
+	elapsed=$(($(date +%s) - counter_t0))
+	if ((interval > elapsed)); then
+		sleep $((interval - elapsed))
+	fi
+	window=$(($(date +%s) - counter_t0))
+	if ((interval > 0)); then
+		read_counters "$work/counters.2" >/dev/null
+	else
+		cp "$work/counters.1" "$work/counters.2"
+	fi
+	printf '  %-20s %14s %14s\n' counter since-boot "in-last-${window}s"
+	for c in "${counters[@]}"; do
+		a=$(counter "$c" "$work/counters.1")
+		b=$(counter "$c" "$work/counters.2")
+		[[ -z $b ]] && continue
+		printf '  %-20s %14s %14s\n' "$c" "$b" "$((b - ${a:-$b}))"
+		declare "k_$c=$b"
+		declare "d_$c=$((b - ${a:-$b}))"
+	done
+	lo=${k_ListenOverflows:-0}
+	ld=${k_ListenDrops:-0}
+	dlo=${d_ListenOverflows:-0}
+	if ((dlo > 0)); then
+		finding WARN "the listen queue is overflowing now (+$dlo in ${window}s)" \
+			"A listening socket's accept queue is full: the kernel drops the final ACK of new handshakes. Clients see connect timeouts, 1s+ handshakes and resets; proxies log 502/504." \
+			"Raise net.core.somaxconn and tcp_max_syn_backlog (sysctl-tune.sh; Go's listen backlog follows somaxconn), add replicas, and check that the process is not starved (CPU throttling, GC pauses). ss -ltn shows each listener's queue (Recv-Q) and limit (Send-Q)."
+	elif ((lo > 0 || ld > 0)); then
+		finding NOTE "listen queue overflows happened since boot (ListenOverflows $lo, ListenDrops $ld), none in the last ${window}s" \
+			"An accept queue was full at some point in the past (a burst, a stall, a restart)." \
+			"Watch the rate during the incident window: nstat -z TcpExtListenOverflows, or the service's kernel TCP metrics."
+	else
+		finding OK "no listen queue overflows since boot"
+	fi
+	if ((${d_TCPAbortOnData:-0} > 0)); then
+		finding NOTE "connections were aborted with unread data (+${d_TCPAbortOnData} TCPAbortOnData in ${window}s)" \
+			"A program closed a socket that still had unread bytes, so the kernel sent RST instead of FIN. An HTTP server that closes an idle keep-alive connection just as a request arrives does exactly this." \
+			"If the peer is a proxy, order the idle timeouts (client side shorter than server side)."
+	fi
+	if ((${d_TCPAbortOnMemory:-0} > 0)); then
+		finding WARN "the kernel aborted connections for lack of socket memory (+${d_TCPAbortOnMemory})" \
+			"TCP memory pressure (net.ipv4.tcp_mem) forced resets." \
+			"Check /proc/net/sockstat (mem) against net.ipv4.tcp_mem; look for sockets with large unread queues."
+	fi
+fi
+
+echo "-- socket states${port:+ (port $port)}"
+states_file="$work/states"
+if have ss; then
+	if [[ -n $port ]]; then
+		ss -tanH "( sport = :$port or dport = :$port )" 2>/dev/null | awk '{ print $1 }' >"$states_file" || true
+	else
+		ss -tanH 2>/dev/null | awk '{ print $1 }' >"$states_file" || true
+	fi
+	state_src="ss -tan"
+elif [[ -r /proc/net/tcp ]]; then
+	# st column codes from include/net/tcp_states.h.
+	cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v p="$port" "$awk_hex"'
+		BEGIN { split("ESTAB SYN-SENT SYN-RECV FIN-WAIT-1 FIN-WAIT-2 TIME-WAIT UNCONN CLOSE-WAIT LAST-ACK LISTEN CLOSING", n, " ") }
+		$1 ~ /:$/ {
+			nl = split($2, l, ":"); nr = split($3, r, ":")
+			if (p != "" && hex(l[nl]) != p && hex(r[nr]) != p) next
+			print n[hex($4)]
+		}' >"$states_file" 2>/dev/null || : >"$states_file"
+	state_src="/proc/net/tcp (ss not installed)"
+else
+	state_src=""
+fi
+if [[ -z $state_src ]]; then
+	skip "neither ss (iproute2) nor /proc/net/tcp is available"
+else
+	sort "$states_file" | uniq -c | sort -rn | awk -v src="$state_src" 'BEGIN { printf "  from %s:", src } { printf " %s %d,", $2, $1 } END { print "" }'
+	cw=$(grep -cx 'CLOSE-WAIT' "$states_file" || true)
+	tw=$(grep -cx 'TIME-WAIT' "$states_file" || true)
+	sr=$(grep -cx 'SYN-RECV' "$states_file" || true)
+	echo "  CLOSE-WAIT: $cw, TIME-WAIT: $tw, SYN-RECV: $sr"
+	if ((cw > 0)); then
+		level=NOTE
+		((cw >= 50)) && level=WARN
+		who=""
+		if have ss; then
+			# With a state filter ss drops the State column: $3 is the local
+			# address, the last field the owner (root only).
+			who=$(ss -tanpH state close-wait 2>/dev/null | awk '{ o = ($NF ~ /^users:/) ? " " $NF : ""; print $3 o }' | sort | uniq -c | sort -rn | awk 'NR <= 3 { printf "%s%s x%d", sep, $2 ($3 != "" ? " " $3 : ""), $1; sep = "; " }' || true)
+		fi
+		finding "$level" "$cw sockets in CLOSE-WAIT${who:+ (top: $who)}" \
+			"The peer closed these connections but the local program never closed its end. They do not time out: a steadily growing number is a leak in that program (a Go client that does not close resp.Body, a pool that never evicts), and it ends in 'too many open files'." \
+			"Find the owner (ss -tanp state close-wait) and fix where it forgets to close; a few that come and go are normal."
+	else
+		finding OK "no sockets in CLOSE-WAIT"
+	fi
+	range=$(tr -s ' \t' '  ' </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo "32768 60999")
+	read -r plo phi <<<"$range"
+	ports=$((phi - plo + 1))
+	if ((tw > ports / 2)); then
+		finding WARN "$tw sockets in TIME-WAIT, over half of the $ports ephemeral ports ($range)" \
+			"Every connection closed by this side waits 60s in TIME-WAIT holding its port. Clients that open a connection per request run out of ports towards one destination: connect fails (EADDRNOTAVAIL), seen as errors or timeouts." \
+			"Reuse connections (keep-alive; nginx upstream keepalive), enable net.ipv4.tcp_tw_reuse=1 and widen ip_local_port_range (sysctl-tune.sh)."
+	elif ((tw > 0)); then
+		finding NOTE "$tw sockets in TIME-WAIT (of $ports ephemeral ports)" \
+			"Normal for connections this host closed in the last minute; harmless while well below the port range." \
+			"Nothing, unless it grows towards the port range; then reuse connections."
+	fi
+	if ((sr > 256)); then
+		finding WARN "$sr half-open connections (SYN-RECV)" \
+			"Handshakes waiting for the client's final ACK: a SYN flood, or replies lost on the way back." \
+			"Keep tcp_syncookies=1 and a large tcp_max_syn_backlog; check the network path."
+	fi
+	if have ss; then
+		# Listeners: Recv-Q = connections waiting for accept(), Send-Q = backlog.
+		ss -ltnH 2>/dev/null | awk -v p="$port" '{ n = split($4, a, ":"); if (p != "" && a[n] != p) next; printf "  listener %-24s queued %s of %s\n", $4, $2, $3; if ($3 > 0 && $2 >= $3) full = full " " $4 } END { if (full != "") print "FULL" full }' >"$work/listen" || true
+		grep -v '^FULL' "$work/listen" | head -n 20 || true
+		if grep -q '^FULL' "$work/listen"; then
+			finding WARN "accept queue full right now on:$(grep '^FULL' "$work/listen" | cut -c5-)" \
+				"The process is not calling accept() fast enough for these listeners (stalled, overloaded, or the backlog is tiny)." \
+				"Check the process's CPU and the backlog (somaxconn); see ListenOverflows above."
+		fi
+	fi
+fi
+
+echo "-- sysctls against the recommended values"
+if [[ ! -r $script_dir/sysctl-tune.sh ]]; then
+	skip "scripts/sysctl-tune.sh not found next to this script"
+else
+	set +e
+	bash "$script_dir/sysctl-tune.sh" --check >"$work/sysctl.out" 2>&1
+	src=$?
+	set -e
+	# The table only; the explanations are in sysctl-tune.sh's own output.
+	awk '/^KEY / { on = 1 } on && /^$/ { exit } on { print "  " $0 }' "$work/sysctl.out"
+	case $src in
+	0) finding OK "all kernel settings are as recommended or better" ;;
+	3) finding WARN "$(grep -oE '^[0-9]+ of [0-9]+ settings differ' "$work/sysctl.out" || echo 'some settings differ') from the recommended values" \
+		"Small accept/SYN queues drop connections under bursts; without tw_reuse and a wide port range busy clients run out of ports; long keep-alive timers keep dead peers around for hours." \
+		"Review 'bash scripts/sysctl-tune.sh' (it explains each one), then 'sudo bash scripts/sysctl-tune.sh --apply'; in Kubernetes the sysctl init container of deploy/k8s sets the per-namespace ones." ;;
+	*) skip "sysctl-tune.sh failed (exit $src): $(head -n 1 "$work/sysctl.out")" ;;
+	esac
+fi
+
+echo "-- NIC, softnet and conntrack drops"
+if [[ -r /proc/net/dev ]]; then
+	awk 'NR > 2 { sub(/:/, " ", $0); if ($4 + $5 + $12 + $13 > 0) printf "  %-12s rx errors %s dropped %s, tx errors %s dropped %s\n", $1, $4, $5, $12, $13 }' /proc/net/dev >"$work/nic" || true
+	if [[ -s $work/nic ]]; then
+		cat "$work/nic"
+		finding NOTE "interfaces with errors or drops since boot (listed above)" \
+			"Packets lost at the NIC or driver level; TCP retransmits them (latency) and, if losses persist, connections time out." \
+			"Watch whether the counters rise (ip -s link); check the driver, ring sizes (ethtool -g) and the link."
+	else
+		finding OK "no interface errors or drops in /proc/net/dev"
+	fi
+else
+	skip "/proc/net/dev not readable"
+fi
+if [[ -r /proc/net/softnet_stat ]]; then
+	sdrop=$(awk "$awk_hex"'{ s += hex($2) } END { print s + 0 }' /proc/net/softnet_stat 2>/dev/null || echo 0)
+	if ((sdrop > 0)); then
+		finding WARN "$sdrop packets dropped by softnet (backlog full) since boot" \
+			"The per-CPU queue between the NIC and TCP (net.core.netdev_max_backlog) overflowed; the packets never reached TCP." \
+			"Raise net.core.netdev_max_backlog (host-wide; sysctl-tune.sh) and spread interrupts (RPS/irqbalance)."
+	fi
+fi
+if [[ -r /proc/sys/net/netfilter/nf_conntrack_count && -r /proc/sys/net/netfilter/nf_conntrack_max ]]; then
+	ccount=$(cat /proc/sys/net/netfilter/nf_conntrack_count)
+	cmax=$(cat /proc/sys/net/netfilter/nf_conntrack_max)
+	echo "  conntrack: $ccount of $cmax entries"
+	if ((cmax > 0 && ccount * 100 >= cmax * 80)); then
+		finding WARN "the conntrack table is ${ccount}/${cmax} full" \
+			"When it is full the kernel drops new connections ('nf_conntrack: table full, dropping packet' in dmesg): clients see timeouts." \
+			"Raise net.netfilter.nf_conntrack_max (host-wide) or reduce short-lived connections (keep-alive)."
+	fi
+fi
+if ! have dmesg; then
+	skip "dmesg is not installed (util-linux): kernel messages not checked"
+elif ! dmesg >"$work/dmesg" 2>/dev/null; then
+	skip "dmesg is not readable here (kernel.dmesg_restrict=1 or a container): run as root on the host"
+else
+	grep -iE 'link is down|link down|tx timeout|transmit queue .* timed out|reset adapter|rx (fifo )?overrun|dropping packet|nf_conntrack: table full|possible syn flooding|out of memory: kill|oom-kill|too many orphaned sockets|tcp: out of memory' "$work/dmesg" >"$work/dmesg.hits" || true
+	hits=$(wc -l <"$work/dmesg.hits")
+	if ((hits > 0)); then
+		echo "  last matching kernel messages:"
+		tail -n 10 "$work/dmesg.hits" | sed 's/^/    /'
+		finding WARN "$hits kernel messages about NIC errors, dropped packets, SYN floods or OOM kills" \
+			"The kernel itself dropped packets or killed processes: link flaps and TX timeouts lose packets, 'SYN flooding' means a listen queue overflowed, 'table full' means conntrack dropped connections, an OOM kill ends every connection of that process." \
+			"Match the times with the errors; fix the NIC/driver, the queue sizes (sysctl-tune.sh), or the memory limit."
+	else
+		finding OK "no NIC, drop, SYN-flood or OOM messages in dmesg"
+	fi
+fi
+
+# ---------------------------------------------------------------- summary
+section "Summary"
+if ((${#warnings[@]} == 0)); then
+	echo "No warnings. If clients still see EOF, capture while it happens: --capture 30 (root, tcpdump) and pass the proxy's logs."
+else
+	echo "${#warnings[@]} warning(s), client layer first:"
+	for w in "${warnings[@]}"; do
+		printf '  - %s\n' "$w"
+	done
+fi
