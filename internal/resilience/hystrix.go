@@ -82,7 +82,7 @@ func NewHystrixBreaker(name string, cfg BreakerConfig, logger *slog.Logger, reg 
 	}
 	events, err := registerCounterVec(reg, prometheus.CounterOpts{
 		Name: "breaker_events_total",
-		Help: "Circuit breaker events by command: success, failure, timeout, rejected, short_circuited, fallback_success, fallback_failure.",
+		Help: "Circuit breaker events by command: success, failure, timeout, rejected, short_circuited, fallback_success, fallback_failure. success/failure/timeout/short_circuited are what hystrix recorded (it drops samples when its metrics queue is full, at tens of thousands of calls per second); rejected and fallback_* are exact.",
 	}, []string{"command", "event"})
 	if err != nil {
 		return nil, err
@@ -142,8 +142,10 @@ func (b *HystrixBreaker) createCommand(cfg BreakerConfig) error {
 			// metrics goroutine, so under a high call rate finished calls pile
 			// up holding tickets, and a pool sized like the bulkhead rejects
 			// healthy calls (rejections count as errors and can open the
-			// circuit; seen at ~100k calls/s with a 200-ticket pool). The
-			// headroom absorbs such pile-ups; a ticket is one pointer.
+			// circuit; seen at ~100k calls/s with a 200-ticket pool, and
+			// bursts of over 10k pending calls with 64 concurrent callers on
+			// 2 saturated cores). The headroom absorbs such pile-ups; a ticket
+			// is one pointer, so it costs 256 KiB per command.
 			MaxConcurrentRequests:  2*cfg.MaxConcurrent + hystrixPoolHeadroom,
 			RequestVolumeThreshold: cfg.RequestVolume,
 			SleepWindow:            ceilMillis(cfg.SleepWindow),
@@ -164,7 +166,7 @@ func (b *HystrixBreaker) createCommand(cfg BreakerConfig) error {
 }
 
 // hystrixPoolHeadroom is added to hystrix's ticket pool; see createCommand.
-const hystrixPoolHeadroom = 4096
+const hystrixPoolHeadroom = 1 << 15
 
 func ceilMillis(d time.Duration) int {
 	return int((d + time.Millisecond - 1) / time.Millisecond)
