@@ -197,6 +197,8 @@ const (
 type call struct {
 	b      *HystrixBreaker
 	run    func(ctx context.Context) error
+	ctx    context.Context // the work's context: the caller's, with the command deadline
+	cancel context.CancelFunc
 	state  atomic.Int32
 	result chan error // run's own error, sent once
 }
@@ -212,12 +214,15 @@ func (b *HystrixBreaker) Do(ctx context.Context, run func(ctx context.Context) e
 		b.events.WithLabelValues(eventRejected).Inc()
 		return b.fallback(ctx, ErrRejected, fallback)
 	}
-	c := &call{b: b, run: run, result: make(chan error, 1)}
+	// The work's deadline is made here rather than on hystrix's goroutine,
+	// whose small fresh stack would have to grow for it on every call.
+	rctx, cancel := context.WithTimeout(ctx, b.timeout)
+	c := &call{b: b, run: run, ctx: rctx, cancel: cancel, result: make(chan error, 1)}
 	// The caller's ctx goes to hystrix so that a caller who leaves is
-	// reported as context_canceled, not as a failure; run derives its own
-	// deadline from it.
+	// reported as context_canceled, not as a failure.
 	herr := hystrix.DoC(ctx, b.command, c.exec, nil)
 	if c.state.CompareAndSwap(callIdle, callAbandoned) {
+		cancel()
 		<-b.slots
 	}
 	// run may have finished in the same instant hystrix gave up; if it has
@@ -249,8 +254,8 @@ func (c *call) exec(hctx context.Context) error {
 		return ErrTimeout
 	}
 	defer func() { <-c.b.slots }()
-	rctx, cancel := context.WithTimeout(hctx, c.b.timeout)
-	defer cancel()
+	defer c.cancel()
+	rctx := c.ctx
 	err := c.safeRun(rctx)
 	c.result <- err
 	switch {
