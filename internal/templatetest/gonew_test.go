@@ -140,9 +140,9 @@ func proxyFromHEAD(t *testing.T, ctx context.Context, root, modPath, dir string)
 		Time    time.Time
 	}{version, when})
 	for name, data := range map[string][]byte{
-		filepath.Join(vdir, version+".mod"):  []byte(gomod),
-		filepath.Join(vdir, version+".info"): info,
-		filepath.Join(vdir, "list"):          nil,
+		filepath.Join(vdir, version+".mod"):                    []byte(gomod),
+		filepath.Join(vdir, version+".info"):                   info,
+		filepath.Join(vdir, "list"):                            nil,
 		filepath.Join(dir, filepath.FromSlash(esc), "@latest"): info,
 	} {
 		if err := os.WriteFile(name, data, 0o644); err != nil {
