@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hardenedgo/ginservice/internal/config"
 )
 
 // forbiddenInBinary are this package's test-only modules.
@@ -147,6 +149,24 @@ func TestTestOnlyDepsDetection(t *testing.T) {
 	}
 }
 
+// serviceFreeEnv is the test's environment without any variable the service
+// reads, so a REDIS_URL or OTEL_* of the machine cannot change the run.
+func serviceFreeEnv() []string {
+	read := map[string]bool{}
+	for _, v := range config.Vars() {
+		read[v.Name] = true
+	}
+	var out []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if read[k] || strings.HasPrefix(k, "OTEL_") {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
 func freePort(t *testing.T) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -160,7 +180,7 @@ func freePort(t *testing.T) string {
 func TestImageHealthcheckAndVersionStamp(t *testing.T) {
 	bin := buildWithDockerfileLine(t)
 	httpAddr, adminAddr := freePort(t), freePort(t)
-	env := append(os.Environ(), "HTTP_ADDR="+httpAddr, "ADMIN_ADDR="+adminAddr, "SHUTDOWN_DELAY=0s", "SHUTDOWN_TIMEOUT=2s", "LOG_LEVEL=warn")
+	env := append(serviceFreeEnv(), "HTTP_ADDR="+httpAddr, "ADMIN_ADDR="+adminAddr, "SHUTDOWN_DELAY=0s", "SHUTDOWN_TIMEOUT=2s", "LOG_LEVEL=warn")
 
 	healthcheck := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
