@@ -203,11 +203,12 @@ elif ! have curl; then
 else
 	fmt='%{http_code} %{time_namelookup} %{time_connect} %{time_appconnect} %{time_pretransfer} %{time_starttransfer} %{time_total} %{num_connects}\n'
 	args=()
-	for ((i = 0; i < requests; i++)); do args+=("$url"); done
+	# -o pairs with one URL each: every response body is discarded.
+	for ((i = 0; i < requests; i++)); do args+=(-o /dev/null "$url"); done
 	# One curl with the URL repeated reuses the connection like a keep-alive
 	# client; num_connects says whether it did.
 	set +e
-	curl -sS -o /dev/null --connect-timeout 5 --max-time "$timeout" -w "$fmt" "${args[@]}" >"$work/curl.out" 2>"$work/curl.err"
+	curl -sS --connect-timeout 5 --max-time "$timeout" -w "$fmt" "${args[@]}" >"$work/curl.out" 2>"$work/curl.err"
 	rc=$?
 	set -e
 	echo "GET $url x$requests over one keep-alive connection (seconds; phases from curl -w):"
@@ -224,6 +225,7 @@ else
 			printf '  %-3s %-6s (no response)\n' "$n" failed
 			continue
 		fi
+		[[ $nconn =~ ^[0-9]+$ ]] || nconn=0
 		ok=$((ok + 1))
 		tcp=$(awk -v a="$conn" -v b="$dns" 'BEGIN { d = a - b; if (a == 0 || d < 0) d = 0; printf "%.3f", d }')
 		tls=$(awk -v a="$app" -v b="$conn" 'BEGIN { d = a - b; if (a == 0 || d < 0) d = 0; printf "%.3f", d }')

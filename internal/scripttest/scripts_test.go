@@ -1,0 +1,656 @@
+// Package scripttest runs the operational scripts (scripts/diagnose-eof.sh,
+// scripts/sysctl-tune.sh, scripts/rename.sh) on this machine, against real
+// loopback sockets and sample logs, and checks what they report.
+package scripttest_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the test directory")
+		}
+		dir = parent
+	}
+}
+
+// need finds a program the test cannot do without: on CI its absence is a
+// failure (scripts/ci-deps.sh installs it), elsewhere a skip.
+func need(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s not installed (apt-get install %s)", name, name)
+	}
+	t.Skipf("%s not installed; set CI=true to make this a failure", name)
+	return ""
+}
+
+// script runs `bash scripts/<name> args...` from the module root with env
+// added to ours, and returns its combined output and exit code.
+func script(t *testing.T, env []string, name string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	bash := "bash"
+	for _, kv := range env {
+		// A test that narrows PATH still runs the real bash.
+		if strings.HasPrefix(kv, "PATH=") {
+			bash = need(t, "bash")
+		}
+	}
+	cmd := exec.CommandContext(ctx, bash, append([]string{filepath.Join("scripts", name)}, args...)...)
+	cmd.Dir = repoRoot(t)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	case err != nil:
+		t.Fatalf("run %s: %v", name, err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("%s did not finish in time:\n%s", name, out)
+	}
+	return string(out), code
+}
+
+// section returns the report text from the "== title" header to the next.
+func section(out, title string) string {
+	i := strings.Index(out, "== "+title)
+	if i < 0 {
+		return ""
+	}
+	rest := out[i+3:]
+	if j := strings.Index(rest, "\n== "); j >= 0 {
+		rest = rest[:j]
+	}
+	return rest
+}
+
+// checkFindings asserts the report's contract: every WARN and NOTE says
+// what it means and what to do.
+func checkFindings(t *testing.T, out string) {
+	t.Helper()
+	lines := strings.Split(out, "\n")
+	for i, l := range lines {
+		if !strings.HasPrefix(l, "[WARN]") && !strings.HasPrefix(l, "[NOTE]") {
+			continue
+		}
+		var means, do bool
+		for _, m := range lines[i+1:] {
+			if !strings.HasPrefix(m, "       ") {
+				break
+			}
+			means = means || strings.HasPrefix(m, "       means: ")
+			do = do || strings.HasPrefix(m, "       do:    ")
+		}
+		if !means || !do {
+			t.Errorf("finding without means/do: %q", l)
+		}
+	}
+}
+
+func mustContain(t *testing.T, where, text string, wants ...string) {
+	t.Helper()
+	for _, w := range wants {
+		if !strings.Contains(text, w) {
+			t.Errorf("%s: missing %q in:\n%s", where, w, text)
+		}
+	}
+}
+
+func mustMatch(t *testing.T, where, text string, res ...string) {
+	t.Helper()
+	for _, re := range res {
+		if !regexp.MustCompile(re).MatchString(text) {
+			t.Errorf("%s: no match for %s in:\n%s", where, re, text)
+		}
+	}
+}
+
+func port(t *testing.T, addr string) string {
+	t.Helper()
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// ---------------------------------------------------------------- style
+
+func TestScriptsStyle(t *testing.T) {
+	root := repoRoot(t)
+	scripts := []string{"diagnose-eof.sh", "sysctl-tune.sh", "rename.sh"}
+	for _, name := range scripts {
+		t.Run(name, func(t *testing.T) {
+			b, err := os.ReadFile(filepath.Join(root, "scripts", name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			src := string(b)
+			if !strings.HasPrefix(src, "#!/usr/bin/env bash\n") {
+				t.Error("first line is not #!/usr/bin/env bash")
+			}
+			if !strings.Contains(src, "\nset -euo pipefail\n") {
+				t.Error("no set -euo pipefail")
+			}
+			if out, err := exec.Command("bash", "-n", filepath.Join(root, "scripts", name)).CombinedOutput(); err != nil {
+				t.Errorf("bash -n: %v\n%s", err, out)
+			}
+			out, code := script(t, nil, name, "-h")
+			if code != 0 || !strings.Contains(out, "Usage: bash scripts/"+name) {
+				t.Errorf("-h: exit %d, output:\n%s", code, out)
+			}
+			if _, code := script(t, nil, name, "--no-such-flag"); code != 2 {
+				t.Errorf("unknown flag: exit %d, want 2", code)
+			}
+		})
+	}
+	t.Run("shellcheck", func(t *testing.T) {
+		sc := need(t, "shellcheck")
+		args := []string{"-s", "bash"}
+		for _, name := range scripts {
+			args = append(args, filepath.Join(root, "scripts", name))
+		}
+		if out, err := exec.Command(sc, args...).CombinedOutput(); err != nil {
+			t.Errorf("shellcheck: %v\n%s", err, out)
+		}
+	})
+}
+
+// ---------------------------------------------------------------- sysctl-tune
+
+var sysctlKeys = []string{
+	"net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.core.netdev_max_backlog",
+	"net.ipv4.tcp_syncookies", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_tw_reuse",
+	"net.ipv4.ip_local_port_range", "net.ipv4.tcp_keepalive_time",
+	"net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes",
+}
+
+func readSysctl(root, key string) string {
+	b, err := os.ReadFile(filepath.Join(root, strings.ReplaceAll(key, ".", "/")))
+	if err != nil {
+		return ""
+	}
+	return strings.Join(strings.Fields(string(b)), " ")
+}
+
+// TestSysctlTuneDryRun reads this machine's kernel: the table shows the
+// real current values, and nothing changes.
+func TestSysctlTuneDryRun(t *testing.T) {
+	before := map[string]string{}
+	for _, k := range sysctlKeys {
+		before[k] = readSysctl("/proc/sys", k)
+	}
+	out, code := script(t, nil, "sysctl-tune.sh")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	mustContain(t, "dry run", out, "dry run: nothing is changed", "KEY", "CURRENT", "RECOMMENDED")
+	differ := 0
+	for _, k := range sysctlKeys {
+		cur := before[k]
+		if cur == "" {
+			mustMatch(t, k, out, `(?m)^`+regexp.QuoteMeta(k)+`\s+-\s+.*missing`)
+			continue
+		}
+		row := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(k) + `\s+` + regexp.QuoteMeta(cur) + `\s+\S.*\s(ok|low|high|differs|narrow)\s+(netns|host)$`)
+		m := row.FindStringSubmatch(out)
+		if m == nil {
+			t.Errorf("no row for %s with current value %q:\n%s", k, cur, out)
+			continue
+		}
+		if m[1] != "ok" {
+			differ++
+			// Each setting that differs is explained.
+			mustContain(t, k, out, k+": "+m[1]+" ("+cur+", recommended")
+		}
+		if after := readSysctl("/proc/sys", k); after != cur {
+			t.Errorf("dry run changed %s: %q -> %q", k, cur, after)
+		}
+	}
+	_, code = script(t, nil, "sysctl-tune.sh", "--check")
+	if want := map[bool]int{true: 3, false: 0}[differ > 0]; code != want {
+		t.Errorf("--check: exit %d, want %d (%d settings differ)", code, want, differ)
+	}
+}
+
+// TestSysctlTuneApplyFakeTree exercises --apply on a copy of /proc/sys in
+// a temp directory (SYSCTL_ROOT): tests never write the real kernel.
+func TestSysctlTuneApplyFakeTree(t *testing.T) {
+	dir := t.TempDir()
+	bad := map[string]string{
+		"net.core.somaxconn":            "128",
+		"net.ipv4.tcp_max_syn_backlog":  "100000", // better than recommended: stays
+		"net.core.netdev_max_backlog":   "1000",
+		"net.ipv4.tcp_syncookies":       "0",
+		"net.ipv4.tcp_fin_timeout":      "60",
+		"net.ipv4.tcp_tw_reuse":         "2",
+		"net.ipv4.ip_local_port_range":  "32768\t60999",
+		"net.ipv4.tcp_keepalive_time":   "7200",
+		"net.ipv4.tcp_keepalive_intvl":  "75",
+		"net.ipv4.tcp_keepalive_probes": "9",
+	}
+	for k, v := range bad {
+		p := filepath.Join(dir, strings.ReplaceAll(k, ".", "/"))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(v+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := []string{"SYSCTL_ROOT=" + dir}
+
+	out, code := script(t, env, "sysctl-tune.sh", "--check")
+	if code != 3 {
+		t.Fatalf("--check on bad values: exit %d, want 3:\n%s", code, out)
+	}
+	for k, st := range map[string]string{
+		"net.core.somaxconn": "low", "net.ipv4.tcp_max_syn_backlog": "ok", "net.core.netdev_max_backlog": "low",
+		"net.ipv4.tcp_syncookies": "differs", "net.ipv4.tcp_fin_timeout": "high", "net.ipv4.tcp_tw_reuse": "differs",
+		"net.ipv4.ip_local_port_range": "narrow", "net.ipv4.tcp_keepalive_time": "high",
+		"net.ipv4.tcp_keepalive_intvl": "high", "net.ipv4.tcp_keepalive_probes": "high",
+	} {
+		mustMatch(t, k, out, `(?m)^`+regexp.QuoteMeta(k)+`\s.*\s`+st+`\s+(netns|host)$`)
+	}
+	mustContain(t, "summary", out, "9 of 10 settings differ")
+	if got := readSysctl(dir, "net.core.somaxconn"); got != "128" {
+		t.Fatalf("a dry run wrote somaxconn: %s", got)
+	}
+
+	if os.Geteuid() != 0 {
+		out, code = script(t, env, "sysctl-tune.sh", "--apply")
+		if code != 1 || !strings.Contains(out, "need root") {
+			t.Errorf("--apply as non-root: exit %d, want 1 and a root message:\n%s", code, out)
+		}
+		if got := readSysctl(dir, "net.core.somaxconn"); got != "128" {
+			t.Errorf("--apply as non-root wrote somaxconn: %s", got)
+		}
+		return
+	}
+	out, code = script(t, env, "sysctl-tune.sh", "--apply")
+	if code != 0 {
+		t.Fatalf("--apply: exit %d:\n%s", code, out)
+	}
+	mustContain(t, "apply", out, "written: net.core.somaxconn = 65535 (was 128)", "9 written, 0 failed")
+	for k, want := range map[string]string{
+		"net.core.somaxconn": "65535", "net.ipv4.tcp_max_syn_backlog": "100000",
+		"net.ipv4.ip_local_port_range": "10240 65535", "net.ipv4.tcp_tw_reuse": "1",
+		"net.ipv4.tcp_keepalive_time": "600", "net.ipv4.tcp_keepalive_probes": "5",
+	} {
+		if got := readSysctl(dir, k); got != want {
+			t.Errorf("after --apply %s = %q, want %q", k, got, want)
+		}
+	}
+	out, code = script(t, env, "sysctl-tune.sh", "--check")
+	if code != 0 || !strings.Contains(out, "all 10 settings are as recommended") {
+		t.Errorf("--check after --apply: exit %d:\n%s", code, out)
+	}
+
+	drop := filepath.Join(t.TempDir(), "90-tcp-tuning.conf")
+	if out, code = script(t, env, "sysctl-tune.sh", "--persist", drop); code != 0 {
+		t.Fatalf("--persist: exit %d:\n%s", code, out)
+	}
+	b, err := os.ReadFile(drop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range sysctlKeys {
+		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(k) + ` = \S`).Match(b) {
+			t.Errorf("drop-in lacks %s:\n%s", k, b)
+		}
+	}
+}
+
+// ---------------------------------------------------------------- diagnose
+
+// Sample logs in the two formats the script reads, with known counts.
+const accessSample = `127.0.0.1 - - [25/Nov/2026:09:00:00 +0000] "GET /api/v1/ping HTTP/1.1" 200 18 "-" "curl/8.5" rt=0.001 ua="127.0.0.1:8080" us="200" uct="0.000" urt="0.001" rid=a1
+127.0.0.1 - - [25/Nov/2026:09:00:00 +0000] "GET /api/v1/ping HTTP/1.1" 200 18 "-" "curl/8.5" rt=0.002 ua="127.0.0.1:8080, 127.0.0.1:8080" us="502, 200" uct="0.000, 0.000" urt="0.000, 0.001" rid=a2
+127.0.0.1 - - [25/Nov/2026:09:00:00 +0000] "GET /api/v1/items/7 HTTP/1.1" 200 40 "-" "curl/8.5" rt=0.002 ua="127.0.0.1:8080, 127.0.0.1:8080" us="502, 200" uct="0.000, 0.000" urt="0.000, 0.001" rid=a3
+10.0.0.9 - - [25/Nov/2026:09:00:01 +0000] "GET / HTTP/1.1" 200 612 "-" "Mozilla/5.0"
+127.0.0.1 - - [25/Nov/2026:09:00:02 +0000] "POST /api/v1/echo HTTP/1.1" 502 157 "-" "Go-http-client/1.1" rt=0.001 ua="127.0.0.1:8080" us="502" uct="0.000" urt="0.000" rid=b1
+127.0.0.1 - - [25/Nov/2026:09:00:02 +0000] "POST /api/v1/echo HTTP/1.1" 502 157 "-" "Go-http-client/1.1" rt=0.001 ua="127.0.0.1:8080" us="502" uct="0.000" urt="0.000" rid=b2
+127.0.0.1 - - [25/Nov/2026:09:00:02 +0000] "POST /api/v1/echo HTTP/1.1" 502 157 "-" "Go-http-client/1.1" rt=0.001 ua="127.0.0.1:8080" us="502" uct="0.000" urt="0.000" rid=b3
+10.0.0.9 - - [25/Nov/2026:09:00:03 +0000] "POST /api/v1/echo HTTP/1.1" 502 157 "-" "Mozilla/5.0"
+10.0.0.9 - - [25/Nov/2026:09:00:03 +0000] "GET /api/v1/items/1 HTTP/1.1" 502 157 "-" "Mozilla/5.0"
+127.0.0.1 - - [25/Nov/2026:09:00:04 +0000] "GET /api/v1/items/2 HTTP/1.1" 504 167 "-" "curl/8.5" rt=60.001 ua="127.0.0.1:8080" us="504" uct="0.000" urt="60.000" rid=c1
+127.0.0.1 - - [25/Nov/2026:09:00:04 +0000] "GET /api/v1/items/3 HTTP/1.1" 504 167 "-" "curl/8.5" rt=60.001 ua="127.0.0.1:8080" us="504" uct="0.000" urt="60.000" rid=c2
+127.0.0.1 - - [25/Nov/2026:09:00:05 +0000] "GET /api/v1/items/4 HTTP/1.1" 499 0 "-" "curl/8.5" rt=2.000 ua="127.0.0.1:8080" us="-" uct="0.000" urt="-" rid=d1
+127.0.0.1 - - [25/Nov/2026:09:00:05 +0000] "GET /api/v1/items/5 HTTP/1.1" 499 0 "-" "curl/8.5" rt=2.000 ua="127.0.0.1:8080" us="-" uct="0.000" urt="-" rid=d2
+10.0.0.9 - - [25/Nov/2026:09:00:05 +0000] "GET /api/v1/items/6 HTTP/1.1" 499 0 "-" "Mozilla/5.0"
+127.0.0.1 - - [25/Nov/2026:09:00:06 +0000] "GET /readyz HTTP/1.1" 503 80 "-" "kube-probe/1.30" rt=0.001 ua="127.0.0.1:8080" us="503" uct="0.000" urt="0.001" rid=e1
+`
+
+const errorSample = `2026/11/25 09:00:00 [error] 12671#12671: *15 upstream prematurely closed connection while reading response header from upstream, client: 127.0.0.1, server: , request: "GET /api/v1/ping HTTP/1.1", upstream: "http://127.0.0.1:8080/api/v1/ping", host: "127.0.0.1"
+2026/11/25 09:00:00 [error] 12671#12671: *16 upstream prematurely closed connection while reading response header from upstream, client: 127.0.0.1, server: , request: "GET /api/v1/items/7 HTTP/1.1", upstream: "http://127.0.0.1:8080/api/v1/items/7", host: "127.0.0.1"
+2026/11/25 09:00:02 [error] 12671#12671: *17 upstream prematurely closed connection while reading response header from upstream, client: 127.0.0.1, server: , request: "POST /api/v1/echo HTTP/1.1", upstream: "http://127.0.0.1:8080/api/v1/echo", host: "127.0.0.1"
+2026/11/25 09:00:02 [error] 12671#12671: *18 upstream prematurely closed connection while reading response header from upstream, client: 127.0.0.1, server: , request: "POST /api/v1/echo HTTP/1.1", upstream: "http://127.0.0.1:8080/api/v1/echo", host: "127.0.0.1"
+2026/11/25 09:00:02 [error] 12671#12671: *19 recv() failed (104: Connection reset by peer) while reading response header from upstream, client: 127.0.0.1, server: , request: "POST /api/v1/echo HTTP/1.1", upstream: "http://127.0.0.1:8080/api/v1/echo", host: "127.0.0.1"
+2026/11/25 09:00:03 [error] 12671#12671: *20 recv() failed (104: Connection reset by peer) while reading response header from upstream, client: 10.0.0.9, server: , request: "POST /api/v1/echo HTTP/1.1", upstream: "http://127.0.0.1:8080/api/v1/echo", host: "example.com"
+2026/11/25 09:00:03 [error] 12671#12671: *21 connect() failed (111: Connection refused) while connecting to upstream, client: 10.0.0.9, server: , request: "GET /api/v1/items/1 HTTP/1.1", upstream: "http://127.0.0.1:8080/api/v1/items/1", host: "example.com"
+2026/11/25 09:00:04 [error] 12671#12671: *22 upstream timed out (110: Connection timed out) while reading response header from upstream, client: 127.0.0.1, server: , request: "GET /api/v1/items/2 HTTP/1.1", upstream: "http://127.0.0.1:8080/api/v1/items/2", host: "127.0.0.1"
+2026/11/25 09:00:05 [warn] 12671#12671: *23 an upstream response is buffered to a temporary file
+`
+
+// TestDiagnoseReport runs the whole report against a real HTTP server on
+// loopback and the sample nginx logs.
+func TestDiagnoseReport(t *testing.T) {
+	need(t, "curl")
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"message":"pong"}`)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+
+	dir := t.TempDir()
+	access := filepath.Join(dir, "access.log")
+	errlog := filepath.Join(dir, "error.log")
+	if err := os.WriteFile(access, []byte(accessSample), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(errlog, []byte(errorSample), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := port(t, srv.Listener.Addr().String())
+
+	out, code := script(t, nil, "diagnose-eof.sh", "-u", srv.URL+"/api/v1/ping", "-n", "3", "-i", "1",
+		"-a", access, "-e", errlog, "-p", p)
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	checkFindings(t, out)
+
+	client := section(out, "1. Client")
+	mustContain(t, "client", client,
+		"GET "+srv.URL+"/api/v1/ping x3 over one keep-alive connection",
+		"[OK] the URL answered (200 200 200 ) with no transport error",
+		"[OK] keep-alive works: 3 requests used 1 new connection(s)")
+	mustMatch(t, "client", client, `(?m)^  1\s+200\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+\s+1$`,
+		`(?m)^  3\s+200\s.*\s0$`)
+	if n := conns.Load(); n != 1 {
+		t.Errorf("the server saw %d connections for 3 requests, want 1 (keep-alive)", n)
+	}
+
+	proxy := section(out, "2. Proxy")
+	mustContain(t, "proxy", proxy,
+		access+": 15 requests; 499: 3, 502: 5, 503: 1, 504: 2, all 5xx: 8, retried upstream: 2",
+		"[WARN] 3 requests ended with 499 (20.00%)",
+		"[WARN] 5 requests ended with 502 (33.33%)",
+		"[WARN] 2 requests ended with 504 (13.33%)",
+		"[NOTE] 1 requests ended with 503",
+		"[WARN] 2 requests needed a second upstream attempt",
+		errlog+": upstream prematurely closed: 4, reset by peer: 2, broken pipe: 0, connection refused: 1, upstream timed out: 1, no live upstreams: 0",
+		"[WARN] 6 upstream connections died under a request (prematurely closed: 4, reset by peer: 2, broken pipe: 0)",
+		"keepalive_timeout } below HTTP_IDLE_TIMEOUT",
+		"[WARN] 1 connects to the service were refused",
+		"[WARN] 1 upstream timeouts")
+
+	kernel := section(out, "3. Kernel")
+	mustContain(t, "kernel", kernel,
+		"-- listen queue and aborts", "ListenOverflows", "ListenDrops", "in-last-",
+		"-- socket states (port "+p+")", "CLOSE-WAIT: ", "TIME-WAIT: ",
+		"-- sysctls against the recommended values", "net.core.somaxconn",
+		"-- NIC, softnet and conntrack drops")
+	// The port filter sees the server's own listener.
+	mustMatch(t, "kernel", kernel, `from (ss -tan|/proc/net/tcp[^:]*):.* LISTEN 1,`,
+		`(?m)^\[(OK|NOTE|WARN)\] .*(listen queue|CLOSE-WAIT)`,
+		`(?m)^\[(OK|WARN|SKIP)\] .*dmesg`)
+
+	summary := section(out, "Summary")
+	mustContain(t, "summary", summary, "warning(s), client layer first:", "requests ended with 502", "upstream connections died")
+}
+
+// TestDiagnoseClientFindings puts the client probe in front of real
+// loopback peers that fail in the ways that surface as EOF.
+func TestDiagnoseClientFindings(t *testing.T) {
+	need(t, "curl")
+
+	// serveRaw accepts connections and hands each to fn; fn owns the conn.
+	serveRaw := func(t *testing.T, fn func(net.Conn)) string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go fn(c)
+			}
+		}()
+		return "http://" + l.Addr().String() + "/"
+	}
+	readRequest := func(c net.Conn) {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil || line == "\r\n" {
+				return
+			}
+		}
+	}
+	closed := func(t *testing.T) string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		return "http://" + addr + "/"
+	}
+	httpServer := func(t *testing.T, h http.HandlerFunc) string {
+		s := httptest.NewServer(h)
+		t.Cleanup(s.Close)
+		return s.URL + "/"
+	}
+
+	for _, tc := range []struct {
+		name string
+		url  func(t *testing.T) string
+		want []string
+	}{
+		{"refused", closed, []string{"[WARN] curl could not connect (exit 7)", "not listening"}},
+		{"empty reply", func(t *testing.T) string {
+			return serveRaw(t, func(c net.Conn) { readRequest(c); c.Close() })
+		}, []string{"[WARN] curl got an empty reply (exit 52)", "This is the EOF itself"}},
+		{"reset", func(t *testing.T) string {
+			return serveRaw(t, func(c net.Conn) {
+				readRequest(c)
+				_ = c.(*net.TCPConn).SetLinger(0) // close sends RST
+				c.Close()
+			})
+		}, []string{"[WARN] curl's connection was reset (exit 56)", "sent RST"}},
+		{"truncated body", func(t *testing.T) string {
+			return serveRaw(t, func(c net.Conn) {
+				readRequest(c)
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+				c.Close()
+			})
+		}, []string{"[WARN] the response was truncated (exit 18)", "WriteTimeout"}},
+		{"502 from a proxy", func(t *testing.T) string {
+			return httpServer(t, func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusBadGateway) })
+		}, []string{"[WARN] the URL answered 502/504"}},
+		{"no keep-alive", func(t *testing.T) string {
+			return httpServer(t, func(w http.ResponseWriter, _ *http.Request) { w.Header().Set("Connection", "close") })
+		}, []string{"[NOTE] every request opened a new connection (no keep-alive reuse)", "[OK] the URL answered (200 200 200 )"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, code := script(t, nil, "diagnose-eof.sh", "-u", tc.url(t), "-n", "3", "-t", "5", "-i", "0")
+			if code != 0 {
+				t.Fatalf("exit %d:\n%s", code, out)
+			}
+			checkFindings(t, out)
+			mustContain(t, tc.name, section(out, "1. Client"), tc.want...)
+		})
+	}
+}
+
+// TestDiagnoseCloseWait leaves a real socket in CLOSE-WAIT (the peer
+// closed, we never do) and expects the report to call it out.
+func TestDiagnoseCloseWait(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s net.Conn
+	select {
+	case s = <-accepted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("accept timed out")
+	}
+	defer s.Close()
+	c.Close() // our accepted end s now sits in CLOSE-WAIT until closed
+
+	out, code := script(t, nil, "diagnose-eof.sh", "-p", port(t, l.Addr().String()), "-i", "0")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	checkFindings(t, out)
+	kernel := section(out, "3. Kernel")
+	mustContain(t, "kernel", kernel, "CLOSE-WAIT: 1,", "[NOTE] 1 sockets in CLOSE-WAIT", "never closed its end")
+}
+
+// TestDiagnoseDegrades runs the report with a PATH that has only bash and
+// the basic text tools: no curl, ss, nstat, dmesg, tcpdump. Every section
+// still appears and says what it could not do.
+func TestDiagnoseDegrades(t *testing.T) {
+	bin := t.TempDir()
+	for _, tool := range []string{"bash", "awk", "sed", "grep", "sort", "uniq", "head", "tail", "tr", "fold", "cut", "wc", "cat", "cp", "date", "mktemp", "rm", "id", "dirname", "sleep"} {
+		p, err := exec.LookPath(tool)
+		if err != nil {
+			t.Fatalf("basic tool %s missing: %v", tool, err)
+		}
+		if err := os.Symlink(p, filepath.Join(bin, tool)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	access := filepath.Join(t.TempDir(), "access.log")
+	if err := os.WriteFile(access, []byte(accessSample), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code := script(t, []string{"PATH=" + bin}, "diagnose-eof.sh",
+		"-u", "http://127.0.0.1:9/", "-c", "1", "-a", access, "-e", "/nonexistent/error.log", "-i", "0")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	checkFindings(t, out)
+	for _, s := range []string{"1. Client", "2. Proxy", "3. Kernel", "Summary"} {
+		if section(out, s) == "" {
+			t.Errorf("section %q missing:\n%s", s, out)
+		}
+	}
+	capture := "[SKIP] packet capture: tcpdump is not installed"
+	if os.Geteuid() != 0 {
+		capture = "[SKIP] packet capture: needs root"
+	}
+	mustContain(t, "degraded", out,
+		capture,
+		"[SKIP] curl is not installed",
+		"15 requests; 499: 3, 502: 5",
+		"[SKIP] cannot read /nonexistent/error.log",
+		"source: /proc/net/netstat",
+		"from /proc/net/tcp (ss not installed)",
+		"ListenOverflows",
+		"net.core.somaxconn",
+		"[SKIP] dmesg is not installed")
+}
+
+// TestDiagnoseCapture: with root and tcpdump the capture runs and counts
+// FIN/RST; otherwise the report says which of the two is missing.
+func TestDiagnoseCapture(t *testing.T) {
+	need(t, "curl")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Connection", "close") // the server ends each connection: FINs to see
+	}))
+	defer srv.Close()
+	out, code := script(t, nil, "diagnose-eof.sh", "-u", srv.URL+"/", "-n", "2", "-c", "2", "-i", "0")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	checkFindings(t, out)
+	client := section(out, "1. Client")
+	_, tcpdumpErr := exec.LookPath("tcpdump")
+	switch {
+	case os.Geteuid() != 0:
+		mustContain(t, "capture", client, "[SKIP] packet capture: needs root")
+	case tcpdumpErr != nil:
+		mustContain(t, "capture", client, "[SKIP] packet capture: tcpdump is not installed")
+	default:
+		p := port(t, srv.Listener.Addr().String())
+		mustContain(t, "capture", client, "Packets with FIN or RST on port "+p+" during 2s:")
+		m := regexp.MustCompile(`FIN from server (\d+), FIN from client (\d+)`).FindStringSubmatch(client)
+		if m == nil {
+			t.Fatalf("no FIN counts:\n%s", client)
+		}
+		if n, _ := strconv.Atoi(m[1]); n < 1 {
+			t.Errorf("the server closed 2 connections, capture saw %s server FINs:\n%s", m[1], client)
+		}
+	}
+}
+
+// TestDiagnoseBadArguments: usage errors exit 2 with one line.
+func TestDiagnoseBadArguments(t *testing.T) {
+	for _, args := range [][]string{{"-n", "x"}, {"-u"}, {"-c", "9999"}, {"--frobnicate"}} {
+		out, code := script(t, nil, "diagnose-eof.sh", args...)
+		if code != 2 || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+			t.Errorf("%v: exit %d, output %q; want exit 2 and one line", args, code, out)
+		}
+	}
+}
