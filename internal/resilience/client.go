@@ -116,8 +116,6 @@ func (c ClientConfig) Validate() error {
 		return fmt.Errorf("DOWNSTREAM_MAX_IDLE_CONNS_PER_HOST: must be within [1, DOWNSTREAM_MAX_IDLE_CONNS=%d], got %d", c.MaxIdleConns, c.MaxIdleConnsPerHost)
 	case c.MaxConnsPerHost < 0:
 		return fmt.Errorf("DOWNSTREAM_MAX_CONNS_PER_HOST: must be >= 0 (0 = unlimited), got %d", c.MaxConnsPerHost)
-	case c.MaxConnsPerHost > 0 && c.MaxConnsPerHost < c.MaxIdleConnsPerHost:
-		return fmt.Errorf("DOWNSTREAM_MAX_CONNS_PER_HOST: %d is below DOWNSTREAM_MAX_IDLE_CONNS_PER_HOST %d", c.MaxConnsPerHost, c.MaxIdleConnsPerHost)
 	}
 	return nil
 }
@@ -199,13 +197,19 @@ func NewClient(cfg ClientConfig, logger *slog.Logger, reg prometheus.Registerer,
 	}
 	c.duration = dur
 
+	idlePerHost := cfg.MaxIdleConnsPerHost
+	if cfg.MaxConnsPerHost > 0 {
+		// More idle connections than connections cannot exist; a lower
+		// connection cap simply lowers the idle one.
+		idlePerHost = min(idlePerHost, cfg.MaxConnsPerHost)
+	}
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: cfg.KeepAlive}
 	c.transport = &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           dialer.DialContext,
 		ForceAttemptHTTP2:     true,
 		MaxIdleConns:          cfg.MaxIdleConns,
-		MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerHost,
+		MaxIdleConnsPerHost:   idlePerHost,
 		MaxConnsPerHost:       cfg.MaxConnsPerHost,
 		IdleConnTimeout:       cfg.IdleConnTimeout,
 		TLSHandshakeTimeout:   cfg.TLSHandshakeTimeout,

@@ -37,13 +37,23 @@ func TestClientConfigValidate(t *testing.T) {
 		{func(c *ClientConfig) { c.RetryBudgetBurst = -1 }, "DOWNSTREAM_RETRY_BUDGET_BURST"},
 		{func(c *ClientConfig) { c.MaxIdleConns = 0 }, "DOWNSTREAM_MAX_IDLE_CONNS"},
 		{func(c *ClientConfig) { c.MaxIdleConnsPerHost = 1000 }, "DOWNSTREAM_MAX_IDLE_CONNS_PER_HOST"},
-		{func(c *ClientConfig) { c.MaxConnsPerHost = 2 }, "DOWNSTREAM_MAX_CONNS_PER_HOST"},
+		{func(c *ClientConfig) { c.MaxConnsPerHost = -1 }, "DOWNSTREAM_MAX_CONNS_PER_HOST"},
 		{func(c *ClientConfig) { c.IdleConnTimeout = 0 }, "DOWNSTREAM_IDLE_CONN_TIMEOUT"},
 		{func(c *ClientConfig) { c.DialTimeout = 0 }, "DOWNSTREAM_DIAL_TIMEOUT"},
 		{func(c *ClientConfig) { c.KeepAlive = -1 }, "DOWNSTREAM_TCP_KEEPALIVE"},
 		{func(c *ClientConfig) { c.TLSHandshakeTimeout = 0 }, "DOWNSTREAM_TLS_HANDSHAKE_TIMEOUT"},
 		{func(c *ClientConfig) { c.ResponseHeaderTimeout = 0 }, "DOWNSTREAM_RESPONSE_HEADER_TIMEOUT"},
 		{func(c *ClientConfig) { c.ExpectContinueTimeout = 0 }, "DOWNSTREAM_EXPECT_CONTINUE_TIMEOUT"},
+	}
+	// A connection cap below the idle cap is fine: it lowers the idle cap.
+	low := DefaultClientConfig()
+	low.MaxConnsPerHost = 2
+	c, err := NewClient(low, discardLogger(), prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatalf("MaxConnsPerHost 2: %v", err)
+	}
+	if got := c.transport.MaxIdleConnsPerHost; got != 2 {
+		t.Fatalf("MaxConnsPerHost 2: idle per host %d, want 2", got)
 	}
 	for _, tt := range tests {
 		c := DefaultClientConfig()
