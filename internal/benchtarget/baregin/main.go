@@ -1,0 +1,68 @@
+// Command baregin is the baseline of scripts/bench-http.sh: a bare gin.New()
+// engine serving GET /api/v1/ping with the same bytes and content type as the
+// real service, on a plain http.Server as gin's own Run() builds it. The
+// difference between the two is the cost of the service's middleware chain
+// and server tuning.
+//
+//	HTTP_ADDR=127.0.0.1:0 baregin   # prints "listening 127.0.0.1:PORT"
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/gin-gonic/gin"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "baregin:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	addr := os.Getenv("HTTP_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	gin.SetMode(gin.ReleaseMode)
+	e := gin.New()
+	pong := []byte(`{"message":"pong"}`)
+	e.GET("/api/v1/ping", func(c *gin.Context) {
+		c.Data(http.StatusOK, "application/json; charset=utf-8", pong)
+	})
+
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+	fmt.Println("listening", ln.Addr())
+
+	// Like gin's Engine.Run: no timeouts. ReadHeaderTimeout only, so an
+	// abandoned benchmark connection cannot pin a goroutine forever; it
+	// costs one deadline per request, as in the service.
+	srv := &http.Server{Handler: e, ReadHeaderTimeout: 10 * time.Second}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,332 @@
+#!/usr/bin/env bash
+# bench-http.sh: throughput of GET /api/v1/ping through the service's full
+# middleware chain (cmd/api) against a bare gin.New() handler serving the same
+# bytes (internal/benchtarget/baregin), measured with wrk on loopback in one
+# run, alternating the targets round by round (A B A B ...) so drift and
+# neighbours' load hit every target alike. Prints per-round req/s, medians and
+# the ratio full/bare (target >= 0.85).
+set -euo pipefail
+
+usage() {
+	cat <<'EOF'
+Usage: bash scripts/bench-http.sh [options]
+
+Builds ./cmd/api and the bare-Gin baseline, starts each on free loopback ports
+(never 8080/9090), runs wrk against /api/v1/ping alternating the variants
+round by round, and prints per-round req/s, medians and ratios to bare Gin.
+
+Variants (every round runs each of them once, in this order):
+  bare        gin.New() + the ping handler, plain http.Server (the baseline)
+  full        cmd/api, default LOG_LEVEL (access log on, written to a file),
+              rate limiter on but out of the way (RATELIMIT_RATE/BURST 1e9),
+              plus EXTRA_ENV
+  full-warn   as full with LOG_LEVEL=warn: no access lines (the log's cost)
+  trace-1     (-T) as full, traces exported to a local OTLP/HTTP sink, sampler 1.0
+  trace-0.01  (-T) as full, sampler parentbased_traceidratio 0.01
+
+Options:
+  -r N       rounds per variant (default 3, at least 3 recommended)
+  -d DUR     wrk duration per round (default 10s)
+  -t N       wrk threads (default 2)
+  -c N       wrk connections (default 64)
+  -w DUR     warm-up per target before the rounds (default 3s)
+  -e "K=V .." extra environment for the full-chain variants (also read from
+             $EXTRA_ENV), e.g.
+             -e "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_TRACES_SAMPLER_ARG=0.01"
+  -T         add the tracing variants (starts internal/benchtarget/otlpsink)
+  -W         skip the full-warn variant
+  -p FILE    also profile the full chain: 5 s CPU profile from the admin
+             port (PPROF_ENABLED=true) while wrk runs; writes FILE (pprof
+             proto) and prints the top functions
+  -h         this help
+
+The machine's cores are shared by wrk and the server: on 2 cores wrk takes
+about one. Compare ratios from one run, not absolute req/s across runs.
+Installs wrk with apt-get when it is missing. Only processes this script
+started are stopped (by PID).
+EOF
+}
+
+ROUNDS=3
+DURATION=10s
+THREADS=2
+CONNS=64
+WARMUP=3s
+EXTRA_ENV="${EXTRA_ENV:-}"
+TRACING=0
+WARN=1
+PROFILE=""
+
+while getopts ":hr:d:t:c:w:e:TWp:" opt; do
+	case "$opt" in
+	h) usage; exit 0 ;;
+	r) ROUNDS="$OPTARG" ;;
+	d) DURATION="$OPTARG" ;;
+	t) THREADS="$OPTARG" ;;
+	c) CONNS="$OPTARG" ;;
+	w) WARMUP="$OPTARG" ;;
+	e) EXTRA_ENV="$OPTARG" ;;
+	T) TRACING=1 ;;
+	W) WARN=0 ;;
+	p) PROFILE="$OPTARG" ;;
+	:) echo "bench-http: -$OPTARG needs a value (see -h)" >&2; exit 2 ;;
+	*) echo "bench-http: unknown option -$OPTARG (see -h)" >&2; exit 2 ;;
+	esac
+done
+shift $((OPTIND - 1))
+if [[ $# -gt 0 ]]; then
+	echo "bench-http: unexpected argument $1 (see -h)" >&2
+	exit 2
+fi
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench-http: -r wants a positive number" >&2; exit 2; }
+
+cd "$(dirname "$0")/.."
+
+if ! command -v wrk >/dev/null 2>&1; then
+	echo "bench-http: installing wrk" >&2
+	if [[ $(id -u) -eq 0 ]]; then
+		apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+	else
+		sudo apt-get update -qq && sudo apt-get install -y -qq wrk >/dev/null
+	fi
+fi
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/bench-http.XXXXXX")"
+PIDS=()
+cleanup() {
+	local pid
+	for pid in "${PIDS[@]}"; do
+		kill -TERM "$pid" 2>/dev/null || true
+	done
+	for pid in "${PIDS[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "building into $WORK ..." >&2
+go build -o "$WORK/api" ./cmd/api
+go build -o "$WORK/baregin" ./internal/benchtarget/baregin
+go build -o "$WORK/otlpsink" ./internal/benchtarget/otlpsink
+go build -o "$WORK/freeport" ./internal/benchtarget/freeport
+
+# The servers get a clean environment (a developer's REDIS_URL or OTEL_*
+# must not leak into the baseline or the full chain); the Go runtime knobs
+# pass through to every target alike.
+BASE_ENV=("PATH=$PATH")
+for v in GOMAXPROCS GOGC GOMEMLIMIT GODEBUG; do
+	if [[ -n "${!v:-}" ]]; then BASE_ENV+=("$v=${!v}"); fi
+done
+
+# http_get HOSTPORT PATH: prints "STATUS BODY" using bash's /dev/tcp (no curl).
+http_get() {
+	local host="${1%:*}" port="${1##*:}" path="$2" resp
+	resp="$(
+		exec 2>/dev/null 3<>"/dev/tcp/$host/$port" || exit 1
+		printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$1" >&3
+		timeout 5 cat <&3
+	)" || return 1
+	local status
+	status="$(printf '%s' "$resp" | head -n1 | awk '{print $2}')"
+	printf '%s %s\n' "$status" "${resp#*$'\r\n\r\n'}"
+}
+
+# wait_listening LOG PID: the benchtarget programs print "listening ADDR".
+wait_listening() {
+	local log="$1" pid="$2" i addr
+	for ((i = 0; i < 100; i++)); do
+		addr="$(awk '$1 == "listening" {print $2; exit}' "$log" 2>/dev/null || true)"
+		if [[ -n "$addr" ]]; then
+			echo "$addr"
+			return 0
+		fi
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "bench-http: process $pid did not start:" >&2
+	tail -n 20 "$log" >&2
+	return 1
+}
+
+# wait_ping ADDR PID LOG: until GET /api/v1/ping answers 200.
+wait_ping() {
+	local addr="$1" pid="$2" log="$3" i out
+	for ((i = 0; i < 100; i++)); do
+		out="$(http_get "$addr" /api/v1/ping || true)"
+		if [[ "$out" == 200\ * ]]; then
+			return 0
+		fi
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "bench-http: $addr/api/v1/ping never answered 200 (pid $pid):" >&2
+	tail -n 20 "$log" >&2
+	return 1
+}
+
+declare -A ADDR LOG ADMIN
+
+# start_simple NAME BINARY [ENV...]: a benchtarget program on 127.0.0.1:0.
+start_simple() {
+	local name="$1" bin="$2"
+	shift 2
+	LOG[$name]="$WORK/$name.log"
+	env -i "${BASE_ENV[@]}" HTTP_ADDR=127.0.0.1:0 "$@" "$bin" >>"${LOG[$name]}" 2>&1 &
+	local pid=$!
+	PIDS+=("$pid")
+	ADDR[$name]="$(wait_listening "${LOG[$name]}" "$pid")"
+}
+
+# start_api NAME [ENV...]: cmd/api on two free loopback ports. Its stdout
+# (the JSON logs, access lines included) goes to a file opened O_APPEND, so
+# the script can count and truncate it between rounds.
+start_api() {
+	local name="$1"
+	shift
+	local attempt pid ports pub adm
+	LOG[$name]="$WORK/$name.log"
+	for attempt in 1 2 3; do
+		mapfile -t ports < <("$WORK/freeport" 2)
+		pub="127.0.0.1:${ports[0]}" adm="127.0.0.1:${ports[1]}"
+		: >"${LOG[$name]}"
+		# shellcheck disable=SC2086 # EXTRA_ENV is a list of K=V words
+		env -i "${BASE_ENV[@]}" \
+			HTTP_ADDR="$pub" ADMIN_ADDR="$adm" \
+			RATELIMIT_RATE=1000000000 RATELIMIT_BURST=1000000000 \
+			SHUTDOWN_DELAY=0s SHUTDOWN_TIMEOUT=5s \
+			"$@" "$WORK/api" >>"${LOG[$name]}" 2>&1 &
+		pid=$!
+		if wait_ping "$pub" "$pid" "${LOG[$name]}" 2>/dev/null; then
+			PIDS+=("$pid")
+			ADDR[$name]="$pub"
+			ADMIN[$name]="$adm"
+			return 0
+		fi
+		kill -TERM "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+		echo "bench-http: $name did not start on $pub (attempt $attempt):" >&2
+		tail -n 5 "${LOG[$name]}" >&2
+	done
+	return 1
+}
+
+read -r -a EXTRA <<<"$EXTRA_ENV"
+
+VARIANTS=(bare full)
+start_simple bare "$WORK/baregin"
+wait_ping "${ADDR[bare]}" "${PIDS[-1]}" "${LOG[bare]}"
+start_api full "${EXTRA[@]}"
+if [[ $WARN -eq 1 ]]; then
+	start_api full-warn "${EXTRA[@]}" LOG_LEVEL=warn
+	VARIANTS+=(full-warn)
+fi
+if [[ $TRACING -eq 1 ]]; then
+	start_simple sink "$WORK/otlpsink"
+	SINK="http://${ADDR[sink]}"
+	start_api trace-1 "${EXTRA[@]}" OTEL_EXPORTER_OTLP_ENDPOINT="$SINK" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
+		OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=1.0
+	start_api trace-0.01 "${EXTRA[@]}" OTEL_EXPORTER_OTLP_ENDPOINT="$SINK" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
+		OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01
+	VARIANTS+=(trace-1 trace-0.01)
+fi
+
+# run_wrk NAME DURATION: prints "req/s p50 p99 non2xx sockerr".
+run_wrk() {
+	local name="$1" dur="$2" out
+	out="$(wrk -t"$THREADS" -c"$CONNS" -d"$dur" --latency "http://${ADDR[$name]}/api/v1/ping")"
+	printf '%s\n' "$out" >>"$WORK/wrk-$name.txt"
+	awk '
+		/^Requests\/sec:/ { rps = $2 }
+		/^ +50%/ { p50 = $2 }
+		/^ +99%/ { p99 = $2 }
+		/Non-2xx or 3xx responses:/ { non2xx = $NF }
+		/Socket errors:/ {
+			# Socket errors: connect 0, read 0, write 0, timeout 0
+			gsub(",", ""); err = $4 + $6 + $8 + $10
+		}
+		END { printf "%s %s %s %d %d\n", rps, p50, p99, non2xx, err }
+	' <<<"$out"
+}
+
+log_lines() {
+	local f="${LOG[$1]:-}"
+	if [[ -n "$f" && -f "$f" ]]; then wc -l <"$f"; else echo 0; fi
+}
+
+WRK_VERSION="$(wrk --version 2>&1 | head -n1 | awk '{print $2}' || true)"
+echo "wrk $WRK_VERSION: $THREADS threads, $CONNS connections, $DURATION per round, $ROUNDS rounds per variant, warm-up $WARMUP"
+echo "cores: $(nproc) (shared by wrk and the server), $(go version | awk '{print $3}'), GOMAXPROCS=${GOMAXPROCS:-default}"
+if [[ -n "$EXTRA_ENV" ]]; then echo "EXTRA_ENV for the full chain: $EXTRA_ENV"; fi
+echo
+
+for v in "${VARIANTS[@]}"; do
+	run_wrk "$v" "$WARMUP" >/dev/null
+	if [[ "$v" != bare ]]; then : >"${LOG[$v]}"; fi
+done
+
+declare -A RPS
+printf '%-6s %-11s %12s %10s %10s %8s %8s %11s\n' round variant "req/s" p50 p99 non2xx sockerr "log lines"
+FAIL=0
+for ((r = 1; r <= ROUNDS; r++)); do
+	for v in "${VARIANTS[@]}"; do
+		before="$(log_lines "$v")"
+		res="$(run_wrk "$v" "$DURATION")"
+		read -r rps p50 p99 non2xx sockerr <<<"$res"
+		after="$(log_lines "$v")"
+		lines=$((after - before))
+		# Keep the disk bounded: the access log of one round is ~100 MB.
+		if [[ "$v" == bare ]]; then lines="-"; else : >"${LOG[$v]}"; fi
+		RPS[$v]+="$rps "
+		printf '%-6s %-11s %12s %10s %10s %8s %8s %11s\n' "$r" "$v" "$rps" "$p50" "$p99" "$non2xx" "$sockerr" "$lines"
+		if [[ "$non2xx" != 0 || "$sockerr" != 0 ]]; then FAIL=1; fi
+	done
+done
+
+median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR] = $1} END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+echo
+BARE_MED="$(median <<<"${RPS[bare]}")"
+read -r -a BARE_R <<<"${RPS[bare]}"
+printf '%-11s %14s %16s %24s\n' variant "median req/s" "ratio to bare" "median of round ratios"
+for v in "${VARIANTS[@]}"; do
+	med="$(median <<<"${RPS[$v]}")"
+	read -r -a VR <<<"${RPS[$v]}"
+	paired=""
+	for ((i = 0; i < ${#VR[@]}; i++)); do
+		paired+="$(awk -v a="${VR[$i]}" -v b="${BARE_R[$i]}" 'BEGIN { printf "%.4f", a / b }') "
+	done
+	ratio="$(awk -v a="$med" -v b="$BARE_MED" 'BEGIN { printf "%.3f", a / b }')"
+	pmed="$(median <<<"$paired")"
+	printf '%-11s %14.0f %16s %24.3f\n' "$v" "$med" "$ratio" "$pmed"
+done
+echo "target: full >= 0.85 of bare"
+
+if [[ $TRACING -eq 1 ]]; then
+	stats="$(http_get "${ADDR[sink]}" /stats || true)"
+	echo
+	echo "otlp sink: ${stats#* }"
+	if [[ "$stats" == *'"spans":0'* ]]; then
+		echo "WARNING: the OTLP sink received no spans: this build of cmd/api does not export traces," >&2
+		echo "         so the trace-* rows measure the chain without tracing." >&2
+	fi
+fi
+
+if [[ -n "$PROFILE" ]]; then
+	echo
+	echo "profiling the full chain (PPROF_ENABLED=true, 5 s CPU profile under wrk) ..."
+	start_api prof "${EXTRA[@]}" PPROF_ENABLED=true
+	wrk -t"$THREADS" -c"$CONNS" -d8s "http://${ADDR[prof]}/api/v1/ping" >/dev/null &
+	WRKPID=$!
+	sleep 1
+	go tool pprof -proto "http://${ADMIN[prof]}/debug/pprof/profile?seconds=5" >"$PROFILE" 2>/dev/null
+	wait "$WRKPID" || true
+	go tool pprof -top -nodecount=35 "$WORK/api" "$PROFILE" 2>/dev/null | sed -n '1,45p'
+	echo "profile written to $PROFILE (go tool pprof -http=: $PROFILE)"
+fi
+
+if [[ $FAIL -ne 0 ]]; then
+	echo "bench-http: some rounds had non-2xx responses or socket errors; figures are not comparable" >&2
+	exit 1
+fi
