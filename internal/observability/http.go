@@ -3,6 +3,7 @@ package observability
 import (
 	"context"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"time"
 
@@ -105,9 +106,9 @@ func routeLabel(r string) string {
 	return r
 }
 
-// codes holds the label strings of every status code, so the hot path does
+// codeLabels holds the label strings of every status code, so the hot path does
 // not format integers.
-var codes = func() [600]string {
+var codeLabels = func() [600]string {
 	var a [600]string
 	for i := range a {
 		a[i] = strconv.Itoa(i)
@@ -116,8 +117,8 @@ var codes = func() [600]string {
 }()
 
 func codeLabel(c int) string {
-	if c >= 0 && c < len(codes) {
-		return codes[c]
+	if c >= 0 && c < len(codeLabels) {
+		return codeLabels[c]
 	}
 	return strconv.Itoa(c)
 }
@@ -131,7 +132,9 @@ type AccessOptions struct {
 
 // Access returns the middleware that measures every request and writes one
 // access line per request. A request whose client went away is logged and
-// counted as 499 exactly once, whatever the handler wrote.
+// counted as 499 exactly once, whatever the handler wrote. When the request's
+// span is sampled, its trace id is attached to the latency observation as an
+// exemplar, so a slow bucket on the dashboard links to a trace.
 func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.HandlerFunc {
 	quiet := make(map[string]bool, len(opts.Quiet))
 	for _, q := range opts.Quiet {
@@ -140,14 +143,15 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 	return func(c *gin.Context) {
 		start := time.Now()
 		m.inFlight.Inc()
+		// Deferred: http.ErrAbortHandler panics through every middleware on
+		// purpose and must not leak an in-flight request.
+		defer m.inFlight.Dec()
 		c.Next()
-		m.inFlight.Dec()
 		elapsed := time.Since(start)
 
 		route := routeLabel(c.FullPath())
 		status := c.Writer.Status()
-		aborted := c.GetBool(keyClientAbort) || c.Request.Context().Err() != nil
-		if aborted {
+		if clientAborted(c) {
 			status = StatusClientClosedRequest
 			m.aborts.WithLabelValues(route).Inc()
 			if c.GetBool(keyTruncated) {
@@ -158,9 +162,15 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 		if size < 0 {
 			size = 0
 		}
-		method := c.Request.Method
+		method := methodLabel(c.Request.Method)
+		sc := trace.SpanContextFromContext(c.Request.Context())
 		m.requests.WithLabelValues(method, route, codeLabel(status)).Inc()
-		m.duration.WithLabelValues(method, route).Observe(elapsed.Seconds())
+		obs := m.duration.WithLabelValues(method, route)
+		if eo, ok := obs.(prometheus.ExemplarObserver); ok && sc.IsSampled() {
+			eo.ObserveWithExemplar(elapsed.Seconds(), prometheus.Labels{"trace_id": sc.TraceID().String()})
+		} else {
+			obs.Observe(elapsed.Seconds())
+		}
 		m.size.WithLabelValues(method, route).Observe(float64(size))
 
 		if quiet[route] && status < 500 {
@@ -170,11 +180,14 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 		if status >= 500 {
 			level = slog.LevelError
 		}
+		if !logger.Enabled(context.Background(), level) {
+			return
+		}
 		// trace_id and span_id are always present (empty without a span) so
 		// every access line has the same keys; the background context keeps
 		// the trace handler from adding them twice.
 		var traceID, spanID string
-		if sc := trace.SpanContextFromContext(c.Request.Context()); sc.IsValid() {
+		if sc.IsValid() {
 			traceID, spanID = sc.TraceID().String(), sc.SpanID().String()
 		}
 		logger.LogAttrs(context.Background(), level, "request",
@@ -190,6 +203,24 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 			slog.String("span_id", spanID),
 		)
 	}
+}
+
+// clientAborted reports whether the client went away before the response:
+// a handler said so, or the request context was cancelled (net/http cancels
+// it when the connection closes; BaseContext keeps shutdown from doing so).
+func clientAborted(c *gin.Context) bool {
+	return c.GetBool(keyClientAbort) || c.Request.Context().Err() != nil
+}
+
+// methodLabel bounds the method label: net/http accepts any token as a
+// method, and every new one would be a new series and span name.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
+		return m
+	}
+	return "_OTHER"
 }
 
 // The accessors below expose single series for tests and drills.

@@ -1,0 +1,317 @@
+package observability
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Why a connection ended. The listener wrapper (ConnMetrics.Listener) sees
+// the first read or write error of each connection, which tells who closed
+// it: the peer (EOF: a FIN; reset: an RST), a deadline of ours (idle,
+// read-header/read or write timeout), or the server with no error at all
+// (Connection: close, shutdown, a protocol error).
+const (
+	CloseReasonPeerClosed   = "peer_closed"
+	CloseReasonPeerReset    = "peer_reset"
+	CloseReasonIdleTimeout  = "idle_timeout"
+	CloseReasonReadTimeout  = "read_timeout"
+	CloseReasonWriteTimeout = "write_timeout"
+	CloseReasonServer       = "server"
+	// CloseReasonUnknown: the connection did not come from the wrapped
+	// listener, so only its states are known.
+	CloseReasonUnknown = "unknown"
+)
+
+// cause kinds recorded on a tracked connection (first one wins: the first
+// error ends an HTTP/1 connection; later ones are consequences).
+const (
+	causeNone int32 = iota
+	causePeerClosed
+	causePeerReset
+	causeReadTimeout
+	causeWriteTimeout
+)
+
+// connStates are the http.ConnState values that are gauge states.
+var connStates = [...]string{
+	http.StateNew:      "new",
+	http.StateActive:   "active",
+	http.StateIdle:     "idle",
+	http.StateHijacked: "hijacked",
+	http.StateClosed:   "closed",
+}
+
+// ConnMetrics counts the public listener's connections by http.ConnState and
+// tells why each one ended. Wire ConnState into http.Server.ConnState and
+// serve on Listener(ln) to get close reasons; ConnState alone still gives
+// the state gauge and transitions (reason "unknown").
+type ConnMetrics struct {
+	gauges      [http.StateHijacked + 1]prometheus.Gauge
+	transitions [http.StateClosed + 1]prometheus.Counter
+	closed      *prometheus.CounterVec
+	log         *limitedLog
+	// untracked holds the state of connections that did not come through
+	// Listener (a net.Conn -> http.ConnState), to move the gauge.
+	untracked sync.Map
+}
+
+// NewConnMetrics registers http_server_connections{state},
+// http_server_connection_transitions_total{state} and
+// http_server_connections_closed_total{reason,state} on reg. Unusual ends
+// (resets, timeouts before a request) are logged at info, the rest at
+// debug, at most 5 lines a second.
+func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics {
+	gv := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "http_server_connections",
+		Help: "Open connections of the public listener by http.ConnState (new, active, idle, hijacked).",
+	}, []string{"state"})
+	tv := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "http_server_connection_transitions_total",
+		Help: "Connection state transitions of the public listener, by the state entered (closed included).",
+	}, []string{"state"})
+	m := &ConnMetrics{
+		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "http_server_connections_closed_total",
+			Help: "Connections closed, by who closed them (reason: peer_closed, peer_reset, idle_timeout, read_timeout, write_timeout, server, unknown) and the state they were in.",
+		}, []string{"reason", "state"}),
+		log: newLimitedLog(logger, 5, 10),
+	}
+	for s := http.StateNew; s <= http.StateHijacked; s++ {
+		m.gauges[s] = gv.WithLabelValues(connStates[s])
+	}
+	for s := http.StateNew; s <= http.StateClosed; s++ {
+		m.transitions[s] = tv.WithLabelValues(connStates[s])
+	}
+	// Series exist from the start, so rate() works on the first increment.
+	for _, r := range []string{CloseReasonPeerClosed, CloseReasonPeerReset, CloseReasonReadTimeout, CloseReasonWriteTimeout, CloseReasonServer} {
+		for _, s := range []string{"new", "active", "idle"} {
+			m.closed.WithLabelValues(r, s)
+		}
+	}
+	m.closed.WithLabelValues(CloseReasonIdleTimeout, "idle")
+	reg.MustRegister(gv, tv, m.closed)
+	return m
+}
+
+// Listener wraps ln so that every accepted connection records the first
+// error that ends it. Serve (or ServeTLS) on the returned listener.
+func (m *ConnMetrics) Listener(ln net.Listener) net.Listener {
+	return &trackingListener{Listener: ln, m: m}
+}
+
+// ConnState is the http.Server.ConnState hook.
+func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
+	if s > http.StateClosed {
+		return
+	}
+	m.transitions[s].Inc()
+	now := time.Now()
+	prev, known := http.StateNew, false
+	tc := trackedOf(c)
+	if tc != nil {
+		p := tc.state.Swap(int32(s) + 1)
+		prev, known = http.ConnState(p-1), p != 0
+		if s == http.StateActive {
+			tc.requests.Add(1)
+		}
+		since := time.Duration(now.UnixNano() - tc.changed.Swap(now.UnixNano()))
+		if s == http.StateClosed {
+			m.ended(tc, prev, since, now)
+		}
+	} else {
+		var v any
+		if s == http.StateClosed || s == http.StateHijacked {
+			v, known = m.untracked.LoadAndDelete(c)
+		} else {
+			v, known = m.untracked.Swap(c, s)
+		}
+		if known {
+			prev = v.(http.ConnState)
+		}
+		if s == http.StateClosed {
+			m.closed.WithLabelValues(CloseReasonUnknown, connStates[prev]).Inc()
+		}
+	}
+	if known && prev <= http.StateHijacked {
+		m.gauges[prev].Dec()
+	}
+	// A hijacked connection leaves the server: it is counted until the
+	// hijacker closes it, which only a tracked connection can see.
+	if s < http.StateHijacked || (s == http.StateHijacked && tc != nil) {
+		m.gauges[s].Inc()
+	}
+}
+
+// ended counts and logs a closed tracked connection.
+func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState time.Duration, now time.Time) {
+	reason := CloseReasonServer
+	level := slog.LevelDebug
+	switch tc.cause.Load() {
+	case causePeerClosed:
+		reason = CloseReasonPeerClosed
+		if prev == http.StateActive {
+			level = slog.LevelInfo // the client left in the middle of a request
+		}
+	case causePeerReset:
+		reason = CloseReasonPeerReset
+		level = slog.LevelInfo
+	case causeReadTimeout:
+		reason = CloseReasonReadTimeout
+		if prev == http.StateIdle {
+			reason = CloseReasonIdleTimeout
+		} else {
+			level = slog.LevelInfo // slow or silent client: cut off by a read deadline
+		}
+	case causeWriteTimeout:
+		reason = CloseReasonWriteTimeout
+		level = slog.LevelInfo
+	}
+	state := connStates[prev]
+	m.closed.WithLabelValues(reason, state).Inc()
+	m.log.Log(context.Background(), level, "connection closed",
+		slog.String("reason", reason),
+		slog.String("state", state),
+		slog.String("remote_addr", remoteAddr(tc.Conn)),
+		slog.Int64("requests", tc.requests.Load()),
+		slog.Float64("age_ms", float64(now.Sub(tc.start).Microseconds())/1000),
+		slog.Float64("in_state_ms", float64(inState.Microseconds())/1000),
+	)
+}
+
+func remoteAddr(c net.Conn) string {
+	if a := c.RemoteAddr(); a != nil {
+		return a.String()
+	}
+	return ""
+}
+
+// trackedOf finds the tracked connection under c (ServeTLS wraps it in a
+// *tls.Conn).
+func trackedOf(c net.Conn) *trackedConn {
+	for range 4 {
+		if tc, ok := c.(*trackedConn); ok {
+			return tc
+		}
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return nil
+		}
+		c = u.NetConn()
+	}
+	return nil
+}
+
+type trackingListener struct {
+	net.Listener
+	m *ConnMetrics
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tc := &trackedConn{Conn: c, m: l.m, start: now}
+	tc.changed.Store(now.UnixNano())
+	return tc, nil
+}
+
+// trackedConn records the first error that ends the connection.
+type trackedConn struct {
+	net.Conn
+	m        *ConnMetrics
+	start    time.Time
+	changed  atomic.Int64 // unix nanos of the last state change
+	state    atomic.Int32 // http.ConnState + 1; 0 before the first
+	requests atomic.Int64
+	cause    atomic.Int32
+	// aborting is set while a read deadline in the past is pending:
+	// net/http cancels its background read that way after every request,
+	// and the timeout that follows is not a timeout of the peer.
+	aborting atomic.Bool
+	closed   atomic.Bool
+}
+
+func (c *trackedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if err != nil {
+		c.note(err, true)
+	}
+	return n, err
+}
+
+func (c *trackedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if err != nil {
+		c.note(err, false)
+	}
+	return n, err
+}
+
+func (c *trackedConn) note(err error, read bool) {
+	if c.closed.Load() {
+		return // our own Close made the pending read fail
+	}
+	var k int32
+	var ne net.Error
+	switch {
+	case read && errors.Is(err, io.EOF):
+		k = causePeerClosed
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
+		k = causePeerReset
+	case errors.As(err, &ne) && ne.Timeout():
+		if !read {
+			k = causeWriteTimeout
+		} else if c.aborting.Load() {
+			return
+		} else {
+			k = causeReadTimeout
+		}
+	default:
+		return
+	}
+	c.cause.CompareAndSwap(causeNone, k)
+}
+
+func (c *trackedConn) SetReadDeadline(t time.Time) error {
+	c.aborting.Store(!t.IsZero() && t.Before(time.Now()))
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *trackedConn) SetDeadline(t time.Time) error {
+	c.aborting.Store(!t.IsZero() && t.Before(time.Now()))
+	return c.Conn.SetDeadline(t)
+}
+
+// CloseWrite keeps net/http's graceful close (FIN, then drain) working.
+func (c *trackedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (c *trackedConn) Close() error {
+	if c.closed.CompareAndSwap(false, true) {
+		// A hijacked connection leaves the gauge when its owner closes it.
+		if c.state.CompareAndSwap(int32(http.StateHijacked)+1, int32(http.StateClosed)+1) {
+			c.m.gauges[http.StateHijacked].Dec()
+		}
+	}
+	return c.Conn.Close()
+}
+
+// NetConn returns the accepted connection, for code that needs the
+// *net.TCPConn.
+func (c *trackedConn) NetConn() net.Conn { return c.Conn }

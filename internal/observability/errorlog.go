@@ -1,0 +1,95 @@
+package observability
+
+import (
+	"bytes"
+	"context"
+	"log"
+	"log/slog"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// TLS handshake failure reasons (label values of
+// http_server_tls_handshake_errors_total).
+const (
+	TLSReasonEOF            = "eof"             // the client went away (EOF, reset) mid-handshake
+	TLSReasonTimeout        = "timeout"         // the handshake outlived the server's read deadline
+	TLSReasonBadCertificate = "bad_certificate" // a certificate was refused, by either side
+	TLSReasonOther          = "other"           // not TLS, no common version or cipher, ...
+)
+
+const tlsHandshakePrefix = "http: TLS handshake error from "
+
+// ServerErrorLog returns the logger for http.Server.ErrorLog. net/http
+// reports every failed TLS handshake there as a free-text line ("http: TLS
+// handshake error from 10.0.0.1:5555: EOF"); those become
+// http_server_tls_handshake_errors_total{reason} and a structured line
+// (reason, remote_addr, error), at most 5 a second so a handshake flood or
+// a port scan cannot flood the log. Every other line net/http writes
+// (accept errors, superfluous WriteHeader calls, ...) goes to logger at warn,
+// rate limited the same way.
+func ServerErrorLog(logger *slog.Logger, reg prometheus.Registerer) *log.Logger {
+	cv := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "http_server_tls_handshake_errors_total",
+		Help: "Failed TLS handshakes on the public listener, by reason (eof, timeout, bad_certificate, other).",
+	}, []string{"reason"})
+	reg.MustRegister(cv)
+	w := &errorLogWriter{
+		tlsLog:   newLimitedLog(logger, 5, 10),
+		otherLog: newLimitedLog(logger, 5, 10),
+		counters: map[string]prometheus.Counter{},
+	}
+	for _, r := range []string{TLSReasonEOF, TLSReasonTimeout, TLSReasonBadCertificate, TLSReasonOther} {
+		w.counters[r] = cv.WithLabelValues(r)
+	}
+	return log.New(w, "", 0)
+}
+
+type errorLogWriter struct {
+	tlsLog, otherLog *limitedLog
+	counters         map[string]prometheus.Counter // read-only after construction
+}
+
+// Write receives one log line per call (log.Logger guarantees it).
+func (w *errorLogWriter) Write(p []byte) (int, error) {
+	line := string(bytes.TrimRight(p, "\n"))
+	ctx := context.Background()
+	if rest, ok := strings.CutPrefix(line, tlsHandshakePrefix); ok {
+		addr, msg, _ := strings.Cut(rest, ": ")
+		reason := classifyTLSError(msg)
+		w.counters[reason].Inc()
+		level := slog.LevelWarn
+		if reason == TLSReasonEOF {
+			// TCP health checks and impatient clients do this all day.
+			level = slog.LevelInfo
+		}
+		w.tlsLog.Log(ctx, level, "tls handshake error",
+			slog.String("reason", reason),
+			slog.String("remote_addr", addr),
+			slog.String("error", msg))
+		return len(p), nil
+	}
+	w.otherLog.Log(ctx, slog.LevelWarn, "http server error", slog.String("error", strings.TrimPrefix(line, "http: ")))
+	return len(p), nil
+}
+
+// classifyTLSError maps the error text of a failed handshake to a reason.
+// Text is all net/http hands over; crypto/tls's messages are stable.
+func classifyTLSError(msg string) string {
+	m := strings.ToLower(msg)
+	switch {
+	case m == "eof", strings.Contains(m, "unexpected eof"), strings.HasSuffix(m, ": eof"),
+		strings.Contains(m, "connection reset by peer"), strings.Contains(m, "broken pipe"):
+		return TLSReasonEOF
+	case strings.Contains(m, "timeout"), strings.Contains(m, "deadline exceeded"):
+		return TLSReasonTimeout
+	case strings.Contains(m, "certificate"):
+		// "remote error: tls: bad certificate", "... unknown certificate
+		// authority", "tls: failed to verify certificate", "certificate
+		// required", "expired certificate".
+		return TLSReasonBadCertificate
+	default:
+		return TLSReasonOther
+	}
+}

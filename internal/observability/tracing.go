@@ -1,0 +1,595 @@
+package observability
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"go.opentelemetry.io/contrib/propagators/jaeger"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+	"golang.org/x/time/rate"
+)
+
+// ScopeName is the instrumentation scope of the server spans.
+const ScopeName = "github.com/hardenedgo/ginservice/internal/observability"
+
+// Defaults of the tracing set-up where the OTEL_* variables are unset.
+const (
+	DefaultServiceName = "api"
+	DefaultSampler     = "parentbased_traceidratio"
+	// DefaultSamplerArg differs from the OpenTelemetry default (1.0): a
+	// service under load must not export every request.
+	DefaultSamplerArg  = 0.01
+	DefaultPropagators = "tracecontext,baggage,jaeger"
+)
+
+// Tracing is the OpenTelemetry set-up of the process.
+//
+// With an exporter (OTEL_EXPORTER_OTLP_ENDPOINT set, or
+// OTEL_TRACES_EXPORTER=otlp) spans are sampled by OTEL_TRACES_SAMPLER and
+// exported in batches. Without one the provider is still an SDK provider whose
+// sampler records only requests whose caller sampled them, so an incoming
+// traceparent or uber-trace-id is continued (logs carry the caller's trace id,
+// outbound calls carry it on) and nothing is exported. OTEL_SDK_DISABLED=true
+// turns the SDK off entirely (no-op provider).
+type Tracing struct {
+	provider    trace.TracerProvider
+	sdk         *sdktrace.TracerProvider // nil with OTEL_SDK_DISABLED=true
+	propagator  propagation.TextMapPropagator
+	exporting   bool
+	serviceName string
+	describe    string
+}
+
+// SetupTracing configures tracing from the standard OTEL_* variables read
+// through getenv (never the process environment directly, so tests and
+// callers control it). A bad value is an error naming the variable.
+// Recognised: OTEL_SDK_DISABLED, OTEL_TRACES_EXPORTER (otlp|none),
+// OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, _PROTOCOL (http/protobuf|http/json|grpc),
+// _HEADERS, _TIMEOUT (ms), _COMPRESSION (gzip|none), _INSECURE,
+// OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER,
+// OTEL_TRACES_SAMPLER_ARG, OTEL_PROPAGATORS, OTEL_BSP_SCHEDULE_DELAY,
+// OTEL_BSP_EXPORT_TIMEOUT, OTEL_BSP_MAX_QUEUE_SIZE,
+// OTEL_BSP_MAX_EXPORT_BATCH_SIZE.
+func SetupTracing(ctx context.Context, getenv func(string) string, serviceVersion string) (*Tracing, error) {
+	env := func(k string) string { return strings.TrimSpace(getenv(k)) }
+
+	prop, err := parsePropagators(env("OTEL_PROPAGATORS"))
+	if err != nil {
+		return nil, err
+	}
+	t := &Tracing{propagator: prop, serviceName: env("OTEL_SERVICE_NAME")}
+	if t.serviceName == "" {
+		t.serviceName = DefaultServiceName
+	}
+
+	disabled, err := parseBoolVar("OTEL_SDK_DISABLED", env("OTEL_SDK_DISABLED"))
+	if err != nil {
+		return nil, err
+	}
+	if disabled {
+		t.provider = noop.NewTracerProvider()
+		t.describe = "disabled (OTEL_SDK_DISABLED=true)"
+		return t, nil
+	}
+
+	exporting := false
+	endpoint := firstNonEmpty(env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+	switch exp := strings.ToLower(env("OTEL_TRACES_EXPORTER")); exp {
+	case "":
+		exporting = endpoint != ""
+	case "otlp":
+		exporting = true
+	case "none":
+	default:
+		return nil, fmt.Errorf("OTEL_TRACES_EXPORTER: %q is not supported (want otlp or none)", exp)
+	}
+
+	res, err := buildResource(ctx, t.serviceName, serviceVersion, env("OTEL_RESOURCE_ATTRIBUTES"))
+	if err != nil {
+		return nil, err
+	}
+
+	if !exporting {
+		// Continue sampled callers' traces (so the trace stays joined through
+		// this service to its dependencies) but start none of our own.
+		t.sdk = sdktrace.NewTracerProvider(
+			sdktrace.WithResource(res),
+			sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample())),
+		)
+		t.provider = t.sdk
+		t.describe = "off (no OTLP endpoint): incoming trace context is continued, nothing is exported"
+		return t, nil
+	}
+
+	sampler, samplerDesc, err := parseSampler(env("OTEL_TRACES_SAMPLER"), env("OTEL_TRACES_SAMPLER_ARG"))
+	if err != nil {
+		return nil, err
+	}
+	exporter, expDesc, err := newExporter(ctx, env)
+	if err != nil {
+		return nil, err
+	}
+	bspOpts, err := batchOptions(env)
+	if err != nil {
+		return nil, err
+	}
+	t.sdk = sdktrace.NewTracerProvider(
+		sdktrace.WithResource(res),
+		sdktrace.WithSampler(sampler),
+		sdktrace.WithBatcher(exporter, bspOpts...),
+	)
+	t.provider = t.sdk
+	t.exporting = true
+	t.describe = expDesc + ", sampler " + samplerDesc
+	return t, nil
+}
+
+// Provider is the tracer provider to hand to instrumented clients (Redis,
+// outbound HTTP).
+func (t *Tracing) Provider() trace.TracerProvider { return t.provider }
+
+// Propagator reads and writes trace headers: W3C traceparent + baggage and
+// Jaeger's uber-trace-id by default.
+func (t *Tracing) Propagator() propagation.TextMapPropagator { return t.propagator }
+
+// Exporting reports whether spans leave the process.
+func (t *Tracing) Exporting() bool { return t.exporting }
+
+// String describes the set-up for the start-up log line.
+func (t *Tracing) String() string { return t.describe }
+
+// LogValue makes the set-up loggable as one attribute.
+func (t *Tracing) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.Bool("exporting", t.exporting),
+		slog.String("service_name", t.serviceName),
+		slog.String("setup", t.describe),
+	)
+}
+
+// InstallGlobal makes this set-up the process-wide OpenTelemetry default
+// (for libraries that read otel.GetTracerProvider) and routes the SDK's own
+// errors (an unreachable collector, a full queue) to logger, rate limited.
+// Call it once, from run; tests pass Provider and Propagator explicitly
+// instead so they can run in parallel.
+func (t *Tracing) InstallGlobal(logger *slog.Logger) {
+	otel.SetTracerProvider(t.provider)
+	otel.SetTextMapPropagator(t.propagator)
+	otel.SetErrorHandler(&otelErrorHandler{log: newLimitedLog(logger, rate.Every(10*time.Second), 3)})
+}
+
+// ForceFlush exports the spans ended so far.
+func (t *Tracing) ForceFlush(ctx context.Context) error {
+	if t.sdk == nil {
+		return nil
+	}
+	if err := t.sdk.ForceFlush(ctx); err != nil {
+		return fmt.Errorf("flush spans: %w", err)
+	}
+	return nil
+}
+
+// Shutdown flushes the spans still queued and stops the exporter; ctx bounds
+// how long an unreachable collector may hold up the exit.
+func (t *Tracing) Shutdown(ctx context.Context) error {
+	if t.sdk == nil {
+		return nil
+	}
+	if err := t.sdk.Shutdown(ctx); err != nil {
+		return fmt.Errorf("tracing shutdown: %w", err)
+	}
+	return nil
+}
+
+type otelErrorHandler struct{ log *limitedLog }
+
+func (h *otelErrorHandler) Handle(err error) {
+	h.log.Log(context.Background(), slog.LevelWarn, "opentelemetry error", slog.String("error", err.Error()))
+}
+
+// untraced are the routes that never get a span: probes are called every
+// few seconds by every kubelet and would drown the real traces.
+var untraced = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
+
+// Middleware starts the server span of each request, named by method and
+// route template ("GET /api/v1/items/:id"; the method alone for unmatched
+// routes, so raw paths never become span names), continuing an incoming
+// traceparent or uber-trace-id. Probes are not traced. A request whose
+// client went away ends with status 499 and an error status, as in the
+// access log.
+//
+// It does what otelgin does, except that the request attributes are only
+// computed for spans that are recorded: at a 1% sampling rate the other 99%
+// of requests pay for the span context only.
+func (t *Tracing) Middleware() gin.HandlerFunc {
+	tracer := t.provider.Tracer(ScopeName)
+	prop := t.propagator
+	startOpts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)}
+	return func(c *gin.Context) {
+		route := c.FullPath()
+		if untraced[route] {
+			c.Next()
+			return
+		}
+		r := c.Request
+		ctx := prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+		method := methodLabel(r.Method)
+		name := method
+		if route != "" {
+			name = method + " " + route
+		}
+		ctx, span := tracer.Start(ctx, name, startOpts...)
+		recording := span.IsRecording()
+		if recording {
+			span.SetAttributes(requestAttrs(c, method, route)...)
+		}
+		c.Request = r.WithContext(ctx)
+		defer span.End() // also when a handler panics through us
+
+		c.Next()
+
+		if !recording {
+			return
+		}
+		status := c.Writer.Status()
+		if clientAborted(c) {
+			span.SetAttributes(semconv.HTTPResponseStatusCode(StatusClientClosedRequest), semconv.ErrorTypeKey.String("client_closed_request"))
+			span.SetStatus(codes.Error, "client went away before the response")
+			return
+		}
+		span.SetAttributes(semconv.HTTPResponseStatusCode(status))
+		if size := c.Writer.Size(); size > 0 {
+			span.SetAttributes(semconv.HTTPResponseBodySize(size))
+		}
+		if status >= 500 {
+			span.SetAttributes(semconv.ErrorTypeKey.String(codeLabel(status)))
+			span.SetStatus(codes.Error, http.StatusText(status))
+		}
+		if len(c.Errors) > 0 {
+			span.SetStatus(codes.Error, c.Errors.String())
+		}
+	}
+}
+
+func requestAttrs(c *gin.Context, method, route string) []attribute.KeyValue {
+	r := c.Request
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	attrs := make([]attribute.KeyValue, 0, 8)
+	attrs = append(attrs,
+		semconv.HTTPRequestMethodKey.String(method),
+		semconv.URLPath(r.URL.Path),
+		semconv.URLScheme(scheme),
+		semconv.ClientAddress(c.ClientIP()),
+		semconv.NetworkProtocolVersion(strings.TrimPrefix(r.Proto, "HTTP/")),
+	)
+	if route != "" {
+		attrs = append(attrs, semconv.HTTPRoute(route))
+	}
+	if ua := r.UserAgent(); ua != "" {
+		attrs = append(attrs, semconv.UserAgentOriginal(ua))
+	}
+	if r.Host != "" {
+		attrs = append(attrs, semconv.ServerAddress(r.Host))
+	}
+	return attrs
+}
+
+func parsePropagators(v string) (propagation.TextMapPropagator, error) {
+	if v == "" {
+		v = DefaultPropagators
+	}
+	var ps []propagation.TextMapPropagator
+	for _, name := range strings.Split(v, ",") {
+		switch n := strings.ToLower(strings.TrimSpace(name)); n {
+		case "tracecontext":
+			ps = append(ps, propagation.TraceContext{})
+		case "baggage":
+			ps = append(ps, propagation.Baggage{})
+		case "jaeger":
+			ps = append(ps, jaeger.Jaeger{})
+		case "none":
+			return propagation.NewCompositeTextMapPropagator(), nil
+		case "":
+		default:
+			return nil, fmt.Errorf("OTEL_PROPAGATORS: %q is not supported (want tracecontext, baggage, jaeger or none)", n)
+		}
+	}
+	return propagation.NewCompositeTextMapPropagator(ps...), nil
+}
+
+func parseSampler(name, arg string) (sdktrace.Sampler, string, error) {
+	if name == "" {
+		name = DefaultSampler
+	}
+	name = strings.ToLower(name)
+	ratio := DefaultSamplerArg
+	if arg != "" && strings.HasSuffix(name, "traceidratio") {
+		f, err := strconv.ParseFloat(arg, 64)
+		if err != nil || f < 0 || f > 1 {
+			return nil, "", fmt.Errorf("OTEL_TRACES_SAMPLER_ARG: %q is not a ratio between 0 and 1", arg)
+		}
+		ratio = f
+	}
+	desc := name
+	if strings.HasSuffix(name, "traceidratio") {
+		desc += "(" + strconv.FormatFloat(ratio, 'g', -1, 64) + ")"
+	}
+	switch name {
+	case "always_on":
+		return sdktrace.AlwaysSample(), desc, nil
+	case "always_off":
+		return sdktrace.NeverSample(), desc, nil
+	case "traceidratio":
+		return sdktrace.TraceIDRatioBased(ratio), desc, nil
+	case "parentbased_always_on":
+		return sdktrace.ParentBased(sdktrace.AlwaysSample()), desc, nil
+	case "parentbased_always_off":
+		return sdktrace.ParentBased(sdktrace.NeverSample()), desc, nil
+	case "parentbased_traceidratio":
+		return sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio)), desc, nil
+	default:
+		return nil, "", fmt.Errorf("OTEL_TRACES_SAMPLER: %q is not supported (want always_on, always_off, traceidratio or parentbased_*)", name)
+	}
+}
+
+// newExporter builds the OTLP exporter from the variables explicitly, so the
+// set-up depends only on getenv. (The exporter also reads the process
+// environment itself; options passed here take precedence.)
+func newExporter(ctx context.Context, env func(string) string) (sdktrace.SpanExporter, string, error) {
+	// Signal-specific variables win over the generic ones.
+	get := func(suffix string) (string, string) {
+		if v := env("OTEL_EXPORTER_OTLP_TRACES_" + suffix); v != "" {
+			return "OTEL_EXPORTER_OTLP_TRACES_" + suffix, v
+		}
+		return "OTEL_EXPORTER_OTLP_" + suffix, env("OTEL_EXPORTER_OTLP_" + suffix)
+	}
+	protoVar, protocol := get("PROTOCOL")
+	if protocol == "" {
+		protocol = "http/protobuf"
+	}
+	var headers map[string]string
+	if hv, h := get("HEADERS"); h != "" {
+		var err error
+		if headers, err = parseHeaders(h); err != nil {
+			return nil, "", fmt.Errorf("%s: %w", hv, err)
+		}
+	}
+	var timeout time.Duration
+	if tv, s := get("TIMEOUT"); s != "" {
+		ms, err := strconv.Atoi(s)
+		if err != nil || ms <= 0 {
+			return nil, "", fmt.Errorf("%s: %q is not a positive number of milliseconds", tv, s)
+		}
+		timeout = time.Duration(ms) * time.Millisecond
+	}
+	cv, compression := get("COMPRESSION")
+	switch compression {
+	case "", "none", "gzip":
+	default:
+		return nil, "", fmt.Errorf("%s: %q is not supported (want gzip or none)", cv, compression)
+	}
+	iv, insecureS := get("INSECURE")
+	insecure, err := parseBoolVar(iv, insecureS)
+	if err != nil {
+		return nil, "", err
+	}
+
+	// The generic endpoint is a base URL (the signal path is appended);
+	// the traces one is used as is.
+	endpointURL := ""
+	if v := env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"); v != "" {
+		if _, err := parseEndpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", v); err != nil {
+			return nil, "", err
+		}
+		endpointURL = v
+	} else if v := env("OTEL_EXPORTER_OTLP_ENDPOINT"); v != "" {
+		u, err := parseEndpoint("OTEL_EXPORTER_OTLP_ENDPOINT", v)
+		if err != nil {
+			return nil, "", err
+		}
+		if protocol != "grpc" {
+			u.Path = strings.TrimSuffix(u.Path, "/") + "/v1/traces"
+		}
+		endpointURL = u.String()
+	}
+
+	switch protocol {
+	case "http/protobuf", "http/json":
+		opts := []otlptracehttp.Option{}
+		if protocol == "http/json" {
+			opts = append(opts, otlptracehttp.WithEncoding(otlptracehttp.EncodingJSON))
+		}
+		if endpointURL != "" {
+			opts = append(opts, otlptracehttp.WithEndpointURL(endpointURL))
+		} else if insecure {
+			opts = append(opts, otlptracehttp.WithInsecure())
+		}
+		if headers != nil {
+			opts = append(opts, otlptracehttp.WithHeaders(headers))
+		}
+		if timeout > 0 {
+			opts = append(opts, otlptracehttp.WithTimeout(timeout))
+		}
+		if compression == "gzip" {
+			opts = append(opts, otlptracehttp.WithCompression(otlptracehttp.GzipCompression))
+		} else {
+			opts = append(opts, otlptracehttp.WithCompression(otlptracehttp.NoCompression))
+		}
+		exp, err := otlptracehttp.New(ctx, opts...)
+		if err != nil {
+			return nil, "", fmt.Errorf("OTLP/HTTP exporter: %w", err)
+		}
+		return exp, "OTLP " + protocol + " to " + orDefault(endpointURL, "localhost:4318"), nil
+	case "grpc":
+		opts := []otlptracegrpc.Option{}
+		if endpointURL != "" {
+			opts = append(opts, otlptracegrpc.WithEndpointURL(endpointURL))
+		}
+		if insecure {
+			opts = append(opts, otlptracegrpc.WithInsecure())
+		}
+		if headers != nil {
+			opts = append(opts, otlptracegrpc.WithHeaders(headers))
+		}
+		if timeout > 0 {
+			opts = append(opts, otlptracegrpc.WithTimeout(timeout))
+		}
+		if compression == "gzip" {
+			opts = append(opts, otlptracegrpc.WithCompressor("gzip"))
+		}
+		exp, err := otlptracegrpc.New(ctx, opts...)
+		if err != nil {
+			return nil, "", fmt.Errorf("OTLP/gRPC exporter: %w", err)
+		}
+		return exp, "OTLP grpc to " + orDefault(endpointURL, "localhost:4317"), nil
+	default:
+		return nil, "", fmt.Errorf("%s: %q is not supported (want http/protobuf, http/json or grpc)", protoVar, protocol)
+	}
+}
+
+func parseEndpoint(name, v string) (*url.URL, error) {
+	u, err := url.Parse(v)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("%s: %q must be an http:// or https:// URL with a host", name, v)
+	}
+	return u, nil
+}
+
+// parseHeaders reads the W3C-baggage-like "k=v,k2=v2" list (values URL-encoded).
+func parseHeaders(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		kv = strings.TrimSpace(kv)
+		if kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || strings.TrimSpace(k) == "" {
+			return nil, fmt.Errorf("%q is not key=value", kv)
+		}
+		dv, err := url.PathUnescape(strings.TrimSpace(v))
+		if err != nil {
+			return nil, fmt.Errorf("header %q: %w", k, err)
+		}
+		out[strings.TrimSpace(k)] = dv
+	}
+	return out, nil
+}
+
+func batchOptions(env func(string) string) ([]sdktrace.BatchSpanProcessorOption, error) {
+	var opts []sdktrace.BatchSpanProcessorOption
+	num := func(name string) (int, bool, error) {
+		s := env(name)
+		if s == "" {
+			return 0, false, nil
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n <= 0 {
+			return 0, false, fmt.Errorf("%s: %q is not a positive integer", name, s)
+		}
+		return n, true, nil
+	}
+	if n, ok, err := num("OTEL_BSP_SCHEDULE_DELAY"); err != nil {
+		return nil, err
+	} else if ok {
+		opts = append(opts, sdktrace.WithBatchTimeout(time.Duration(n)*time.Millisecond))
+	}
+	if n, ok, err := num("OTEL_BSP_EXPORT_TIMEOUT"); err != nil {
+		return nil, err
+	} else if ok {
+		opts = append(opts, sdktrace.WithExportTimeout(time.Duration(n)*time.Millisecond))
+	}
+	if n, ok, err := num("OTEL_BSP_MAX_QUEUE_SIZE"); err != nil {
+		return nil, err
+	} else if ok {
+		opts = append(opts, sdktrace.WithMaxQueueSize(n))
+	}
+	if n, ok, err := num("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"); err != nil {
+		return nil, err
+	} else if ok {
+		opts = append(opts, sdktrace.WithMaxExportBatchSize(n))
+	}
+	return opts, nil
+}
+
+// buildResource describes the service without resource.Default, which
+// reads the process environment behind getenv's back.
+func buildResource(ctx context.Context, name, version, attrs string) (*resource.Resource, error) {
+	kvs := []attribute.KeyValue{semconv.ServiceName(name)}
+	if version != "" {
+		kvs = append(kvs, semconv.ServiceVersion(version))
+	}
+	if attrs != "" {
+		m, err := parseHeaders(attrs)
+		if err != nil {
+			return nil, fmt.Errorf("OTEL_RESOURCE_ATTRIBUTES: %w", err)
+		}
+		for k, v := range m {
+			if k == string(semconv.ServiceNameKey) {
+				continue // OTEL_SERVICE_NAME (or its default) wins
+			}
+			kvs = append(kvs, attribute.String(k, v))
+		}
+	}
+	res, err := resource.New(ctx,
+		resource.WithSchemaURL(semconv.SchemaURL),
+		resource.WithTelemetrySDK(),
+		resource.WithHost(),
+		resource.WithAttributes(kvs...),
+	)
+	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
+		return nil, fmt.Errorf("trace resource: %w", err)
+	}
+	return res, nil
+}
+
+func parseBoolVar(name, v string) (bool, error) {
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("%s: %q is not true or false", name, v)
+	}
+	return b, nil
+}
+
+func firstNonEmpty(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func orDefault(v, d string) string {
+	if v == "" {
+		return d
+	}
+	return v
+}
