@@ -462,6 +462,29 @@ func (o *outcome) readLogs(t *testing.T, px proxy) {
 	}
 }
 
+// diagnose runs scripts/diagnose-eof.sh on the logs nginx wrote and returns
+// its proxy section: the script must read real nginx output, not only the
+// samples of its own tests.
+func diagnose(t *testing.T, px proxy) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", filepath.Join("scripts", "diagnose-eof.sh"),
+		"-a", px.accessLog, "-e", px.errorLog, "-i", "0")
+	cmd.Dir = filepath.Join("..", "..")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("diagnose-eof.sh: %v\n%s", err, out)
+	}
+	s := string(out)
+	i := strings.Index(s, "== 2. Proxy")
+	j := strings.Index(s, "== 3. Kernel")
+	if i < 0 || j < i {
+		t.Fatalf("diagnose-eof.sh printed no proxy section:\n%s", s)
+	}
+	return s[i:j]
+}
+
 // sweep returns idle gaps from t+from to t+to in steps. The client starts
 // its clock after reading the last response of a burst, a little after
 // nginx and the service started theirs, so a reused connection meets the
@@ -508,6 +531,12 @@ func TestKeepaliveOrder(t *testing.T) {
 		if o.status[200] != o.requests {
 			t.Errorf("want every request 200, got %s", o)
 		}
+		report := diagnose(t, px)
+		for _, want := range []string{"[OK] no 499, 502, 503 or 504 among", "[OK] no upstream connection errors in the error log"} {
+			if !strings.Contains(report, want) {
+				t.Errorf("diagnose-eof.sh on the clean logs: missing %q in\n%s", want, report)
+			}
+		}
 	})
 
 	t.Run("nginx-longer-than-service", func(t *testing.T) {
@@ -536,6 +565,14 @@ func TestKeepaliveOrder(t *testing.T) {
 		}
 		if len(o.transport) != 0 {
 			t.Errorf("client transport errors: %v", o.transport)
+		}
+		report := diagnose(t, px)
+		want := fmt.Sprintf("upstream connections died under a request (prematurely closed: %d, reset by peer: ", o.premature)
+		if o.premature+o.reset > 0 && !strings.Contains(report, want) {
+			t.Errorf("diagnose-eof.sh missed the premature closes: want %q in\n%s", want, report)
+		}
+		if n := o.status[502]; n > 0 && !strings.Contains(report, fmt.Sprintf("[WARN] %d requests ended with 502", n)) {
+			t.Errorf("diagnose-eof.sh did not count %d 502s:\n%s", n, report)
 		}
 		for _, l := range o.errLines[:min(len(o.errLines), 3)] {
 			t.Log(l)
