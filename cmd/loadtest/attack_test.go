@@ -1,0 +1,402 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	vegeta "github.com/tsenart/vegeta/v12/lib"
+	"github.com/tsenart/vegeta/v12/lib/plot"
+)
+
+// faultServer serves a known mix on loopback: /ok 200, /fail 500, /eof
+// closes the connection without a response (FIN: the client reads EOF),
+// /reset aborts it (SO_LINGER 0: RST), /slow answers after 2 s (beyond the
+// tests' timeout). hits counts requests that reached a handler.
+func faultServer(t *testing.T) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var hits atomic.Int64
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ok", func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		_, _ = w.Write([]byte(`{"message":"pong"}`))
+	})
+	mux.HandleFunc("/fail", func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		http.Error(w, "boom", http.StatusInternalServerError)
+	})
+	hijack := func(linger bool) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			hits.Add(1)
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Errorf("hijack: %v", err)
+				return
+			}
+			if linger {
+				_ = conn.(*net.TCPConn).SetLinger(0)
+			}
+			_ = conn.Close()
+		}
+	}
+	mux.HandleFunc("/eof", hijack(false))
+	mux.HandleFunc("/reset", hijack(true))
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		select {
+		case <-r.Context().Done():
+		case <-time.After(2 * time.Second):
+		}
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv, &hits
+}
+
+// closedPort returns a loopback address nobody listens on.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func get(urls ...string) []vegeta.Target {
+	out := make([]vegeta.Target, 0, len(urls))
+	for _, u := range urls {
+		out = append(out, vegeta.Target{Method: http.MethodGet, URL: u})
+	}
+	return out
+}
+
+func TestAttackKnownMix(t *testing.T) {
+	srv, _ := faultServer(t)
+	refused := "http://" + closedPort(t) + "/"
+	// Round-robin over seven targets, 10 rounds: exactly 10 requests each.
+	targets := get(srv.URL+"/ok", srv.URL+"/ok", srv.URL+"/fail", srv.URL+"/eof",
+		srv.URL+"/reset", srv.URL+"/slow", refused)
+	const perTarget = 10
+
+	p := plot.New(plot.Title("mix"), plot.Label(PlotLabel))
+	var seen int
+	start := time.Now()
+	sum, err := Attack(context.Background(), Options{
+		Targets:     targets,
+		Rate:        0,
+		Workers:     7,
+		Duration:    20 * time.Second, // bound; MaxRequests ends it first
+		MaxRequests: uint64(len(targets) * perTarget),
+		Timeout:     300 * time.Millisecond,
+		KeepAlive:   true,
+	}, func(r *vegeta.Result) error { seen++; return p.Add(r) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("attack took %s; MaxRequests did not stop it", d)
+	}
+
+	if sum.Requests != uint64(len(targets)*perTarget) || seen != len(targets)*perTarget {
+		t.Fatalf("requests %d, observed %d; want %d", sum.Requests, seen, len(targets)*perTarget)
+	}
+	wantCodes := map[int]uint64{200: 2 * perTarget, 500: perTarget, 0: 4 * perTarget}
+	for c, n := range wantCodes {
+		if sum.StatusCodes[c] != n {
+			t.Errorf("status %d: %d, want %d (all: %v)", c, sum.StatusCodes[c], n, sum.StatusCodes)
+		}
+	}
+	if len(sum.StatusCodes) != len(wantCodes) {
+		t.Errorf("status codes %v, want only %v", sum.StatusCodes, wantCodes)
+	}
+	wantKinds := map[string]uint64{KindEOF: perTarget, KindReset: perTarget, KindTimeout: perTarget, KindRefused: perTarget, KindOther: 0}
+	for k, n := range wantKinds {
+		if sum.TransportErrors[k] != n {
+			t.Errorf("%s: %d, want %d (all: %v, examples: %q)", k, sum.TransportErrors[k], n, sum.TransportErrors, sum.Examples)
+		}
+	}
+	if want := 2.0 / 7; sum.Success < want-0.001 || sum.Success > want+0.001 {
+		t.Errorf("success %.4f, want %.4f", sum.Success, want)
+	}
+	// Timeouts bound the latency from below at p90 and above at max.
+	if sum.Latencies.Max < 300*time.Millisecond || sum.Latencies.Max > 2*time.Second {
+		t.Errorf("max latency %s, want about the 300ms timeout", sum.Latencies.Max)
+	}
+	if sum.Latencies.P50 <= 0 || sum.Latencies.P50 > sum.Latencies.P90 || sum.Latencies.P90 > sum.Latencies.P99 || sum.Latencies.P99 > sum.Latencies.Max {
+		t.Errorf("latencies not ordered: %+v", sum.Latencies)
+	}
+
+	// The printed summary names every kind with its count.
+	var out bytes.Buffer
+	PrintSummary(&out, Options{Targets: targets, Workers: 7, MaxRequests: 70, Timeout: time.Second}, sum)
+	for _, re := range []string{
+		`status codes +0 \(no response\): 40  200: 20  500: 10`,
+		`(?m)^  eof +10  e\.g\. .*EOF`,
+		`(?m)^  connection reset +10  e\.g\. .*connection reset by peer`,
+		`(?m)^  connection refused +10  e\.g\. .*connection refused`,
+		`(?m)^  timeout +10  e\.g\. .*Timeout`,
+		`(?m)^  other +0$`,
+		`success +28\.57%`,
+	} {
+		if !regexp.MustCompile(re).MatchString(out.String()) {
+			t.Errorf("summary does not match %q:\n%s", re, out.String())
+		}
+	}
+
+	// The plot holds one series per outcome, with data points.
+	p.Close()
+	var html bytes.Buffer
+	if _, err := p.WriteTo(&html); err != nil {
+		t.Fatal(err)
+	}
+	h := html.String()
+	for _, label := range []string{"OK", "ERROR 500", "ERROR eof", "ERROR connection reset", "ERROR timeout", "ERROR connection refused"} {
+		if !strings.Contains(h, `": `+label+`"`) {
+			t.Errorf("plot has no series %q", label)
+		}
+	}
+	if rows := strings.Count(h, "\n    ["); rows < 70 {
+		t.Errorf("plot has %d data rows, want one per request (70)", rows)
+	}
+}
+
+func TestAttackFixedRate(t *testing.T) {
+	srv, hits := faultServer(t)
+	sum, err := Attack(context.Background(), Options{
+		Targets:   get(srv.URL + "/ok"),
+		Rate:      200,
+		Workers:   4,
+		Duration:  500 * time.Millisecond,
+		Timeout:   time.Second,
+		KeepAlive: true,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 200/s for 0.5 s is 100 requests; the pacer catches up when late, so
+	// only a starved machine sends fewer.
+	if sum.Requests < 80 || sum.Requests > 101 {
+		t.Errorf("requests %d, want about 100", sum.Requests)
+	}
+	if got := hits.Load(); got != int64(sum.Requests) {
+		t.Errorf("server saw %d requests, summary %d", got, sum.Requests)
+	}
+	if sum.Success != 1 || sum.StatusCodes[200] != sum.Requests {
+		t.Errorf("success %v codes %v", sum.Success, sum.StatusCodes)
+	}
+	if sum.Rate < 150 || sum.Rate > 250 {
+		t.Errorf("rate %.1f/s, want about 200", sum.Rate)
+	}
+}
+
+func TestAttackStopsOnContext(t *testing.T) {
+	srv, _ := faultServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	sum, err := Attack(ctx, Options{
+		Targets: get(srv.URL + "/ok"), Rate: 100, Workers: 2,
+		Duration: 20 * time.Second, Timeout: time.Second, KeepAlive: true,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("attack ran %s after its context ended", d)
+	}
+	if sum.Requests == 0 || sum.Requests > 60 {
+		t.Errorf("requests %d, want about 30", sum.Requests)
+	}
+}
+
+func TestRemoteTargetsRefused(t *testing.T) {
+	for _, u := range []string{
+		"http://example.com/",
+		"http://93.184.216.34/",
+		"https://10.0.0.1:8443/x",
+		"http://[2001:db8::1]/",
+		"http://127.0.0.1.nip.io/",
+		"http://0.0.0.0:1234/",
+	} {
+		t.Run(u, func(t *testing.T) {
+			o := Options{Targets: get(u), Rate: 10, Workers: 1, Duration: time.Second, Timeout: time.Second}
+			_, err := Attack(context.Background(), o, func(*vegeta.Result) error {
+				t.Error("a request was sent")
+				return nil
+			})
+			if err == nil || !strings.Contains(err.Error(), "-allow-remote") {
+				t.Fatalf("err = %v, want a refusal naming -allow-remote", err)
+			}
+			o.AllowRemote = true
+			if err := o.Validate(); err != nil {
+				t.Errorf("with AllowRemote: %v", err)
+			}
+		})
+	}
+	for _, u := range []string{"http://127.0.0.1:1/", "http://127.9.9.9/", "http://[::1]:80/", "http://localhost:8/", "http://[::ffff:127.0.0.1]/"} {
+		o := Options{Targets: get(u), Rate: 10, Workers: 1, Duration: time.Second, Timeout: time.Second}
+		if err := o.Validate(); err != nil {
+			t.Errorf("%s refused: %v", u, err)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	ok := Options{Targets: get("http://127.0.0.1:1/"), Rate: 10, Workers: 1, Duration: time.Second, Timeout: time.Second}
+	if err := ok.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, mut := range map[string]func(*Options){
+		"no targets":        func(o *Options) { o.Targets = nil },
+		"relative url":      func(o *Options) { o.Targets = get("/api/v1/ping") },
+		"ftp":               func(o *Options) { o.Targets = get("ftp://127.0.0.1/") },
+		"negative rate":     func(o *Options) { o.Rate = -1 },
+		"max no workers":    func(o *Options) { o.Rate, o.Workers = 0, 0 },
+		"unbounded":         func(o *Options) { o.Duration, o.MaxRequests = 0, 0 },
+		"no timeout":        func(o *Options) { o.Timeout = 0 },
+		"max below workers": func(o *Options) { o.Workers, o.MaxWorkers = 10, 5 },
+	} {
+		o := ok
+		mut(&o)
+		if err := o.Validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestClassify(t *testing.T) {
+	for _, c := range []struct{ msg, want string }{
+		{`Get "http://127.0.0.1:1/x": EOF`, KindEOF},
+		{`Get "http://127.0.0.1:1/x": unexpected EOF`, KindEOF},
+		{`unexpected EOF`, KindEOF},
+		{`Post "http://127.0.0.1:1/x": http: server closed idle connection`, KindEOF},
+		{`Get "http://127.0.0.1:1/x": read tcp 127.0.0.1:5->127.0.0.1:1: read: connection reset by peer`, KindReset},
+		{`Post "http://127.0.0.1:1/x": write tcp 127.0.0.1:5->127.0.0.1:1: write: broken pipe`, KindReset},
+		{`Get "http://127.0.0.1:1/x": dial tcp 127.0.0.1:1: connect: connection refused`, KindRefused},
+		{`Get "http://127.0.0.1:1/x": context deadline exceeded (Client.Timeout exceeded while awaiting headers)`, KindTimeout},
+		{`context deadline exceeded (Client.Timeout or context cancellation while reading body)`, KindTimeout},
+		{`Get "https://127.0.0.1:1/x": net/http: TLS handshake timeout`, KindTimeout},
+		{`Get "http://127.0.0.1:1/x": dial tcp 127.0.0.1:1: i/o timeout`, KindTimeout},
+		{`Get "http://127.0.0.1:1/x": net/http: HTTP/1.x transport connection broken: malformed HTTP response "xx"`, KindOther},
+		{`Get "http://127.0.0.1:1/x": tls: failed to verify certificate: x509: certificate signed by unknown authority`, KindOther},
+		// The URL must not decide the kind.
+		{`Get "http://127.0.0.1:1/EOF/timeout": tls: bad certificate`, KindOther},
+		{`Get "http://127.0.0.1:1/connection refused": EOF`, KindEOF},
+	} {
+		if got := Classify(c.msg); got != c.want {
+			t.Errorf("Classify(%q) = %q, want %q", c.msg, got, c.want)
+		}
+	}
+}
+
+// TestRunCommandLine drives the program as a user would: flags, summary on
+// stdout, plot, raw results and JSON summary files.
+func TestRunCommandLine(t *testing.T) {
+	srv, _ := faultServer(t)
+	dir := t.TempDir()
+	plotFile := filepath.Join(dir, "plot.html")
+	jsonFile := filepath.Join(dir, "summary.json")
+	resultsFile := filepath.Join(dir, "results.bin")
+	bodyFile := filepath.Join(dir, "body.json")
+	if err := os.WriteFile(bodyFile, []byte(`{"a":1}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"loadtest",
+		"-rate", "0", "-workers", "2", "-max-requests", "20", "-duration", "10s", "-timeout", "1s",
+		"-method", "POST", "-body", bodyFile, "-H", "X-Test: 1",
+		"-plot", plotFile, "-json", jsonFile, "-results", resultsFile, "-name", "cli",
+		"-url", srv.URL + "/ok", srv.URL + "/fail",
+	}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, stderr.String())
+	}
+	out := stdout.String()
+	for _, re := range []string{`(?m)^status codes +200: 10  500: 10$`, `(?m)^success +50\.00%`, `(?m)^plot +` + regexp.QuoteMeta(plotFile) + `$`} {
+		if !regexp.MustCompile(re).MatchString(out) {
+			t.Errorf("stdout does not match %q:\n%s", re, out)
+		}
+	}
+
+	html, err := os.ReadFile(plotFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(html, []byte("<html")) || !bytes.Contains(html, []byte(`"cli: OK"`)) || !bytes.Contains(html, []byte(`"cli: ERROR 500"`)) {
+		t.Errorf("plot lacks the html page or its series (%d bytes)", len(html))
+	}
+
+	var js struct {
+		Requests    uint64             `json:"requests"`
+		StatusCodes map[string]uint64  `json:"status_codes"`
+		Latency     map[string]float64 `json:"latency_seconds"`
+	}
+	b, err := os.ReadFile(jsonFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &js); err != nil {
+		t.Fatal(err)
+	}
+	if js.Requests != 20 || js.StatusCodes["200"] != 10 || js.StatusCodes["500"] != 10 || js.Latency["max"] <= 0 {
+		t.Errorf("json summary %s", b)
+	}
+
+	f, err := os.Open(resultsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	dec := vegeta.NewDecoder(f)
+	var n int
+	for {
+		var r vegeta.Result
+		if err := dec.Decode(&r); err != nil {
+			break
+		}
+		if r.Method != http.MethodPost || r.BytesOut != 7 {
+			t.Errorf("result %+v: want POST with the 7-byte body", r)
+		}
+		n++
+	}
+	if n != 20 {
+		t.Errorf("results file holds %d results, want 20", n)
+	}
+}
+
+func TestRunRefusesRemoteAndDocumentsIt(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"loadtest", "-duration", "1s", "http://example.com/"}, &stdout, &stderr)
+	var ue usageError
+	if err == nil || !strings.Contains(err.Error(), "-allow-remote") || !errors.As(err, &ue) {
+		t.Fatalf("err = %v, want a usage error naming -allow-remote", err)
+	}
+	if stdout.Len() != 0 {
+		t.Errorf("a summary was printed: %s", stdout.String())
+	}
+
+	stderr.Reset()
+	if err := run(context.Background(), []string{"loadtest", "-h"}, &stdout, &stderr); err == nil {
+		t.Fatal("-h: want flag.ErrHelp")
+	}
+	help := stderr.String()
+	for _, want := range []string{"-allow-remote", "loopback", "-rate", "-workers", "-max-requests", "-plot"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("-h lacks %q", want)
+		}
+	}
+}
