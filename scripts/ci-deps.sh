@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs the real programs the test suite runs against, when missing:
 # redis-server and redis-cli (limiter, cluster and fault tests), nginx (proxy
-# layer test) and promtool (alert rule tests). Debian/Ubuntu, as root.
+# layer test), promtool and amtool (alert rule and routing tests). Debian/Ubuntu, as root.
 set -euo pipefail
 
 usage() {
   cat <<USAGE
 Usage: bash scripts/ci-deps.sh [-h]
-Installs redis-server, redis-tools, nginx and prometheus (promtool) with apt-get
+Installs redis-server, redis-tools, nginx, prometheus (promtool) and prometheus-alertmanager (amtool) with apt-get
 when their binaries are missing. Does nothing when everything is present.
 USAGE
 }
@@ -18,6 +18,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
