@@ -312,8 +312,13 @@ func startNginx(t *testing.T, upstream string, upstreamKeepalive time.Duration) 
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "-p", dir, "-c", conf, "-e", p.ErrorLog, "-g", "daemon off;")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	// nginx reports start-up errors on stderr before its error log is open.
+	stderr, err := os.Create(filepath.Join(dir, "stderr.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stderr.Close() })
+	cmd.Stdout, cmd.Stderr = stderr, stderr
 	// SIGQUIT: graceful stop, workers finish and exit with the master.
 	startProcess(t, cmd, syscall.SIGQUIT)
 	deadline := time.Now().Add(10 * time.Second)
@@ -325,7 +330,8 @@ func startNginx(t *testing.T, upstream string, upstreamKeepalive time.Duration) 
 		}
 		if time.Now().After(deadline) {
 			b, _ := os.ReadFile(p.ErrorLog)
-			t.Fatalf("nginx did not listen on %s: %v\n%s\n%s", p.Listen, err, out.String(), b)
+			se, _ := os.ReadFile(stderr.Name())
+			t.Fatalf("nginx did not listen on %s: %v\n%s\n%s", p.Listen, err, se, b)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
