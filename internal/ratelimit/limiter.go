@@ -142,6 +142,7 @@ func newRedisClient(cfg Config) (redis.UniversalClient, error) {
 		c.WriteTimeout = orDefault(c.WriteTimeout, ioTimeout)
 		c.PoolSize = orDefault(c.PoolSize, pool)
 		c.DialerRetries = orDefault(c.DialerRetries, 1)
+		c.Protocol = orDefault(c.Protocol, 2) // no RESP3 push handling per reply
 		return redis.NewClusterClient(c), nil
 	}
 	c := o.single
@@ -152,6 +153,7 @@ func newRedisClient(cfg Config) (redis.UniversalClient, error) {
 	c.WriteTimeout = orDefault(c.WriteTimeout, ioTimeout)
 	c.PoolSize = orDefault(c.PoolSize, pool)
 	c.DialerRetries = orDefault(c.DialerRetries, 1)
+	c.Protocol = orDefault(c.Protocol, 2)
 	return redis.NewClient(c), nil
 }
 

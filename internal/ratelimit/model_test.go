@@ -159,7 +159,7 @@ func TestScriptMatchesModel(t *testing.T) {
 			mr.SetTime(time.UnixMicro(nowUs))
 			refs := map[string]*refBucket{}
 			high := nowUs // miniredis TTLs only move forward
-			for i := 0; i < 1500; i++ {
+			for i := 0; i < 800; i++ {
 				nowUs = step(rng, nowUs, mc.rate, mc.burst)
 				mr.SetTime(time.UnixMicro(nowUs))
 				if nowUs > high {

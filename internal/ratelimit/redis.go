@@ -26,22 +26,27 @@ import (
 // µs until cost is affordable (0 if it is), µs until full}, the waits measured
 // from the server's microsecond clock (as it reads, even if it stepped back)
 // to the millisecond at which the bucket holds the tokens.
+//
+// The arithmetic avoids math.* and tonumber (floor(a/b) is (a - a%b)/b,
+// strings coerce in arithmetic): a Lua function call is a measurable share
+// of the script's cost inside Redis. Needs Redis >= 5 (effects replication
+// by default, so TIME may precede writes).
 const bucketLua = `
-if redis.replicate_commands then redis.replicate_commands() end
-local burst = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local need = tonumber(ARGV[3]) * 1000000
-local cap = burst * 1000000
+local cap = ARGV[1] * 1000000
+local rate = ARGV[2] + 0
+local need = ARGV[3] * 1000000
 local t = redis.call('TIME')
-local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local clock = math.floor(now_us / 1000)
+local now_us = t[1] * 1000000 + t[2]
+local clock = (now_us - now_us % 1000) / 1000
 local now = clock
 local tokens = cap
 local s = redis.call('HMGET', KEYS[1], 'tk', 'ts')
-if s[1] and s[2] then
-  local last = tonumber(s[2])
+local last = s[2]
+if last then
+  last = last + 0
   if now < last then now = last end
-  tokens = math.min(cap, tonumber(s[1]) + (now - last) * rate)
+  tokens = s[1] + (now - last) * rate
+  if tokens > cap then tokens = cap end
 end
 local allowed = 0
 if tokens >= need then
@@ -49,19 +54,23 @@ if tokens >= need then
   if need > 0 then
     tokens = tokens - need
     redis.call('HSET', KEYS[1], 'tk', tokens, 'ts', now)
-    -- PEXPIRE counts from the server clock, which may lag the stored time.
-    redis.call('PEXPIRE', KEYS[1], math.max(1000, now + math.ceil((cap - tokens) / rate) - clock))
+    local x = cap - tokens + rate - 1
+    local ttl = now + (x - x % rate) / rate - clock
+    if ttl < 1000 then ttl = 1000 end
+    redis.call('PEXPIRE', KEYS[1], ttl)
   end
 end
 local wait = 0
 if tokens < need then
-  wait = (now + math.ceil((need - tokens) / rate)) * 1000 - now_us
+  local x = need - tokens + rate - 1
+  wait = (now + (x - x % rate) / rate) * 1000 - now_us
 end
 local full = 0
 if tokens < cap then
-  full = (now + math.ceil((cap - tokens) / rate)) * 1000 - now_us
+  local x = cap - tokens + rate - 1
+  full = (now + (x - x % rate) / rate) * 1000 - now_us
 end
-return {allowed, math.floor(tokens / 1000000), wait, full}
+return {allowed, (tokens - tokens % 1000000) / 1000000, wait, full}
 `
 
 // redisKey is the bucket's Redis key: the whole key is the hash tag.
@@ -80,6 +89,7 @@ func (noRetry) NoRetry() bool { return true }
 var (
 	errBudget    = errors.New("ratelimit: Redis decision exceeded its budget")
 	errQueueFull = errors.New("ratelimit: Redis pipeline queue full")
+	errClosed    = errors.New("ratelimit: limiter closed")
 )
 
 // redisBackend runs the bucket script, coalescing concurrent calls into
@@ -97,6 +107,7 @@ type redisBackend struct {
 	onNoScr  func(n int)
 
 	queue chan *call
+	calls sync.Pool // *call, each with its reply channel
 	stop  chan struct{}
 	wg    sync.WaitGroup
 }
@@ -139,6 +150,7 @@ func newRedisBackend(client redis.UniversalClient, burst int, rate float64, budg
 		queue:    make(chan *call, queueDepth),
 		stop:     make(chan struct{}),
 	}
+	b.calls.New = func() any { return &call{done: make(chan reply, 1)} }
 	for range pipelines {
 		b.wg.Add(1)
 		go b.worker()
@@ -152,27 +164,34 @@ func (b *redisBackend) close() {
 }
 
 // allow asks Redis, waiting until deadline (limiter clock) at most,
-// queueing included.
+// queueing included. There is no timer per call: the worker that takes the
+// call bounds the pipeline by the earliest deadline in its batch (go-redis
+// applies the context deadline to the socket), answers calls already past
+// their deadline without sending them, and every batch ahead of this call in
+// the queue was enqueued earlier, so its deadline comes first. The caller is
+// therefore answered by its deadline, one scheduling delay aside; the tests
+// with a killed and a slowed Redis hold it to that.
 func (b *redisBackend) allow(ctx context.Context, key string, cost int, deadline time.Duration) (reply, error) {
-	left := deadline - b.now()
-	if left <= 0 {
-		return reply{}, errBudget
-	}
-	c := &call{ctx: ctx, rkey: redisKey(key), cost: cost, deadline: deadline, done: make(chan reply, 1)}
+	c := b.calls.Get().(*call)
+	c.ctx, c.rkey, c.cost, c.deadline = ctx, redisKey(key), cost, deadline
 	select {
 	case b.queue <- c:
+	case <-b.stop:
+		b.calls.Put(c)
+		return reply{}, errClosed
 	default:
+		b.calls.Put(c)
 		return reply{}, errQueueFull
 	}
-	t := time.NewTimer(left)
-	defer t.Stop()
 	select {
 	case r := <-c.done:
+		c.ctx, c.cmd = nil, nil
+		b.calls.Put(c) // answered: the worker no longer touches c
 		return r, r.err
-	case <-t.C:
-		return reply{}, errBudget
 	case <-ctx.Done():
-		return reply{}, ctx.Err()
+		return reply{}, ctx.Err() // c is abandoned to the worker and the GC
+	case <-b.stop:
+		return reply{}, errClosed
 	}
 }
 
@@ -272,18 +291,25 @@ func isNoScript(err error) bool {
 }
 
 func parseReply(cmd *redis.Cmd) reply {
-	vals, err := cmd.Int64Slice()
+	v, err := cmd.Result()
 	if err != nil {
 		return reply{err: err}
 	}
-	if len(vals) != 4 {
-		return reply{err: fmt.Errorf("ratelimit: script returned %d values, want 4", len(vals))}
+	vals, ok := v.([]any)
+	if !ok || len(vals) != 4 {
+		return reply{err: fmt.Errorf("ratelimit: unexpected script reply %v", v)}
+	}
+	var n [4]int64
+	for i, x := range vals {
+		if n[i], ok = x.(int64); !ok {
+			return reply{err: fmt.Errorf("ratelimit: unexpected script reply %v", v)}
+		}
 	}
 	return reply{
-		allowed:   vals[0] == 1,
-		remaining: vals[1],
-		wait:      time.Duration(vals[2]) * time.Microsecond,
-		full:      time.Duration(vals[3]) * time.Microsecond,
+		allowed:   n[0] == 1,
+		remaining: n[1],
+		wait:      time.Duration(n[2]) * time.Microsecond,
+		full:      time.Duration(n[3]) * time.Microsecond,
 	}
 }
 
