@@ -156,7 +156,15 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState time.Duration, now time.Time) {
 	reason := CloseReasonServer
 	level := slog.LevelDebug
-	switch tc.cause.Load() {
+	cause := tc.cause.Load()
+	// A connection counts as active when it broke mid-request by either
+	// account: net/http marks it active once request bytes were read (a
+	// stalled header), and it passes through idle after a handler whose
+	// client left.
+	if cause != causeNone && tc.causeState.Load() == int32(http.StateActive)+1 {
+		prev = http.StateActive
+	}
+	switch cause {
 	case causePeerClosed:
 		reason = CloseReasonPeerClosed
 		if prev == http.StateActive {
@@ -236,6 +244,8 @@ type trackedConn struct {
 	state    atomic.Int32 // http.ConnState + 1; 0 before the first
 	requests atomic.Int64
 	cause    atomic.Int32
+	// causeState is state's value when cause was recorded.
+	causeState atomic.Int32
 	// aborting is set while a read deadline in the past is pending:
 	// net/http cancels its background read that way after every request,
 	// and the timeout that follows is not a timeout of the peer.
@@ -281,7 +291,13 @@ func (c *trackedConn) note(err error, read bool) {
 	default:
 		return
 	}
-	c.cause.CompareAndSwap(causeNone, k)
+	if c.cause.CompareAndSwap(causeNone, k) {
+		// The state the connection was in when it broke: a client that
+		// leaves mid-request is seen by net/http's background read while
+		// active, although the connection passes through idle before it
+		// is closed.
+		c.causeState.Store(c.state.Load())
+	}
 }
 
 func (c *trackedConn) SetReadDeadline(t time.Time) error {

@@ -1,0 +1,323 @@
+package observability
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// syncBuffer is a log sink safe for the server's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type connServer struct {
+	m       *ConnMetrics
+	srv     *http.Server
+	addr    string
+	release chan struct{}
+	logs    *syncBuffer
+}
+
+// startConnServer serves /slow (blocks until release is closed or the
+// client leaves), /fast and /hijack on a real loopback listener with the
+// connection metrics wired as in production.
+func startConnServer(t *testing.T, track bool, tune func(*http.Server)) *connServer {
+	t.Helper()
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cs := &connServer{m: NewConnMetrics(prometheus.NewRegistry(), logger), release: make(chan struct{}), logs: logs}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-cs.release:
+		case <-r.Context().Done():
+		}
+		io.WriteString(w, "slow")
+	})
+	mux.HandleFunc("/fast", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "fast") })
+	mux.HandleFunc("/hijack", func(w http.ResponseWriter, r *http.Request) {
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("hijack: %v", err)
+			return
+		}
+		brw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+		brw.Flush()
+		time.Sleep(100 * time.Millisecond) // the test sees the hijacked state
+		c.Close()
+	})
+	cs.srv = &http.Server{Handler: mux, ConnState: cs.m.ConnState, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 5 * time.Second}
+	if tune != nil {
+		tune(cs.srv)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs.addr = ln.Addr().String()
+	if track {
+		ln = cs.m.Listener(ln)
+	}
+	go cs.srv.Serve(ln)
+	t.Cleanup(func() { cs.srv.Close() })
+	return cs
+}
+
+func (cs *connServer) gauge(state http.ConnState) float64 {
+	return testutil.ToFloat64(cs.m.gauges[state])
+}
+
+func (cs *connServer) closedCount(reason, state string) float64 {
+	return testutil.ToFloat64(cs.m.closed.WithLabelValues(reason, state))
+}
+
+// eventually polls cond for up to 3 s (connection state changes happen on
+// the server's goroutines).
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func sendRequest(t *testing.T, c net.Conn, path string, extra string) {
+	t.Helper()
+	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n", path, extra); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readResponse(t *testing.T, br *bufio.Reader) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+}
+
+func TestConnStatesAndPeerClose(t *testing.T) {
+	cs := startConnServer(t, true, nil)
+	c, err := net.Dial("tcp", cs.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "new", func() bool { return cs.gauge(http.StateNew) == 1 })
+	br := bufio.NewReader(c)
+	sendRequest(t, c, "/slow", "")
+	eventually(t, "active", func() bool { return cs.gauge(http.StateActive) == 1 && cs.gauge(http.StateNew) == 0 })
+	close(cs.release)
+	readResponse(t, br)
+	eventually(t, "idle", func() bool { return cs.gauge(http.StateIdle) == 1 && cs.gauge(http.StateActive) == 0 })
+	// A second request on the kept-alive connection.
+	sendRequest(t, c, "/fast", "")
+	readResponse(t, br)
+	c.Close() // the peer closes an idle keep-alive connection (FIN)
+	eventually(t, "closed by peer", func() bool { return cs.closedCount(CloseReasonPeerClosed, "idle") == 1 })
+	for s := http.StateNew; s <= http.StateHijacked; s++ {
+		if g := cs.gauge(s); g != 0 {
+			t.Errorf("gauge %s = %v after close", connStates[s], g)
+		}
+	}
+	want := map[http.ConnState]float64{http.StateNew: 1, http.StateActive: 2, http.StateIdle: 2, http.StateClosed: 1}
+	for s, n := range want {
+		if got := testutil.ToFloat64(cs.m.transitions[s]); got != n {
+			t.Errorf("transitions to %s = %v, want %v", connStates[s], got, n)
+		}
+	}
+	if !strings.Contains(cs.logs.String(), `"reason":"peer_closed","state":"idle"`) || !strings.Contains(cs.logs.String(), `"requests":2`) {
+		t.Errorf("close not logged with reason and request count:\n%s", cs.logs)
+	}
+}
+
+// Each way a connection ends, provoked for real, gets its own reason.
+func TestConnCloseReasons(t *testing.T) {
+	t.Parallel()
+	t.Run("idle timeout", func(t *testing.T) {
+		t.Parallel()
+		cs := startConnServer(t, true, func(s *http.Server) { s.IdleTimeout = 150 * time.Millisecond })
+		c, err := net.Dial("tcp", cs.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		sendRequest(t, c, "/fast", "")
+		readResponse(t, bufio.NewReader(c))
+		eventually(t, "idle timeout", func() bool { return cs.closedCount(CloseReasonIdleTimeout, "idle") == 1 })
+		if n := cs.closedCount(CloseReasonPeerClosed, "idle"); n != 0 {
+			t.Fatalf("idle timeout also counted as a peer close")
+		}
+	})
+	t.Run("silent client cut off by read-header timeout", func(t *testing.T) {
+		t.Parallel()
+		cs := startConnServer(t, true, func(s *http.Server) { s.ReadHeaderTimeout = 150 * time.Millisecond })
+		c, err := net.Dial("tcp", cs.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		eventually(t, "read timeout in state new", func() bool { return cs.closedCount(CloseReasonReadTimeout, "new") == 1 })
+	})
+	t.Run("slowloris cut off mid-header", func(t *testing.T) {
+		t.Parallel()
+		cs := startConnServer(t, true, func(s *http.Server) { s.ReadHeaderTimeout = 150 * time.Millisecond })
+		c, err := net.Dial("tcp", cs.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "GET /fast HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+		eventually(t, "read timeout in state active", func() bool { return cs.closedCount(CloseReasonReadTimeout, "active") == 1 })
+		if !strings.Contains(cs.logs.String(), `"level":"INFO","msg":"connection closed","reason":"read_timeout","state":"active"`) {
+			t.Errorf("slowloris cut-off not logged at info:\n%s", cs.logs)
+		}
+	})
+	t.Run("peer reset", func(t *testing.T) {
+		t.Parallel()
+		cs := startConnServer(t, true, nil)
+		c, err := net.Dial("tcp", cs.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sendRequest(t, c, "/fast", "")
+		readResponse(t, bufio.NewReader(c))
+		eventually(t, "idle", func() bool { return cs.gauge(http.StateIdle) == 1 })
+		c.(*net.TCPConn).SetLinger(0) // close sends RST
+		c.Close()
+		eventually(t, "reset", func() bool { return cs.closedCount(CloseReasonPeerReset, "idle") == 1 })
+	})
+	t.Run("client leaves mid-request", func(t *testing.T) {
+		t.Parallel()
+		cs := startConnServer(t, true, nil)
+		c, err := net.Dial("tcp", cs.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sendRequest(t, c, "/slow", "")
+		eventually(t, "active", func() bool { return cs.gauge(http.StateActive) == 1 })
+		c.Close()
+		eventually(t, "peer close while active", func() bool { return cs.closedCount(CloseReasonPeerClosed, "active") == 1 })
+	})
+	t.Run("server closes after Connection: close", func(t *testing.T) {
+		t.Parallel()
+		cs := startConnServer(t, true, nil)
+		c, err := net.Dial("tcp", cs.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		sendRequest(t, c, "/fast", "Connection: close\r\n")
+		readResponse(t, bufio.NewReader(c))
+		eventually(t, "server close", func() bool { return cs.closedCount(CloseReasonServer, "active") == 1 })
+		// The aborted background read after each request is not a timeout.
+		if n := cs.closedCount(CloseReasonReadTimeout, "active"); n != 0 {
+			t.Fatalf("background-read abort counted as a read timeout")
+		}
+	})
+	t.Run("shutdown closes idle connections", func(t *testing.T) {
+		t.Parallel()
+		cs := startConnServer(t, true, nil)
+		c, err := net.Dial("tcp", cs.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		sendRequest(t, c, "/fast", "")
+		readResponse(t, bufio.NewReader(c))
+		eventually(t, "idle", func() bool { return cs.gauge(http.StateIdle) == 1 })
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		if err := cs.srv.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "server close of idle", func() bool { return cs.closedCount(CloseReasonServer, "idle") == 1 })
+	})
+	t.Run("hijacked connection leaves the gauge when closed", func(t *testing.T) {
+		t.Parallel()
+		cs := startConnServer(t, true, nil)
+		c, err := net.Dial("tcp", cs.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		sendRequest(t, c, "/hijack", "")
+		eventually(t, "hijacked", func() bool { return cs.gauge(http.StateHijacked) == 1 && cs.gauge(http.StateActive) == 0 })
+		readResponse(t, bufio.NewReader(c))
+		eventually(t, "hijacked conn closed", func() bool { return cs.gauge(http.StateHijacked) == 0 })
+	})
+	t.Run("without the listener wrapper", func(t *testing.T) {
+		t.Parallel()
+		cs := startConnServer(t, false, nil)
+		c, err := net.Dial("tcp", cs.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sendRequest(t, c, "/fast", "")
+		readResponse(t, bufio.NewReader(c))
+		eventually(t, "idle", func() bool { return cs.gauge(http.StateIdle) == 1 })
+		c.Close()
+		eventually(t, "unknown close", func() bool {
+			return testutil.ToFloat64(cs.m.closed.WithLabelValues(CloseReasonUnknown, "idle")) == 1
+		})
+		if g := cs.gauge(http.StateIdle); g != 0 {
+			t.Fatalf("idle gauge %v after close", g)
+		}
+	})
+}
+
+// A flood of connection events is logged at a bounded rate, and the next
+// line says how many were left out.
+func TestConnLogIsRateLimited(t *testing.T) {
+	cs := startConnServer(t, true, nil)
+	const n = 60
+	for range n {
+		c, err := net.Dial("tcp", cs.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
+	eventually(t, "all closes counted", func() bool {
+		return cs.closedCount(CloseReasonPeerReset, "new")+cs.closedCount(CloseReasonPeerClosed, "new") == n
+	})
+	lines := strings.Count(cs.logs.String(), `"msg":"connection closed"`)
+	if lines >= n/2 || lines < 10 {
+		t.Fatalf("%d of %d closes logged, want the burst of 10 and a few more", lines, n)
+	}
+	time.Sleep(250 * time.Millisecond) // one token
+	c, _ := net.Dial("tcp", cs.addr)
+	c.Close()
+	eventually(t, "suppressed count", func() bool { return strings.Contains(cs.logs.String(), `"suppressed":`) })
+}

@@ -1,0 +1,231 @@
+package observability
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// selfSigned returns a certificate for 127.0.0.1 signed by itself.
+func selfSigned(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// clientHello captures the first flight of a real TLS client.
+func clientHello(t *testing.T) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	go func() {
+		_ = tls.Client(a, &tls.Config{ServerName: "x", InsecureSkipVerify: true}).Handshake()
+	}()
+	buf := make([]byte, 4096)
+	n, err := b.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	b.Close()
+	if n < 100 || buf[0] != 0x16 {
+		t.Fatalf("captured %d bytes, not a ClientHello record", n)
+	}
+	return buf[:n]
+}
+
+type tlsServer struct {
+	addr     string
+	errors   *prometheus.CounterVec
+	reg      *prometheus.Registry
+	conns    *ConnMetrics
+	logs     *syncBuffer
+	reasonOf func(string) float64
+}
+
+// startTLSServer runs a real http.Server over TLS on loopback with the
+// error log and connection metrics wired as in production.
+func startTLSServer(t *testing.T) *tlsServer {
+	t.Helper()
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	reg := prometheus.NewRegistry()
+	ts := &tlsServer{reg: reg, logs: logs, conns: NewConnMetrics(reg, logger)}
+	srv := &http.Server{
+		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }),
+		ReadHeaderTimeout: 300 * time.Millisecond, // also bounds the handshake
+		ErrorLog:          ServerErrorLog(logger, reg),
+		ConnState:         ts.conns.ConnState,
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}},
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.addr = ln.Addr().String()
+	go srv.ServeTLS(ts.conns.Listener(ln), "", "")
+	t.Cleanup(func() { srv.Close() })
+	ts.reasonOf = func(reason string) float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "http_server_tls_handshake_errors_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				if m.GetLabel()[0].GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+		t.Fatalf("no series for reason %q", reason)
+		return 0
+	}
+	return ts
+}
+
+func TestTLSHandshakeErrorsByReason(t *testing.T) {
+	ts := startTLSServer(t)
+	hello := clientHello(t)
+
+	// A TLS client that hangs up mid-handshake: half a ClientHello, then FIN.
+	c, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write(hello[:len(hello)/2])
+	c.Close()
+	eventually(t, "eof", func() bool { return ts.reasonOf(TLSReasonEOF) == 1 })
+	// The same connection, seen by the connection metrics: the peer closed it
+	// before its first request.
+	eventually(t, "peer close of a new conn", func() bool {
+		return testutil.ToFloat64(ts.conns.closed.WithLabelValues(CloseReasonPeerClosed, "new")) == 1
+	})
+
+	// One that stalls mid-handshake until the server's deadline.
+	c, err = net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write(hello[:len(hello)/2])
+	eventually(t, "timeout", func() bool { return ts.reasonOf(TLSReasonTimeout) == 1 })
+
+	// A client that does not trust the self-signed certificate.
+	if _, err := tls.Dial("tcp", ts.addr, &tls.Config{}); err == nil {
+		t.Fatal("handshake with an untrusted certificate succeeded")
+	}
+	eventually(t, "bad certificate", func() bool { return ts.reasonOf(TLSReasonBadCertificate) == 1 })
+
+	// Bytes that are not TLS at all, and plain HTTP to the TLS port.
+	c2, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.Write([]byte("\x00\x01\x02\x03\x04\x05\x06\x07"))
+	io.Copy(io.Discard, c2)
+	c2.Close()
+	resp, err := http.Get("http://" + ts.addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	eventually(t, "other", func() bool { return ts.reasonOf(TLSReasonOther) == 2 })
+
+	// A good client still gets through, and is not counted.
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err = hc.Get("https://" + ts.addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for reason, want := range map[string]float64{TLSReasonEOF: 1, TLSReasonTimeout: 1, TLSReasonBadCertificate: 1, TLSReasonOther: 2} {
+		if got := ts.reasonOf(reason); got != want {
+			t.Errorf("%s = %v, want %v", reason, got, want)
+		}
+	}
+	logs := ts.logs.String()
+	for _, want := range []string{`"msg":"tls handshake error","reason":"eof","remote_addr":"127.0.0.1:`, `"reason":"timeout"`, `"reason":"bad_certificate"`, `client sent an HTTP request to an HTTPS server`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %s:\n%s", want, logs)
+		}
+	}
+}
+
+// A handshake flood is counted in full but logged at a bounded rate.
+func TestTLSHandshakeFloodIsRateLimited(t *testing.T) {
+	ts := startTLSServer(t)
+	hello := clientHello(t)
+	const n = 80
+	for range n {
+		c, err := net.Dial("tcp", ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(hello[:20])
+		c.Close()
+	}
+	eventually(t, "all counted", func() bool { return ts.reasonOf(TLSReasonEOF) == n })
+	lines := strings.Count(ts.logs.String(), `"msg":"tls handshake error"`)
+	if lines < 10 || lines > 20 {
+		t.Fatalf("%d log lines for %d failed handshakes, want about the burst of 10", lines, n)
+	}
+}
+
+func TestServerErrorLogOtherLines(t *testing.T) {
+	logs := &syncBuffer{}
+	l := ServerErrorLog(slog.New(slog.NewJSONHandler(logs, nil)), prometheus.NewRegistry())
+	l.Printf("http: Accept error: accept tcp [::]:8080: accept4: too many open files; retrying in 5ms")
+	if got := logs.String(); !strings.Contains(got, `"level":"WARN","msg":"http server error","error":"Accept error: accept tcp [::]:8080: accept4: too many open files; retrying in 5ms"`) {
+		t.Fatalf("got %s", got)
+	}
+}
+
+func TestClassifyTLSError(t *testing.T) {
+	for msg, want := range map[string]string{
+		"EOF":            TLSReasonEOF,
+		"unexpected EOF": TLSReasonEOF,
+		"read tcp 127.0.0.1:443->127.0.0.1:5555: read: connection reset by peer": TLSReasonEOF,
+		"read tcp 127.0.0.1:443->127.0.0.1:5555: i/o timeout":                    TLSReasonTimeout,
+		"remote error: tls: bad certificate":                                     TLSReasonBadCertificate,
+		"remote error: tls: unknown certificate authority":                       TLSReasonBadCertificate,
+		"tls: client didn't provide a certificate":                               TLSReasonBadCertificate,
+		"tls: first record does not look like a TLS handshake":                   TLSReasonOther,
+		"tls: client offered only unsupported versions: [302 301]":               TLSReasonOther,
+	} {
+		if got := classifyTLSError(msg); got != want {
+			t.Errorf("%q -> %s, want %s", msg, got, want)
+		}
+	}
+}

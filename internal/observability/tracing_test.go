@@ -1,0 +1,424 @@
+package observability_test
+
+import (
+	"context"
+	"encoding/hex"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+
+	"github.com/hardenedgo/ginservice/internal/items"
+	"github.com/hardenedgo/ginservice/internal/observability"
+)
+
+// downstream is the items dependency: it records the trace headers it
+// receives and answers /items/{id}; /items/slow waits for the caller to go.
+type downstream struct {
+	url     string
+	mu      sync.Mutex
+	headers []http.Header
+}
+
+func startDownstream(t *testing.T) *downstream {
+	t.Helper()
+	d := &downstream{}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /items/{id}", func(w http.ResponseWriter, r *http.Request) {
+		d.mu.Lock()
+		d.headers = append(d.headers, r.Header.Clone())
+		d.mu.Unlock()
+		if r.PathValue("id") == "slow" {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(3 * time.Second):
+			}
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"id":"`+r.PathValue("id")+`","name":"n","price_cents":1,"source":"downstream"}`)
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	d.url = "http://" + ln.Addr().String()
+	return d
+}
+
+func (d *downstream) last() http.Header {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.headers) == 0 {
+		return nil
+	}
+	return d.headers[len(d.headers)-1]
+}
+
+func spanNamed(spans []*tracepb.Span, name string) []*tracepb.Span {
+	var out []*tracepb.Span
+	for _, s := range spans {
+		if s.GetName() == name {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func hexID(b []byte) string { return hex.EncodeToString(b) }
+
+func flush(t *testing.T, s *stack) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.tracing.ForceFlush(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTracesReachOTLPReceiver runs the real public handler with tracing
+// exported over OTLP/HTTP to a receiver on loopback, and checks what a
+// Jaeger would store.
+func TestTracesReachOTLPReceiver(t *testing.T) {
+	rc := startReceiver(t)
+	ds := startDownstream(t)
+	s := startStack(t, stackOptions{
+		env: map[string]string{
+			"OTEL_EXPORTER_OTLP_ENDPOINT": rc.url,
+			"OTEL_SERVICE_NAME":           "obs-test",
+			"OTEL_RESOURCE_ATTRIBUTES":    "deployment.environment=test",
+			// Roots are never sampled: only callers' sampled traces are.
+			"OTEL_TRACES_SAMPLER_ARG": "0",
+		},
+		downstream: ds.url,
+	})
+	if !s.tracing.Exporting() {
+		t.Fatal("tracing not exporting with an endpoint set")
+	}
+	base := "http://" + s.public
+
+	// 1. W3C traceparent, sampled.
+	const w3cTrace, w3cParent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	if code, _ := do(t, base+"/api/v1/ping", map[string]string{"traceparent": "00-" + w3cTrace + "-" + w3cParent + "-01"}); code != 200 {
+		t.Fatalf("ping = %d", code)
+	}
+	// 2. Jaeger uber-trace-id with a 64-bit trace id, sampled, through the
+	// breaker and the resilient client to the dependency.
+	const jTrace, jParent = "a3ce929d0e0e4736", "53995c3f42cd8ad8"
+	if code, body := do(t, base+"/api/v1/items/42", map[string]string{"uber-trace-id": jTrace + ":" + jParent + ":0:1"}); code != 200 || !strings.Contains(body, `"source":"downstream"`) {
+		t.Fatalf("items = %d %s", code, body)
+	}
+	outbound := ds.last()
+	// 3. Unmatched route, sampled caller.
+	const nfTrace = "11111111111111111111111111111111"
+	if code, _ := do(t, base+"/no/such/path", map[string]string{"traceparent": "00-" + nfTrace + "-2222222222222222-01"}); code != 404 {
+		t.Fatalf("unmatched = %d", code)
+	}
+	// 4. Probes are never traced, even when the caller samples.
+	const probeTrace = "33333333333333333333333333333333"
+	do(t, base+"/healthz", map[string]string{"traceparent": "00-" + probeTrace + "-4444444444444444-01"})
+	do(t, base+"/readyz", map[string]string{"traceparent": "00-" + probeTrace + "-4444444444444444-01"})
+	// 5. Unsampled caller and root requests: nothing exported.
+	do(t, base+"/api/v1/ping", map[string]string{"traceparent": "00-55555555555555555555555555555555-6666666666666666-00"})
+	for range 5 {
+		do(t, base+"/api/v1/ping", nil)
+	}
+	// 6. A client that leaves while the dependency is slow.
+	const abortTrace = "77777777777777777777777777777777"
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/v1/items/slow", nil)
+	req.Header.Set("traceparent", "00-"+abortTrace+"-8888888888888888-01")
+	if _, err := http.DefaultClient.Do(req); err == nil {
+		t.Fatal("expected the client timeout")
+	}
+	cancel()
+	eventually(t, "the aborted request's access line", func() bool {
+		for _, l := range s.logs.lines("request") {
+			if l["trace_id"] == abortTrace {
+				return true
+			}
+		}
+		return false
+	})
+
+	flush(t, s)
+	spans := rc.all()
+	byTrace := map[string][]*tracepb.Span{}
+	for _, sp := range spans {
+		byTrace[hexID(sp.GetTraceId())] = append(byTrace[hexID(sp.GetTraceId())], sp)
+	}
+	for _, sp := range spans {
+		t.Logf("span %q trace %s span %s parent %s kind %v status %v", sp.GetName(), hexID(sp.GetTraceId()), hexID(sp.GetSpanId()), hexID(sp.GetParentSpanId()), sp.GetKind(), sp.GetStatus().GetCode())
+	}
+
+	// 1: the ping span continues the W3C trace.
+	ping := spanNamed(byTrace[w3cTrace], "GET /api/v1/ping")
+	if len(ping) != 1 {
+		t.Fatalf("want 1 ping span in trace %s, got %d", w3cTrace, len(ping))
+	}
+	if got := hexID(ping[0].GetParentSpanId()); got != w3cParent {
+		t.Errorf("ping parent = %s, want the caller's %s", got, w3cParent)
+	}
+	if ping[0].GetKind() != tracepb.Span_SPAN_KIND_SERVER || ping[0].GetStatus().GetCode() != tracepb.Status_STATUS_CODE_UNSET {
+		t.Errorf("ping kind %v status %v", ping[0].GetKind(), ping[0].GetStatus())
+	}
+	if v, ok := attr(ping[0].GetAttributes(), "http.response.status_code"); !ok || v.GetIntValue() != 200 {
+		t.Errorf("ping status code attribute = %v", v)
+	}
+	if v, ok := attr(ping[0].GetAttributes(), "http.route"); !ok || v.GetStringValue() != "/api/v1/ping" {
+		t.Errorf("ping http.route = %v", v)
+	}
+
+	// 2: the Jaeger trace id is left-padded to 128 bits and continued; the
+	// outbound call is a child of the server span, and the dependency got
+	// the same trace in both header formats.
+	padded := "0000000000000000" + jTrace
+	jspans := byTrace[padded]
+	item := spanNamed(jspans, "GET /api/v1/items/:id")
+	if len(item) != 1 {
+		t.Fatalf("want 1 items span in trace %s, got %d (%d spans in the trace)", padded, len(item), len(jspans))
+	}
+	if got := hexID(item[0].GetParentSpanId()); got != jParent {
+		t.Errorf("items parent = %s, want the Jaeger caller's %s", got, jParent)
+	}
+	var client *tracepb.Span
+	for _, sp := range jspans {
+		if sp.GetKind() == tracepb.Span_SPAN_KIND_CLIENT {
+			client = sp
+		}
+	}
+	if client == nil {
+		t.Fatalf("no client span for the outbound call in trace %s", padded)
+	}
+	if hexID(client.GetParentSpanId()) != hexID(item[0].GetSpanId()) {
+		t.Errorf("client span parent %s, want the server span %s", hexID(client.GetParentSpanId()), hexID(item[0].GetSpanId()))
+	}
+	if tp := outbound.Get("traceparent"); tp != "00-"+padded+"-"+hexID(client.GetSpanId())+"-01" {
+		t.Errorf("dependency got traceparent %q, want trace %s parent %s", tp, padded, hexID(client.GetSpanId()))
+	}
+	if ut := outbound.Get("uber-trace-id"); !strings.HasPrefix(ut, padded+":"+hexID(client.GetSpanId())) {
+		t.Errorf("dependency got uber-trace-id %q", ut)
+	}
+
+	// 3: unmatched routes are named by the method only.
+	nf := byTrace[nfTrace]
+	if len(nf) != 1 || nf[0].GetName() != "GET" {
+		t.Fatalf("unmatched route spans = %v", nf)
+	}
+	if v, _ := attr(nf[0].GetAttributes(), "http.response.status_code"); v.GetIntValue() != 404 {
+		t.Errorf("unmatched status code attribute = %v", v)
+	}
+	if _, ok := attr(nf[0].GetAttributes(), "http.route"); ok {
+		t.Errorf("unmatched span carries http.route")
+	}
+
+	// 4, 5: nothing for probes, unsampled callers or unsampled roots.
+	if n := len(byTrace[probeTrace]); n != 0 {
+		t.Errorf("%d probe spans exported", n)
+	}
+	if n := len(byTrace["55555555555555555555555555555555"]); n != 0 {
+		t.Errorf("%d spans of an unsampled caller exported", n)
+	}
+
+	// 6: the client left: the server span says 499 and error.
+	ab := spanNamed(byTrace[abortTrace], "GET /api/v1/items/:id")
+	if len(ab) != 1 {
+		t.Fatalf("want 1 span for the aborted request, got %d", len(ab))
+	}
+	if ab[0].GetStatus().GetCode() != tracepb.Status_STATUS_CODE_ERROR {
+		t.Errorf("aborted request status %v, want error", ab[0].GetStatus())
+	}
+	if v, _ := attr(ab[0].GetAttributes(), "http.response.status_code"); v.GetIntValue() != 499 {
+		t.Errorf("aborted request status code attribute = %v, want 499", v)
+	}
+
+	// Every exported span belongs to a trace a caller sampled.
+	for tr := range byTrace {
+		switch tr {
+		case w3cTrace, padded, nfTrace, abortTrace:
+		default:
+			t.Errorf("unexpected trace %s exported", tr)
+		}
+	}
+	rc.mu.Lock()
+	res := rc.resource
+	rc.mu.Unlock()
+	for k, want := range map[string]string{"service.name": "obs-test", "service.version": "v-test", "deployment.environment": "test"} {
+		if v, ok := attr(res, k); !ok || v.GetStringValue() != want {
+			t.Errorf("resource %s = %v, want %s", k, v, want)
+		}
+	}
+
+	// Logs of a sampled request carry its ids; the access line matches
+	// the exported span.
+	var found bool
+	for _, l := range s.logs.lines("request") {
+		if l["trace_id"] == w3cTrace && l["span_id"] == hexID(ping[0].GetSpanId()) && l["route"] == "/api/v1/ping" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no access line with the ping span's trace_id and span_id:\n%s", s.logs)
+	}
+}
+
+// With sampler always_on every API request is exported, named by its route
+// template; errors from the dependency stay visible as events.
+func TestTracesAlwaysOnRoutesAndFallback(t *testing.T) {
+	rc := startReceiver(t)
+	s := startStack(t, stackOptions{env: map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT":    rc.url + "/",
+		"OTEL_TRACES_SAMPLER":            "always_on",
+		"OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+	}})
+	base := "http://" + s.public
+	if err := s.sim.SetFaults(items.Faults{ErrorRate: 1}); err != nil {
+		t.Fatal(err)
+	}
+	do(t, base+"/api/v1/ping", nil)
+	if code, body := do(t, base+"/api/v1/items/7", nil); code != 200 || !strings.Contains(body, `"degraded":true`) {
+		t.Fatalf("failing dependency: %d %s", code, body)
+	}
+	do(t, base+"/healthz", nil)
+	flush(t, s)
+	names := map[string]int{}
+	for _, sp := range rc.all() {
+		names[sp.GetName()]++
+		if sp.GetName() == "GET /api/v1/items/:id" {
+			var ev bool
+			for _, e := range sp.GetEvents() {
+				ev = ev || e.GetName() == "breaker.fallback"
+			}
+			if !ev {
+				t.Errorf("degraded items span has no breaker.fallback event")
+			}
+			if v, _ := attr(sp.GetAttributes(), "item.degraded"); !v.GetBoolValue() {
+				t.Errorf("degraded items span lacks item.degraded")
+			}
+		}
+	}
+	if names["GET /api/v1/ping"] != 1 || names["GET /api/v1/items/:id"] != 1 || len(names) != 2 {
+		t.Fatalf("span names = %v", names)
+	}
+}
+
+// Without an endpoint nothing is exported, but a caller's trace is still
+// continued: the logs carry its trace id and the dependency receives it,
+// sampled flag intact, so the trace stays joined through this service.
+func TestTracingOffStillContinuesCallers(t *testing.T) {
+	ds := startDownstream(t)
+	s := startStack(t, stackOptions{downstream: ds.url})
+	if s.tracing.Exporting() {
+		t.Fatal("exporting without an endpoint")
+	}
+	const caller = "0af7651916cd43dd8448eb211c80319c"
+	do(t, "http://"+s.public+"/api/v1/items/1", map[string]string{"traceparent": "00-" + caller + "-b7ad6b7169203331-01"})
+	if tp := ds.last().Get("traceparent"); !strings.HasPrefix(tp, "00-"+caller+"-") || !strings.HasSuffix(tp, "-01") || strings.Contains(tp, "b7ad6b7169203331") {
+		t.Errorf("dependency got traceparent %q, want trace %s continued by a span of ours, sampled", tp, caller)
+	}
+	do(t, "http://"+s.public+"/api/v1/ping", nil)
+	var continued, root bool
+	for _, l := range s.logs.lines("request") {
+		switch {
+		case l["trace_id"] == caller && l["span_id"] != "b7ad6b7169203331":
+			continued = true
+		case l["route"] == "/api/v1/ping" && len(l["trace_id"].(string)) == 32:
+			root = true // a fresh, unsampled trace id still correlates the lines
+		}
+	}
+	if !continued || !root {
+		t.Fatalf("access lines: continued=%v root-with-id=%v\n%s", continued, root, s.logs)
+	}
+}
+
+func TestSetupTracingFromEnv(t *testing.T) {
+	ctx := context.Background()
+	env := func(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
+	for name, tc := range map[string]struct {
+		env       map[string]string
+		exporting bool
+		contains  string
+	}{
+		"nothing set":                {nil, false, "off"},
+		"endpoint":                   {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4318"}, true, "http://jaeger:4318/v1/traces, sampler parentbased_traceidratio(0.01)"},
+		"traces endpoint used as is": {map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/custom"}, true, "to http://c:4318/custom,"},
+		"exporter otlp, no endpoint": {map[string]string{"OTEL_TRACES_EXPORTER": "otlp"}, true, "localhost:4318"},
+		"exporter none wins":         {map[string]string{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, false, "off"},
+		"sdk disabled":               {map[string]string{"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, false, "disabled"},
+		"grpc":                       {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, true, "OTLP grpc to http://j:4317"},
+		"sampler and ratio":          {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}, true, "sampler traceidratio(0.5)"},
+		"always_on":                  {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_TRACES_SAMPLER": "always_on"}, true, "sampler always_on"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			tr, err := observability.SetupTracing(ctx, env(tc.env), "v1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Shutdown(ctx)
+			if tr.Exporting() != tc.exporting || !strings.Contains(tr.String(), tc.contains) {
+				t.Fatalf("exporting=%v %q, want %v containing %q", tr.Exporting(), tr.String(), tc.exporting, tc.contains)
+			}
+		})
+	}
+	for v, val := range map[string]string{
+		"OTEL_TRACES_SAMPLER":         "jaeger_remote",
+		"OTEL_TRACES_SAMPLER_ARG":     "2",
+		"OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon",
+		"OTEL_EXPORTER_OTLP_ENDPOINT": "jaeger:4318",
+		"OTEL_TRACES_EXPORTER":        "zipkin",
+		"OTEL_PROPAGATORS":            "tracecontext,xray",
+		"OTEL_SDK_DISABLED":           "perhaps",
+		"OTEL_EXPORTER_OTLP_TIMEOUT":  "10s",
+		"OTEL_EXPORTER_OTLP_HEADERS":  "novalue",
+		"OTEL_BSP_MAX_QUEUE_SIZE":     "-1",
+	} {
+		e := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", v: val}
+		_, err := observability.SetupTracing(ctx, env(e), "v1")
+		if err == nil || !strings.HasPrefix(err.Error(), v+":") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s=%q: error %v, want one line starting with the variable", v, val, err)
+		}
+	}
+}
+
+// The default propagators accept both header formats; OTEL_PROPAGATORS
+// narrows them.
+func TestPropagators(t *testing.T) {
+	ctx := context.Background()
+	tr, err := observability.SetupTracing(ctx, func(string) string { return "" }, "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := strings.Join(tr.Propagator().Fields(), ",")
+	for _, f := range []string{"traceparent", "baggage", "uber-trace-id"} {
+		if !strings.Contains(fields, f) {
+			t.Errorf("default propagators lack %s: %s", f, fields)
+		}
+	}
+	tr2, err := observability.SetupTracing(ctx, func(k string) string {
+		if k == "OTEL_PROPAGATORS" {
+			return "tracecontext"
+		}
+		return ""
+	}, "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := http.Header{}
+	h.Set("uber-trace-id", "a3ce929d0e0e4736:53995c3f42cd8ad8:0:1")
+	if trace.SpanContextFromContext(tr2.Propagator().Extract(ctx, propagation.HeaderCarrier(h))).IsValid() {
+		t.Errorf("tracecontext-only propagator accepted uber-trace-id")
+	}
+	if !trace.SpanContextFromContext(tr.Propagator().Extract(ctx, propagation.HeaderCarrier(h))).IsValid() {
+		t.Errorf("default propagators rejected uber-trace-id")
+	}
+}
