@@ -166,7 +166,7 @@ wait_ping() {
 	return 1
 }
 
-declare -A ADDR LOG ADMIN
+declare -A ADDR LOG ADMIN PID_OF
 
 # start_simple NAME BINARY [ENV...]: a benchtarget program on 127.0.0.1:0.
 start_simple() {
@@ -176,6 +176,7 @@ start_simple() {
 	env -i "${BASE_ENV[@]}" HTTP_ADDR=127.0.0.1:0 "$@" "$bin" >>"${LOG[$name]}" 2>&1 &
 	local pid=$!
 	PIDS+=("$pid")
+	PID_OF[$name]="$pid"
 	ADDR[$name]="$(wait_listening "${LOG[$name]}" "$pid")"
 }
 
@@ -200,6 +201,7 @@ start_api() {
 		pid=$!
 		if wait_ping "$pub" "$pid" "${LOG[$name]}" 2>/dev/null; then
 			PIDS+=("$pid")
+			PID_OF[$name]="$pid"
 			ADDR[$name]="$pub"
 			ADMIN[$name]="$adm"
 			return 0
@@ -232,13 +234,21 @@ if [[ $TRACING -eq 1 ]]; then
 	VARIANTS+=(trace-1 trace-0.01)
 fi
 
-# run_wrk NAME DURATION: prints "req/s p50 p99 non2xx sockerr".
+# cpu_ticks PID: user+system CPU time of the process in clock ticks.
+cpu_ticks() {
+	# Fields after the ")" of the command name: utime is the 12th, stime the 13th.
+	awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+CLK_TCK="$(getconf CLK_TCK)"
+
+# run_wrk NAME DURATION: prints "req/s p50 p99 non2xx sockerr requests".
 run_wrk() {
 	local name="$1" dur="$2" out
 	out="$(wrk -t"$THREADS" -c"$CONNS" -d"$dur" --latency "http://${ADDR[$name]}/api/v1/ping")"
 	printf '%s\n' "$out" >>"$WORK/wrk-$name.txt"
 	awk '
 		/^Requests\/sec:/ { rps = $2 }
+		/ requests in / { n = $1 }
 		/^ +50%/ { p50 = $2 }
 		/^ +99%/ { p99 = $2 }
 		/Non-2xx or 3xx responses:/ { non2xx = $NF }
@@ -246,7 +256,7 @@ run_wrk() {
 			# Socket errors: connect 0, read 0, write 0, timeout 0
 			gsub(",", ""); err = $4 + $6 + $8 + $10
 		}
-		END { printf "%s %s %s %d %d\n", rps, p50, p99, non2xx, err }
+		END { printf "%s %s %s %d %d %d\n", rps, p50, p99, non2xx, err, n }
 	' <<<"$out"
 }
 
@@ -266,20 +276,26 @@ for v in "${VARIANTS[@]}"; do
 	if [[ "$v" != bare ]]; then : >"${LOG[$v]}"; fi
 done
 
-declare -A RPS
-printf '%-6s %-11s %12s %10s %10s %8s %8s %11s\n' round variant "req/s" p50 p99 non2xx sockerr "log lines"
+declare -A RPS CPU
+printf '%-6s %-11s %12s %10s %10s %8s %8s %11s %12s\n' round variant "req/s" p50 p99 non2xx sockerr "log lines" "cpu us/req"
 FAIL=0
 for ((r = 1; r <= ROUNDS; r++)); do
 	for v in "${VARIANTS[@]}"; do
 		before="$(log_lines "$v")"
+		t0="$(cpu_ticks "${PID_OF[$v]}")"
 		res="$(run_wrk "$v" "$DURATION")"
-		read -r rps p50 p99 non2xx sockerr <<<"$res"
+		t1="$(cpu_ticks "${PID_OF[$v]}")"
+		read -r rps p50 p99 non2xx sockerr nreq <<<"$res"
 		after="$(log_lines "$v")"
+		# Server CPU per request: steadier than req/s on a shared machine,
+		# since it does not depend on how much CPU the server was given.
+		cpu="$(awk -v t="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$nreq" 'BEGIN { printf "%.2f", (n > 0 ? t / hz * 1e6 / n : 0) }')"
 		lines=$((after - before))
 		# Keep the disk bounded: the access log of one round is ~100 MB.
 		if [[ "$v" == bare ]]; then lines="-"; else : >"${LOG[$v]}"; fi
 		RPS[$v]+="$rps "
-		printf '%-6s %-11s %12s %10s %10s %8s %8s %11s\n' "$r" "$v" "$rps" "$p50" "$p99" "$non2xx" "$sockerr" "$lines"
+		CPU[$v]+="$cpu "
+		printf '%-6s %-11s %12s %10s %10s %8s %8s %11s %12s\n' "$r" "$v" "$rps" "$p50" "$p99" "$non2xx" "$sockerr" "$lines" "$cpu"
 		if [[ "$non2xx" != 0 || "$sockerr" != 0 ]]; then FAIL=1; fi
 	done
 done
@@ -289,7 +305,8 @@ median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR] = $1} END { if (NR % 2
 echo
 BARE_MED="$(median <<<"${RPS[bare]}")"
 read -r -a BARE_R <<<"${RPS[bare]}"
-printf '%-11s %14s %16s %24s\n' variant "median req/s" "ratio to bare" "median of round ratios"
+BARE_CPU="$(median <<<"${CPU[bare]}")"
+printf '%-11s %14s %14s %18s %12s %18s\n' variant "median req/s" "ratio to bare" "median round ratio" "cpu us/req" "cpu ratio bare/x"
 for v in "${VARIANTS[@]}"; do
 	med="$(median <<<"${RPS[$v]}")"
 	read -r -a VR <<<"${RPS[$v]}"
@@ -299,9 +316,11 @@ for v in "${VARIANTS[@]}"; do
 	done
 	ratio="$(awk -v a="$med" -v b="$BARE_MED" 'BEGIN { printf "%.3f", a / b }')"
 	pmed="$(median <<<"$paired")"
-	printf '%-11s %14.0f %16s %24.3f\n' "$v" "$med" "$ratio" "$pmed"
+	cmed="$(median <<<"${CPU[$v]}")"
+	cratio="$(awk -v a="$BARE_CPU" -v b="$cmed" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')"
+	printf '%-11s %14.0f %14s %18.3f %12.2f %18s\n' "$v" "$med" "$ratio" "$pmed" "$cmed" "$cratio"
 done
-echo "target: full >= 0.85 of bare"
+echo "target: full >= 0.85 of bare (req/s ratio; the cpu ratio is the same question asked of CPU time per request)"
 
 if [[ $TRACING -eq 1 ]]; then
 	stats="$(http_get "${ADDR[sink]}" /stats || true)"
