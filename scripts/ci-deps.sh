@@ -7,7 +7,8 @@ set -euo pipefail
 usage() {
   cat <<USAGE
 Usage: bash scripts/ci-deps.sh [-h]
-Installs redis-server, redis-tools, nginx, prometheus (promtool) and prometheus-alertmanager (amtool) with apt-get
+Installs redis-server, redis-tools, nginx, prometheus (promtool), prometheus-alertmanager
+(amtool), curl, shellcheck, iproute2 and git with apt-get
 when their binaries are missing. Does nothing when everything is present.
 USAGE
 }
@@ -19,6 +20,10 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+command -v ss >/dev/null 2>&1 || need+=(iproute2)
+command -v git >/dev/null 2>&1 || need+=(git)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
