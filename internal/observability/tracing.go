@@ -222,6 +222,12 @@ var untraced = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": tr
 func (t *Tracing) Middleware() gin.HandlerFunc {
 	tracer := t.provider.Tracer(ScopeName)
 	prop := t.propagator
+	// The header names the propagators read, canonical, to tell cheaply
+	// whether a request carries trace context at all (most do not).
+	var fields []string
+	for _, f := range prop.Fields() {
+		fields = append(fields, http.CanonicalHeaderKey(f))
+	}
 	startOpts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)}
 	return func(c *gin.Context) {
 		route := c.FullPath()
@@ -230,15 +236,22 @@ func (t *Tracing) Middleware() gin.HandlerFunc {
 			return
 		}
 		r := c.Request
-		ctx := prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-		method := methodLabel(r.Method)
-		name := method
-		if route != "" {
-			name = method + " " + route
+		ctx := r.Context()
+		for _, f := range fields {
+			if len(r.Header[f]) > 0 {
+				ctx = prop.Extract(ctx, headerCarrier(r.Header))
+				break
+			}
 		}
-		ctx, span := tracer.Start(ctx, name, startOpts...)
+		method := methodLabel(r.Method)
+		// The samplers in use ignore the span name; building "METHOD
+		// /route" is left to the spans that are recorded.
+		ctx, span := tracer.Start(ctx, method, startOpts...)
 		recording := span.IsRecording()
 		if recording {
+			if route != "" {
+				span.SetName(method + " " + route)
+			}
 			span.SetAttributes(requestAttrs(c, method, route)...)
 		}
 		c.Request = r.WithContext(ctx)
@@ -268,6 +281,33 @@ func (t *Tracing) Middleware() gin.HandlerFunc {
 		}
 	}
 }
+
+// headerCarrier is propagation.HeaderCarrier without the allocation of
+// canonicalising the propagators' lower-case header names on every Get.
+type headerCarrier http.Header
+
+// canonicalTraceHeaders maps the header names the supported propagators ask
+// for to their canonical form (read-only).
+var canonicalTraceHeaders = map[string]string{
+	"traceparent":   "Traceparent",
+	"tracestate":    "Tracestate",
+	"baggage":       "Baggage",
+	"uber-trace-id": "Uber-Trace-Id",
+}
+
+func (h headerCarrier) Get(key string) string {
+	if ck, ok := canonicalTraceHeaders[key]; ok {
+		if v := h[ck]; len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	return http.Header(h).Get(key)
+}
+
+func (h headerCarrier) Set(key, value string) { http.Header(h).Set(key, value) }
+
+func (h headerCarrier) Keys() []string { return propagation.HeaderCarrier(h).Keys() }
 
 func requestAttrs(c *gin.Context, method, route string) []attribute.KeyValue {
 	r := c.Request
