@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/hardenedgo/ginservice/internal/health"
+	"github.com/hardenedgo/ginservice/internal/testkit/redistest"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -190,5 +191,34 @@ func TestSpanEvent(t *testing.T) {
 	// Without a recording span, nothing is recorded and nothing breaks.
 	if _, err := rl.Allow(context.Background(), "k2", 1); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRedisSpans: with a TracerProvider, the Redis round trip is a child
+// span of the request that triggered it (redisotel), and the decision an
+// event on the request span.
+func TestRedisSpans(t *testing.T) {
+	srv := redistest.Start(t)
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	defer tp.Shutdown(context.Background())
+	rl := newTestLimiter(t, Config{RedisURL: srv.URL(), Rate: 10, Burst: 10, RedisTimeout: time.Second, TracerProvider: tp})
+	ctx, span := tp.Tracer("test").Start(context.Background(), "GET /api/v1/ping")
+	if _, err := rl.Allow(ctx, "k", 1); err != nil {
+		t.Fatal(err)
+	}
+	span.End()
+	var child bool
+	for _, s := range rec.Ended() {
+		if s.Parent().SpanID() == span.SpanContext().SpanID() && strings.Contains(strings.ToLower(s.Name()), "pipeline") {
+			child = true
+		}
+	}
+	if !child {
+		var names []string
+		for _, s := range rec.Ended() {
+			names = append(names, s.Name())
+		}
+		t.Fatalf("no Redis pipeline span under the request span; spans: %v", names)
 	}
 }

@@ -127,6 +127,7 @@ type call struct {
 	// answered is when the reply was read (limiter clock).
 	answered time.Duration
 	done     chan reply
+	timer    *time.Timer // the caller's deadline
 }
 
 type reply struct {
@@ -150,7 +151,11 @@ func newRedisBackend(client redis.UniversalClient, burst int, rate float64, budg
 		queue:    make(chan *call, queueDepth),
 		stop:     make(chan struct{}),
 	}
-	b.calls.New = func() any { return &call{done: make(chan reply, 1)} }
+	b.calls.New = func() any {
+		t := time.NewTimer(time.Hour)
+		t.Stop()
+		return &call{done: make(chan reply, 1), timer: t}
+	}
 	for range pipelines {
 		b.wg.Add(1)
 		go b.worker()
@@ -164,14 +169,16 @@ func (b *redisBackend) close() {
 }
 
 // allow asks Redis, waiting until deadline (limiter clock) at most,
-// queueing included. There is no timer per call: the worker that takes the
-// call bounds the pipeline by the earliest deadline in its batch (go-redis
-// applies the context deadline to the socket), answers calls already past
-// their deadline without sending them, and every batch ahead of this call in
-// the queue was enqueued earlier, so its deadline comes first. The caller is
-// therefore answered by its deadline, one scheduling delay aside; the tests
-// with a killed and a slowed Redis hold it to that.
+// queueing included. The worker also bounds its pipeline by the earliest
+// deadline of its batch, but go-redis does not apply the context deadline on
+// every path (a fresh connection's handshake uses its own timeouts), so the
+// caller keeps its own timer; it lives in the pooled call, so it costs a
+// Reset, not an allocation.
 func (b *redisBackend) allow(ctx context.Context, key string, cost int, deadline time.Duration) (reply, error) {
+	left := deadline - b.now()
+	if left <= 0 {
+		return reply{}, errBudget
+	}
 	c := b.calls.Get().(*call)
 	c.ctx, c.rkey, c.cost, c.deadline = ctx, redisKey(key), cost, deadline
 	select {
@@ -183,14 +190,20 @@ func (b *redisBackend) allow(ctx context.Context, key string, cost int, deadline
 		b.calls.Put(c)
 		return reply{}, errQueueFull
 	}
+	c.timer.Reset(left)
 	select {
 	case r := <-c.done:
+		c.timer.Stop()
 		c.ctx, c.cmd = nil, nil
 		b.calls.Put(c) // answered: the worker no longer touches c
 		return r, r.err
+	case <-c.timer.C:
+		return reply{}, errBudget // c is abandoned to the worker and the GC
 	case <-ctx.Done():
-		return reply{}, ctx.Err() // c is abandoned to the worker and the GC
+		c.timer.Stop()
+		return reply{}, ctx.Err()
 	case <-b.stop:
+		c.timer.Stop()
 		return reply{}, errClosed
 	}
 }

@@ -269,7 +269,8 @@ func TestRedisSlow(t *testing.T) {
 	waitFor(t, time.Second, "fallback with Redis slower than the budget", rl.FallbackActive)
 	time.Sleep(500 * time.Millisecond)
 	p99, worst := lat.quantile(0.99), lat.quantile(1)
-	t.Logf("Redis slow: %d calls, p99 %s, max %s (budget %s)", lat.len(), p99, worst, budget)
+	t.Logf("Redis slow: %d calls, p99 %s, max %s (budget %s), %v calls timed out before the fallback took over",
+		lat.len(), p99, worst, budget, metric(t, rl.reg, "ratelimit_redis_errors_total", "kind", "timeout"))
 	if worst > budget+slack {
 		t.Fatalf("a call took %s with Redis slow; budget %s", worst, budget)
 	}
