@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -87,7 +88,17 @@ func newLimiter(ctx context.Context, cfg Config, logger *slog.Logger, reg promet
 		return nil, err
 	}
 	if cfg.TracerProvider != nil {
-		if err := redisotel.InstrumentTracing(rdb, redisotel.WithTracerProvider(cfg.TracerProvider), redisotel.WithDBStatement(false)); err != nil {
+		// Probes (PING) and script loads run outside any request: as root
+		// spans every probe interval during an outage they would be noise.
+		filter := func(cmd redis.Cmder) bool {
+			switch strings.ToLower(cmd.Name()) {
+			case "ping", "script":
+				return true
+			}
+			return redisotel.DefaultCommandFilter(cmd) // AUTH
+		}
+		if err := redisotel.InstrumentTracing(rdb, redisotel.WithTracerProvider(cfg.TracerProvider),
+			redisotel.WithDBStatement(false), redisotel.WithCommandFilter(filter)); err != nil {
 			_ = rdb.Close()
 			return nil, fmt.Errorf("ratelimit: redis tracing: %w", err)
 		}
