@@ -68,6 +68,11 @@ func TestParseRedisURL(t *testing.T) {
 	if err != nil || o.single == nil || o.single.DB != 3 || o.single.Password != "pw" {
 		t.Fatalf("single URL: %+v, %v", o, err)
 	}
+	// "addr=" inside a password does not make it a cluster.
+	o, err = parseRedisURL("redis://:addr=x@h:6379")
+	if err != nil || o.single == nil || o.single.Password != "addr=x" {
+		t.Fatalf("password with addr=: %+v, %v", o, err)
+	}
 }
 
 func TestLocalLimiter(t *testing.T) {

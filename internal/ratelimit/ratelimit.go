@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/url"
 	"strings"
 	"time"
 
@@ -176,7 +177,7 @@ type redisOptions struct {
 // cluster form with addr= parameters (go-redis ParseClusterURL). The
 // password never appears in the error.
 func parseRedisURL(raw string) (redisOptions, error) {
-	if strings.Contains(raw, "addr=") {
+	if u, err := url.Parse(raw); err == nil && u.Query().Has("addr") {
 		o, err := redis.ParseClusterURL(raw)
 		if err != nil {
 			return redisOptions{}, fmt.Errorf("not a cluster URL redis://h1:p1?addr=h2:p2: %w", scrubURLError(err, raw))
