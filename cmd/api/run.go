@@ -13,10 +13,13 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 
 	"github.com/hardenedgo/ginservice/internal/config"
 	"github.com/hardenedgo/ginservice/internal/health"
@@ -72,6 +75,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return exitError{2, fmt.Errorf("config: LOG_LEVEL/LOG_FORMAT: %w", err)}
 	}
 	logger.Info("starting", slog.String("version", version), slog.String("commit", commit), slog.Any("config", cfg.LogValue()))
+
+	// go-redis logs dial failures through a process-wide logger; route it
+	// into slog once so a Redis outage shows up as JSON lines, not raw text.
+	redisLoggerOnce.Do(func() {
+		redis.SetLogger(&redisLogger{l: logger, every: rate.Sometimes{First: 3, Interval: 10 * time.Second}})
+	})
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -198,6 +207,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	err = g.Wait()
 	logger.Info("stopped", slog.Any("error", err))
 	return err
+}
+
+var redisLoggerOnce sync.Once
+
+// redisLogger adapts slog to go-redis's internal logger. While Redis is
+// down the client logs every failed dial of the background probe; a few
+// lines, then one every 10s, say as much (the limiter logs transitions).
+type redisLogger struct {
+	l     *slog.Logger
+	every rate.Sometimes
+}
+
+func (r *redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	r.every.Do(func() {
+		r.l.WarnContext(ctx, "redis client", slog.String("detail", fmt.Sprintf(format, v...)))
+	})
 }
 
 func serveErr(name string, err error) error {
