@@ -36,6 +36,10 @@ bench: ## Go benchmarks of the middleware chain, limiter and breaker
 bench-http: ## wrk: full chain vs bare Gin on loopback (writes figures to stdout)
 	bash scripts/bench-http.sh
 
+drills: deps ## Fault drills against the real binary, redis-server and downstream; prints figures
+	go test -count=1 -v -run 'Drill|GracefulShutdown' ./cmd/api/ | grep -E '^(=== RUN|--- |\s+\w+_test.go|ok|FAIL|PASS)'
+	go test -count=1 -v -run 'RedisKilled|RedisSlow|RedisScriptFlush|RedisDownAtBoot|RedisFlood|BreakerOpensProbesAndCloses|BreakerSlowDownstream|ClientIdleCloseUnderKeepAliveLoad|RetryBudgetCaps' ./internal/ratelimit/ ./internal/resilience/ | grep -E '^(=== RUN|--- |\s+\w+_test.go|ok|FAIL|PASS)'
+
 lint: ## go vet + gofmt
 	go vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)

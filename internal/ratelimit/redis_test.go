@@ -110,9 +110,12 @@ func hammer(limiters []*testLimiter, key string, workers int, pause time.Duratio
 func checkExact(t *testing.T, admitted int64, rate float64, burst int, elapsed time.Duration) {
 	t.Helper()
 	bound := float64(burst) + rate*elapsed.Seconds()
-	t.Logf("admitted %d over %s; bound burst + rate*T = %.1f (%.2f%%)", admitted, elapsed.Round(time.Millisecond), bound, 100*float64(admitted)/bound)
-	if float64(admitted) > bound {
-		t.Fatalf("admitted %d > burst + rate*T = %.1f", admitted, bound)
+	t.Logf("admitted %d over %s; bound burst + rate*T = %.2f (%.2f%%)", admitted, elapsed.Round(time.Millisecond), bound, 100*float64(admitted)/bound)
+	// The bucket runs on Redis's clock in whole milliseconds, and the test's
+	// T is the client's monotonic clock: allow the refill of 2ms of
+	// timestamp granularity (0.2 tokens at 100/s), far inside SPEC's +1%.
+	if slack := rate * 0.002; float64(admitted) > bound+slack {
+		t.Fatalf("admitted %d > burst + rate*T = %.2f (+%.2f clock granularity)", admitted, bound, slack)
 	}
 	if float64(admitted) < 0.98*bound {
 		t.Fatalf("admitted %d < 98%% of burst + rate*T = %.1f", admitted, bound)
