@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -270,24 +271,24 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 }
 
 func (c *trackedConn) note(err error, read bool) {
-	if c.closed.Load() {
-		return // our own Close made the pending read fail
+	// Cheap checks first: this runs after every request on a kept-alive
+	// connection (net/http aborts its background read with a deadline).
+	if (read && c.aborting.Load()) || c.cause.Load() != causeNone || c.closed.Load() {
+		return // an abort, not the first cause, or our own Close
 	}
 	var k int32
-	var ne net.Error
 	switch {
-	case read && errors.Is(err, io.EOF):
+	case read && err == io.EOF:
 		k = causePeerClosed
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
 		k = causePeerReset
-	case errors.As(err, &ne) && ne.Timeout():
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		k = causeReadTimeout
 		if !read {
 			k = causeWriteTimeout
-		} else if c.aborting.Load() {
-			return
-		} else {
-			k = causeReadTimeout
 		}
+	case read && errors.Is(err, io.EOF):
+		k = causePeerClosed
 	default:
 		return
 	}
@@ -300,13 +301,17 @@ func (c *trackedConn) note(err error, read bool) {
 	}
 }
 
+// abortBefore: net/http aborts a pending read by setting a deadline long in
+// the past (time.Unix(1, 0)); real deadlines are now plus a timeout.
+var abortBefore = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
 func (c *trackedConn) SetReadDeadline(t time.Time) error {
-	c.aborting.Store(!t.IsZero() && t.Before(time.Now()))
+	c.aborting.Store(!t.IsZero() && t.Before(abortBefore))
 	return c.Conn.SetReadDeadline(t)
 }
 
 func (c *trackedConn) SetDeadline(t time.Time) error {
-	c.aborting.Store(!t.IsZero() && t.Before(time.Now()))
+	c.aborting.Store(!t.IsZero() && t.Before(abortBefore))
 	return c.Conn.SetDeadline(t)
 }
 

@@ -321,3 +321,19 @@ func TestConnLogIsRateLimited(t *testing.T) {
 	c.Close()
 	eventually(t, "suppressed count", func() bool { return strings.Contains(cs.logs.String(), `"suppressed":`) })
 }
+
+// BenchmarkConnStateKeepAliveRequest: the two transitions (active, idle)
+// every request on a kept-alive connection costs, on a tracked connection.
+func BenchmarkConnStateKeepAliveRequest(b *testing.B) {
+	m := NewConnMetrics(prometheus.NewRegistry(), discardLogger())
+	a, c := net.Pipe()
+	defer a.Close()
+	defer c.Close()
+	tc := &trackedConn{Conn: a, m: m, start: time.Now()}
+	m.ConnState(tc, http.StateNew)
+	b.ReportAllocs()
+	for b.Loop() {
+		m.ConnState(tc, http.StateActive)
+		m.ConnState(tc, http.StateIdle)
+	}
+}

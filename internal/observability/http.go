@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -46,6 +48,81 @@ type HTTPMetrics struct {
 	truncated *prometheus.CounterVec
 	panics    *prometheus.CounterVec
 	degraded  *prometheus.CounterVec
+
+	// series caches the children of each (method, route): three
+	// WithLabelValues per request hash their labels every time. Routes are
+	// templates and methods are bounded, so the map stays small; it is
+	// copied on write and read without a lock.
+	series   atomic.Pointer[map[seriesKey]*routeSeries]
+	seriesMu sync.Mutex
+}
+
+type seriesKey struct{ method, route string }
+
+type routeSeries struct {
+	method, route string
+	requests      *prometheus.CounterVec
+	duration      prometheus.Observer
+	size          prometheus.Observer
+	codes         atomic.Pointer[map[int]prometheus.Counter] // copy on write
+	codesMu       sync.Mutex
+}
+
+func (m *HTTPMetrics) seriesOf(method, route string) *routeSeries {
+	k := seriesKey{method, route}
+	if cur := m.series.Load(); cur != nil {
+		if rs, ok := (*cur)[k]; ok {
+			return rs
+		}
+	}
+	m.seriesMu.Lock()
+	defer m.seriesMu.Unlock()
+	cur := m.series.Load()
+	if cur != nil {
+		if rs, ok := (*cur)[k]; ok {
+			return rs
+		}
+	}
+	rs := &routeSeries{
+		method: method, route: route, requests: m.requests,
+		duration: m.duration.WithLabelValues(method, route),
+		size:     m.size.WithLabelValues(method, route),
+	}
+	next := make(map[seriesKey]*routeSeries, 1)
+	if cur != nil {
+		for kk, v := range *cur {
+			next[kk] = v
+		}
+	}
+	next[k] = rs
+	m.series.Store(&next)
+	return rs
+}
+
+func (rs *routeSeries) code(status int) prometheus.Counter {
+	if cur := rs.codes.Load(); cur != nil {
+		if c, ok := (*cur)[status]; ok {
+			return c
+		}
+	}
+	rs.codesMu.Lock()
+	defer rs.codesMu.Unlock()
+	cur := rs.codes.Load()
+	if cur != nil {
+		if c, ok := (*cur)[status]; ok {
+			return c
+		}
+	}
+	c := rs.requests.WithLabelValues(rs.method, rs.route, codeLabel(status))
+	next := make(map[int]prometheus.Counter, 1)
+	if cur != nil {
+		for kk, v := range *cur {
+			next[kk] = v
+		}
+	}
+	next[status] = c
+	rs.codes.Store(&next)
+	return c
 }
 
 // NewHTTPMetrics registers the HTTP server metrics on reg.
@@ -177,14 +254,14 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 		}
 		method := methodLabel(c.Request.Method)
 		sc := trace.SpanContextFromContext(c.Request.Context())
-		m.requests.WithLabelValues(method, route, codeLabel(status)).Inc()
-		obs := m.duration.WithLabelValues(method, route)
-		if eo, ok := obs.(prometheus.ExemplarObserver); ok && sc.IsSampled() {
+		rs := m.seriesOf(method, route)
+		rs.code(status).Inc()
+		if eo, ok := rs.duration.(prometheus.ExemplarObserver); ok && sc.IsSampled() {
 			eo.ObserveWithExemplar(elapsed.Seconds(), prometheus.Labels{"trace_id": sc.TraceID().String()})
 		} else {
-			obs.Observe(elapsed.Seconds())
+			rs.duration.Observe(elapsed.Seconds())
 		}
-		m.size.WithLabelValues(method, route).Observe(float64(size))
+		rs.size.Observe(float64(size))
 
 		if quiet[route] && status < 500 {
 			return

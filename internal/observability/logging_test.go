@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel/trace"
 )
@@ -46,5 +47,41 @@ func TestLoggerAddsTraceIDs(t *testing.T) {
 	}
 	if _, err := NewLogger(&buf, "info", "xml"); err == nil {
 		t.Error("bad format accepted")
+	}
+}
+
+func TestLogBuffer(t *testing.T) {
+	var out syncBuffer
+	lb := NewLogBuffer(&out, 32<<10, 50*time.Millisecond)
+	logger, err := NewLogger(lb, "info", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger.Info("first")
+	if out.String() != "" {
+		t.Fatalf("info line written through at once: %q", out.String())
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for !strings.Contains(out.String(), `"msg":"first"`) {
+		if time.Now().After(deadline) {
+			t.Fatal("info line never flushed by the interval")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	logger.Info("second")
+	logger.Warn("trouble") // flushes what is buffered too, in order
+	if s := out.String(); !strings.Contains(s, `"msg":"second"`) || !strings.Contains(s, `"msg":"trouble"`) || strings.Index(s, "second") > strings.Index(s, "trouble") {
+		t.Fatalf("warn did not flush in order: %q", s)
+	}
+	logger.Info("third")
+	if err := lb.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `"msg":"third"`) {
+		t.Fatal("Close did not flush")
+	}
+	logger.Info("after close")
+	if !strings.Contains(out.String(), `"msg":"after close"`) {
+		t.Fatal("line after Close not written through")
 	}
 }

@@ -3,6 +3,7 @@ package observability_test
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
@@ -420,5 +422,26 @@ func TestPropagators(t *testing.T) {
 	}
 	if !trace.SpanContextFromContext(tr.Propagator().Extract(ctx, propagation.HeaderCarrier(h))).IsValid() {
 		t.Errorf("default propagators rejected uber-trace-id")
+	}
+}
+
+// InstallGlobal routes the SDK's own errors (an unreachable collector) to
+// the service log, rate limited.
+func TestInstallGlobalRoutesSDKErrors(t *testing.T) {
+	logs := &syncBuffer{}
+	logger, _ := observability.NewLogger(logs, "info", "json")
+	tr, err := observability.SetupTracing(context.Background(), func(string) string { return "" }, "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.InstallGlobal(logger)
+	if otel.GetTracerProvider() != tr.Provider() {
+		t.Error("global tracer provider not installed")
+	}
+	for range 20 {
+		otel.Handle(errors.New("traces export: connection refused"))
+	}
+	if n := len(logs.lines("opentelemetry error")); n < 1 || n > 3 {
+		t.Fatalf("%d lines for 20 SDK errors, want 1 to 3:\n%s", n, logs)
 	}
 }
