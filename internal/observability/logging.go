@@ -4,14 +4,11 @@
 package observability
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
-	"time"
 
 	"go.opentelemetry.io/otel/trace"
 )
@@ -43,8 +40,8 @@ func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 type flusher interface{ Flush() error }
 
 // traceHandler adds trace_id and span_id from the record's context. When the
-// writer is buffered (a LogBuffer), warnings and errors are flushed at once:
-// the lines before a crash are the ones that matter.
+// writer is buffered (a BufferedWriter), warnings and errors are flushed at
+// once: the lines before a crash are the ones that matter.
 type traceHandler struct {
 	slog.Handler
 	flush flusher
@@ -69,68 +66,4 @@ func (h traceHandler) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (h traceHandler) WithGroup(name string) slog.Handler {
 	return traceHandler{h.Handler.WithGroup(name), h.flush}
-}
-
-// LogBuffer batches log lines into few write(2) calls: one unbuffered write
-// per access line costs about a microsecond of CPU per request under load.
-// Lines reach w when the buffer fills, every interval, on Flush and on
-// Close, and at once for warnings and errors logged through NewLogger. A
-// crash can lose at most the last interval of info lines.
-type LogBuffer struct {
-	mu     sync.Mutex
-	bw     *bufio.Writer
-	closed bool
-	stop   chan struct{}
-	done   chan struct{}
-	once   sync.Once
-}
-
-// NewLogBuffer starts a LogBuffer of size bytes over w, flushed every
-// interval. Close it before the process exits.
-func NewLogBuffer(w io.Writer, size int, interval time.Duration) *LogBuffer {
-	b := &LogBuffer{bw: bufio.NewWriterSize(w, size), stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(b.done)
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				_ = b.Flush()
-			case <-b.stop:
-				return
-			}
-		}
-	}()
-	return b
-}
-
-// Write buffers p (one whole line per call from slog's handlers); after
-// Close it writes through.
-func (b *LogBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	n, err := b.bw.Write(p)
-	if err == nil && b.closed {
-		err = b.bw.Flush()
-	}
-	return n, err
-}
-
-// Flush writes the buffered lines.
-func (b *LogBuffer) Flush() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.bw.Flush()
-}
-
-// Close stops the periodic flush and writes what is left; later lines are
-// written through unbuffered.
-func (b *LogBuffer) Close() error {
-	b.once.Do(func() { close(b.stop) })
-	<-b.done
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.closed = true
-	return b.bw.Flush()
 }
