@@ -1,0 +1,306 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// End-to-end observability checks through run, as an operator sees them:
+// spans at an OTLP endpoint, the admin scrape, the log.
+
+// otlpSink is a minimal OTLP/HTTP trace receiver on loopback.
+type otlpSink struct {
+	url   string
+	mu    sync.Mutex
+	spans []*tracepb.Span
+}
+
+func startOTLPSink(t *testing.T) *otlpSink {
+	t.Helper()
+	s := &otlpSink{}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/traces", func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		var req coltracepb.ExportTraceServiceRequest
+		if err := proto.Unmarshal(b, &req); err != nil {
+			t.Errorf("undecodable OTLP request: %v", err)
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		s.mu.Lock()
+		for _, rs := range req.GetResourceSpans() {
+			for _, ss := range rs.GetScopeSpans() {
+				s.spans = append(s.spans, ss.GetSpans()...)
+			}
+		}
+		s.mu.Unlock()
+		out, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		w.Write(out)
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	s.url = "http://" + ln.Addr().String()
+	return s
+}
+
+// waitSpans waits until a span of each trace id has arrived.
+func (s *otlpSink) waitSpans(t *testing.T, traces ...string) []*tracepb.Span {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.mu.Lock()
+		spans := append([]*tracepb.Span(nil), s.spans...)
+		s.mu.Unlock()
+		seen := map[string]bool{}
+		for _, sp := range spans {
+			seen[hex.EncodeToString(sp.GetTraceId())] = true
+		}
+		all := true
+		for _, tr := range traces {
+			all = all && seen[tr]
+		}
+		if all {
+			return spans
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("spans of %v not exported within 10s (got %d spans)", traces, len(spans))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func getWith(t *testing.T, url string, headers map[string]string) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestRunExportsTraces: with OTEL_EXPORTER_OTLP_ENDPOINT set, run exports
+// server spans named by route template that continue both a W3C traceparent
+// and a Jaeger uber-trace-id, and never spans for probes.
+func TestRunExportsTraces(t *testing.T) {
+	sink := startOTLPSink(t)
+	r := startRun(t, map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url,
+		"OTEL_BSP_SCHEDULE_DELAY":     "100",
+	})
+	const w3c, w3cParent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	const jaeger, jaegerParent = "a3ce929d0e0e4736", "53995c3f42cd8ad8"
+	const probe = "33333333333333333333333333333333"
+	if c := getWith(t, "http://"+r.public+"/api/v1/ping", map[string]string{"traceparent": "00-" + w3c + "-" + w3cParent + "-01"}); c != 200 {
+		t.Fatalf("ping = %d", c)
+	}
+	if c := getWith(t, "http://"+r.public+"/api/v1/items/5", map[string]string{"uber-trace-id": jaeger + ":" + jaegerParent + ":0:1"}); c != 200 {
+		t.Fatalf("items = %d", c)
+	}
+	getWith(t, "http://"+r.public+"/readyz", map[string]string{"traceparent": "00-" + probe + "-4444444444444444-01"})
+	padded := "0000000000000000" + jaeger
+	spans := sink.waitSpans(t, w3c, padded)
+	var gotPing, gotItems bool
+	for _, sp := range spans {
+		tr, parent := hex.EncodeToString(sp.GetTraceId()), hex.EncodeToString(sp.GetParentSpanId())
+		switch {
+		case tr == w3c && sp.GetName() == "GET /api/v1/ping" && parent == w3cParent:
+			gotPing = true
+		case tr == padded && sp.GetName() == "GET /api/v1/items/:id" && parent == jaegerParent:
+			gotItems = true
+		case tr == probe:
+			t.Errorf("probe traced: %q", sp.GetName())
+		}
+	}
+	if !gotPing || !gotItems {
+		for _, sp := range spans {
+			t.Logf("span %q trace %x parent %x", sp.GetName(), sp.GetTraceId(), sp.GetParentSpanId())
+		}
+		t.Fatalf("continued traceparent: %v, continued uber-trace-id: %v", gotPing, gotItems)
+	}
+	var logged bool
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && !logged; time.Sleep(50 * time.Millisecond) {
+		for _, l := range r.logs.lines() {
+			logged = logged || (l["msg"] == "request" && l["trace_id"] == w3c && l["span_id"] != "" && l["span_id"] != w3cParent)
+		}
+	}
+	if !logged {
+		t.Errorf("the access line of the traced ping lacks its trace_id/span_id")
+	}
+}
+
+// TestRunScrapePassesPromtool: the admin scrape of a running service
+// carries the connection, TLS and kernel families and passes promtool.
+func TestRunScrapePassesPromtool(t *testing.T) {
+	r := startRun(t, nil)
+	get(t, "http://"+r.public+"/api/v1/ping")
+	c, err := net.Dial("tcp", r.public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close() // a connection closed by its peer before any request
+	_, body := get(t, "http://"+r.admin+"/metrics")
+	for _, want := range []string{
+		`http_server_connections{state="idle"}`,
+		`http_server_connection_transitions_total{state="closed"}`,
+		`http_server_connections_closed_total{reason="peer_closed",state="new"}`,
+		`http_server_tls_handshake_errors_total{reason="eof"}`,
+		`kernel_tcp_listen_overflows_total`,
+		`kernel_tcp_sockets{state="tw"}`,
+		`kernel_sysctl{name="net.core.somaxconn"}`,
+		`service_build_info{`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scrape lacks %s (is it wired in run?)", want)
+		}
+	}
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("promtool not installed (Debian package prometheus)")
+		}
+		t.Skip("promtool not installed")
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(body)
+	if out, err := cmd.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "" {
+		t.Fatalf("promtool check metrics: %v\n%s", err, out)
+	}
+}
+
+// writeCert writes a self-signed certificate for 127.0.0.1 and its key.
+func writeCert(t *testing.T) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// TestRunTLSHandshakeErrors: with TLS_CERT_FILE/TLS_KEY_FILE, a client that
+// hangs up mid-handshake is counted as reason eof and logged as one
+// structured line, not a raw net/http line.
+func TestRunTLSHandshakeErrors(t *testing.T) {
+	cert, key := writeCert(t)
+	r := startRun(t, map[string]string{"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key})
+
+	// Half of a real ClientHello, then FIN.
+	a, b := net.Pipe()
+	go tls.Client(a, &tls.Config{ServerName: "x", InsecureSkipVerify: true}).Handshake()
+	buf := make([]byte, 4096)
+	n, err := b.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	b.Close()
+	c, err := net.Dial("tcp", r.public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write(buf[:n/2])
+	c.Close()
+
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := hc.Get("https://" + r.public + "/api/v1/ping")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, body := get(t, "http://"+r.admin+"/metrics")
+		if strings.Contains(body, `http_server_tls_handshake_errors_total{reason="eof"} 1`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("handshake EOF not counted:\n%s", grepLines(body, "tls_handshake"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Log lines may sit in a buffer for a moment.
+	var structured, raw bool
+	for deadline = time.Now().Add(5 * time.Second); time.Now().Before(deadline) && !structured; time.Sleep(50 * time.Millisecond) {
+		for _, l := range r.logs.lines() {
+			structured = structured || (l["msg"] == "tls handshake error" && l["reason"] == "eof")
+			m, _ := l["msg"].(string)
+			raw = raw || strings.HasPrefix(m, "http: TLS handshake error")
+		}
+	}
+	if !structured || raw {
+		t.Fatalf("structured line: %v, raw net/http line: %v\n%s", structured, raw, r.logs)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
