@@ -24,6 +24,7 @@ import (
 	"github.com/hardenedgo/ginservice/internal/health"
 	"github.com/hardenedgo/ginservice/internal/items"
 	"github.com/hardenedgo/ginservice/internal/observability"
+	"github.com/hardenedgo/ginservice/internal/ratelimit"
 	"github.com/hardenedgo/ginservice/internal/resilience"
 	"github.com/hardenedgo/ginservice/internal/server"
 )
@@ -193,6 +194,11 @@ func startStack(t *testing.T, o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
+	limiter, err := ratelimit.New(ctx, ratelimit.Config{Rate: 1e6, Burst: 1e6}, logger, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { limiter.Close() })
 	readiness := health.NewReadiness()
 	readiness.SetReady()
 	h := server.NewServer(server.Deps{
@@ -202,6 +208,7 @@ func startStack(t *testing.T, o stackOptions) *stack {
 		Items:        isrc,
 		MaxBodyBytes: 1 << 20,
 		Tracing:      tr.Middleware(),
+		RateLimit:    ratelimit.Middleware(limiter, ratelimit.MiddlewareOptions{Logger: logger}),
 	})
 	conns := observability.NewConnMetrics(reg, logger)
 	reg.MustRegister(observability.NewKernelCollector("/proc", logger))

@@ -275,7 +275,7 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 }
 
 // With sampler always_on every API request is exported, named by its route
-// template; errors from the dependency stay visible as events.
+// template, with the limiter's decision and the breaker's fallback as events.
 func TestTracesAlwaysOnRoutesAndFallback(t *testing.T) {
 	rc := startReceiver(t)
 	s := startStack(t, stackOptions{env: map[string]string{
@@ -296,6 +296,13 @@ func TestTracesAlwaysOnRoutesAndFallback(t *testing.T) {
 	names := map[string]int{}
 	for _, sp := range rc.all() {
 		names[sp.GetName()]++
+		var limited bool
+		for _, e := range sp.GetEvents() {
+			limited = limited || e.GetName() == "ratelimit.decision"
+		}
+		if !limited {
+			t.Errorf("span %q has no ratelimit.decision event", sp.GetName())
+		}
 		if sp.GetName() == "GET /api/v1/items/:id" {
 			var ev bool
 			for _, e := range sp.GetEvents() {
