@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
@@ -94,20 +95,39 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	// --- Telemetry.
 	reg := observability.NewRegistry(version, commit)
+	// The pod's own kernel TCP counters: listen overflows, aborts, resets.
+	reg.MustRegister(observability.NewKernelCollector("/proc", logger))
 	httpMetrics := observability.NewHTTPMetrics(reg)
+	connMetrics := observability.NewConnMetrics(reg, logger)
 	readiness := health.NewReadiness()
+
+	// Tracing from the standard OTEL_* variables: exporting only when an
+	// OTLP endpoint is configured; incoming trace context is continued
+	// either way so logs carry the caller's trace_id.
+	tracing, err := observability.SetupTracing(ctx, getenv, version)
+	if err != nil {
+		return exitError{2, fmt.Errorf("config: OTEL_*: %w", err)}
+	}
+	tracing.InstallGlobal(logger)
+	logger.Info("tracing", slog.Any("tracing", tracing))
+	// Child spans (Redis, outbound HTTP) only when spans are exported.
+	var childTP trace.TracerProvider
+	if tracing.Exporting() {
+		childTP = tracing.Provider()
+	}
 
 	// --- Rate limiting: Redis when REDIS_URL is set, else in memory. A
 	// Redis that is down at start is not fatal: the fallback decides and a
 	// background probe switches back when Redis answers.
 	limiter, err := ratelimit.New(ctx, ratelimit.Config{
-		RedisURL:     cfg.RedisURL,
-		Rate:         cfg.RateLimitRate,
-		Burst:        cfg.RateLimitBurst,
-		OnRedisError: cfg.RateLimitOnError,
-		Instances:    cfg.RateLimitInstances,
-		RedisTimeout: cfg.RateLimitTimeout,
-		KeyHeader:    cfg.RateLimitKeyHeader,
+		RedisURL:       cfg.RedisURL,
+		Rate:           cfg.RateLimitRate,
+		Burst:          cfg.RateLimitBurst,
+		OnRedisError:   cfg.RateLimitOnError,
+		Instances:      cfg.RateLimitInstances,
+		RedisTimeout:   cfg.RateLimitTimeout,
+		KeyHeader:      cfg.RateLimitKeyHeader,
+		TracerProvider: childTP,
 	}, logger, reg)
 	if err != nil {
 		return exitError{2, fmt.Errorf("config: rate limiter: %w", err)}
@@ -126,7 +146,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ccfg.RetryBudgetRatio = cfg.DownstreamRetryBudget
 		ccfg.IdleConnTimeout = cfg.DownstreamIdleTimeout
 		ccfg.MaxConnsPerHost = cfg.DownstreamMaxConns
-		client, err := resilience.NewClient(ccfg, logger, reg, nil)
+		client, err := resilience.NewClient(ccfg, logger, reg, childTP, resilience.WithPropagator(tracing.Propagator()))
 		if err != nil {
 			return exitError{2, fmt.Errorf("config: downstream client: %w", err)}
 		}
@@ -160,6 +180,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Items:          src,
 		MaxBodyBytes:   cfg.MaxBodyBytes,
 		TrustedProxies: trusted,
+		Tracing:        tracing.Middleware(),
 		RateLimit:      ratelimit.Middleware(limiter, ratelimit.MiddlewareOptions{KeyHeader: cfg.RateLimitKeyHeader, Logger: logger}),
 	}), server.Timeouts{
 		ReadHeader: cfg.ReadHeaderTimeout,
@@ -180,10 +201,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	// Listen before reporting ready. net.Listen on Linux uses
 	// net.core.somaxconn as the accept backlog.
-	pubLn, err := net.Listen("tcp", cfg.HTTPAddr)
+	// net/http's own error lines (TLS handshake failures above all) become
+	// counters and rate-limited structured lines; connection states and who
+	// closed each connection are measured on the listener.
+	public.ErrorLog = observability.ServerErrorLog(logger, reg)
+	public.ConnState = connMetrics.ConnState
+	rawLn, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
 	}
+	pubLn := connMetrics.Listener(rawLn)
 	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
 	if err != nil {
 		pubLn.Close()
@@ -205,7 +232,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	g.Go(func() error { return serveErr("admin", admin.Serve(adminLn)) })
 	g.Go(func() error {
 		<-gctx.Done()
-		return shutdown(ctx.Err() != nil, stop, cfg, logger, readiness, public, admin)
+		err := shutdown(ctx.Err() != nil, stop, cfg, logger, readiness, public, admin)
+		// Spans of the drained requests are flushed before the exit.
+		tctx, tcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer tcancel()
+		return errors.Join(err, tracing.Shutdown(tctx))
 	})
 
 	readiness.SetReady()

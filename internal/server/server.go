@@ -60,5 +60,9 @@ func NewServer(d Deps) http.Handler {
 	}
 	e.Use(middlewares(d)...)
 	routes(e, d)
+	// Zero series for every route, so alerts see 0 rather than no data.
+	for _, r := range e.Routes() {
+		d.Metrics.InitRoutes(r.Path)
+	}
 	return e
 }
