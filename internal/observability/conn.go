@@ -123,11 +123,14 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 		p := tc.state.Swap(int32(s) + 1)
 		prev, known = http.ConnState(p-1), p != 0
 		if s == http.StateActive {
+			tc.wrote.Store(false)
 			tc.requests.Add(1)
 		}
 		since := time.Duration(now.UnixNano() - tc.changed.Swap(now.UnixNano()))
 		if s == http.StateClosed {
-			m.ended(tc, prev, since, now)
+			// Counted last, after the gauges: a reader that sees the close
+			// counted sees the gauges settled.
+			defer m.ended(tc, prev, since, now)
 		}
 	} else {
 		var v any
@@ -140,7 +143,7 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 			prev = v.(http.ConnState)
 		}
 		if s == http.StateClosed {
-			m.closed.WithLabelValues(CloseReasonUnknown, connStates[prev]).Inc()
+			defer m.closed.WithLabelValues(CloseReasonUnknown, connStates[prev]).Inc()
 		}
 	}
 	if known && prev <= http.StateHijacked {
@@ -186,7 +189,7 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState time.D
 		level = slog.LevelInfo
 	}
 	state := connStates[prev]
-	m.closed.WithLabelValues(reason, state).Inc()
+	defer m.closed.WithLabelValues(reason, state).Inc() // after the log line, for the same reason
 	m.log.Log(context.Background(), level, "connection closed",
 		slog.String("reason", reason),
 		slog.String("state", state),
@@ -252,6 +255,8 @@ type trackedConn struct {
 	// and the timeout that follows is not a timeout of the peer.
 	aborting atomic.Bool
 	closed   atomic.Bool
+	// wrote: response bytes were sent since the current request started.
+	wrote atomic.Bool
 }
 
 func (c *trackedConn) Read(b []byte) (int, error) {
@@ -263,6 +268,11 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 }
 
 func (c *trackedConn) Write(b []byte) (int, error) {
+	// Before the write: the peer may read the response and close before
+	// this goroutine runs again.
+	if len(b) > 0 && !c.wrote.Load() {
+		c.wrote.Store(true)
+	}
 	n, err := c.Conn.Write(b)
 	if err != nil {
 		c.note(err, false)
@@ -296,8 +306,14 @@ func (c *trackedConn) note(err error, read bool) {
 		// The state the connection was in when it broke: a client that
 		// leaves mid-request is seen by net/http's background read while
 		// active, although the connection passes through idle before it
-		// is closed.
-		c.causeState.Store(c.state.Load())
+		// is closed. A peer that closes right after reading a response can
+		// beat net/http's switch to idle: once response bytes are out, the
+		// request is not what it left.
+		st := c.state.Load()
+		if st == int32(http.StateActive)+1 && c.wrote.Load() {
+			st = int32(http.StateIdle) + 1
+		}
+		c.causeState.Store(st)
 	}
 }
 

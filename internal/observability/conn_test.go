@@ -89,6 +89,19 @@ func startConnServer(t *testing.T, track bool, tune func(*http.Server)) *connSer
 	return cs
 }
 
+// dump lists the non-zero close counters and the log, for failures.
+func (cs *connServer) dump() string {
+	var b strings.Builder
+	for _, r := range []string{CloseReasonPeerClosed, CloseReasonPeerReset, CloseReasonIdleTimeout, CloseReasonReadTimeout, CloseReasonWriteTimeout, CloseReasonServer, CloseReasonUnknown} {
+		for _, s := range []string{"new", "active", "idle"} {
+			if n := cs.closedCount(r, s); n != 0 {
+				fmt.Fprintf(&b, "closed{%s,%s} = %v\n", r, s, n)
+			}
+		}
+	}
+	return b.String() + cs.logs.String()
+}
+
 func (cs *connServer) gauge(state http.ConnState) float64 {
 	return testutil.ToFloat64(cs.m.gauges[state])
 }
@@ -99,12 +112,16 @@ func (cs *connServer) closedCount(reason, state string) float64 {
 
 // eventually polls cond for up to 3 s (connection state changes happen on
 // the server's goroutines).
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t *testing.T, what string, cond func() bool, dump ...func() string) {
 	t.Helper()
 	deadline := time.Now().Add(3 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			var extra string
+			for _, d := range dump {
+				extra += "\n" + d()
+			}
+			t.Fatalf("timed out waiting for %s%s", what, extra)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -144,7 +161,7 @@ func TestConnStatesAndPeerClose(t *testing.T) {
 	sendRequest(t, c, "/fast", "")
 	readResponse(t, br)
 	c.Close() // the peer closes an idle keep-alive connection (FIN)
-	eventually(t, "closed by peer", func() bool { return cs.closedCount(CloseReasonPeerClosed, "idle") == 1 })
+	eventually(t, "closed by peer", func() bool { return cs.closedCount(CloseReasonPeerClosed, "idle") == 1 }, cs.dump)
 	for s := http.StateNew; s <= http.StateHijacked; s++ {
 		if g := cs.gauge(s); g != 0 {
 			t.Errorf("gauge %s = %v after close", connStates[s], g)

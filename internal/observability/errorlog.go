@@ -58,7 +58,7 @@ func (w *errorLogWriter) Write(p []byte) (int, error) {
 	if rest, ok := strings.CutPrefix(line, tlsHandshakePrefix); ok {
 		addr, msg, _ := strings.Cut(rest, ": ")
 		reason := classifyTLSError(msg)
-		w.counters[reason].Inc()
+		defer w.counters[reason].Inc() // after the line: whoever sees the count finds the line
 		level := slog.LevelWarn
 		if reason == TLSReasonEOF {
 			// TCP health checks and impatient clients do this all day.

@@ -120,14 +120,19 @@ func TestREDMetricsProvoked(t *testing.T) {
 		t.Errorf("a raw method became a label value")
 	}
 	// One access line per request with status 499 for each client that left.
-	var n499 int
-	for _, l := range s.logs.lines("request") {
-		if l["status"] == float64(499) {
-			n499++
+	count499 := func() int {
+		n := 0
+		for _, l := range s.logs.lines("request") {
+			if l["status"] == float64(499) {
+				n++
+			}
 		}
+		return n
 	}
-	if n499 != truncated+1 {
-		t.Errorf("%d access lines with status 499, want %d", n499, truncated+1)
+	eventually(t, "499 access lines", func() bool { return count499() >= truncated+1 })
+	time.Sleep(50 * time.Millisecond)
+	if n := count499(); n != truncated+1 {
+		t.Errorf("%d access lines with status 499, want %d", n, truncated+1)
 	}
 }
 
