@@ -198,8 +198,8 @@ func TestTLSHandshakeFloodIsRateLimited(t *testing.T) {
 	}
 	eventually(t, "all counted", func() bool { return ts.reasonOf(TLSReasonEOF) == n })
 	lines := strings.Count(ts.logs.String(), `"msg":"tls handshake error"`)
-	if lines < 10 || lines > 20 {
-		t.Fatalf("%d log lines for %d failed handshakes, want about the burst of 10", lines, n)
+	if lines < 10 || lines >= n/2 {
+		t.Fatalf("%d log lines for %d failed handshakes, want the burst of 10 and a few more", lines, n)
 	}
 }
 
