@@ -110,10 +110,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	tracing.InstallGlobal(logger)
 	logger.Info("tracing", slog.Any("tracing", tracing))
-	// Child spans (Redis, outbound HTTP) only when spans are exported.
-	var childTP trace.TracerProvider
+	// Redis spans only when spans are exported (one per decision); the
+	// outbound client always gets the provider so a sampled caller's trace
+	// stays joined through this service even when it exports nothing itself.
+	var redisTP trace.TracerProvider
 	if tracing.Exporting() {
-		childTP = tracing.Provider()
+		redisTP = tracing.Provider()
 	}
 
 	// --- Rate limiting: Redis when REDIS_URL is set, else in memory. A
@@ -127,7 +129,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Instances:      cfg.RateLimitInstances,
 		RedisTimeout:   cfg.RateLimitTimeout,
 		KeyHeader:      cfg.RateLimitKeyHeader,
-		TracerProvider: childTP,
+		TracerProvider: redisTP,
 	}, logger, reg)
 	if err != nil {
 		return exitError{2, fmt.Errorf("config: rate limiter: %w", err)}
@@ -146,7 +148,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ccfg.RetryBudgetRatio = cfg.DownstreamRetryBudget
 		ccfg.IdleConnTimeout = cfg.DownstreamIdleTimeout
 		ccfg.MaxConnsPerHost = cfg.DownstreamMaxConns
-		client, err := resilience.NewClient(ccfg, logger, reg, childTP, resilience.WithPropagator(tracing.Propagator()))
+		client, err := resilience.NewClient(ccfg, logger, reg, tracing.Provider(), resilience.WithPropagator(tracing.Propagator()))
 		if err != nil {
 			return exitError{2, fmt.Errorf("config: downstream client: %w", err)}
 		}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -27,8 +28,12 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// ScopeName is the instrumentation scope of the server spans.
-const ScopeName = "github.com/hardenedgo/ginservice/internal/observability"
+// ScopeName is the instrumentation scope of the server spans: this
+// package's import path, read at run time so a service made from the
+// template with gonew reports its own module, not the template's.
+var ScopeName = reflect.TypeOf(scopeMarker{}).PkgPath()
+
+type scopeMarker struct{}
 
 // Defaults of the tracing set-up where the OTEL_* variables are unset.
 const (
