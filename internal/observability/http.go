@@ -281,6 +281,19 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 		if sc.IsValid() {
 			traceID, spanID = sc.TraceID().String(), sc.SpanID().String()
 		}
+		latencyMS := float64(elapsed.Microseconds()) / 1000
+		if th, ok := h.(traceHandler); ok && th.json && level < slog.LevelWarn {
+			// The JSON sink is known: encode the line directly (same shape
+			// as slog's). Errors go through slog below, so they flush.
+			line := accessLine{
+				time: start.Add(elapsed), level: "INFO", method: method, route: route,
+				path: c.Request.URL.Path, status: status, latencyMS: latencyMS, bytes: size,
+				clientIP: c.ClientIP(), requestID: c.Writer.Header().Get("X-Request-ID"),
+				traceID: traceID, spanID: spanID,
+			}
+			_ = line.write(th.w)
+			return
+		}
 		// A record without a caller PC: the access line's source is always
 		// this function, and runtime.Callers is a tenth of the line's cost.
 		r := slog.NewRecord(start.Add(elapsed), level, "request", 0)
@@ -289,7 +302,7 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 			slog.String("route", route),
 			slog.String("path", c.Request.URL.Path),
 			slog.Int("status", status),
-			slog.Float64("latency_ms", float64(elapsed.Microseconds())/1000),
+			slog.Float64("latency_ms", latencyMS),
 			slog.Int("bytes", size),
 			slog.String("client_ip", c.ClientIP()),
 			slog.String("request_id", c.Writer.Header().Get("X-Request-ID")),

@@ -31,6 +31,9 @@ func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("log format %q: want json or text", format)
 	}
 	th := traceHandler{Handler: h}
+	if format != "text" {
+		th.json, th.w = true, w
+	}
 	if f, ok := w.(flusher); ok {
 		th.flush = f
 	}
@@ -45,6 +48,10 @@ type flusher interface{ Flush() error }
 type traceHandler struct {
 	slog.Handler
 	flush flusher
+	// The raw JSON sink, for the access line's hand-written encoder; unset
+	// once attributes or groups are added (WithAttrs/WithGroup).
+	json bool
+	w    io.Writer
 }
 
 func (h traceHandler) Handle(ctx context.Context, r slog.Record) error {
@@ -61,9 +68,9 @@ func (h traceHandler) Handle(ctx context.Context, r slog.Record) error {
 }
 
 func (h traceHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return traceHandler{h.Handler.WithAttrs(as), h.flush}
+	return traceHandler{Handler: h.Handler.WithAttrs(as), flush: h.flush}
 }
 
 func (h traceHandler) WithGroup(name string) slog.Handler {
-	return traceHandler{h.Handler.WithGroup(name), h.flush}
+	return traceHandler{Handler: h.Handler.WithGroup(name), flush: h.flush}
 }

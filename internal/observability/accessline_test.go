@@ -1,0 +1,41 @@
+package observability
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+)
+
+// The hand-written access line must be byte-for-byte what slog's JSON
+// handler writes for the same record, for any string a client can send.
+func TestAccessLineMatchesSlog(t *testing.T) {
+	paths := []string{"/api/v1/ping", `/a"b\c`, "/tab\there\nnl\x01\x1f", "/bad\xff\xfeutf8", "/line\u2028sep\u2029", "/ünï/😀", "<>&", ""}
+	for _, p := range paths {
+		l := accessLine{
+			time: time.Date(2026, 11, 25, 9, 23, 59, 275381233, time.UTC), level: "INFO",
+			method: "GET", route: "/api/v1/items/:id", path: p, status: 499, latencyMS: 0.038, bytes: 85,
+			clientIP: "192.0.2.1", requestID: "abc-1", traceID: "4bf92f3577b34da6a3ce929d0e0e4736", spanID: "00f067aa0ba902b7",
+		}
+		var got bytes.Buffer
+		if err := l.write(&got); err != nil {
+			t.Fatal(err)
+		}
+		var want bytes.Buffer
+		h := slog.NewJSONHandler(&want, nil)
+		r := slog.NewRecord(l.time, slog.LevelInfo, "request", 0)
+		r.AddAttrs(
+			slog.String("method", l.method), slog.String("route", l.route), slog.String("path", l.path),
+			slog.Int("status", l.status), slog.Float64("latency_ms", l.latencyMS), slog.Int("bytes", l.bytes),
+			slog.String("client_ip", l.clientIP), slog.String("request_id", l.requestID),
+			slog.String("trace_id", l.traceID), slog.String("span_id", l.spanID),
+		)
+		if err := h.Handle(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+		if got.String() != want.String() {
+			t.Errorf("path %q:\n got %s\nwant %s", p, got.String(), want.String())
+		}
+	}
+}
