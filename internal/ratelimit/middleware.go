@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -44,6 +45,10 @@ func Middleware(l Limiter, opts MiddlewareOptions) gin.HandlerFunc {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	// The limit is the same for every request of a limiter: its header
+	// value is formatted once (and again only if it ever changes). The
+	// slice is shared, read-only, by all responses.
+	var limitHdr atomic.Pointer[limitHeader]
 	return func(c *gin.Context) {
 		key := RequestKey(c, opts.KeyHeader)
 		d, err := l.Allow(c.Request.Context(), key, 1)
@@ -52,19 +57,39 @@ func Middleware(l Limiter, opts MiddlewareOptions) gin.HandlerFunc {
 			c.Next()
 			return
 		}
+		// Canonical keys assigned directly: Header.Set would canonicalise
+		// "RateLimit-Limit" on every request, and this runs on every one.
 		h := c.Writer.Header()
-		h.Set(HeaderLimit, strconv.Itoa(d.Limit))
-		h.Set(HeaderRemaining, strconv.Itoa(max(0, d.Remaining)))
-		h.Set(HeaderReset, strconv.FormatInt(ceilSeconds(d.ResetAfter, 0), 10))
+		lh := limitHdr.Load()
+		if lh == nil || lh.limit != d.Limit {
+			lh = &limitHeader{limit: d.Limit, value: []string{strconv.Itoa(d.Limit)}}
+			limitHdr.Store(lh)
+		}
+		h[canonLimit] = lh.value
+		h[canonRemaining] = []string{strconv.Itoa(max(0, d.Remaining))}
+		h[canonReset] = []string{strconv.FormatInt(ceilSeconds(d.ResetAfter, 0), 10)}
 		if !d.Allowed {
 			retry := ceilSeconds(d.RetryAfter, 1)
-			h.Set(HeaderRetryAfter, strconv.FormatInt(retry, 10))
+			h[canonRetryAfter] = []string{strconv.FormatInt(retry, 10)}
 			problem.Abort(c, http.StatusTooManyRequests, "rate limit exceeded, retry after "+strconv.FormatInt(retry, 10)+"s")
 			return
 		}
 		c.Next()
 	}
 }
+
+type limitHeader struct {
+	limit int
+	value []string
+}
+
+// Canonical forms of the response headers (http.CanonicalHeaderKey).
+var (
+	canonLimit      = http.CanonicalHeaderKey(HeaderLimit)
+	canonRemaining  = http.CanonicalHeaderKey(HeaderRemaining)
+	canonReset      = http.CanonicalHeaderKey(HeaderReset)
+	canonRetryAfter = http.CanonicalHeaderKey(HeaderRetryAfter)
+)
 
 // ceilSeconds rounds d up to whole seconds, at least floor: a client told
 // "0" would retry at once and be denied again.
