@@ -449,3 +449,17 @@ func TestAdmin(t *testing.T) {
 		t.Errorf("faults without a simulated dependency = %d, want 409", rec.Code)
 	}
 }
+
+func TestGeneratedRequestIDsAreUniqueAndValid(t *testing.T) {
+	seen := make(map[string]bool, 10000)
+	for range 10000 {
+		id := newRequestID()
+		if !validRequestID(id) || len(id) != 32 {
+			t.Fatalf("generated id %q is not a valid 32-char id", id)
+		}
+		if seen[id] {
+			t.Fatalf("duplicate request id %q", id)
+		}
+		seen[id] = true
+	}
+}
