@@ -2,7 +2,6 @@ package observability
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,38 +9,21 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/hardenedgo/ginservice/internal/testkit"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
-
-// syncBuffer is a log sink safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 type connServer struct {
 	m       *ConnMetrics
 	srv     *http.Server
 	addr    string
 	release chan struct{}
-	logs    *syncBuffer
+	logs    *testkit.SyncBuffer
 }
 
 // startConnServer serves /slow (blocks until release is closed or the
@@ -49,7 +31,7 @@ type connServer struct {
 // connection metrics wired as in production.
 func startConnServer(t *testing.T, track bool, tune func(*http.Server)) *connServer {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cs := &connServer{m: NewConnMetrics(prometheus.NewRegistry(), logger), release: make(chan struct{}), logs: logs}
 	mux := http.NewServeMux()

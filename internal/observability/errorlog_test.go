@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hardenedgo/ginservice/internal/testkit"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -68,7 +70,7 @@ type tlsServer struct {
 	errors   *prometheus.CounterVec
 	reg      *prometheus.Registry
 	conns    *ConnMetrics
-	logs     *syncBuffer
+	logs     *testkit.SyncBuffer
 	reasonOf func(string) float64
 }
 
@@ -76,7 +78,7 @@ type tlsServer struct {
 // error log and connection metrics wired as in production.
 func startTLSServer(t *testing.T) *tlsServer {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
 	ts := &tlsServer{reg: reg, logs: logs, conns: NewConnMetrics(reg, logger)}
@@ -204,7 +206,7 @@ func TestTLSHandshakeFloodIsRateLimited(t *testing.T) {
 }
 
 func TestServerErrorLogOtherLines(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	l := ServerErrorLog(slog.New(slog.NewJSONHandler(logs, nil)), prometheus.NewRegistry())
 	l.Printf("http: Accept error: accept tcp [::]:8080: accept4: too many open files; retrying in 5ms")
 	if got := logs.String(); !strings.Contains(got, `"level":"WARN","msg":"http server error","error":"Accept error: accept tcp [::]:8080: accept4: too many open files; retrying in 5ms"`) {

@@ -122,7 +122,7 @@ func TestREDMetricsProvoked(t *testing.T) {
 	// One access line per request with status 499 for each client that left.
 	count499 := func() int {
 		n := 0
-		for _, l := range s.logs.lines("request") {
+		for _, l := range logLines(s.logs, "request") {
 			if l["status"] == float64(499) {
 				n++
 			}

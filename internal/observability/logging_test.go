@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hardenedgo/ginservice/internal/testkit"
+
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -53,7 +55,7 @@ func TestLoggerAddsTraceIDs(t *testing.T) {
 // Through a BufferedWriter, info lines wait for the interval while a
 // warning flushes everything before it at once.
 func TestWarningsFlushBufferedLog(t *testing.T) {
-	var out syncBuffer
+	var out testkit.SyncBuffer
 	bw := NewBufferedWriter(&out, 32<<10, time.Hour)
 	defer bw.Close()
 	logger, err := NewLogger(bw, "info", "json")

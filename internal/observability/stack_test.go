@@ -1,7 +1,6 @@
 package observability_test
 
 import (
-	"bytes"
 	"compress/gzip"
 	"context"
 	"encoding/json"
@@ -14,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hardenedgo/ginservice/internal/testkit"
 
 	"github.com/prometheus/client_golang/prometheus"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
@@ -29,26 +30,8 @@ import (
 	"github.com/hardenedgo/ginservice/internal/server"
 )
 
-// syncBuffer is a log sink safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// lines returns the JSON log lines whose msg is msg.
-func (s *syncBuffer) lines(msg string) []map[string]any {
+// logLines returns the JSON log lines of buf whose msg is msg.
+func logLines(s *testkit.SyncBuffer, msg string) []map[string]any {
 	var out []map[string]any
 	for _, l := range strings.Split(s.String(), "\n") {
 		var m map[string]any
@@ -142,7 +125,7 @@ func attr(kvs []*commonpb.KeyValue, key string) (*commonpb.AnyValue, bool) {
 type stack struct {
 	public, admin string
 	reg           *prometheus.Registry
-	logs          *syncBuffer
+	logs          *testkit.SyncBuffer
 	tracing       *observability.Tracing
 	sim           *items.Simulated
 }
@@ -157,7 +140,7 @@ var breakerSeq atomic.Int64
 func startStack(t *testing.T, o stackOptions) *stack {
 	t.Helper()
 	ctx := context.Background()
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	logger, err := observability.NewLogger(logs, "debug", "json")
 	if err != nil {
 		t.Fatal(err)

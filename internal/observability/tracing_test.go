@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hardenedgo/ginservice/internal/testkit"
+
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -145,7 +147,7 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 	}
 	cancel()
 	eventually(t, "the aborted request's access line", func() bool {
-		for _, l := range s.logs.lines("request") {
+		for _, l := range logLines(s.logs, "request") {
 			if l["trace_id"] == abortTrace {
 				return true
 			}
@@ -264,7 +266,7 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 	// Logs of a sampled request carry its ids; the access line matches
 	// the exported span.
 	var found bool
-	for _, l := range s.logs.lines("request") {
+	for _, l := range logLines(s.logs, "request") {
 		if l["trace_id"] == w3cTrace && l["span_id"] == hexID(ping[0].GetSpanId()) && l["route"] == "/api/v1/ping" {
 			found = true
 		}
@@ -337,7 +339,7 @@ func TestTracingOffStillContinuesCallers(t *testing.T) {
 	}
 	do(t, "http://"+s.public+"/api/v1/ping", nil)
 	var continued, root bool
-	for _, l := range s.logs.lines("request") {
+	for _, l := range logLines(s.logs, "request") {
 		switch {
 		case l["trace_id"] == caller && l["span_id"] != "b7ad6b7169203331":
 			continued = true
@@ -435,7 +437,7 @@ func TestPropagators(t *testing.T) {
 // InstallGlobal routes the SDK's own errors (an unreachable collector) to
 // the service log, rate limited.
 func TestInstallGlobalRoutesSDKErrors(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	logger, _ := observability.NewLogger(logs, "info", "json")
 	tr, err := observability.SetupTracing(context.Background(), func(string) string { return "" }, "v1")
 	if err != nil {
@@ -448,7 +450,7 @@ func TestInstallGlobalRoutesSDKErrors(t *testing.T) {
 	for range 20 {
 		otel.Handle(errors.New("traces export: connection refused"))
 	}
-	if n := len(logs.lines("opentelemetry error")); n < 1 || n > 3 {
+	if n := len(logLines(logs, "opentelemetry error")); n < 1 || n > 3 {
 		t.Fatalf("%d lines for 20 SDK errors, want 1 to 3:\n%s", n, logs)
 	}
 }

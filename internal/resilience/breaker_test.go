@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hardenedgo/ginservice/internal/testkit"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hardenedgo/ginservice/internal/items"
@@ -209,7 +211,7 @@ func (p panicAfterFetch) Get(ctx context.Context, id string) (items.Item, error)
 // logged with its stack.
 func TestBreakerPanicInCommand(t *testing.T) {
 	t.Parallel()
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, nil))
 	ds := newDownstream(t, 0)
 	reg := prometheus.NewRegistry()

@@ -1,7 +1,6 @@
 package resilience
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -175,24 +174,6 @@ func (d *downstream) wait(r *http.Request, delay time.Duration) bool {
 
 // discardLogger drops everything.
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // metric returns the value of the series name{labels} in reg (0 if absent).
 func metric(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,9 +10,10 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/hardenedgo/ginservice/internal/testkit"
 
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,27 +25,9 @@ import (
 	"github.com/hardenedgo/ginservice/internal/problem"
 )
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type fixture struct {
 	h     http.Handler
-	logs  *syncBuffer
+	logs  *testkit.SyncBuffer
 	reg   *prometheus.Registry
 	ready *health.Readiness
 	m     *observability.HTTPMetrics
@@ -57,7 +39,7 @@ func (f itemsFunc) Get(ctx context.Context, id string) (items.Item, error) { ret
 
 func newFixture(t *testing.T, mod func(*Deps)) *fixture {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	logger, err := observability.NewLogger(logs, "debug", "json")
 	if err != nil {
 		t.Fatal(err)
