@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/hardenedgo/ginservice/internal/testkit"
+
 	"golang.org/x/mod/modfile"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
@@ -26,24 +28,7 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 )
 
-// repoRoot is the directory holding go.mod (tests run in deploy/deploytest).
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := filepath.Abs(".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the test directory")
-		}
-		dir = parent
-	}
-}
+func repoRoot(t testing.TB) string { return testkit.ModuleRoot(t) }
 
 // modulePath and goDirective read go.mod, so nothing here hard-codes the
 // template's module path (a gonew copy runs these tests under its own).

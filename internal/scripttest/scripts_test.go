@@ -20,25 +20,11 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hardenedgo/ginservice/internal/testkit"
 )
 
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
-	}
-}
+func repoRoot(t testing.TB) string { return testkit.ModuleRoot(t) }
 
 // need finds a program the test cannot do without: on CI its absence is a
 // failure (scripts/ci-deps.sh installs it), elsewhere a skip.

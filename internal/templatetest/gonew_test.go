@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hardenedgo/ginservice/internal/testkit"
+
 	"golang.org/x/mod/modfile"
 	"golang.org/x/mod/module"
 	modzip "golang.org/x/mod/zip"
@@ -25,24 +27,7 @@ import (
 // it from the Go module proxy.
 const gonewVersion = "v0.52.0"
 
-// moduleRoot walks up from the package directory to go.mod.
-func moduleRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
-	}
-}
+func moduleRoot(t testing.TB) string { return testkit.ModuleRoot(t) }
 
 // goEnv returns the environment for the go commands: ours, minus the
 // variables the test sets itself.
