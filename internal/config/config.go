@@ -50,7 +50,7 @@ type Config struct {
 	RateLimitOnError   string        `env:"RATELIMIT_ON_REDIS_ERROR" envDefault:"local" help:"when Redis fails or is slow: local (in-memory bucket), allow or deny"`
 	RateLimitInstances int           `env:"RATELIMIT_INSTANCES" envDefault:"1" help:"replicas sharing the limit; the local fallback admits RATE/INSTANCES per key"`
 	RateLimitTimeout   time.Duration `env:"RATELIMIT_REDIS_TIMEOUT" envDefault:"20ms" help:"budget of one Redis decision before the fallback decides"`
-	RateLimitKeyHeader string        `env:"RATELIMIT_KEY_HEADER" help:"optional request header (e.g. X-API-Key) added to the client IP to form the limiter key"`
+	RateLimitKeyHeader string        `env:"RATELIMIT_KEY_HEADER" help:"optional request header (e.g. X-API-Key) added to the client IP to form the limiter key; clients choose its value, so set it only behind a gateway that authenticates that header"`
 
 	// The dependency behind /api/v1/items/:id.
 	DownstreamURL string `env:"DOWNSTREAM_URL" help:"base URL of the items dependency (GET {url}/items/{id}); empty: the built-in simulated dependency"`
