@@ -1,104 +1,23 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
-	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
-	"google.golang.org/protobuf/proto"
+	"github.com/hardenedgo/ginservice/internal/testkit"
+	"github.com/hardenedgo/ginservice/internal/testkit/otlptest"
 )
 
 // End-to-end observability checks through run, as an operator sees them:
 // spans at an OTLP endpoint, the admin scrape, the log.
-
-// otlpSink is a minimal OTLP/HTTP trace receiver on loopback.
-type otlpSink struct {
-	url   string
-	mu    sync.Mutex
-	spans []*tracepb.Span
-}
-
-func startOTLPSink(t *testing.T) *otlpSink {
-	t.Helper()
-	s := &otlpSink{}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/traces", func(w http.ResponseWriter, r *http.Request) {
-		b, err := io.ReadAll(r.Body)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		var req coltracepb.ExportTraceServiceRequest
-		if err := proto.Unmarshal(b, &req); err != nil {
-			t.Errorf("undecodable OTLP request: %v", err)
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		s.mu.Lock()
-		for _, rs := range req.GetResourceSpans() {
-			for _, ss := range rs.GetScopeSpans() {
-				s.spans = append(s.spans, ss.GetSpans()...)
-			}
-		}
-		s.mu.Unlock()
-		out, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
-		w.Header().Set("Content-Type", "application/x-protobuf")
-		w.Write(out)
-	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: mux}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	s.url = "http://" + ln.Addr().String()
-	return s
-}
-
-// waitSpans waits until a span of each trace id has arrived.
-func (s *otlpSink) waitSpans(t *testing.T, traces ...string) []*tracepb.Span {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		s.mu.Lock()
-		spans := append([]*tracepb.Span(nil), s.spans...)
-		s.mu.Unlock()
-		seen := map[string]bool{}
-		for _, sp := range spans {
-			seen[hex.EncodeToString(sp.GetTraceId())] = true
-		}
-		all := true
-		for _, tr := range traces {
-			all = all && seen[tr]
-		}
-		if all {
-			return spans
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("spans of %v not exported within 10s (got %d spans)", traces, len(spans))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
 
 func getWith(t *testing.T, url string, headers map[string]string) int {
 	t.Helper()
@@ -119,9 +38,9 @@ func getWith(t *testing.T, url string, headers map[string]string) int {
 // server spans named by route template that continue both a W3C traceparent
 // and a Jaeger uber-trace-id, and never spans for probes.
 func TestRunExportsTraces(t *testing.T) {
-	sink := startOTLPSink(t)
+	sink := otlptest.Start(t)
 	r := startRun(t, map[string]string{
-		"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url,
+		"OTEL_EXPORTER_OTLP_ENDPOINT": sink.URL,
 		"OTEL_BSP_SCHEDULE_DELAY":     "100",
 	})
 	const w3c, w3cParent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
@@ -135,7 +54,7 @@ func TestRunExportsTraces(t *testing.T) {
 	}
 	getWith(t, "http://"+r.public+"/readyz", map[string]string{"traceparent": "00-" + probe + "-4444444444444444-01"})
 	padded := "0000000000000000" + jaeger
-	spans := sink.waitSpans(t, w3c, padded)
+	spans := sink.WaitTraces(t, w3c, padded)
 	var gotPing, gotItems bool
 	for _, sp := range spans {
 		tr, parent := hex.EncodeToString(sp.GetTraceId()), hex.EncodeToString(sp.GetParentSpanId())
@@ -204,46 +123,11 @@ func TestRunScrapePassesPromtool(t *testing.T) {
 	}
 }
 
-// writeCert writes a self-signed certificate for 127.0.0.1 and its key.
-func writeCert(t *testing.T) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
-}
-
 // TestRunTLSHandshakeErrors: with TLS_CERT_FILE/TLS_KEY_FILE, a client that
 // hangs up mid-handshake is counted as reason eof and logged as one
 // structured line, not a raw net/http line.
 func TestRunTLSHandshakeErrors(t *testing.T) {
-	cert, key := writeCert(t)
+	cert, key := testkit.WriteSelfSignedCert(t)
 	r := startRun(t, map[string]string{"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key})
 
 	// Half of a real ClientHello, then FIN.

@@ -134,7 +134,7 @@ func TestRunServes(t *testing.T) {
 	if code, body := get(t, "http://"+r.public+"/healthz"); code != 200 {
 		t.Fatalf("healthz = %d %s", code, body)
 	}
-	if code, body := get(t, "http://"+r.public+"/readyz"); code != 200 || !strings.Contains(body, `"redis":"disabled"`) && !strings.Contains(body, `"status":"ok"`) {
+	if code, body := get(t, "http://"+r.public+"/readyz"); code != 200 || !strings.Contains(body, `"status":"ok"`) || !strings.Contains(body, `"redis":"disabled"`) || !strings.Contains(body, `"items":"ok"`) {
 		t.Fatalf("readyz = %d %s", code, body)
 	}
 	if code, body := get(t, "http://"+r.public+"/api/v1/ping"); code != 200 || body != `{"message":"pong"}` {

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hardenedgo/ginservice/internal/testkit/otlptest"
+
 	"github.com/hardenedgo/ginservice/internal/items"
 )
 
@@ -141,9 +143,9 @@ var exemplarRE = regexp.MustCompile(`http_server_request_duration_seconds_bucket
 // Sampled requests leave their trace id on the latency histogram
 // (OpenMetrics exemplars); unsampled ones do not.
 func TestLatencyExemplars(t *testing.T) {
-	rc := startReceiver(t)
+	rc := otlptest.Start(t)
 	s := startStack(t, stackOptions{env: map[string]string{
-		"OTEL_EXPORTER_OTLP_ENDPOINT": rc.url,
+		"OTEL_EXPORTER_OTLP_ENDPOINT": rc.URL,
 		"OTEL_TRACES_SAMPLER_ARG":     "0",
 	}})
 	base := "http://" + s.public

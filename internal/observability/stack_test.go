@@ -1,7 +1,6 @@
 package observability_test
 
 import (
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,10 +15,7 @@ import (
 	"github.com/hardenedgo/ginservice/internal/testkit"
 
 	"github.com/prometheus/client_golang/prometheus"
-	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
-	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/hardenedgo/ginservice/internal/health"
 	"github.com/hardenedgo/ginservice/internal/items"
@@ -40,74 +35,6 @@ func logLines(s *testkit.SyncBuffer, msg string) []map[string]any {
 		}
 	}
 	return out
-}
-
-// receiver is a minimal OTLP/HTTP trace collector on loopback: it decodes
-// ExportTraceServiceRequest protobufs the way Jaeger's OTLP endpoint does.
-type receiver struct {
-	url      string
-	mu       sync.Mutex
-	spans    []*tracepb.Span
-	resource []*commonpb.KeyValue
-	requests atomic.Int64
-}
-
-func startReceiver(t *testing.T) *receiver {
-	t.Helper()
-	rc := &receiver{}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/traces", func(w http.ResponseWriter, r *http.Request) {
-		rc.requests.Add(1)
-		var body io.Reader = r.Body
-		if r.Header.Get("Content-Encoding") == "gzip" {
-			zr, err := gzip.NewReader(r.Body)
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusBadRequest)
-				return
-			}
-			body = zr
-		}
-		b, err := io.ReadAll(body)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		if ct := r.Header.Get("Content-Type"); ct != "application/x-protobuf" {
-			t.Errorf("exporter sent Content-Type %q", ct)
-		}
-		var req coltracepb.ExportTraceServiceRequest
-		if err := proto.Unmarshal(b, &req); err != nil {
-			t.Errorf("undecodable OTLP request: %v", err)
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		rc.mu.Lock()
-		for _, rs := range req.GetResourceSpans() {
-			rc.resource = rs.GetResource().GetAttributes()
-			for _, ss := range rs.GetScopeSpans() {
-				rc.spans = append(rc.spans, ss.GetSpans()...)
-			}
-		}
-		rc.mu.Unlock()
-		out, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
-		w.Header().Set("Content-Type", "application/x-protobuf")
-		w.Write(out)
-	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: mux}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	rc.url = "http://" + ln.Addr().String()
-	return rc
-}
-
-func (rc *receiver) all() []*tracepb.Span {
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	return append([]*tracepb.Span(nil), rc.spans...)
 }
 
 func attr(kvs []*commonpb.KeyValue, key string) (*commonpb.AnyValue, bool) {

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hardenedgo/ginservice/internal/testkit/otlptest"
+
 	"github.com/hardenedgo/ginservice/internal/testkit"
 
 	"go.opentelemetry.io/otel"
@@ -94,11 +96,11 @@ func flush(t *testing.T, s *stack) {
 // exported over OTLP/HTTP to a receiver on loopback, and checks what a
 // Jaeger would store.
 func TestTracesReachOTLPReceiver(t *testing.T) {
-	rc := startReceiver(t)
+	rc := otlptest.Start(t)
 	ds := startDownstream(t)
 	s := startStack(t, stackOptions{
 		env: map[string]string{
-			"OTEL_EXPORTER_OTLP_ENDPOINT": rc.url,
+			"OTEL_EXPORTER_OTLP_ENDPOINT": rc.URL,
 			"OTEL_SERVICE_NAME":           "obs-test",
 			"OTEL_RESOURCE_ATTRIBUTES":    "deployment.environment=test",
 			// Roots are never sampled: only callers' sampled traces are.
@@ -156,7 +158,7 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 	})
 
 	flush(t, s)
-	spans := rc.all()
+	spans := rc.Spans()
 	byTrace := map[string][]*tracepb.Span{}
 	for _, sp := range spans {
 		byTrace[hexID(sp.GetTraceId())] = append(byTrace[hexID(sp.GetTraceId())], sp)
@@ -254,9 +256,7 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 			t.Errorf("unexpected trace %s exported", tr)
 		}
 	}
-	rc.mu.Lock()
-	res := rc.resource
-	rc.mu.Unlock()
+	res := rc.Resource()
 	for k, want := range map[string]string{"service.name": "obs-test", "service.version": "v-test", "deployment.environment": "test"} {
 		if v, ok := attr(res, k); !ok || v.GetStringValue() != want {
 			t.Errorf("resource %s = %v, want %s", k, v, want)
@@ -279,9 +279,9 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 // With sampler always_on every API request is exported, named by its route
 // template, with the limiter's decision and the breaker's fallback as events.
 func TestTracesAlwaysOnRoutesAndFallback(t *testing.T) {
-	rc := startReceiver(t)
+	rc := otlptest.Start(t)
 	s := startStack(t, stackOptions{env: map[string]string{
-		"OTEL_EXPORTER_OTLP_ENDPOINT":    rc.url + "/",
+		"OTEL_EXPORTER_OTLP_ENDPOINT":    rc.URL + "/",
 		"OTEL_TRACES_SAMPLER":            "always_on",
 		"OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
 	}})
@@ -296,7 +296,7 @@ func TestTracesAlwaysOnRoutesAndFallback(t *testing.T) {
 	do(t, base+"/healthz", nil)
 	flush(t, s)
 	names := map[string]int{}
-	for _, sp := range rc.all() {
+	for _, sp := range rc.Spans() {
 		names[sp.GetName()]++
 		var limited bool
 		for _, e := range sp.GetEvents() {
