@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
+	"syscall"
 
 	"github.com/gin-gonic/gin"
 
@@ -109,12 +111,11 @@ func echo(c *gin.Context) {
 }
 
 // isConnError reports read errors caused by the peer's connection going away
-// (reset, read deadline): client trouble, never a 500.
+// (reset, closed, read deadline): client trouble, never a 500.
 func isConnError(err error) bool {
-	var ne interface{ Timeout() bool }
-	if errors.As(err, &ne) {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
 		return true
 	}
-	s := err.Error()
-	return strings.Contains(s, "connection reset") || strings.Contains(s, "broken pipe") || strings.Contains(s, "use of closed network connection")
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed)
 }

@@ -6,10 +6,13 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -443,5 +446,35 @@ func TestGeneratedRequestIDsAreUniqueAndValid(t *testing.T) {
 			t.Fatalf("duplicate request id %q", id)
 		}
 		seen[id] = true
+	}
+}
+
+// errReader fails like a socket whose peer reset the connection mid-body.
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+func TestBodyReadConnErrorsAre499(t *testing.T) {
+	for _, err := range []error{
+		&net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)},
+		net.ErrClosed,
+		os.ErrDeadlineExceeded,
+	} {
+		f := newFixture(t, nil)
+		rec := f.do(httptest.NewRequest("POST", "/api/v1/echo", errReader{err}))
+		if rec.Code >= 500 {
+			t.Errorf("%v: status %d", err, rec.Code)
+		}
+		if !strings.Contains(f.logs.String(), `"status":499`) {
+			t.Errorf("%v: not logged as 499:\n%s", err, f.logs)
+		}
+	}
+	// Any other read error is the client's bad request, not an abort.
+	f := newFixture(t, nil)
+	if rec := f.do(httptest.NewRequest("POST", "/api/v1/echo", errReader{errors.New("weird")})); rec.Code != 400 {
+		t.Errorf("other read error: %d, want 400", rec.Code)
+	}
+	if strings.Contains(f.logs.String(), `"status":499`) {
+		t.Errorf("other read error logged as 499")
 	}
 }
