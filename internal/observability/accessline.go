@@ -1,11 +1,14 @@
 package observability
 
 import (
+	"encoding/hex"
 	"io"
 	"strconv"
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // accessLine is one access log record. It is encoded by hand, in the same
@@ -22,8 +25,7 @@ type accessLine struct {
 	bytes     int
 	clientIP  string
 	requestID string
-	traceID   string
-	spanID    string
+	span      trace.SpanContext // trace_id and span_id; empty when invalid
 }
 
 var lineBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
@@ -53,9 +55,15 @@ func (l *accessLine) write(w io.Writer) error {
 	b = append(b, `,"request_id":`...)
 	b = appendJSONString(b, l.requestID)
 	b = append(b, `,"trace_id":"`...)
-	b = append(b, l.traceID...) // hex or empty
+	if l.span.IsValid() {
+		tid := l.span.TraceID()
+		b = hex.AppendEncode(b, tid[:])
+	}
 	b = append(b, `","span_id":"`...)
-	b = append(b, l.spanID...)
+	if l.span.IsValid() {
+		sid := l.span.SpanID()
+		b = hex.AppendEncode(b, sid[:])
+	}
 	b = append(b, "\"}\n"...)
 	_, err := w.Write(b)
 	*bp = b

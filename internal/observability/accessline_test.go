@@ -6,17 +6,23 @@ import (
 	"log/slog"
 	"testing"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // The hand-written access line must be byte-for-byte what slog's JSON
 // handler writes for the same record, for any string a client can send.
 func TestAccessLineMatchesSlog(t *testing.T) {
+	tid, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+	sid, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
+	spans := []trace.SpanContext{trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid}), {}}
 	paths := []string{"/api/v1/ping", `/a"b\c`, "/tab\there\nnl\x01\x1f", "/bad\xff\xfeutf8", "/line\u2028sep\u2029", "/ünï/😀", "<>&", ""}
-	for _, p := range paths {
+	for i, p := range paths {
+		sc := spans[i%len(spans)]
 		l := accessLine{
 			time: time.Date(2026, 11, 25, 9, 23, 59, 275381233, time.UTC), level: "INFO",
 			method: "GET", route: "/api/v1/items/:id", path: p, status: 499, latencyMS: 0.038, bytes: 85,
-			clientIP: "192.0.2.1", requestID: "abc-1", traceID: "4bf92f3577b34da6a3ce929d0e0e4736", spanID: "00f067aa0ba902b7",
+			clientIP: "192.0.2.1", requestID: "abc-1", span: sc,
 		}
 		var got bytes.Buffer
 		if err := l.write(&got); err != nil {
@@ -29,7 +35,7 @@ func TestAccessLineMatchesSlog(t *testing.T) {
 			slog.String("method", l.method), slog.String("route", l.route), slog.String("path", l.path),
 			slog.Int("status", l.status), slog.Float64("latency_ms", l.latencyMS), slog.Int("bytes", l.bytes),
 			slog.String("client_ip", l.clientIP), slog.String("request_id", l.requestID),
-			slog.String("trace_id", l.traceID), slog.String("span_id", l.spanID),
+			slog.String("trace_id", traceIDOrEmpty(sc)), slog.String("span_id", spanIDOrEmpty(sc)),
 		)
 		if err := h.Handle(context.Background(), r); err != nil {
 			t.Fatal(err)
@@ -38,4 +44,18 @@ func TestAccessLineMatchesSlog(t *testing.T) {
 			t.Errorf("path %q:\n got %s\nwant %s", p, got.String(), want.String())
 		}
 	}
+}
+
+func traceIDOrEmpty(sc trace.SpanContext) string {
+	if sc.IsValid() {
+		return sc.TraceID().String()
+	}
+	return ""
+}
+
+func spanIDOrEmpty(sc trace.SpanContext) string {
+	if sc.IsValid() {
+		return sc.SpanID().String()
+	}
+	return ""
 }

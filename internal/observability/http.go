@@ -12,6 +12,9 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/hardenedgo/ginservice/internal/clientip"
+	"github.com/hardenedgo/ginservice/internal/problem"
 )
 
 // StatusClientClosedRequest is logged (never sent) when the client went away
@@ -277,10 +280,6 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 		// trace_id and span_id are always present (empty without a span) so
 		// every access line has the same keys; the background context keeps
 		// the trace handler from adding them twice.
-		var traceID, spanID string
-		if sc.IsValid() {
-			traceID, spanID = sc.TraceID().String(), sc.SpanID().String()
-		}
 		latencyMS := float64(elapsed.Microseconds()) / 1000
 		if th, ok := h.(traceHandler); ok && th.json && level < slog.LevelWarn {
 			// The JSON sink is known: encode the line directly (same shape
@@ -288,11 +287,15 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 			line := accessLine{
 				time: start.Add(elapsed), level: "INFO", method: method, route: route,
 				path: c.Request.URL.Path, status: status, latencyMS: latencyMS, bytes: size,
-				clientIP: c.ClientIP(), requestID: c.Writer.Header().Get("X-Request-ID"),
-				traceID: traceID, spanID: spanID,
+				clientIP: clientip.Of(c), requestID: problem.RequestID(c.Writer.Header()),
+				span: sc,
 			}
 			_ = line.write(th.w)
 			return
+		}
+		var traceID, spanID string
+		if sc.IsValid() {
+			traceID, spanID = sc.TraceID().String(), sc.SpanID().String()
 		}
 		// A record without a caller PC: the access line's source is always
 		// this function, and runtime.Callers is a tenth of the line's cost.
@@ -304,8 +307,8 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 			slog.Int("status", status),
 			slog.Float64("latency_ms", latencyMS),
 			slog.Int("bytes", size),
-			slog.String("client_ip", c.ClientIP()),
-			slog.String("request_id", c.Writer.Header().Get("X-Request-ID")),
+			slog.String("client_ip", clientip.Of(c)),
+			slog.String("request_id", problem.RequestID(c.Writer.Header())),
 			slog.String("trace_id", traceID),
 			slog.String("span_id", spanID),
 		)

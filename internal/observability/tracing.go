@@ -26,6 +26,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/time/rate"
+
+	"github.com/hardenedgo/ginservice/internal/clientip"
 )
 
 // ScopeName is the instrumentation scope of the server spans: this
@@ -234,6 +236,7 @@ func (t *Tracing) Middleware() gin.HandlerFunc {
 		fields = append(fields, http.CanonicalHeaderKey(f))
 	}
 	startOpts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)}
+	exporting := t.exporting
 	return func(c *gin.Context) {
 		route := c.FullPath()
 		if untraced[route] {
@@ -242,11 +245,23 @@ func (t *Tracing) Middleware() gin.HandlerFunc {
 		}
 		r := c.Request
 		ctx := r.Context()
+		incoming := false
 		for _, f := range fields {
 			if len(r.Header[f]) > 0 {
-				ctx = prop.Extract(ctx, headerCarrier(r.Header))
+				incoming = true
 				break
 			}
+		}
+		if !incoming && !exporting {
+			// Nothing to continue and nothing to record: a span here would
+			// only carry a random trace id that no backend ever sees. Most
+			// requests of a service that does not export take this path and
+			// pay nothing for tracing (the access line's trace_id is empty).
+			c.Next()
+			return
+		}
+		if incoming {
+			ctx = prop.Extract(ctx, headerCarrier(r.Header))
 		}
 		method := methodLabel(r.Method)
 		// The samplers in use ignore the span name; building "METHOD
@@ -325,7 +340,7 @@ func requestAttrs(c *gin.Context, method, route string) []attribute.KeyValue {
 		semconv.HTTPRequestMethodKey.String(method),
 		semconv.URLPath(r.URL.Path),
 		semconv.URLScheme(scheme),
-		semconv.ClientAddress(c.ClientIP()),
+		semconv.ClientAddress(clientip.Of(c)),
 		semconv.NetworkProtocolVersion(strings.TrimPrefix(r.Proto, "HTTP/")),
 	)
 	if route != "" {

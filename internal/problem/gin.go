@@ -1,14 +1,30 @@
 package problem
 
-import "github.com/gin-gonic/gin"
+import (
+	"net/http"
 
-// RequestIDHeader is the header that carries the request ID on every response.
-const RequestIDHeader = "X-Request-ID"
+	"github.com/gin-gonic/gin"
+)
+
+// RequestIDHeader is the header that carries the request ID on every
+// response (X-Request-ID), in canonical form so it can index an http.Header
+// directly: Header.Get and Set would canonicalise "X-Request-ID" into a new
+// string on every request.
+const RequestIDHeader = "X-Request-Id"
+
+// RequestID returns the request ID the request-ID middleware has set on the
+// response headers h, or "".
+func RequestID(h http.Header) string {
+	if v := h[RequestIDHeader]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
 
 // Abort writes a problem response for status and stops the Gin chain.
 // The request ID is taken from the response header the request-ID
 // middleware has already set.
 func Abort(c *gin.Context, status int, detail string) {
-	Write(c.Writer, status, detail, c.Request.URL.Path, c.Writer.Header().Get(RequestIDHeader))
+	Write(c.Writer, status, detail, c.Request.URL.Path, RequestID(c.Writer.Header()))
 	c.Abort()
 }

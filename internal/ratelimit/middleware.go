@@ -11,6 +11,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/hardenedgo/ginservice/internal/clientip"
 	"github.com/hardenedgo/ginservice/internal/problem"
 )
 
@@ -33,8 +34,9 @@ const (
 )
 
 // Middleware limits each request by client key, one token per request. The
-// key is c.ClientIP(): the peer address, or X-Forwarded-For only when the
-// peer is one of the engine's trusted proxies (engine.SetTrustedProxies from
+// key is the client IP as c.ClientIP() finds it (clientip.Of): the peer
+// address, or X-Forwarded-For only when the peer is one of the engine's
+// trusted proxies (engine.SetTrustedProxies from
 // TRUSTED_PROXIES; nil trusts none). Every response carries RateLimit-Limit,
 // RateLimit-Remaining and RateLimit-Reset; a denial is a 429 problem with
 // Retry-After in whole seconds (at least 1). A limiter error (only possible
@@ -101,7 +103,7 @@ func ceilSeconds(d time.Duration, floor int64) int64 {
 // RequestKey is the limiter key of a request: the client IP, prefixed by a
 // hash of the KeyHeader value when that header is configured and present.
 func RequestKey(c *gin.Context, keyHeader string) string {
-	ip := c.ClientIP()
+	ip := clientip.Of(c)
 	if keyHeader == "" {
 		return ip
 	}

@@ -71,11 +71,13 @@ func newRequestID() string {
 
 func requestID() gin.HandlerFunc {
 	return func(c *gin.Context) {
-		id := c.GetHeader(problem.RequestIDHeader)
-		if !validRequestID(id) {
+		var id string
+		if v := c.Request.Header[problem.RequestIDHeader]; len(v) > 0 && validRequestID(v[0]) {
+			id = v[0]
+		} else {
 			id = newRequestID()
 		}
-		c.Writer.Header().Set(problem.RequestIDHeader, id)
+		c.Writer.Header()[problem.RequestIDHeader] = []string{id}
 		c.Next()
 	}
 }
@@ -97,7 +99,7 @@ func recovery(logger *slog.Logger, m *observability.HTTPMetrics) gin.HandlerFunc
 			logger.ErrorContext(c.Request.Context(), "panic recovered",
 				slog.String("panic", fmt.Sprint(v)),
 				slog.String("route", c.FullPath()),
-				slog.String("request_id", c.Writer.Header().Get(problem.RequestIDHeader)),
+				slog.String("request_id", problem.RequestID(c.Writer.Header())),
 				slog.String("stack", string(debug.Stack())))
 			if c.Writer.Written() {
 				// Headers are gone; the best we can do is stop here.

@@ -11,6 +11,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -19,6 +21,11 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hardenedgo/ginservice/internal/config"
+	"github.com/hardenedgo/ginservice/internal/observability"
+	"github.com/hardenedgo/ginservice/internal/server"
 )
 
 func main() {
@@ -50,6 +57,24 @@ func run() error {
 	// abandoned benchmark connection cannot pin a goroutine forever; it
 	// costs one deadline per request, as in the service.
 	srv := &http.Server{Handler: e, ReadHeaderTimeout: 10 * time.Second}
+	if os.Getenv("BARE_TUNED") == "1" {
+		// The service's http.Server exactly (timeouts, header limit, error
+		// log) with the embedded defaults: the difference to the service is
+		// then the middleware chain alone.
+		cfg, err := config.Load(func(string) string { return "" })
+		if err != nil {
+			return err
+		}
+		logger := slog.New(slog.NewJSONHandler(io.Discard, nil))
+		srv = server.NewHTTPServer(e, server.Timeouts{
+			ReadHeader: cfg.ReadHeaderTimeout, Read: cfg.ReadTimeout, Write: cfg.WriteTimeout, Idle: cfg.IdleTimeout,
+		}, cfg.MaxHeaderBytes, logger)
+		if os.Getenv("BARE_CONNTRACK") == "1" {
+			cm := observability.NewConnMetrics(prometheus.NewRegistry(), logger)
+			srv.ConnState = cm.ConnState
+			ln = cm.Listener(ln)
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	errc := make(chan error, 1)

@@ -1,0 +1,104 @@
+package server_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hardenedgo/ginservice/internal/health"
+	"github.com/hardenedgo/ginservice/internal/items"
+	"github.com/hardenedgo/ginservice/internal/observability"
+	"github.com/hardenedgo/ginservice/internal/ratelimit"
+	"github.com/hardenedgo/ginservice/internal/server"
+)
+
+// netHTTPWriter does what net/http's response does with the handler's
+// headers on every request (clone them when the status is written, then
+// serialise them sorted), so extra response headers cost here what they
+// cost on a real connection.
+type netHTTPWriter struct {
+	h       http.Header
+	written bool
+}
+
+func (w *netHTTPWriter) Header() http.Header { return w.h }
+func (w *netHTTPWriter) WriteHeader(int) {
+	if w.written {
+		return
+	}
+	w.written = true
+	_ = w.h.Clone().Write(io.Discard)
+}
+func (w *netHTTPWriter) Write(b []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	return len(b), nil
+}
+
+func benchServe(b *testing.B, h http.Handler) {
+	req := httptest.NewRequest(http.MethodGet, "/api/v1/ping", nil)
+	req.RemoteAddr = "10.1.2.3:4567"
+	req.Header.Set("User-Agent", "wrk")
+	w := &netHTTPWriter{h: http.Header{}}
+	b.ReportAllocs()
+	for b.Loop() {
+		clear(w.h)
+		w.written = false
+		h.ServeHTTP(w, req)
+	}
+}
+
+// fullChain is the public handler as cmd/api builds it on its embedded
+// defaults: request ID, tracing (not exporting), access metrics and log
+// line (JSON, batched), recovery, body limit, the in-memory rate limiter
+// (set out of the way, as in scripts/bench-http.sh).
+func fullChain(b *testing.B, level string) http.Handler {
+	ctx := context.Background()
+	bw := observability.NewBufferedWriter(io.Discard, 64<<10, 100*time.Millisecond)
+	b.Cleanup(func() { bw.Close() })
+	logger, err := observability.NewLogger(bw, level, "json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	tr, err := observability.SetupTracing(ctx, func(string) string { return "" }, "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	rl, err := ratelimit.New(ctx, ratelimit.Config{Rate: 1e9, Burst: 1e9, OnRedisError: "local", Instances: 1, RedisTimeout: 20 * time.Millisecond}, logger, reg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { rl.Close() })
+	rd := health.NewReadiness()
+	rd.SetReady()
+	return server.NewServer(server.Deps{
+		Logger:       logger,
+		Metrics:      observability.NewHTTPMetrics(reg),
+		Readiness:    rd,
+		Items:        items.NewSimulated(),
+		MaxBodyBytes: 1 << 20,
+		Tracing:      tr.Middleware(),
+		RateLimit:    ratelimit.Middleware(rl, ratelimit.MiddlewareOptions{Logger: logger}),
+	})
+}
+
+// BenchmarkChain is one GET /api/v1/ping through a bare gin.New() engine
+// and through the service's whole public chain, in process. The
+// difference is the chain's CPU cost per request; scripts/bench-http.sh
+// measures the same over real connections.
+func BenchmarkChain(b *testing.B) {
+	b.Run("bare_gin", func(b *testing.B) {
+		e := gin.New()
+		pong := []byte(`{"message":"pong"}`)
+		e.GET("/api/v1/ping", func(c *gin.Context) { c.Data(http.StatusOK, "application/json; charset=utf-8", pong) })
+		benchServe(b, e)
+	})
+	b.Run("full", func(b *testing.B) { benchServe(b, fullChain(b, "info")) })
+	b.Run("full_log_warn", func(b *testing.B) { benchServe(b, fullChain(b, "warn")) })
+}
