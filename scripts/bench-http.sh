@@ -17,6 +17,10 @@ round by round, and prints per-round req/s, medians and ratios to bare Gin.
 
 Variants (every round runs each of them once, in this order):
   bare        gin.New() + the ping handler, plain http.Server (the baseline)
+  bare-tuned  the same engine on the service's own http.Server (every timeout
+              and the header limit at their defaults): full/bare-tuned is
+              the middleware chain's cost alone, full/bare adds the server's
+              hardening (read/write/idle deadlines on every request)
   full        cmd/api, default LOG_LEVEL (access log on, written to a file),
               rate limiter on but out of the way (RATELIMIT_RATE/BURST 1e9),
               plus EXTRA_ENV
@@ -216,9 +220,11 @@ start_api() {
 
 read -r -a EXTRA <<<"$EXTRA_ENV"
 
-VARIANTS=(bare full)
+VARIANTS=(bare bare-tuned full)
 start_simple bare "$WORK/baregin"
 wait_ping "${ADDR[bare]}" "${PIDS[-1]}" "${LOG[bare]}"
+start_simple bare-tuned "$WORK/baregin" BARE_TUNED=1
+wait_ping "${ADDR[bare-tuned]}" "${PIDS[-1]}" "${LOG[bare-tuned]}"
 start_api full "${EXTRA[@]}"
 if [[ $WARN -eq 1 ]]; then
 	start_api full-warn "${EXTRA[@]}" LOG_LEVEL=warn
@@ -273,7 +279,7 @@ echo
 
 for v in "${VARIANTS[@]}"; do
 	run_wrk "$v" "$WARMUP" >/dev/null
-	if [[ "$v" != bare ]]; then : >"${LOG[$v]}"; fi
+	if [[ "$v" != bare* ]]; then : >"${LOG[$v]}"; fi
 done
 
 declare -A RPS CPU
@@ -292,7 +298,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 		cpu="$(awk -v t="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$nreq" 'BEGIN { printf "%.2f", (n > 0 ? t / hz * 1e6 / n : 0) }')"
 		lines=$((after - before))
 		# Keep the disk bounded: the access log of one round is ~100 MB.
-		if [[ "$v" == bare ]]; then lines="-"; else : >"${LOG[$v]}"; fi
+		if [[ "$v" == bare* ]]; then lines="-"; else : >"${LOG[$v]}"; fi
 		RPS[$v]+="$rps "
 		CPU[$v]+="$cpu "
 		printf '%-6s %-11s %12s %10s %10s %8s %8s %11s %12s\n' "$r" "$v" "$rps" "$p50" "$p99" "$non2xx" "$sockerr" "$lines" "$cpu"
@@ -302,25 +308,36 @@ done
 
 median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR] = $1} END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-echo
-BARE_MED="$(median <<<"${RPS[bare]}")"
-read -r -a BARE_R <<<"${RPS[bare]}"
-BARE_CPU="$(median <<<"${CPU[bare]}")"
-printf '%-11s %14s %14s %18s %12s %18s\n' variant "median req/s" "ratio to bare" "median round ratio" "cpu us/req" "cpu ratio bare/x"
-for v in "${VARIANTS[@]}"; do
-	med="$(median <<<"${RPS[$v]}")"
-	read -r -a VR <<<"${RPS[$v]}"
-	paired=""
-	for ((i = 0; i < ${#VR[@]}; i++)); do
-		paired+="$(awk -v a="${VR[$i]}" -v b="${BARE_R[$i]}" 'BEGIN { printf "%.4f", a / b }') "
+# summary BASE: every variant's median req/s and CPU per request against
+# the baseline BASE, two ways: ratio of the medians, and the median of the
+# per-round ratios (each round's variants ran back to back).
+summary() {
+	local base="$1" v med paired i ratio pmed cmed cratio
+	local base_med base_cpu
+	base_med="$(median <<<"${RPS[$base]}")"
+	base_cpu="$(median <<<"${CPU[$base]}")"
+	read -r -a BASE_R <<<"${RPS[$base]}"
+	echo
+	echo "against $base:"
+	printf '%-11s %14s %14s %18s %12s %18s\n' variant "median req/s" "ratio" "median round ratio" "cpu us/req" "cpu ratio base/x"
+	for v in "${VARIANTS[@]}"; do
+		med="$(median <<<"${RPS[$v]}")"
+		read -r -a VR <<<"${RPS[$v]}"
+		paired=""
+		for ((i = 0; i < ${#VR[@]}; i++)); do
+			paired+="$(awk -v a="${VR[$i]}" -v b="${BASE_R[$i]}" 'BEGIN { printf "%.4f", a / b }') "
+		done
+		ratio="$(awk -v a="$med" -v b="$base_med" 'BEGIN { printf "%.3f", a / b }')"
+		pmed="$(median <<<"$paired")"
+		cmed="$(median <<<"${CPU[$v]}")"
+		cratio="$(awk -v a="$base_cpu" -v b="$cmed" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')"
+		printf '%-11s %14.0f %14s %18.3f %12.2f %18s\n' "$v" "$med" "$ratio" "$pmed" "$cmed" "$cratio"
 	done
-	ratio="$(awk -v a="$med" -v b="$BARE_MED" 'BEGIN { printf "%.3f", a / b }')"
-	pmed="$(median <<<"$paired")"
-	cmed="$(median <<<"${CPU[$v]}")"
-	cratio="$(awk -v a="$BARE_CPU" -v b="$cmed" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')"
-	printf '%-11s %14.0f %14s %18.3f %12.2f %18s\n' "$v" "$med" "$ratio" "$pmed" "$cmed" "$cratio"
-done
-echo "target: full >= 0.85 of bare (req/s ratio; the cpu ratio is the same question asked of CPU time per request)"
+}
+summary bare
+summary bare-tuned
+echo
+echo "target: full >= 0.85 of bare Gin (req/s ratio; the cpu ratio is the same question asked of CPU time per request)"
 
 if [[ $TRACING -eq 1 ]]; then
 	stats="$(http_get "${ADDR[sink]}" /stats || true)"

@@ -3,6 +3,7 @@ package observability
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"testing"
 	"time"
@@ -58,4 +59,19 @@ func spanIDOrEmpty(sc trace.SpanContext) string {
 		return sc.SpanID().String()
 	}
 	return ""
+}
+
+func BenchmarkAccessLine(b *testing.B) {
+	tid, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+	sid, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
+	l := accessLine{
+		time: time.Now(), level: "INFO",
+		method: "GET", route: "/api/v1/ping", path: "/api/v1/ping", status: 200, latencyMS: 0.038, bytes: 18,
+		clientIP: "192.0.2.1", requestID: "4bf92f3577b34da6a3ce929d0e0e4736",
+		span: trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid}),
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = l.write(io.Discard)
+	}
 }

@@ -57,10 +57,14 @@ var connStates = [...]string{
 // serve on Listener(ln) to get close reasons; ConnState alone still gives
 // the state gauge and transitions (reason "unknown").
 type ConnMetrics struct {
-	gauges      [http.StateHijacked + 1]prometheus.Gauge
-	transitions [http.StateClosed + 1]prometheus.Counter
-	closed      *prometheus.CounterVec
-	log         *limitedLog
+	// The state gauge and transition counters change twice per request on
+	// every kept-alive connection. Shared atomics would bounce one cache
+	// line between the cores serving requests; each connection updates
+	// one stripe instead, and a scrape sums them.
+	stripes    [connStripes]connStripe
+	nextStripe atomic.Uint32
+	closed     *prometheus.CounterVec
+	log        *limitedLog
 	// untracked holds the state of connections that did not come through
 	// Listener (a net.Conn -> http.ConnState), to move the gauge.
 	untracked sync.Map
@@ -72,26 +76,12 @@ type ConnMetrics struct {
 // (resets, timeouts before a request) are logged at info, the rest at
 // debug, at most 5 lines a second.
 func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics {
-	gv := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "http_server_connections",
-		Help: "Open connections of the public listener by http.ConnState (new, active, idle, hijacked).",
-	}, []string{"state"})
-	tv := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "http_server_connection_transitions_total",
-		Help: "Connection state transitions of the public listener, by the state entered (closed included).",
-	}, []string{"state"})
 	m := &ConnMetrics{
 		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "http_server_connections_closed_total",
 			Help: "Connections closed, by who closed them (reason: peer_closed, peer_reset, idle_timeout, read_timeout, write_timeout, server, unknown) and the state they were in.",
 		}, []string{"reason", "state"}),
 		log: newLimitedLog(logger, 5, 10),
-	}
-	for s := http.StateNew; s <= http.StateHijacked; s++ {
-		m.gauges[s] = gv.WithLabelValues(connStates[s])
-	}
-	for s := http.StateNew; s <= http.StateClosed; s++ {
-		m.transitions[s] = tv.WithLabelValues(connStates[s])
 	}
 	// Series exist from the start, so rate() works on the first increment.
 	for _, r := range []string{CloseReasonPeerClosed, CloseReasonPeerReset, CloseReasonReadTimeout, CloseReasonWriteTimeout, CloseReasonServer} {
@@ -100,8 +90,61 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 		}
 	}
 	m.closed.WithLabelValues(CloseReasonIdleTimeout, "idle")
-	reg.MustRegister(gv, tv, m.closed)
+	reg.MustRegister(connCollector{m}, m.closed)
 	return m
+}
+
+// connStripes is the number of stripes of the connection counters: enough
+// that two connections served at once rarely share one.
+const connStripes = 16
+
+type connStripe struct {
+	gauges      [http.StateHijacked + 1]atomic.Int64
+	transitions [http.StateClosed + 1]atomic.Int64
+	_           [56]byte // 72 bytes of counters + 56: two cache lines per stripe
+}
+
+// Connections returns the number of open connections in state s (New,
+// Active, Idle or Hijacked).
+func (m *ConnMetrics) Connections(s http.ConnState) int64 {
+	var n int64
+	for i := range m.stripes {
+		n += m.stripes[i].gauges[s].Load()
+	}
+	return n
+}
+
+// Transitions returns how many times connections entered state s.
+func (m *ConnMetrics) Transitions(s http.ConnState) int64 {
+	var n int64
+	for i := range m.stripes {
+		n += m.stripes[i].transitions[s].Load()
+	}
+	return n
+}
+
+var (
+	connGaugeDesc = prometheus.NewDesc("http_server_connections",
+		"Open connections of the public listener by http.ConnState (new, active, idle, hijacked).", []string{"state"}, nil)
+	connTransitionsDesc = prometheus.NewDesc("http_server_connection_transitions_total",
+		"Connection state transitions of the public listener, by the state entered (closed included).", []string{"state"}, nil)
+)
+
+// connCollector exposes the striped connection counters.
+type connCollector struct{ m *ConnMetrics }
+
+func (c connCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- connGaugeDesc
+	ch <- connTransitionsDesc
+}
+
+func (c connCollector) Collect(ch chan<- prometheus.Metric) {
+	for s := http.StateNew; s <= http.StateHijacked; s++ {
+		ch <- prometheus.MustNewConstMetric(connGaugeDesc, prometheus.GaugeValue, float64(c.m.Connections(s)), connStates[s])
+	}
+	for s := http.StateNew; s <= http.StateClosed; s++ {
+		ch <- prometheus.MustNewConstMetric(connTransitionsDesc, prometheus.CounterValue, float64(c.m.Transitions(s)), connStates[s])
+	}
 }
 
 // Listener wraps ln so that every accepted connection records the first
@@ -115,10 +158,14 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 	if s > http.StateClosed {
 		return
 	}
-	m.transitions[s].Inc()
 	now := time.Now()
 	prev, known := http.StateNew, false
 	tc := trackedOf(c)
+	st := &m.stripes[0] // connections from another listener share one
+	if tc != nil {
+		st = tc.stripe
+	}
+	st.transitions[s].Add(1)
 	if tc != nil {
 		p := tc.state.Swap(int32(s) + 1)
 		prev, known = http.ConnState(p-1), p != 0
@@ -147,12 +194,12 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 		}
 	}
 	if known && prev <= http.StateHijacked {
-		m.gauges[prev].Dec()
+		st.gauges[prev].Add(-1)
 	}
 	// A hijacked connection leaves the server: it is counted until the
 	// hijacker closes it, which only a tracked connection can see.
 	if s < http.StateHijacked || (s == http.StateHijacked && tc != nil) {
-		m.gauges[s].Inc()
+		st.gauges[s].Add(1)
 	}
 }
 
@@ -234,7 +281,7 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	now := time.Now()
-	tc := &trackedConn{Conn: c, m: l.m, start: now}
+	tc := &trackedConn{Conn: c, m: l.m, start: now, stripe: &l.m.stripes[l.m.nextStripe.Add(1)%connStripes]}
 	tc.changed.Store(now.UnixNano())
 	return tc, nil
 }
@@ -243,6 +290,7 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 type trackedConn struct {
 	net.Conn
 	m        *ConnMetrics
+	stripe   *connStripe
 	start    time.Time
 	changed  atomic.Int64 // unix nanos of the last state change
 	state    atomic.Int32 // http.ConnState + 1; 0 before the first
@@ -343,7 +391,7 @@ func (c *trackedConn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {
 		// A hijacked connection leaves the gauge when its owner closes it.
 		if c.state.CompareAndSwap(int32(http.StateHijacked)+1, int32(http.StateClosed)+1) {
-			c.m.gauges[http.StateHijacked].Dec()
+			c.stripe.gauges[http.StateHijacked].Add(-1)
 		}
 	}
 	return c.Conn.Close()

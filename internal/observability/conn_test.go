@@ -20,6 +20,7 @@ import (
 
 type connServer struct {
 	m       *ConnMetrics
+	reg     *prometheus.Registry
 	srv     *http.Server
 	addr    string
 	release chan struct{}
@@ -33,7 +34,8 @@ func startConnServer(t *testing.T, track bool, tune func(*http.Server)) *connSer
 	t.Helper()
 	logs := &testkit.SyncBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	cs := &connServer{m: NewConnMetrics(prometheus.NewRegistry(), logger), release: make(chan struct{}), logs: logs}
+	reg := prometheus.NewRegistry()
+	cs := &connServer{m: NewConnMetrics(reg, logger), reg: reg, release: make(chan struct{}), logs: logs}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		select {
@@ -84,8 +86,34 @@ func (cs *connServer) dump() string {
 	return b.String() + cs.logs.String()
 }
 
+// gauge reads http_server_connections{state} as a scrape sees it.
 func (cs *connServer) gauge(state http.ConnState) float64 {
-	return testutil.ToFloat64(cs.m.gauges[state])
+	return cs.scraped("http_server_connections", connStates[state])
+}
+
+// scraped gathers the registry and returns name{state=state}; a missing
+// series is a test failure (reported as -1).
+func (cs *connServer) scraped(name, state string) float64 {
+	mfs, err := cs.reg.Gather()
+	if err != nil {
+		return -1
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "state" && l.GetValue() == state {
+					if g := m.GetGauge(); g != nil {
+						return g.GetValue()
+					}
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return -1
 }
 
 func (cs *connServer) closedCount(reason, state string) float64 {
@@ -151,7 +179,7 @@ func TestConnStatesAndPeerClose(t *testing.T) {
 	}
 	want := map[http.ConnState]float64{http.StateNew: 1, http.StateActive: 2, http.StateIdle: 2, http.StateClosed: 1}
 	for s, n := range want {
-		if got := testutil.ToFloat64(cs.m.transitions[s]); got != n {
+		if got := cs.scraped("http_server_connection_transitions_total", connStates[s]); got != n || float64(cs.m.Transitions(s)) != n {
 			t.Errorf("transitions to %s = %v, want %v", connStates[s], got, n)
 		}
 	}
@@ -328,7 +356,7 @@ func BenchmarkConnStateKeepAliveRequest(b *testing.B) {
 	a, c := net.Pipe()
 	defer a.Close()
 	defer c.Close()
-	tc := &trackedConn{Conn: a, m: m, start: time.Now()}
+	tc := &trackedConn{Conn: a, m: m, start: time.Now(), stripe: &m.stripes[1]}
 	m.ConnState(tc, http.StateNew)
 	b.ReportAllocs()
 	for b.Loop() {

@@ -68,8 +68,10 @@ func Middleware(l Limiter, opts MiddlewareOptions) gin.HandlerFunc {
 			limitHdr.Store(lh)
 		}
 		h[canonLimit] = lh.value
-		h[canonRemaining] = []string{strconv.Itoa(max(0, d.Remaining))}
-		h[canonReset] = []string{strconv.FormatInt(ceilSeconds(d.ResetAfter, 0), 10)}
+		// One allocation for both per-request values.
+		vals := []string{strconv.Itoa(max(0, d.Remaining)), strconv.FormatInt(ceilSeconds(d.ResetAfter, 0), 10)}
+		h[canonRemaining] = vals[0:1:1]
+		h[canonReset] = vals[1:2:2]
 		if !d.Allowed {
 			retry := ceilSeconds(d.RetryAfter, 1)
 			h[canonRetryAfter] = []string{strconv.FormatInt(retry, 10)}

@@ -40,6 +40,24 @@ func (w *netHTTPWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+// benchServeParallel is benchServe from GOMAXPROCS goroutines at once, as
+// under real load: shared counters, gauges and locks then bounce between
+// cores, which a single goroutine never shows.
+func benchServeParallel(b *testing.B, h http.Handler) {
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		req := httptest.NewRequest(http.MethodGet, "/api/v1/ping", nil)
+		req.RemoteAddr = "10.1.2.3:4567"
+		req.Header.Set("User-Agent", "wrk")
+		w := &netHTTPWriter{h: http.Header{}}
+		for pb.Next() {
+			clear(w.h)
+			w.written = false
+			h.ServeHTTP(w, req)
+		}
+	})
+}
+
 func benchServe(b *testing.B, h http.Handler) {
 	req := httptest.NewRequest(http.MethodGet, "/api/v1/ping", nil)
 	req.RemoteAddr = "10.1.2.3:4567"
@@ -88,17 +106,22 @@ func fullChain(b *testing.B, level string) http.Handler {
 	})
 }
 
+func bareGin() *gin.Engine {
+	e := gin.New()
+	pong := []byte(`{"message":"pong"}`)
+	e.GET("/api/v1/ping", func(c *gin.Context) { c.Data(http.StatusOK, "application/json; charset=utf-8", pong) })
+	return e
+}
+
 // BenchmarkChain is one GET /api/v1/ping through a bare gin.New() engine
 // and through the service's whole public chain, in process. The
 // difference is the chain's CPU cost per request; scripts/bench-http.sh
 // measures the same over real connections.
 func BenchmarkChain(b *testing.B) {
-	b.Run("bare_gin", func(b *testing.B) {
-		e := gin.New()
-		pong := []byte(`{"message":"pong"}`)
-		e.GET("/api/v1/ping", func(c *gin.Context) { c.Data(http.StatusOK, "application/json; charset=utf-8", pong) })
-		benchServe(b, e)
-	})
+	b.Run("bare_gin", func(b *testing.B) { benchServe(b, bareGin()) })
 	b.Run("full", func(b *testing.B) { benchServe(b, fullChain(b, "info")) })
 	b.Run("full_log_warn", func(b *testing.B) { benchServe(b, fullChain(b, "warn")) })
+	b.Run("parallel/bare_gin", func(b *testing.B) { benchServeParallel(b, bareGin()) })
+	b.Run("parallel/full", func(b *testing.B) { benchServeParallel(b, fullChain(b, "info")) })
+	b.Run("parallel/full_log_warn", func(b *testing.B) { benchServeParallel(b, fullChain(b, "warn")) })
 }
