@@ -3,7 +3,6 @@ package observability
 import (
 	"context"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"sync"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/hardenedgo/ginservice/internal/clientip"
 	"github.com/hardenedgo/ginservice/internal/problem"
+	"github.com/hardenedgo/ginservice/internal/striped"
 )
 
 // StatusClientClosedRequest is logged (never sent) when the client went away
@@ -47,7 +47,7 @@ type HTTPMetrics struct {
 	requests  *prometheus.CounterVec
 	duration  *prometheus.HistogramVec
 	size      *prometheus.HistogramVec
-	inFlight  *stripedGauge
+	inFlight  *striped.Int64 // a Prometheus gauge is a CAS loop on one shared line
 	aborts    *prometheus.CounterVec
 	truncated *prometheus.CounterVec
 	panics    *prometheus.CounterVec
@@ -149,7 +149,7 @@ func NewHTTPMetrics(reg prometheus.Registerer) *HTTPMetrics {
 			Help:    "HTTP response body size by route template.",
 			Buckets: prometheus.ExponentialBuckets(64, 4, 8),
 		}, []string{"method", "route"}),
-		inFlight: &stripedGauge{},
+		inFlight: &striped.Int64{},
 		aborts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "http_server_client_aborts_total",
 			Help: "Requests whose client went away before the response (logged as status 499).",
@@ -170,7 +170,7 @@ func NewHTTPMetrics(reg prometheus.Registerer) *HTTPMetrics {
 	inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "http_server_requests_in_flight",
 		Help: "HTTP requests being served.",
-	}, func() float64 { return float64(m.inFlight.value()) })
+	}, func() float64 { return float64(m.inFlight.Load()) })
 	reg.MustRegister(m.requests, m.duration, m.size, inFlight, m.aborts, m.truncated, m.panics, m.degraded)
 	return m
 }
@@ -237,10 +237,10 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 	}
 	return func(c *gin.Context) {
 		start := time.Now()
-		stripe := m.inFlight.add()
+		stripe := m.inFlight.Add(1)
 		// Deferred: http.ErrAbortHandler panics through every middleware on
 		// purpose and must not leak an in-flight request.
-		defer m.inFlight.done(stripe)
+		defer m.inFlight.AddAt(stripe, -1)
 		c.Next()
 		elapsed := time.Since(start)
 
@@ -356,31 +356,4 @@ func (m *HTTPMetrics) TruncatedCounter(route string) prometheus.Counter {
 // PanicsCounter returns the panic series of route.
 func (m *HTTPMetrics) PanicsCounter(route string) prometheus.Counter {
 	return m.panics.WithLabelValues(route)
-}
-
-// stripedGauge is a gauge changed on every request from every core: each
-// change goes to one of several cache lines (a random one, per request), and
-// reading sums them. A single atomic would bounce between the cores.
-type stripedGauge struct {
-	stripes [16]struct {
-		n atomic.Int64
-		_ [56]byte
-	}
-}
-
-// add counts one more on a random stripe and returns the stripe, for done.
-func (g *stripedGauge) add() uint32 {
-	i := rand.Uint32() % uint32(len(g.stripes))
-	g.stripes[i].n.Add(1)
-	return i
-}
-
-func (g *stripedGauge) done(i uint32) { g.stripes[i].n.Add(-1) }
-
-func (g *stripedGauge) value() int64 {
-	var n int64
-	for i := range g.stripes {
-		n += g.stripes[i].n.Load()
-	}
-	return n
 }
