@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gin-gonic/gin"
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
@@ -121,21 +122,27 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// --- Rate limiting: Redis when REDIS_URL is set, else in memory. A
 	// Redis that is down at start is not fatal: the fallback decides and a
 	// background probe switches back when Redis answers.
-	limiter, err := ratelimit.New(ctx, ratelimit.Config{
-		RedisURL:       cfg.RedisURL,
-		Rate:           cfg.RateLimitRate,
-		Burst:          cfg.RateLimitBurst,
-		OnRedisError:   cfg.RateLimitOnError,
-		Instances:      cfg.RateLimitInstances,
-		RedisTimeout:   cfg.RateLimitTimeout,
-		KeyHeader:      cfg.RateLimitKeyHeader,
-		TracerProvider: redisTP,
-	}, logger, reg)
-	if err != nil {
-		return exitError{2, fmt.Errorf("config: rate limiter: %w", err)}
+	var rateLimit gin.HandlerFunc
+	if cfg.RateLimitEnabled {
+		limiter, err := ratelimit.New(ctx, ratelimit.Config{
+			RedisURL:       cfg.RedisURL,
+			Rate:           cfg.RateLimitRate,
+			Burst:          cfg.RateLimitBurst,
+			OnRedisError:   cfg.RateLimitOnError,
+			Instances:      cfg.RateLimitInstances,
+			RedisTimeout:   cfg.RateLimitTimeout,
+			KeyHeader:      cfg.RateLimitKeyHeader,
+			TracerProvider: redisTP,
+		}, logger, reg)
+		if err != nil {
+			return exitError{2, fmt.Errorf("config: rate limiter: %w", err)}
+		}
+		defer limiter.Close()
+		readiness.Register("redis", limiter.Health)
+		rateLimit = ratelimit.Middleware(limiter, ratelimit.MiddlewareOptions{KeyHeader: cfg.RateLimitKeyHeader, Logger: logger})
+	} else {
+		logger.Info("ratelimit: off (RATELIMIT_ENABLED=false)")
 	}
-	defer limiter.Close()
-	readiness.Register("redis", limiter.Health)
 
 	// --- The items dependency: simulated, or DOWNSTREAM_URL through the
 	// resilient client; either way behind the circuit breaker and fallback.
@@ -183,7 +190,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		MaxBodyBytes:   cfg.MaxBodyBytes,
 		TrustedProxies: trusted,
 		Tracing:        tracing.Middleware(),
-		RateLimit:      ratelimit.Middleware(limiter, ratelimit.MiddlewareOptions{KeyHeader: cfg.RateLimitKeyHeader, Logger: logger}),
+		RateLimit:      rateLimit,
 	}), server.Timeouts{
 		ReadHeader: cfg.ReadHeaderTimeout,
 		Read:       cfg.ReadTimeout,

@@ -593,3 +593,34 @@ func TestRunRateLimitAndDegradation(t *testing.T) {
 		t.Errorf("degraded response not counted")
 	}
 }
+
+// RATELIMIT_ENABLED=false: the same tight limit never answers 429, the
+// responses carry no RateLimit-* headers, and /readyz has no redis entry.
+func TestRunRateLimitDisabled(t *testing.T) {
+	r := startRun(t, map[string]string{"RATELIMIT_ENABLED": "false", "RATELIMIT_RATE": "1", "RATELIMIT_BURST": "1"})
+	for i := range 5 {
+		resp, err := http.Get("http://" + r.public + "/api/v1/ping")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d with the limiter off", i, resp.StatusCode)
+		}
+		for _, h := range []string{"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} {
+			if v := resp.Header.Get(h); v != "" {
+				t.Errorf("%s = %q with the limiter off", h, v)
+			}
+		}
+		if resp.Header.Get("X-Request-ID") == "" {
+			t.Errorf("no X-Request-ID")
+		}
+	}
+	if code, body := get(t, "http://"+r.public+"/readyz"); code != 200 || strings.Contains(body, "redis") {
+		t.Errorf("readyz = %d %s", code, body)
+	}
+	if !strings.Contains(r.logs.String(), "RATELIMIT_ENABLED=false") {
+		t.Errorf("start-up log does not say the limiter is off:\n%s", r.logs)
+	}
+}

@@ -44,6 +44,7 @@ type Config struct {
 	LogFlushInterval time.Duration `env:"LOG_FLUSH_INTERVAL" envDefault:"100ms" help:"logs are written in batches at least this often (one write(2) per line costs ~6% CPU at full load); 0: every line at once"`
 
 	// Rate limiting.
+	RateLimitEnabled   bool          `env:"RATELIMIT_ENABLED" envDefault:"true" help:"false: no rate limiting on /api/v1 (a gateway in front limits instead; no RateLimit-* headers, no Redis)"`
 	RedisURL           string        `env:"REDIS_URL" help:"redis://[:password@]host:port/db, or a cluster as redis://h1:p1?addr=h2:p2&addr=h3:p3; empty: in-memory limiter"`
 	RateLimitRate      float64       `env:"RATELIMIT_RATE" envDefault:"100" help:"tokens per second per key"`
 	RateLimitBurst     int           `env:"RATELIMIT_BURST" envDefault:"200" help:"bucket capacity per key"`
