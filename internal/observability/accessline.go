@@ -21,7 +21,7 @@ type accessLine struct {
 	route     string
 	path      string
 	status    int
-	latencyMS float64
+	latencyUS int64 // written as latency_ms, the float slog would write
 	bytes     int
 	clientIP  string
 	requestID string
@@ -35,7 +35,7 @@ func (l *accessLine) write(w io.Writer) error {
 	bp := lineBufs.Get().(*[]byte)
 	b := (*bp)[:0]
 	b = append(b, `{"time":"`...)
-	b = l.time.AppendFormat(b, time.RFC3339Nano)
+	b = appendRFC3339Nano(b, l.time)
 	b = append(b, `","level":"`...)
 	b = append(b, l.level...)
 	b = append(b, `","msg":"request","method":`...)
@@ -47,7 +47,7 @@ func (l *accessLine) write(w io.Writer) error {
 	b = append(b, `,"status":`...)
 	b = strconv.AppendInt(b, int64(l.status), 10)
 	b = append(b, `,"latency_ms":`...)
-	b = strconv.AppendFloat(b, l.latencyMS, 'g', -1, 64)
+	b = appendMillis(b, l.latencyUS)
 	b = append(b, `,"bytes":`...)
 	b = strconv.AppendInt(b, int64(l.bytes), 10)
 	b = append(b, `,"client_ip":`...)

@@ -20,9 +20,11 @@ func TestAccessLineMatchesSlog(t *testing.T) {
 	paths := []string{"/api/v1/ping", `/a"b\c`, "/tab\there\nnl\x01\x1f", "/bad\xff\xfeutf8", "/line\u2028sep\u2029", "/ünï/😀", "<>&", ""}
 	for i, p := range paths {
 		sc := spans[i%len(spans)]
+		lat := []int64{38, 0, 1000, 1_234_567, 2_000_000_123}[i%5]
+		tm := time.Date(2026, 11, 25, 9, 23, 59, []int{275381233, 0, 120000000}[i%3], []*time.Location{time.UTC, time.FixedZone("x", 3600)}[i%2])
 		l := accessLine{
-			time: time.Date(2026, 11, 25, 9, 23, 59, 275381233, time.UTC), level: "INFO",
-			method: "GET", route: "/api/v1/items/:id", path: p, status: 499, latencyMS: 0.038, bytes: 85,
+			time: tm, level: "INFO",
+			method: "GET", route: "/api/v1/items/:id", path: p, status: 499, latencyUS: lat, bytes: 85,
 			clientIP: "192.0.2.1", requestID: "abc-1", span: sc,
 		}
 		var got bytes.Buffer
@@ -34,7 +36,7 @@ func TestAccessLineMatchesSlog(t *testing.T) {
 		r := slog.NewRecord(l.time, slog.LevelInfo, "request", 0)
 		r.AddAttrs(
 			slog.String("method", l.method), slog.String("route", l.route), slog.String("path", l.path),
-			slog.Int("status", l.status), slog.Float64("latency_ms", l.latencyMS), slog.Int("bytes", l.bytes),
+			slog.Int("status", l.status), slog.Float64("latency_ms", float64(l.latencyUS)/1000), slog.Int("bytes", l.bytes),
 			slog.String("client_ip", l.clientIP), slog.String("request_id", l.requestID),
 			slog.String("trace_id", traceIDOrEmpty(sc)), slog.String("span_id", spanIDOrEmpty(sc)),
 		)
@@ -66,7 +68,7 @@ func BenchmarkAccessLine(b *testing.B) {
 	sid, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
 	l := accessLine{
 		time: time.Now(), level: "INFO",
-		method: "GET", route: "/api/v1/ping", path: "/api/v1/ping", status: 200, latencyMS: 0.038, bytes: 18,
+		method: "GET", route: "/api/v1/ping", path: "/api/v1/ping", status: 200, latencyUS: 38, bytes: 18,
 		clientIP: "192.0.2.1", requestID: "4bf92f3577b34da6a3ce929d0e0e4736",
 		span: trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid}),
 	}

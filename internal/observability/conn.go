@@ -63,6 +63,7 @@ type ConnMetrics struct {
 	// one stripe instead, and a scrape sums them.
 	stripes    [connStripes]connStripe
 	nextStripe atomic.Uint32
+	epoch      time.Time // the clock of connection ages: time.Since(epoch)
 	closed     *prometheus.CounterVec
 	log        *limitedLog
 	// untracked holds the state of connections that did not come through
@@ -81,7 +82,8 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 			Name: "http_server_connections_closed_total",
 			Help: "Connections closed, by who closed them (reason: peer_closed, peer_reset, idle_timeout, read_timeout, write_timeout, server, unknown) and the state they were in.",
 		}, []string{"reason", "state"}),
-		log: newLimitedLog(logger, 5, 10),
+		log:   newLimitedLog(logger, 5, 10),
+		epoch: time.Now(),
 	}
 	// Series exist from the start, so rate() works on the first increment.
 	for _, r := range []string{CloseReasonPeerClosed, CloseReasonPeerReset, CloseReasonReadTimeout, CloseReasonWriteTimeout, CloseReasonServer} {
@@ -158,7 +160,9 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 	if s > http.StateClosed {
 		return
 	}
-	now := time.Now()
+	// Monotonic time since the metrics were created: one clock read, where
+	// time.Now takes two (wall and monotonic), twice per request.
+	now := time.Since(m.epoch)
 	prev, known := http.StateNew, false
 	tc := trackedOf(c)
 	st := &m.stripes[0] // connections from another listener share one
@@ -173,7 +177,7 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 			tc.wrote.Store(false)
 			tc.requests.Add(1)
 		}
-		since := time.Duration(now.UnixNano() - tc.changed.Swap(now.UnixNano()))
+		since := now - time.Duration(tc.changed.Swap(int64(now)))
 		if s == http.StateClosed {
 			// Counted last, after the gauges: a reader that sees the close
 			// counted sees the gauges settled.
@@ -204,7 +208,7 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 }
 
 // ended counts and logs a closed tracked connection.
-func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState time.Duration, now time.Time) {
+func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now time.Duration) {
 	reason := CloseReasonServer
 	level := slog.LevelDebug
 	cause := tc.cause.Load()
@@ -242,7 +246,7 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState time.D
 		slog.String("state", state),
 		slog.String("remote_addr", remoteAddr(tc.Conn)),
 		slog.Int64("requests", tc.requests.Load()),
-		slog.Float64("age_ms", float64(now.Sub(tc.start).Microseconds())/1000),
+		slog.Float64("age_ms", float64((now-tc.start).Microseconds())/1000),
 		slog.Float64("in_state_ms", float64(inState.Microseconds())/1000),
 	)
 }
@@ -280,9 +284,9 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
+	now := time.Since(l.m.epoch)
 	tc := &trackedConn{Conn: c, m: l.m, start: now, stripe: &l.m.stripes[l.m.nextStripe.Add(1)%connStripes]}
-	tc.changed.Store(now.UnixNano())
+	tc.changed.Store(int64(now))
 	return tc, nil
 }
 
@@ -291,9 +295,9 @@ type trackedConn struct {
 	net.Conn
 	m        *ConnMetrics
 	stripe   *connStripe
-	start    time.Time
-	changed  atomic.Int64 // unix nanos of the last state change
-	state    atomic.Int32 // http.ConnState + 1; 0 before the first
+	start    time.Duration // accepted, on the ConnMetrics clock (since epoch)
+	changed  atomic.Int64  // last state change, on the same clock
+	state    atomic.Int32  // http.ConnState + 1; 0 before the first
 	requests atomic.Int64
 	cause    atomic.Int32
 	// causeState is state's value when cause was recorded.

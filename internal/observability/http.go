@@ -282,13 +282,13 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 		// trace_id and span_id are always present (empty without a span) so
 		// every access line has the same keys; the background context keeps
 		// the trace handler from adding them twice.
-		latencyMS := float64(elapsed.Microseconds()) / 1000
+		latencyUS := elapsed.Microseconds()
 		if th, ok := h.(traceHandler); ok && th.json && level < slog.LevelWarn {
 			// The JSON sink is known: encode the line directly (same shape
 			// as slog's). Errors go through slog below, so they flush.
 			line := accessLine{
 				time: start.Add(elapsed), level: "INFO", method: method, route: route,
-				path: c.Request.URL.Path, status: status, latencyMS: latencyMS, bytes: size,
+				path: c.Request.URL.Path, status: status, latencyUS: latencyUS, bytes: size,
 				clientIP: clientip.Of(c), requestID: problem.RequestID(c.Writer.Header()),
 				span: sc,
 			}
@@ -307,7 +307,7 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 			slog.String("route", route),
 			slog.String("path", c.Request.URL.Path),
 			slog.Int("status", status),
-			slog.Float64("latency_ms", latencyMS),
+			slog.Float64("latency_ms", float64(latencyUS)/1000),
 			slog.Int("bytes", size),
 			slog.String("client_ip", clientip.Of(c)),
 			slog.String("request_id", problem.RequestID(c.Writer.Header())),
