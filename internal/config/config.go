@@ -335,10 +335,21 @@ func Usage(w io.Writer, prog string) {
 // otelVars are read by the OpenTelemetry SDK itself; listed for completeness.
 var otelVars = [][3]string{
 	{"OTEL_EXPORTER_OTLP_ENDPOINT", "(empty)", "OTLP endpoint (e.g. http://jaeger:4318); tracing is off unless this or OTEL_TRACES_EXPORTER=otlp is set"},
-	{"OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", "http/protobuf or grpc"},
+	{"OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", "http/protobuf, http/json or grpc"},
 	{"OTEL_TRACES_EXPORTER", "(empty)", "otlp to enable tracing, none to disable it"},
 	{"OTEL_SERVICE_NAME", "api", "service.name of the traces"},
 	{"OTEL_TRACES_SAMPLER", "parentbased_traceidratio", "sampler; with OTEL_TRACES_SAMPLER_ARG (default 0.01)"},
 	{"OTEL_PROPAGATORS", "tracecontext,baggage,jaeger", "incoming/outgoing trace headers"},
 	{"OTEL_RESOURCE_ATTRIBUTES", "(empty)", "extra resource attributes, k=v,k2=v2"},
+	{"OTEL_TRACES_SAMPLER_ARG", "0.01", "sampling ratio of the ratio samplers, 0 to 1"},
+	{"OTEL_SDK_DISABLED", "false", "true: no tracing at all, not even continuing callers' traces"},
+	{"OTEL_EXPORTER_OTLP_HEADERS", "(empty)", "headers of the export requests, k=v,k2=v2 (e.g. an API key)"},
+	{"OTEL_EXPORTER_OTLP_TIMEOUT", "10000", "export timeout in ms"},
+	{"OTEL_EXPORTER_OTLP_COMPRESSION", "(empty)", "gzip or none"},
+	{"OTEL_EXPORTER_OTLP_INSECURE", "false", "true: export without TLS"},
+	{"OTEL_EXPORTER_OTLP_TRACES_*", "(empty)", "the traces-only form of each OTEL_EXPORTER_OTLP_* above (ENDPOINT, PROTOCOL, HEADERS, TIMEOUT, COMPRESSION, INSECURE); wins over it"},
+	{"OTEL_BSP_SCHEDULE_DELAY", "5000", "ms between span batches"},
+	{"OTEL_BSP_EXPORT_TIMEOUT", "30000", "ms one batch export may take"},
+	{"OTEL_BSP_MAX_QUEUE_SIZE", "2048", "spans queued for export; more are dropped"},
+	{"OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512", "spans per export request"},
 }
