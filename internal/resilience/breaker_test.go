@@ -294,22 +294,25 @@ func TestBreakerCallerCancelIsNotAFailure(t *testing.T) {
 	s := newStack(t, bcfg, testClientConfig(), discardLogger())
 	s.ds.setMode(mode{kind: modeSlow, delay: 10 * time.Second})
 
+	// The callers leave once all ten requests have reached the downstream
+	// (a fixed delay could cancel a request not sent yet on a loaded
+	// machine: then the downstream never sees it).
+	ctx, cancelAll := context.WithCancel(context.Background())
+	defer cancelAll()
 	var wg sync.WaitGroup
 	for range 10 {
 		wg.Go(func() {
-			ctx, cancel := context.WithCancel(context.Background())
-			time.AfterFunc(50*time.Millisecond, cancel)
 			it, err := s.src.Get(ctx, "1")
 			if !errors.Is(err, context.Canceled) || it != (items.Item{}) {
 				t.Errorf("Get = %+v, %v; want context.Canceled", it, err)
 			}
 		})
 	}
+	eventually(t, 5*time.Second, func() bool { return s.ds.hits.Load() == 10 }, "downstream receives 10 requests")
+	cancelAll()
 	wg.Wait()
-	eventually(t, 2*time.Second, func() bool { return s.ds.cancelled.Load() == 10 }, "downstream sees 10 cancellations")
+	eventually(t, 5*time.Second, func() bool { return s.ds.cancelled.Load() == 10 }, "downstream sees 10 cancellations")
 	// Already cancelled: the downstream is not even called.
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
 	if _, err := s.src.Get(ctx, "1"); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Get with a cancelled context = %v", err)
 	}
