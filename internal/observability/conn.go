@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hardenedgo/ginservice/internal/striped"
 )
 
 // Why a connection ended. The listener wrapper (ConnMetrics.Listener) sees
@@ -58,14 +60,14 @@ var connStates = [...]string{
 // the state gauge and transitions (reason "unknown").
 type ConnMetrics struct {
 	// The state gauge and transition counters change twice per request on
-	// every kept-alive connection. Shared atomics would bounce one cache
-	// line between the cores serving requests; each connection updates
-	// one stripe instead, and a scrape sums them.
-	stripes    [connStripes]connStripe
-	nextStripe atomic.Uint32
-	epoch      time.Time // the clock of connection ages: time.Since(epoch)
-	closed     *prometheus.CounterVec
-	log        *limitedLog
+	// every kept-alive connection: striped, each connection on its own
+	// stripe (round robin at accept), summed at scrape.
+	gauges      [http.StateHijacked + 1]striped.Int64
+	transitions [http.StateClosed + 1]striped.Int64
+	nextStripe  atomic.Uint32
+	epoch       time.Time // the clock of connection ages: time.Since(epoch)
+	closed      *prometheus.CounterVec
+	log         *limitedLog
 	// untracked holds the state of connections that did not come through
 	// Listener (a net.Conn -> http.ConnState), to move the gauge.
 	untracked sync.Map
@@ -96,34 +98,12 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 	return m
 }
 
-// connStripes is the number of stripes of the connection counters: enough
-// that two connections served at once rarely share one.
-const connStripes = 16
-
-type connStripe struct {
-	gauges      [http.StateHijacked + 1]atomic.Int64
-	transitions [http.StateClosed + 1]atomic.Int64
-	_           [56]byte // 72 bytes of counters + 56: two cache lines per stripe
-}
-
 // Connections returns the number of open connections in state s (New,
 // Active, Idle or Hijacked).
-func (m *ConnMetrics) Connections(s http.ConnState) int64 {
-	var n int64
-	for i := range m.stripes {
-		n += m.stripes[i].gauges[s].Load()
-	}
-	return n
-}
+func (m *ConnMetrics) Connections(s http.ConnState) int64 { return m.gauges[s].Load() }
 
 // Transitions returns how many times connections entered state s.
-func (m *ConnMetrics) Transitions(s http.ConnState) int64 {
-	var n int64
-	for i := range m.stripes {
-		n += m.stripes[i].transitions[s].Load()
-	}
-	return n
-}
+func (m *ConnMetrics) Transitions(s http.ConnState) int64 { return m.transitions[s].Load() }
 
 var (
 	connGaugeDesc = prometheus.NewDesc("http_server_connections",
@@ -165,11 +145,11 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 	now := time.Since(m.epoch)
 	prev, known := http.StateNew, false
 	tc := trackedOf(c)
-	st := &m.stripes[0] // connections from another listener share one
+	var stripe uint32 // connections from another listener share stripe 0
 	if tc != nil {
-		st = tc.stripe
+		stripe = tc.stripe
 	}
-	st.transitions[s].Add(1)
+	m.transitions[s].AddAt(stripe, 1)
 	if tc != nil {
 		p := tc.state.Swap(int32(s) + 1)
 		prev, known = http.ConnState(p-1), p != 0
@@ -198,12 +178,12 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 		}
 	}
 	if known && prev <= http.StateHijacked {
-		st.gauges[prev].Add(-1)
+		m.gauges[prev].AddAt(stripe, -1)
 	}
 	// A hijacked connection leaves the server: it is counted until the
 	// hijacker closes it, which only a tracked connection can see.
 	if s < http.StateHijacked || (s == http.StateHijacked && tc != nil) {
-		st.gauges[s].Add(1)
+		m.gauges[s].AddAt(stripe, 1)
 	}
 }
 
@@ -285,7 +265,7 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	now := time.Since(l.m.epoch)
-	tc := &trackedConn{Conn: c, m: l.m, start: now, stripe: &l.m.stripes[l.m.nextStripe.Add(1)%connStripes]}
+	tc := &trackedConn{Conn: c, m: l.m, start: now, stripe: l.m.nextStripe.Add(1) % striped.Stripes}
 	tc.changed.Store(int64(now))
 	return tc, nil
 }
@@ -294,7 +274,7 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 type trackedConn struct {
 	net.Conn
 	m        *ConnMetrics
-	stripe   *connStripe
+	stripe   uint32        // of the ConnMetrics counters
 	start    time.Duration // accepted, on the ConnMetrics clock (since epoch)
 	changed  atomic.Int64  // last state change, on the same clock
 	state    atomic.Int32  // http.ConnState + 1; 0 before the first
@@ -395,7 +375,7 @@ func (c *trackedConn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {
 		// A hijacked connection leaves the gauge when its owner closes it.
 		if c.state.CompareAndSwap(int32(http.StateHijacked)+1, int32(http.StateClosed)+1) {
-			c.stripe.gauges[http.StateHijacked].Add(-1)
+			c.m.gauges[http.StateHijacked].AddAt(c.stripe, -1)
 		}
 	}
 	return c.Conn.Close()

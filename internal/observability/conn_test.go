@@ -356,7 +356,7 @@ func BenchmarkConnStateKeepAliveRequest(b *testing.B) {
 	a, c := net.Pipe()
 	defer a.Close()
 	defer c.Close()
-	tc := &trackedConn{Conn: a, m: m, stripe: &m.stripes[1]}
+	tc := &trackedConn{Conn: a, m: m, stripe: 1}
 	m.ConnState(tc, http.StateNew)
 	b.ReportAllocs()
 	for b.Loop() {

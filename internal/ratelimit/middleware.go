@@ -36,8 +36,8 @@ const (
 // Middleware limits each request by client key, one token per request. The
 // key is the client IP as c.ClientIP() finds it (clientip.Of): the peer
 // address, or X-Forwarded-For only when the peer is one of the engine's
-// trusted proxies (engine.SetTrustedProxies from
-// TRUSTED_PROXIES; nil trusts none). Every response carries RateLimit-Limit,
+// trusted proxies (engine.SetTrustedProxies from TRUSTED_PROXIES; nil
+// trusts none). Every response carries RateLimit-Limit,
 // RateLimit-Remaining and RateLimit-Reset; a denial is a 429 problem with
 // Retry-After in whole seconds (at least 1). A limiter error (only possible
 // through misconfiguration) lets the request through and is logged: the

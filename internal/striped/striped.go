@@ -1,7 +1,8 @@
 // Package striped has counters for values that every request changes from
 // every core: a single atomic would move its cache line between the cores
 // on each change. Each change goes to one of several lines instead (a
-// random one), and reading sums them, so reads cost more and writes scale.
+// random one, or one the caller keeps, such as a connection's), and reading
+// sums them, so reads cost more and writes scale.
 package striped
 
 import (
