@@ -5,6 +5,7 @@ package main
 // `make test`.
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"regexp"
@@ -18,6 +19,25 @@ import (
 
 	"github.com/hardenedgo/ginservice/internal/testkit/redistest"
 )
+
+// slowestAccess is the largest latency_ms of the access lines in logs: what
+// the service itself measured, as opposed to what the load loop saw
+// (which adds the client's and the scheduler's delays).
+func slowestAccess(logs string) time.Duration {
+	var slowest float64
+	for _, line := range strings.Split(logs, "\n") {
+		if !strings.Contains(line, `"msg":"request"`) {
+			continue
+		}
+		var m struct {
+			Latency float64 `json:"latency_ms"`
+		}
+		if json.Unmarshal([]byte(line), &m) == nil && m.Latency > slowest {
+			slowest = m.Latency
+		}
+	}
+	return time.Duration(slowest * float64(time.Millisecond))
+}
 
 // loadResult counts what a bounded load loop saw.
 type loadResult struct {
@@ -168,8 +188,9 @@ func TestDrillRedisKilledAndRestarted(t *testing.T) {
 	res.wait()
 
 	local := metric(t, p.admin, `ratelimit_decisions_total{backend="local",result="allowed"}`)
-	t.Logf("redis killed under load: %s; degraded after %s, outage %s, back on Redis %s after restart; local decisions %v",
-		res, toDegraded, time.Since(killedAt).Round(time.Millisecond), toRedis, local)
+	time.Sleep(200 * time.Millisecond) // the binary's log is flushed every 100 ms
+	t.Logf("redis killed under load: %s; slowest in the service's own access log %s; degraded after %s, outage %s, back on Redis %s after restart; local decisions %v",
+		res, slowestAccess(p.logs.String()), toDegraded, time.Since(killedAt).Round(time.Millisecond), toRedis, local)
 	if len(res.errs) != 0 || len(res.codes) != 1 || res.codes[200] == 0 {
 		t.Fatalf("callers saw failures: %s %v", res, res.errs)
 	}
@@ -198,12 +219,19 @@ func TestDrillRedisSlow(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	close(stop)
 	res.wait()
-	t.Logf("redis slowed by 100ms: %s", res)
+	time.Sleep(200 * time.Millisecond) // the binary's log is flushed every 100 ms
+	t.Logf("redis slowed by 100ms: %s; slowest in the service's own access log %s", res, slowestAccess(p.logs.String()))
 	if len(res.errs) != 0 || res.codes[200] == 0 || len(res.codes) != 1 {
 		t.Fatalf("callers saw failures: %s %v", res, res.errs)
 	}
 	if p99 := res.quantile(.99); p99 >= 100*time.Millisecond {
 		t.Fatalf("p99 %s: requests waited for slow Redis instead of the fallback", p99)
+	}
+	// The load loop's maximum includes the client's scheduling; the
+	// service's own measure of its slowest request must stay under the
+	// Redis delay (it is the 20 ms budget plus scheduling).
+	if slowest := slowestAccess(p.logs.String()); slowest >= 100*time.Millisecond {
+		t.Fatalf("the service took %s for a request: it waited for slow Redis", slowest)
 	}
 	if metric(t, p.admin, `ratelimit_redis_errors_total{kind="timeout"}`) <= 0 {
 		t.Errorf("Redis budget overruns were not counted")
