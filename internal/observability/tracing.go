@@ -2,9 +2,11 @@ package observability
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"reflect"
@@ -57,7 +59,10 @@ const (
 // outbound calls carry it on) and nothing is exported. OTEL_SDK_DISABLED=true
 // turns the SDK off entirely (no-op provider).
 type Tracing struct {
-	provider    trace.TracerProvider
+	provider trace.TracerProvider
+	// rootSampler is the sampler of the exporting provider: the middleware
+	// decides root requests itself (see Middleware).
+	rootSampler sdktrace.Sampler
 	sdk         *sdktrace.TracerProvider // nil with OTEL_SDK_DISABLED=true
 	propagator  propagation.TextMapPropagator
 	exporting   bool
@@ -142,8 +147,10 @@ func SetupTracing(ctx context.Context, getenv func(string) string, serviceVersio
 		sdktrace.WithResource(res),
 		sdktrace.WithSampler(sampler),
 		sdktrace.WithBatcher(exporter, bspOpts...),
+		sdktrace.WithIDGenerator(idGenerator{}),
 	)
 	t.provider = t.sdk
+	t.rootSampler = sampler
 	t.exporting = true
 	t.describe = expDesc + ", sampler " + samplerDesc
 	return t, nil
@@ -237,6 +244,7 @@ func (t *Tracing) Middleware() gin.HandlerFunc {
 	}
 	startOpts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)}
 	exporting := t.exporting
+	rootSampler := t.rootSampler
 	return func(c *gin.Context) {
 		route := c.FullPath()
 		if untraced[route] {
@@ -266,7 +274,33 @@ func (t *Tracing) Middleware() gin.HandlerFunc {
 		method := methodLabel(r.Method)
 		// The samplers in use ignore the span name; building "METHOD
 		// /route" is left to the spans that are recorded.
-		ctx, span := tracer.Start(ctx, method, startOpts...)
+		var span trace.Span
+		if !incoming && rootSampler != nil {
+			// A root request while exporting: most are not sampled (1% by
+			// default), and for those the SDK would only build a
+			// non-recording span around fresh ids. Draw the ids and ask
+			// the provider's sampler here, as the SDK does; a dropped
+			// request gets its span context without the SDK's span set-up
+			// (its id still goes to the logs and, marked not sampled, to
+			// the dependencies). A sampled one is started by the SDK with
+			// these very ids (idGenerator), so the decision is the same.
+			tid, sid := newTraceIDs()
+			res := rootSampler.ShouldSample(sdktrace.SamplingParameters{
+				ParentContext: ctx, TraceID: tid, Name: method, Kind: trace.SpanKindServer,
+			})
+			if res.Decision == sdktrace.Drop {
+				sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceState: res.Tracestate})
+				c.Request = r.WithContext(trace.ContextWithSpanContext(ctx, sc))
+				c.Next()
+				return
+			}
+			// The preset ids stay out of the request's context: only this
+			// Start reads them.
+			_, span = tracer.Start(context.WithValue(ctx, presetIDsKey{}, presetIDs{tid, sid}), method, startOpts...)
+			ctx = trace.ContextWithSpan(ctx, span)
+		} else {
+			ctx, span = tracer.Start(ctx, method, startOpts...)
+		}
 		recording := span.IsRecording()
 		if recording {
 			if route != "" {
@@ -300,6 +334,44 @@ func (t *Tracing) Middleware() gin.HandlerFunc {
 			span.SetStatus(codes.Error, c.Errors.String())
 		}
 	}
+}
+
+// idGenerator draws trace and span ids as the SDK's default generator does
+// (math/rand/v2), except that a root span started with presetIDs in its
+// context gets those: the middleware has already sampled on them.
+type idGenerator struct{}
+
+type presetIDsKey struct{}
+
+type presetIDs struct {
+	trace trace.TraceID
+	span  trace.SpanID
+}
+
+func (idGenerator) NewIDs(ctx context.Context) (trace.TraceID, trace.SpanID) {
+	if p, ok := ctx.Value(presetIDsKey{}).(presetIDs); ok {
+		return p.trace, p.span
+	}
+	return newTraceIDs()
+}
+
+func (idGenerator) NewSpanID(context.Context, trace.TraceID) trace.SpanID { return newSpanID() }
+
+func newTraceIDs() (trace.TraceID, trace.SpanID) {
+	var tid trace.TraceID
+	for !tid.IsValid() {
+		binary.NativeEndian.PutUint64(tid[:8], rand.Uint64())
+		binary.NativeEndian.PutUint64(tid[8:], rand.Uint64())
+	}
+	return tid, newSpanID()
+}
+
+func newSpanID() trace.SpanID {
+	var sid trace.SpanID
+	for !sid.IsValid() {
+		binary.NativeEndian.PutUint64(sid[:], rand.Uint64())
+	}
+	return sid
 }
 
 // headerCarrier is propagation.HeaderCarrier without the allocation of

@@ -323,6 +323,83 @@ func TestTracesAlwaysOnRoutesAndFallback(t *testing.T) {
 	}
 }
 
+// Root requests are sampled once, on the ids they end up with: at ratio 0.5
+// about half are exported (sampling twice would export a quarter), each
+// exported span has the trace and span id its access line logged, the
+// others log a trace id that is never exported, and a dependency called by
+// an unsampled request gets that trace id marked not sampled.
+func TestRootSamplingDecidedOnce(t *testing.T) {
+	rc := otlptest.Start(t)
+	ds := startDownstream(t)
+	s := startStack(t, stackOptions{
+		env:        map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": rc.URL, "OTEL_TRACES_SAMPLER_ARG": "0.5"},
+		downstream: ds.url,
+	})
+	base := "http://" + s.public
+	const n = 400
+	for range n {
+		if code, _ := do(t, base+"/api/v1/ping", nil); code != 200 {
+			t.Fatalf("ping = %d", code)
+		}
+	}
+	flush(t, s)
+	exported := map[string]string{} // trace id -> span id
+	for _, sp := range spanNamed(rc.Spans(), "GET /api/v1/ping") {
+		if len(sp.GetParentSpanId()) != 0 {
+			t.Errorf("root request exported with a parent: %x", sp.GetParentSpanId())
+		}
+		exported[hexID(sp.GetTraceId())] = hexID(sp.GetSpanId())
+	}
+	// Binomial(400, 0.5): mean 200, sd 10.
+	if len(exported) < 140 || len(exported) > 260 {
+		t.Fatalf("%d of %d root requests exported at ratio 0.5", len(exported), n)
+	}
+	var logged, unsampled int
+	for _, l := range logLines(s.logs, "request") {
+		if l["route"] != "/api/v1/ping" {
+			continue
+		}
+		logged++
+		tid, _ := l["trace_id"].(string)
+		sid, _ := l["span_id"].(string)
+		if len(tid) != 32 || len(sid) != 16 {
+			t.Fatalf("access line without ids: %v", l)
+		}
+		if want, ok := exported[tid]; ok {
+			if sid != want {
+				t.Errorf("trace %s: logged span %s, exported %s", tid, sid, want)
+			}
+			continue
+		}
+		unsampled++
+	}
+	if logged != n || unsampled != n-len(exported) {
+		t.Fatalf("%d access lines, %d unsampled; want %d, %d", logged, unsampled, n, n-len(exported))
+	}
+
+	// An unsampled root request calling the dependency.
+	for i := 0; ; i++ {
+		if i == 50 {
+			t.Fatal("50 item requests and every one sampled at ratio 0.5")
+		}
+		before := len(rc.Spans())
+		if code, _ := do(t, base+"/api/v1/items/1", nil); code != 200 {
+			t.Fatalf("items = %d", code)
+		}
+		flush(t, s)
+		if len(rc.Spans()) != before {
+			continue // sampled; try again
+		}
+		lines := logLines(s.logs, "request")
+		tid := lines[len(lines)-1]["trace_id"].(string)
+		tp := ds.last().Get("traceparent")
+		if !strings.HasPrefix(tp, "00-"+tid+"-") || !strings.HasSuffix(tp, "-00") {
+			t.Fatalf("dependency got traceparent %q, want trace %s marked not sampled", tp, tid)
+		}
+		break
+	}
+}
+
 // Without an endpoint nothing is exported, but a caller's trace is still
 // continued: the logs carry its trace id and the dependency receives it,
 // sampled flag intact, so the trace stays joined through this service.
