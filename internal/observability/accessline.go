@@ -13,7 +13,8 @@ import (
 
 // accessLine is one access log record. It is encoded by hand, in the same
 // shape slog's JSON handler writes, because it is written once per request:
-// slog spends ~1.4 µs on the eleven attributes, this ~0.2 µs.
+// slog spends ~1.4 µs on the eleven attributes, this ~0.13 µs
+// (BenchmarkAccessLine).
 type accessLine struct {
 	time      time.Time
 	level     string
