@@ -2,7 +2,9 @@
 // engine serving GET /api/v1/ping with the same bytes and content type as the
 // real service, on a plain http.Server as gin's own Run() builds it. The
 // difference between the two is the cost of the service's middleware chain
-// and server tuning.
+// and server tuning. With BARE_TUNED=1 it serves on the service's own
+// http.Server (server.NewHTTPServer, default timeouts): the difference is
+// then the chain alone.
 //
 //	HTTP_ADDR=127.0.0.1:0 baregin   # prints "listening 127.0.0.1:PORT"
 package main
@@ -21,10 +23,8 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hardenedgo/ginservice/internal/config"
-	"github.com/hardenedgo/ginservice/internal/observability"
 	"github.com/hardenedgo/ginservice/internal/server"
 )
 
@@ -69,11 +69,6 @@ func run() error {
 		srv = server.NewHTTPServer(e, server.Timeouts{
 			ReadHeader: cfg.ReadHeaderTimeout, Read: cfg.ReadTimeout, Write: cfg.WriteTimeout, Idle: cfg.IdleTimeout,
 		}, cfg.MaxHeaderBytes, logger)
-		if os.Getenv("BARE_CONNTRACK") == "1" {
-			cm := observability.NewConnMetrics(prometheus.NewRegistry(), logger)
-			srv.ConnState = cm.ConnState
-			ln = cm.Listener(ln)
-		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
