@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -622,5 +623,24 @@ func TestRunRateLimitDisabled(t *testing.T) {
 	}
 	if !strings.Contains(r.logs.String(), "RATELIMIT_ENABLED=false") {
 		t.Errorf("start-up log does not say the limiter is off:\n%s", r.logs)
+	}
+}
+
+func TestVCSCommit(t *testing.T) {
+	rev := []debug.BuildSetting{{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: "0123abc"}, {Key: "vcs.modified", Value: "false"}}
+	dirty := []debug.BuildSetting{{Key: "vcs.revision", Value: "0123abc"}, {Key: "vcs.modified", Value: "true"}}
+	for _, tc := range []struct {
+		name, commit string
+		settings     []debug.BuildSetting
+		want         string
+	}{
+		{"stamped by -X wins", "feed42", rev, "feed42"},
+		{"vcs revision", "unknown", rev, "0123abc"},
+		{"uncommitted changes", "unknown", dirty, "0123abc-dirty"},
+		{"no vcs info (go run, -buildvcs=false)", "unknown", nil, "unknown"},
+	} {
+		if got := vcsCommit(tc.commit, tc.settings); got != tc.want {
+			t.Errorf("%s: vcsCommit = %q, want %q", tc.name, got, tc.want)
+		}
 	}
 }
