@@ -247,13 +247,27 @@ func TestHugeHeadersGet431(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 		t.Fatalf("70 KB of headers: %d, want 431", resp.StatusCode)
 	}
+	// net/http answers before any handler runs; the answer still carries a
+	// request ID and a problem body, and the rejection is logged and counted.
+	id := resp.Header.Get("X-Request-ID")
+	if resp.Header.Get("Content-Type") != "application/problem+json" || len(id) != 32 || !strings.Contains(string(body), `"request_id":"`+id+`"`) {
+		t.Errorf("431 response: %v %s", resp.Header, body)
+	}
 	if code, _ := get(t, "http://"+r.public+"/healthz"); code != 200 {
 		t.Fatal("not healthy after 431")
 	}
+	if n := metric(t, r.admin, `http_server_rejected_requests_total{code="431"}`); n != 1 {
+		t.Errorf("rejected 431 = %v, want 1", n)
+	}
+	waitFor(t, 3*time.Second, "the rejected request's log line", func() bool {
+		logs := r.logs.String() // written within LOG_FLUSH_INTERVAL
+		return strings.Contains(logs, `"msg":"request rejected","status":431`) && strings.Contains(logs, id)
+	})
 }
 
 func TestTruncatedBodiesAndGoneClients(t *testing.T) {

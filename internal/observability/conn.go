@@ -1,13 +1,18 @@
 package observability
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -15,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/hardenedgo/ginservice/internal/problem"
 	"github.com/hardenedgo/ginservice/internal/striped"
 )
 
@@ -67,6 +73,7 @@ type ConnMetrics struct {
 	nextStripe  atomic.Uint32
 	epoch       time.Time // the clock of connection ages: time.Since(epoch)
 	closed      *prometheus.CounterVec
+	rejected    *prometheus.CounterVec
 	log         *limitedLog
 	// untracked holds the state of connections that did not come through
 	// Listener (a net.Conn -> http.ConnState), to move the gauge.
@@ -74,18 +81,26 @@ type ConnMetrics struct {
 }
 
 // NewConnMetrics registers http_server_connections{state},
-// http_server_connection_transitions_total{state} and
-// http_server_connections_closed_total{reason,state} on reg. Unusual ends
-// (resets, timeouts before a request) are logged at info, the rest at
-// debug, at most 5 lines a second.
+// http_server_connection_transitions_total{state},
+// http_server_connections_closed_total{reason,state} and
+// http_server_rejected_requests_total{code} on reg. Unusual ends (resets,
+// timeouts before a request) and rejected requests are logged at info, the
+// rest at debug, at most 5 lines a second.
 func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics {
 	m := &ConnMetrics{
 		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "http_server_connections_closed_total",
 			Help: "Connections closed, by who closed them (reason: peer_closed, peer_reset, idle_timeout, read_timeout, write_timeout, server, unknown) and the state they were in.",
 		}, []string{"reason", "state"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "http_server_rejected_requests_total",
+			Help: "Requests net/http answered itself, before routing, by status code: 400 malformed request line or headers (also plain HTTP on the TLS port), 431 headers over HTTP_MAX_HEADER_BYTES, 501 unsupported transfer encoding, 505 unsupported HTTP version. They have no access line.",
+		}, []string{"code"}),
 		log:   newLimitedLog(logger, 5, 10),
 		epoch: time.Now(),
+	}
+	for _, code := range []string{"400", "431", "501", "505"} {
+		m.rejected.WithLabelValues(code)
 	}
 	// Series exist from the start, so rate() works on the first increment.
 	for _, r := range []string{CloseReasonPeerClosed, CloseReasonPeerReset, CloseReasonReadTimeout, CloseReasonWriteTimeout, CloseReasonServer} {
@@ -94,7 +109,7 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 		}
 	}
 	m.closed.WithLabelValues(CloseReasonIdleTimeout, "idle")
-	reg.MustRegister(connCollector{m}, m.closed)
+	reg.MustRegister(connCollector{m}, m.closed, m.rejected)
 	return m
 }
 
@@ -304,6 +319,14 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 	// this goroutine runs again.
 	if len(b) > 0 && !c.wrote.Load() {
 		c.wrote.Store(true)
+		// The first bytes of a response: net/http's own rejections of a
+		// request it could not parse are written here in one piece.
+		// A 1xx/2xx/3xx status line is ruled out by one byte.
+		if len(b) > 12 && b[9] >= '4' {
+			if r, ok := parseRejection(b); ok {
+				return c.reject(b, r)
+			}
+		}
 	}
 	n, err := c.Conn.Write(b)
 	if err != nil {
@@ -384,3 +407,107 @@ func (c *trackedConn) Close() error {
 // NetConn returns the accepted connection, for code that needs the
 // *net.TCPConn.
 func (c *trackedConn) NetConn() net.Conn { return c.Conn }
+
+// A rejection is a response net/http writes itself when it cannot read a
+// request (conn.serve): a status line, fixed text/plain headers, a short text
+// body, then it closes the connection. No handler runs, so such a request
+// has no access line, no request ID and no problem body.
+type rejection struct {
+	proto  string // "HTTP/1.1", or "HTTP/1.0" for plain HTTP on the TLS port
+	code   int
+	detail string
+	// tls: plain HTTP on the TLS port, already counted and logged as a TLS
+	// handshake error (ServerErrorLog).
+	tls bool
+}
+
+// The exact bytes net/http writes for its rejections (net/http/server.go).
+// Handler responses cannot start this way: net/http writes a handler's
+// headers (here always X-Request-Id) before its Content-Type/Connection
+// pair.
+const (
+	netHTTPErrorHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+	netHTTPPlainOnTLS   = "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server."
+)
+
+// parseRejection recognises net/http's rejection forms:
+//
+//	HTTP/1.1 431 Request Header Fields Too Large<errorHeaders>431 Request Header Fields Too Large
+//	HTTP/1.1 400 Bad Request<errorHeaders>400 Bad Request
+//	HTTP/1.1 400 Bad Request: missing required Host header<errorHeaders>...
+//	HTTP/1.1 501 Not Implemented<errorHeaders>Unsupported transfer encoding
+//	HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n
+func parseRejection(b []byte) (rejection, bool) {
+	if bytes.HasPrefix(b, []byte(netHTTPPlainOnTLS)) {
+		return rejection{proto: "HTTP/1.0", code: http.StatusBadRequest, detail: "plain HTTP request sent to the TLS port", tls: true}, true
+	}
+	if !bytes.HasPrefix(b, []byte("HTTP/1.1 ")) || b[12] != ' ' {
+		return rejection{}, false
+	}
+	code := 0
+	for _, d := range b[9:12] {
+		if d < '0' || d > '9' {
+			return rejection{}, false
+		}
+		code = code*10 + int(d-'0')
+	}
+	if code < 400 || code > 599 {
+		return rejection{}, false
+	}
+	eol := bytes.Index(b, []byte("\r\n"))
+	if eol < 13 || !bytes.HasPrefix(b[eol:], []byte(netHTTPErrorHeaders)) {
+		return rejection{}, false
+	}
+	r := rejection{proto: "HTTP/1.1", code: code}
+	reason := string(b[13:eol])
+	if i := strings.Index(reason, ": "); i >= 0 {
+		r.detail = reason[i+2:] // a statusError's text, e.g. "missing required Host header"
+	}
+	if r.detail == "" {
+		switch code {
+		case http.StatusRequestHeaderFieldsTooLarge:
+			r.detail = "request line and headers larger than the server accepts (HTTP_MAX_HEADER_BYTES)"
+		case http.StatusNotImplemented:
+			r.detail = "unsupported transfer encoding"
+		case http.StatusBadRequest:
+			r.detail = "malformed request"
+		default:
+			r.detail = strings.ToLower(http.StatusText(code))
+		}
+	}
+	return r, true
+}
+
+// reject sends the problem+json form of net/http's rejection instead of its
+// plain text, with a fresh X-Request-ID as on every other response, counts
+// it and logs it (rate limited: a client that sends garbage in a loop
+// cannot flood the log). It reports len(orig) written, as net/http expects.
+// Plain HTTP on the TLS port gets the same response and is counted as a
+// TLS handshake error only.
+func (c *trackedConn) reject(orig []byte, r rejection) (int, error) {
+	id := problem.NewRequestID()
+	body, _ := json.Marshal(problem.Make(r.code, r.detail, "", id))
+	var buf bytes.Buffer
+	buf.Grow(256 + len(body))
+	fmt.Fprintf(&buf, "%s %d %s\r\n", r.proto, r.code, http.StatusText(r.code))
+	buf.WriteString("Cache-Control: no-store\r\nConnection: close\r\n")
+	fmt.Fprintf(&buf, "Content-Length: %d\r\n", len(body))
+	buf.WriteString("Content-Type: " + problem.ContentType + "\r\n")
+	buf.WriteString(problem.RequestIDHeader + ": " + id + "\r\n\r\n")
+	buf.Write(body)
+
+	if !r.tls {
+		c.m.rejected.WithLabelValues(strconv.Itoa(r.code)).Inc()
+		c.m.log.Log(context.Background(), slog.LevelInfo, "request rejected",
+			slog.Int("status", r.code),
+			slog.String("detail", r.detail),
+			slog.String("remote_addr", remoteAddr(c.Conn)),
+			slog.String("request_id", id),
+		)
+	}
+	if _, err := c.Conn.Write(buf.Bytes()); err != nil {
+		c.note(err, false)
+		return 0, err
+	}
+	return len(orig), nil
+}

@@ -3,11 +3,13 @@ package observability
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -362,5 +364,123 @@ func BenchmarkConnStateKeepAliveRequest(b *testing.B) {
 	for b.Loop() {
 		m.ConnState(tc, http.StateActive)
 		m.ConnState(tc, http.StateIdle)
+	}
+}
+
+// net/http answers requests it cannot parse itself, before any handler:
+// the tracked connection turns those answers into problem+json with a
+// request ID, counts them by code and logs them.
+func TestRejectedRequestsGetProblemAndRequestID(t *testing.T) {
+	cs := startConnServer(t, true, func(s *http.Server) { s.MaxHeaderBytes = 1 << 10 })
+	cases := []struct {
+		name, raw   string
+		code        int
+		detail      string
+		closesEarly bool
+	}{
+		{"headers over the limit", "GET /fast HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 70<<10) + "\r\n\r\n", 431, "HTTP_MAX_HEADER_BYTES", true},
+		{"garbage request line", "NOT HTTP AT ALL\r\n\r\n", 400, "malformed request", false},
+		{"invalid header name", "GET /fast HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n", 400, "invalid header name", false},
+		{"no Host", "GET /fast HTTP/1.1\r\n\r\n", 400, "missing required Host header", false},
+		{"unsupported transfer encoding", "POST /fast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "unsupported transfer encoding", false},
+		{"unsupported version", "GET /fast HTTP/3.0\r\nHost: x\r\n\r\n", 505, "unsupported protocol version", false},
+	}
+	want := map[string]float64{}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", cs.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			// The server may answer and close before a large request is
+			// all written: write from another goroutine, read here.
+			go io.WriteString(c, tc.raw)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != tc.code {
+				t.Fatalf("status %d, want %d (%s)", resp.StatusCode, tc.code, body)
+			}
+			if ct := resp.Header.Get("Content-Type"); ct != "application/problem+json" {
+				t.Errorf("Content-Type %q", ct)
+			}
+			id := resp.Header.Get("X-Request-ID")
+			if len(id) != 32 {
+				t.Errorf("X-Request-ID %q", id)
+			}
+			var p struct {
+				Status    int    `json:"status"`
+				Title     string `json:"title"`
+				Detail    string `json:"detail"`
+				RequestID string `json:"request_id"`
+			}
+			if err := json.Unmarshal(body, &p); err != nil {
+				t.Fatalf("body %q: %v", body, err)
+			}
+			if p.Status != tc.code || p.Title != http.StatusText(tc.code) || p.RequestID != id || !strings.Contains(p.Detail, tc.detail) {
+				t.Errorf("problem %+v, want status %d, detail containing %q, request_id %s", p, tc.code, tc.detail, id)
+			}
+			if !resp.Close {
+				t.Error("response does not close the connection")
+			}
+			want[strconv.Itoa(tc.code)]++
+			eventually(t, "log line", func() bool {
+				return strings.Contains(cs.logs.String(), `"msg":"request rejected","status":`+strconv.Itoa(tc.code)) &&
+					strings.Contains(cs.logs.String(), `"request_id":"`+id+`"`)
+			}, cs.logs.String)
+		})
+	}
+	for code, n := range want {
+		if got := testutil.ToFloat64(cs.m.rejected.WithLabelValues(code)); got != n {
+			t.Errorf("rejected{code=%s} = %v, want %v", code, got, n)
+		}
+	}
+
+	// Handler responses are never taken for a rejection, even a plain-text
+	// 400 that closes the connection and has no Date (the closest a
+	// handler can come to net/http's own bytes).
+	cs2 := startConnServer(t, true, func(s *http.Server) {
+		s.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header()["Date"] = nil
+			w.Header().Set("Connection", "close")
+			w.WriteHeader(http.StatusBadRequest)
+			io.WriteString(w, "400 Bad Request")
+		})
+	})
+	resp, err := http.Get("http://" + cs2.addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || string(body) != "400 Bad Request" || resp.Header.Get("X-Request-ID") != "" {
+		t.Errorf("handler's own 400 was rewritten: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+	if got := testutil.ToFloat64(cs2.m.rejected.WithLabelValues("400")); got != 0 {
+		t.Errorf("handler's 400 counted as rejected: %v", got)
+	}
+}
+
+func TestParseRejectionLeavesOtherBytesAlone(t *testing.T) {
+	for _, b := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nok",
+		"HTTP/1.1 400 Bad Request\r\nDate: x\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n",
+		"HTTP/1.1 40x Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n",
+		"HTTP/1.1 400Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n",
+		"HTTP/1.1 400 \r\n",
+		"\x17\x03\x03\x00\x20 encrypted record bytes......",
+		"SSH-2.0-OpenSSH_9.6\r\n",
+	} {
+		if r, ok := parseRejection([]byte(b)); ok {
+			t.Errorf("%q taken for a rejection: %+v", b, r)
+		}
 	}
 }

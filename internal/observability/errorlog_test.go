@@ -133,7 +133,17 @@ func TestTLSHandshakeErrorsByReason(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
+	// net/http's plain-text answer, as a problem with a request ID; counted
+	// as a handshake error, not also as a rejected request.
+	if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Content-Type") != "application/problem+json" ||
+		len(resp.Header.Get("X-Request-ID")) != 32 || !strings.Contains(string(body), "plain HTTP request sent to the TLS port") {
+		t.Errorf("plain HTTP on the TLS port: %d %v %s", resp.StatusCode, resp.Header, body)
+	}
+	if n := testutil.ToFloat64(ts.conns.rejected.WithLabelValues("400")); n != 0 {
+		t.Errorf("plain HTTP on the TLS port counted as a rejected request too: %v", n)
+	}
 	eventually(t, "other", func() bool { return ts.reasonOf(TLSReasonOther) == 2 })
 
 	// A good client still gets through, and is not counted.

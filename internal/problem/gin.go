@@ -1,6 +1,9 @@
 package problem
 
 import (
+	"encoding/binary"
+	"encoding/hex"
+	"math/rand/v2"
 	"net/http"
 
 	"github.com/gin-gonic/gin"
@@ -11,6 +14,16 @@ import (
 // directly: Header.Get and Set would canonicalise "X-Request-ID" into a new
 // string on every request.
 const RequestIDHeader = "X-Request-Id"
+
+// NewRequestID returns 128 random bits in hex. Request IDs correlate log
+// lines; they are not secrets, so math/rand/v2's per-thread ChaCha8 (no
+// lock, no syscall) is enough and much cheaper than crypto/rand.
+func NewRequestID() string {
+	var b [16]byte
+	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
+	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
+	return hex.EncodeToString(b[:])
+}
 
 // RequestID returns the request ID the request-ID middleware has set on the
 // response headers h, or "".

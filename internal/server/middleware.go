@@ -1,11 +1,8 @@
 package server
 
 import (
-	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"runtime/debug"
 
@@ -59,23 +56,13 @@ func validRequestID(s string) bool {
 	return true
 }
 
-// newRequestID returns 128 random bits in hex. Request IDs correlate log
-// lines; they are not secrets, so math/rand/v2's per-thread ChaCha8 (no
-// lock, no syscall) is enough and much cheaper than crypto/rand.
-func newRequestID() string {
-	var b [16]byte
-	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
-	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
-	return hex.EncodeToString(b[:])
-}
-
 func requestID() gin.HandlerFunc {
 	return func(c *gin.Context) {
 		var id string
 		if v := c.Request.Header[problem.RequestIDHeader]; len(v) > 0 && validRequestID(v[0]) {
 			id = v[0]
 		} else {
-			id = newRequestID()
+			id = problem.NewRequestID()
 		}
 		c.Writer.Header()[problem.RequestIDHeader] = []string{id}
 		c.Next()

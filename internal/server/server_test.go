@@ -438,7 +438,7 @@ func TestAdmin(t *testing.T) {
 func TestGeneratedRequestIDsAreUniqueAndValid(t *testing.T) {
 	seen := make(map[string]bool, 10000)
 	for range 10000 {
-		id := newRequestID()
+		id := problem.NewRequestID()
 		if !validRequestID(id) || len(id) != 32 {
 			t.Fatalf("generated id %q is not a valid 32-char id", id)
 		}
