@@ -17,6 +17,13 @@ layers and prints what it found, what it means and what to do:
   3. kernel  - listen queue overflows, socket states (CLOSE-WAIT, TIME-WAIT),
                sysctls against the recommended values, NIC and softnet drops
 
+and, with --metrics, the service's own view from its Prometheus metrics:
+
+  4. service - who closed its connections and why (peer reset, client gone
+               mid-request, idle/read/write timeouts), 499s, requests net/http
+               rejected, TLS handshake errors, the pod's listen overflows,
+               open circuits and the rate limiter's fallback
+
 Every part is optional: a missing tool or input is reported, not fatal.
 
 Options:
@@ -27,15 +34,20 @@ Options:
                          seconds while probing (root and tcpdump needed)
   -a, --nginx-access F   nginx access log (combined or deploy/nginx format)
   -e, --nginx-error F    nginx error log
+  -m, --metrics URL      the service's metrics (its admin port), e.g.
+                         http://127.0.0.1:9090/metrics; read at the start and
+                         at the end, like the kernel counters
   -p, --port PORT        only count sockets on this local or remote port
-  -i, --interval SEC     seconds between two readings of the kernel counters,
+  -i, --interval SEC     seconds between two readings of the kernel counters
+                         and the service's metrics,
                          to tell "rising now" from "since boot" (default 2; 0:
                          one reading)
   -h, --help             this help
 
 Example:
   bash scripts/diagnose-eof.sh -u http://127.0.0.1:8080/api/v1/ping \
-    -a /var/log/nginx/access.log -e /var/log/nginx/error.log -p 8080
+    -a /var/log/nginx/access.log -e /var/log/nginx/error.log -p 8080 \
+    -m http://127.0.0.1:9090/metrics
 EOF
 }
 
@@ -46,6 +58,7 @@ capture=0
 access_log=""
 error_log=""
 port=""
+metrics_url=""
 interval=2
 
 need_arg() {
@@ -74,6 +87,7 @@ while [[ $# -gt 0 ]]; do
 	-a | --nginx-access) need_arg "$@" && access_log=$2 && shift ;;
 	-e | --nginx-error) need_arg "$@" && error_log=$2 && shift ;;
 	-p | --port) need_arg "$@" && need_int "$1" "$2" && port=$2 && shift ;;
+	-m | --metrics) need_arg "$@" && metrics_url=$2 && shift ;;
 	-i | --interval) need_arg "$@" && need_int "$1" "$2" && interval=$2 && shift ;;
 	*)
 		echo "diagnose-eof: unknown argument '$1' (see -h)" >&2
@@ -157,6 +171,17 @@ counter() { awk -v k="$1" '$1 == k { print $2; found = 1 } END { if (!found) pri
 
 counter_src=$(read_counters "$work/counters.1")
 counter_t0=$(date +%s)
+
+# read_metrics FILE: the service's metrics, or an empty file and a message
+# in FILE.err.
+read_metrics() {
+	: >"$1"
+	if [[ -z $metrics_url ]] || ! have curl; then
+		return 0
+	fi
+	curl -sS -f --max-time 5 -o "$1" "$metrics_url" 2>"$1.err" || : >"$1"
+}
+read_metrics "$work/metrics.1"
 
 # ---------------------------------------------------------------- client
 section "1. Client: what a caller sees"
@@ -626,6 +651,168 @@ else
 			"Match the times with the errors; fix the NIC/driver, the queue sizes (sysctl-tune.sh), or the memory limit."
 	else
 		finding OK "no NIC, drop, SYN-flood or OOM messages in dmesg"
+	fi
+fi
+
+# ---------------------------------------------------------------- service
+section "4. Service: its own metrics"
+
+# msum FILE NAME [LABEL=VALUE ...]: the sum of NAME's series whose labels
+# include every LABEL="VALUE" given (Prometheus text format).
+msum() {
+	local file=$1 name=$2
+	shift 2
+	awk -v name="$name" -v want="$*" '
+		/^#/ || NF < 2 { next }
+		{
+			series = $1; n = name
+			if (series != n && substr(series, 1, length(n) + 1) != n "{") next
+			nw = split(want, w, " ")
+			for (i = 1; i <= nw; i++) {
+				eq = index(w[i], "=")
+				pat = substr(w[i], 1, eq - 1) "=\"" substr(w[i], eq + 1) "\""
+				if (index(series, "{" pat) == 0 && index(series, "," pat) == 0) next
+			}
+			s += $2
+		}
+		END { printf "%.0f\n", s + 0 }' "$file"
+}
+
+if [[ -z $metrics_url ]]; then
+	skip "no --metrics given: the service's own view not read (its admin port serves /metrics)"
+elif ! have curl; then
+	skip "curl is not installed (apt-get install curl): the service's metrics not read"
+else
+	elapsed=$(($(date +%s) - counter_t0))
+	if ((interval > elapsed)); then
+		sleep $((interval - elapsed))
+	fi
+	mwindow=$(($(date +%s) - counter_t0))
+	if ((interval > 0)); then
+		read_metrics "$work/metrics.2"
+	else
+		cp "$work/metrics.1" "$work/metrics.2"
+		[[ -e $work/metrics.1.err ]] && cp "$work/metrics.1.err" "$work/metrics.2.err"
+	fi
+	if [[ ! -s $work/metrics.2 ]]; then
+		skip "could not read $metrics_url: $(head -n 1 "$work/metrics.2.err" 2>/dev/null | tr -d '\n')"
+	elif ! grep -q '^http_server_connections_closed_total' "$work/metrics.2"; then
+		skip "$metrics_url has no http_server_connections_closed_total: not this service's admin port?"
+	else
+		[[ -s $work/metrics.1 ]] || cp "$work/metrics.2" "$work/metrics.1"
+		# mval NAME [LABEL=VALUE ...]: "total delta" (delta over the run;
+		# the total again when there was one reading).
+		mval() {
+			local a b
+			a=$(msum "$work/metrics.1" "$@")
+			b=$(msum "$work/metrics.2" "$@")
+			if ((interval > 0)); then
+				echo "$b $((b - a))"
+			else
+				echo "$b $b"
+			fi
+		}
+		if ((interval > 0)); then
+			span="in the last ${mwindow}s"
+		else
+			span="since the service started"
+		fi
+		echo "-- connections (now: $(msum "$work/metrics.2" http_server_connections state=active) active, $(msum "$work/metrics.2" http_server_connections state=idle) idle, $(msum "$work/metrics.2" http_server_connections state=new) new)"
+		if ((interval > 0)); then
+			printf '  %-34s %12s %14s\n' "closed by (state)" since-start "in-last-${mwindow}s"
+		else
+			printf '  %-34s %12s\n' "closed by (state)" since-start
+		fi
+		for r in peer_closed peer_reset idle_timeout read_timeout write_timeout server unknown; do
+			for st in new active idle; do
+				read -r tot d < <(mval http_server_connections_closed_total reason=$r state=$st)
+				if ((tot > 0 && interval > 0)); then
+					printf '  %-34s %12s %14s\n' "$r ($st)" "$tot" "$d"
+				elif ((tot > 0)); then
+					printf '  %-34s %12s\n' "$r ($st)" "$tot"
+				fi
+			done
+		done
+		read -r _ reset < <(mval http_server_connections_closed_total reason=peer_reset)
+		read -r _ gone < <(mval http_server_connections_closed_total reason=peer_closed state=active)
+		read -r _ aborts < <(mval http_server_client_aborts_total)
+		read -r _ idle < <(mval http_server_connections_closed_total reason=idle_timeout)
+		read -r _ rtimeout < <(mval http_server_connections_closed_total reason=read_timeout)
+		read -r _ wtimeout < <(mval http_server_connections_closed_total reason=write_timeout)
+		if ((reset > 0)); then
+			finding WARN "$reset connections were reset by the peer (RST) $span" \
+				"A client or a proxy aborted connections instead of closing them: a proxy that gave up on a slow upstream (proxy_read_timeout), a client that timed out, or a NAT/conntrack entry that expired. The other side logs 'connection reset by peer'." \
+				"Line the resets up with the proxy's 499/504 and error log (section 2), and with request latency: a peer timeout shorter than the slowest response resets the connection."
+		fi
+		if ((gone > 0 || aborts > 0)); then
+			finding WARN "clients left in the middle of a request: $gone connections, $aborts requests logged as 499 $span" \
+				"The caller (or the proxy in front) stopped waiting before the response was ready: its timeout is shorter than the request took. The service logs those requests once, with status 499, and counts them in http_server_client_aborts_total{route}." \
+				"Compare the callers' timeouts with the p99 of http_server_request_duration_seconds for those routes; find slow dependencies in the traces."
+		fi
+		if ((rtimeout > 0)); then
+			finding WARN "$rtimeout connections were cut by the read-header/read timeout $span" \
+				"Clients opened a connection and did not send a whole request in time (HTTP_READ_HEADER_TIMEOUT, HTTP_READ_TIMEOUT): slow networks, stalled uploads or slowloris-style clients. They see EOF." \
+				"If legitimate clients are slow, raise the timeouts; otherwise this is the protection working."
+		fi
+		if ((wtimeout > 0)); then
+			finding WARN "$wtimeout responses were cut by the write timeout $span" \
+				"A response took longer than HTTP_WRITE_TIMEOUT to produce or send: the client gets a truncated body or EOF with no status." \
+				"Raise HTTP_WRITE_TIMEOUT above the slowest legitimate response, or make the handler's own deadline shorter so it answers with an error in time."
+		fi
+		if ((idle > 0)); then
+			finding NOTE "$idle idle keep-alive connections were closed by the service's idle timeout $span" \
+				"Normal housekeeping. It causes EOF/502 only if a client or proxy sends a request on a connection at the moment the service closes it: their idle timeout must be shorter than the service's HTTP_IDLE_TIMEOUT." \
+				"nginx: upstream keepalive_timeout below HTTP_IDLE_TIMEOUT (deploy/nginx); Go clients: Transport.IdleConnTimeout below it."
+		fi
+		if ((reset == 0 && gone == 0 && aborts == 0 && rtimeout == 0 && wtimeout == 0)); then
+			finding OK "no connection was reset, timed out or left mid-request $span"
+		fi
+
+		echo "-- requests net/http rejected, TLS handshakes, kernel, protections"
+		rejected=""
+		for code in 400 431 501 505; do
+			read -r _ d < <(mval http_server_rejected_requests_total code=$code)
+			((d > 0)) && rejected+="${rejected:+, }$code: $d"
+		done
+		if [[ -n $rejected ]]; then
+			finding WARN "the service rejected requests before routing $span ($rejected)" \
+				"net/http could not read them: 431 headers larger than HTTP_MAX_HEADER_BYTES (big cookies or tokens), 400 a malformed request line or header (or one cut off by the read-header timeout), 501/505 an unsupported transfer encoding or HTTP version. They have no access line; each has a 'request rejected' log line." \
+				"Look up the 'request rejected' lines for the client addresses; raise HTTP_MAX_HEADER_BYTES for legitimate large headers."
+		fi
+		tls=""
+		for reason in eof timeout bad_certificate other; do
+			read -r _ d < <(mval http_server_tls_handshake_errors_total reason=$reason)
+			((d > 0)) && tls+="${tls:+, }$reason: $d"
+		done
+		if [[ -n $tls ]]; then
+			finding NOTE "TLS handshakes failed $span ($tls)" \
+				"eof: the client hung up during the handshake (health checkers and port scanners do this); timeout: it stalled; bad_certificate: it does not trust the certificate; other: not TLS at all, often plain HTTP to the TLS port." \
+				"Only bad_certificate and other point at a client or certificate problem; read the 'tls handshake error' log lines."
+		fi
+		# The kernel's counters are the network namespace's (the pod's),
+		# not the process's: with one reading they count since it was made.
+		read -r _ overflows < <(mval kernel_tcp_listen_overflows_total)
+		kspan=$span
+		((interval > 0)) || kspan="since the network namespace (the pod, or the host) was created"
+		if ((overflows > 0)); then
+			finding WARN "the service's network namespace counted $overflows listen queue overflows $kspan" \
+				"The pod's accept queue was full: the kernel dropped handshakes. Clients see connect timeouts and resets before the service ever sees them." \
+				"Raise net.core.somaxconn in the pod (the sysctl init container of deploy/k8s), add replicas, check CPU throttling."
+		fi
+		open=$(awk '/^breaker_open\{/ && $2 + 0 > 0 { match($1, /command="[^"]*"/); printf "%s%s", sep, substr($1, RSTART + 9, RLENGTH - 10); sep = ", " }' "$work/metrics.2")
+		if [[ -n $open ]]; then
+			finding WARN "circuit open now: $open" \
+				"The dependency failed or timed out often enough that calls are short-circuited: /api/v1/items answers from the fallback (X-Degraded: true)." \
+				"Check the dependency; the circuit half-opens after BREAKER_SLEEP_WINDOW and closes on a good probe."
+		fi
+		if [[ $(msum "$work/metrics.2" ratelimit_fallback_active) -gt 0 ]]; then
+			finding WARN "the rate limiter is on its fallback now (Redis failing or slower than its budget)" \
+				"Decisions come from RATELIMIT_ON_REDIS_ERROR (local bucket, allow or deny) until Redis answers again; /readyz says degraded." \
+				"Check Redis (redis-cli ping, latency) and ratelimit_redis_errors_total{kind}."
+		fi
+		if [[ -z $rejected$tls && $overflows -eq 0 && -z $open ]]; then
+			finding OK "no rejected requests, TLS handshake errors, listen overflows or open circuits $span"
+		fi
 	fi
 fi
 

@@ -1,0 +1,189 @@
+package scripttest_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// startService builds and runs the real cmd/api on free loopback ports with
+// env added, and returns its public and admin addresses.
+func startService(t *testing.T, env ...string) (public, admin string) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "api")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/api")
+	build.Dir = repoRoot(t)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/api: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = append([]string{"HTTP_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "SHUTDOWN_DELAY=0s", "LOG_FLUSH_INTERVAL=10ms"}, env...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	addrs := make(chan [2]string, 1)
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil && m["msg"] == "listening" {
+				addrs <- [2]string{fmt.Sprint(m["public"]), fmt.Sprint(m["admin"])}
+			}
+		}
+		_ = cmd.Wait()
+	}()
+	select {
+	case a := <-addrs:
+		return a[0], a[1]
+	case <-time.After(30 * time.Second):
+		t.Fatal("the service did not start")
+	}
+	return "", ""
+}
+
+// TestDiagnoseServiceMetrics provokes, against the real service, each way a
+// connection or request can end badly, and checks that the service section
+// of the report names it from the service's own metrics.
+func TestDiagnoseServiceMetrics(t *testing.T) {
+	need(t, "curl")
+	public, admin := startService(t, "HTTP_READ_HEADER_TIMEOUT=300ms", "HTTP_IDLE_TIMEOUT=300ms")
+	metricsURL := "http://" + admin + "/metrics"
+
+	// Nothing has gone wrong yet.
+	out, code := script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", metricsURL)
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	checkFindings(t, out)
+	svc := section(out, "4. Service")
+	mustContain(t, "service, clean", svc,
+		"[OK] no connection was reset, timed out or left mid-request since the service started")
+
+	// A client that gives up on a slow request: the dependency answers in 2 s.
+	req, _ := http.NewRequest(http.MethodPut, "http://"+admin+"/debug/faults", strings.NewReader(`{"latency":"2s"}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	impatient := &http.Client{Timeout: 200 * time.Millisecond}
+	if _, err := impatient.Get("http://" + public + "/api/v1/items/1"); err == nil {
+		t.Fatal("a 2 s request answered within 200 ms")
+	}
+	// Headers over the limit.
+	big, _ := http.NewRequest(http.MethodGet, "http://"+public+"/api/v1/ping", nil)
+	big.Header.Set("X-Big", strings.Repeat("a", 70<<10))
+	if resp, err := http.DefaultClient.Do(big); err == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	// A client that starts a request and stalls past the read-header timeout.
+	c, err := net.Dial("tcp", public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET /healthz HTTP/1.1\r\nHo")
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	io.Copy(io.Discard, c) // until the server closes it
+	c.Close()
+	// A client that resets its connection (SO_LINGER 0) after a response.
+	c, err = net.Dial("tcp", public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err == nil {
+		resp.Body.Close()
+	}
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	// A kept-alive connection left idle past the idle timeout.
+	c, err = net.Dial("tcp", public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(c)
+	if resp, err := http.ReadResponse(br, nil); err == nil {
+		resp.Body.Close()
+	}
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	io.Copy(io.Discard, br) // the server closes it after 300 ms
+	c.Close()
+	time.Sleep(300 * time.Millisecond) // the 499 is logged and counted after the handler returns
+
+	out, code = script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", metricsURL)
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	checkFindings(t, out)
+	svc = section(out, "4. Service")
+	mustContain(t, "service", svc,
+		"-- connections (now: ",
+		"[WARN] clients left in the middle of a request: 1 connections, 1 requests logged as 499 since the service started",
+		"[WARN] 1 connections were reset by the peer (RST) since the service started",
+		"[WARN] 1 connections were cut by the read-header/read timeout since the service started",
+		"[NOTE] 1 idle keep-alive connections were closed by the service's idle timeout since the service started",
+		"[WARN] the service rejected requests before routing since the service started (400: 1, 431: 1)")
+	mustMatch(t, "service", svc, `(?m)^  peer_reset \(idle\)\s+1$`, `(?m)^  idle_timeout \(idle\)\s+1$`, `(?m)^  read_timeout \((new|active)\)\s+1$`)
+	mustContain(t, "summary", section(out, "Summary"), "clients left in the middle of a request", "rejected requests before routing")
+
+	// Over an interval, only what happens meanwhile counts.
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "1", "-m", metricsURL)
+	svc = section(out, "4. Service")
+	mustContain(t, "service, interval", svc,
+		"in-last-1s",
+		"[OK] no connection was reset, timed out or left mid-request in the last 1s")
+
+	// Wrong or unreachable URLs are reported, not fatal.
+	out, code = script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", "http://"+public+"/healthz")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	mustContain(t, "not metrics", section(out, "4. Service"), "[SKIP] http://"+public+"/healthz has no http_server_connections_closed_total")
+	dead := freeAddr(t)
+	out, code = script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", "http://"+dead+"/metrics")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	mustContain(t, "unreachable", section(out, "4. Service"), "[SKIP] could not read http://"+dead+"/metrics")
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0")
+	mustContain(t, "no --metrics", section(out, "4. Service"), "[SKIP] no --metrics given")
+}
+
+// freeAddr returns a loopback address nothing listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
