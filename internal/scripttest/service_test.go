@@ -156,9 +156,10 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 	// Over an interval, only what happens meanwhile counts.
 	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "1", "-m", metricsURL)
 	svc = section(out, "4. Service")
-	mustContain(t, "service, interval", svc,
-		"in-last-1s",
-		"[OK] no connection was reset, timed out or left mid-request in the last 1s")
+	// The window is at least the interval; a busy machine makes it longer.
+	mustMatch(t, "service, interval", svc,
+		`in-last-[1-9][0-9]*s`,
+		`\[OK\] no connection was reset, timed out or left mid-request in the last [1-9][0-9]*s`)
 
 	// Wrong or unreachable URLs are reported, not fatal.
 	out, code = script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", "http://"+public+"/healthz")
