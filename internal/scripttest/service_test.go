@@ -135,7 +135,23 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(3 * time.Second))
 	io.Copy(io.Discard, br) // the server closes it after 300 ms
 	c.Close()
-	time.Sleep(300 * time.Millisecond) // the 499 is logged and counted after the handler returns
+	// The 499 is counted when the abandoned handler returns.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(metricsURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(body), `http_server_client_aborts_total{route="/api/v1/items/:id"} 1`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the abandoned request was never counted as a client abort:\n%s", body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 
 	out, code = script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", metricsURL)
 	if code != 0 {
