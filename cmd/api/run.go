@@ -215,6 +215,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// closed each connection are measured on the listener.
 	public.ErrorLog = observability.ServerErrorLog(logger, reg)
 	public.ConnState = connMetrics.ConnState
+	public.ConnContext = connMetrics.ConnContext // close lines name the request a connection broke on
 	rawLn, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("HTTP_ADDR %s: %w", cfg.HTTPAddr, err)

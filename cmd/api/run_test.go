@@ -658,3 +658,58 @@ func TestVCSCommit(t *testing.T) {
 		}
 	}
 }
+
+// The classic Go "EOF": a handler slower than HTTP_WRITE_TIMEOUT finishes,
+// its access line says 200, and the client gets a closed connection and no
+// response. The connection's close line names the same request, so the two
+// can be put together; likewise for a client that leaves mid-request.
+func TestBrokenConnectionsNameTheirRequest(t *testing.T) {
+	r := startRun(t, map[string]string{"HTTP_WRITE_TIMEOUT": "300ms"})
+	put(t, "http://"+r.admin+"/debug/faults", `{"latency":"600ms"}`)
+
+	req, _ := http.NewRequest("GET", "http://"+r.public+"/api/v1/items/1", nil)
+	req.Header.Set("X-Request-ID", "write-timeout-1")
+	resp, err := (&http.Transport{}).RoundTrip(req) // no retry of the failed request
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("a response past the write timeout reached the client: %d", resp.StatusCode)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	req, _ = http.NewRequestWithContext(ctx, "GET", "http://"+r.public+"/api/v1/items/2", nil)
+	req.Header.Set("X-Request-ID", "gone-2")
+	if _, err := (&http.Transport{}).RoundTrip(req); err == nil {
+		t.Fatal("expected the client timeout")
+	}
+
+	find := func(msg, id string) map[string]any {
+		for _, l := range r.logs.lines() {
+			if l["msg"] == msg && l["request_id"] == id {
+				return l
+			}
+		}
+		return nil
+	}
+	waitFor(t, 5*time.Second, "access and close lines of both requests", func() bool {
+		return find("request", "write-timeout-1") != nil && find("connection closed", "write-timeout-1") != nil &&
+			find("request", "gone-2") != nil && find("connection closed", "gone-2") != nil
+	})
+	if l := find("request", "write-timeout-1"); l["status"] != float64(200) {
+		t.Errorf("access line of the timed-out write: %v", l)
+	}
+	if l := find("connection closed", "write-timeout-1"); l["reason"] != "write_timeout" || l["state"] != "active" ||
+		l["route"] != "/api/v1/items/:id" || l["logged_status"] != float64(200) {
+		t.Errorf("close line of the timed-out write: %v", l)
+	}
+	if l := find("request", "gone-2"); l["status"] != float64(499) {
+		t.Errorf("access line of the client that left: %v", l)
+	}
+	if l := find("connection closed", "gone-2"); l["reason"] != "peer_closed" || l["state"] != "active" ||
+		l["route"] != "/api/v1/items/:id" || l["logged_status"] != float64(499) {
+		t.Errorf("close line of the client that left: %v", l)
+	}
+	if n := metric(t, r.admin, `http_server_connections_closed_total{reason="write_timeout",state="active"}`); n != 1 {
+		t.Errorf("write_timeout closes = %v, want 1", n)
+	}
+}

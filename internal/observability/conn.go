@@ -171,6 +171,7 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 		if s == http.StateActive {
 			tc.wrote.Store(false)
 			tc.requests.Add(1)
+			tc.route, tc.requestID, tc.status = "", "", 0
 		}
 		since := now - time.Duration(tc.changed.Swap(int64(now)))
 		if s == http.StateClosed {
@@ -236,14 +237,24 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 	}
 	state := connStates[prev]
 	defer m.closed.WithLabelValues(reason, state).Inc() // after the log line, for the same reason
-	m.log.Log(context.Background(), level, "connection closed",
+	attrs := []slog.Attr{
 		slog.String("reason", reason),
 		slog.String("state", state),
 		slog.String("remote_addr", remoteAddr(tc.Conn)),
 		slog.Int64("requests", tc.requests.Load()),
 		slog.Float64("age_ms", float64((now-tc.start).Microseconds())/1000),
 		slog.Float64("in_state_ms", float64(inState.Microseconds())/1000),
-	)
+	}
+	if prev == http.StateActive && tc.requestID != "" {
+		// It broke while serving this request: its access line has the
+		// same request_id (and says 200 when the write timeout cut the
+		// response the client never got).
+		attrs = append(attrs,
+			slog.String("route", tc.route),
+			slog.String("request_id", tc.requestID),
+			slog.Int("logged_status", tc.status))
+	}
+	m.log.Log(context.Background(), level, "connection closed", attrs...)
 }
 
 func remoteAddr(c net.Conn) string {
@@ -304,6 +315,39 @@ type trackedConn struct {
 	closed   atomic.Bool
 	// wrote: response bytes were sent since the current request started.
 	wrote atomic.Bool
+	// The request the connection is serving or has just served, as the
+	// access middleware logged it (empty before a handler has run for the
+	// current request). Written and read on the connection's own goroutine
+	// (net/http runs the handler, the StateActive and StateClosed hooks
+	// there).
+	route     string
+	requestID string
+	status    int
+}
+
+// served records the request the access middleware has just logged.
+func (c *trackedConn) served(route, requestID string, status int) {
+	c.route, c.requestID, c.status = route, requestID, status
+}
+
+type connCtxKey struct{}
+
+// ConnContext is the http.Server.ConnContext hook. It puts the tracked
+// connection into the context of its requests, so that the access
+// middleware can tell it which request it is serving: a connection that
+// then breaks (a write timeout, a reset, a client gone mid-request) is
+// logged with that request's ID and route, the link between the access
+// line and the EOF the client saw. One allocation per connection.
+func (m *ConnMetrics) ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if tc := trackedOf(c); tc != nil {
+		return context.WithValue(ctx, connCtxKey{}, tc)
+	}
+	return ctx
+}
+
+func trackedFrom(ctx context.Context) *trackedConn {
+	tc, _ := ctx.Value(connCtxKey{}).(*trackedConn)
+	return tc
 }
 
 func (c *trackedConn) Read(b []byte) (int, error) {

@@ -257,6 +257,11 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 		if size < 0 {
 			size = 0
 		}
+		if tc := trackedFrom(c.Request.Context()); tc != nil {
+			// If the connection breaks before the response is out (the
+			// write timeout, a reset), its close line names this request.
+			tc.served(route, problem.RequestID(c.Writer.Header()), status)
+		}
 		method := methodLabel(c.Request.Method)
 		sc := trace.SpanContextFromContext(c.Request.Context())
 		rs := m.seriesOf(method, route)
