@@ -746,7 +746,7 @@ else
 		fi
 		if ((gone > 0 || aborts > 0)); then
 			finding WARN "clients left in the middle of a request: $gone connections, $aborts requests logged as 499 $span" \
-				"The caller (or the proxy in front) stopped waiting before the response was ready: its timeout is shorter than the request took. The service logs those requests once, with status 499, and counts them in http_server_client_aborts_total{route}." \
+				"The caller (or the proxy in front) stopped waiting before the response was ready: its timeout is shorter than the request took. The service logs those requests once, with status 499, counts them in http_server_client_aborts_total{route}, and names them (request_id, route) in its 'connection closed' log lines." \
 				"Compare the callers' timeouts with the p99 of http_server_request_duration_seconds for those routes; find slow dependencies in the traces."
 		fi
 		if ((rtimeout > 0)); then
@@ -756,8 +756,8 @@ else
 		fi
 		if ((wtimeout > 0)); then
 			finding WARN "$wtimeout responses were cut by the write timeout $span" \
-				"A response took longer than HTTP_WRITE_TIMEOUT to produce or send: the client gets a truncated body or EOF with no status." \
-				"Raise HTTP_WRITE_TIMEOUT above the slowest legitimate response, or make the handler's own deadline shorter so it answers with an error in time."
+				"A response took longer than HTTP_WRITE_TIMEOUT to produce or send: the client gets a truncated body or EOF with no status, while the access line may say 200." \
+				"The service's 'connection closed' log lines with reason write_timeout name the request_id and route. Raise HTTP_WRITE_TIMEOUT above the slowest legitimate response, or make the handler's own deadline shorter so it answers with an error in time."
 		fi
 		if ((idle > 0)); then
 			finding NOTE "$idle idle keep-alive connections were closed by the service's idle timeout $span" \
