@@ -3,12 +3,15 @@ package main
 import (
 	"crypto/tls"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -187,4 +190,36 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestRunTLSHTTP2: on the TLS listener HTTP/2 serves concurrent requests on
+// one connection; the per-connection telemetry stays out of their way (the
+// race detector watches the access middleware and the connection hooks).
+func TestRunTLSHTTP2(t *testing.T) {
+	cert, key := testkit.WriteSelfSignedCert(t)
+	r := startRun(t, map[string]string{"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key, "RATELIMIT_BURST": "1000"})
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}}
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := hc.Get("https://" + r.public + "/api/v1/items/" + strconv.Itoa(i))
+			if err != nil {
+				errs <- err
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.ProtoMajor != 2 || resp.StatusCode != 200 {
+				errs <- fmt.Errorf("%s %d", resp.Proto, resp.StatusCode)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 }

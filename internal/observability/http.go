@@ -257,10 +257,14 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 		if size < 0 {
 			size = 0
 		}
-		if tc := trackedFrom(c.Request.Context()); tc != nil {
+		if c.Request.ProtoMajor == 1 {
 			// If the connection breaks before the response is out (the
 			// write timeout, a reset), its close line names this request.
-			tc.served(route, problem.RequestID(c.Writer.Header()), status)
+			// HTTP/1 only: HTTP/2 serves many requests at once on one
+			// connection, and its broken streams do not close it.
+			if tc := trackedFrom(c.Request.Context()); tc != nil {
+				tc.served(route, problem.RequestID(c.Writer.Header()), status)
+			}
 		}
 		method := methodLabel(c.Request.Method)
 		sc := trace.SpanContextFromContext(c.Request.Context())
