@@ -228,3 +228,75 @@ func TestRunTLSHTTP2(t *testing.T) {
 	// with them open).
 	hc.CloseIdleConnections()
 }
+
+// TestRunShutdownReachesLateHTTP2Connections: a TLS connection accepted
+// before the drain began that becomes an HTTP/2 connection after it began,
+// and carries no request, still gets told to go away (GOAWAY), so the drain
+// ends in about a second instead of waiting SHUTDOWN_TIMEOUT for it. (One
+// that serves a request goes away after it by itself.) Clients that dial
+// several connections at once and keep the spare ones idle do this.
+func TestRunShutdownReachesLateHTTP2Connections(t *testing.T) {
+	cert, key := testkit.WriteSelfSignedCert(t)
+	r := startRun(t, map[string]string{"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key, "SHUTDOWN_TIMEOUT": "6s"})
+	raw, err := net.Dial("tcp", r.public) // accepted; its TLS handshake waits for us
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	r.cancel() // the drain starts: the listener closes, HTTP/2 connections get GOAWAY
+	time.Sleep(300 * time.Millisecond)
+
+	tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
+		t.Fatalf("negotiated %q, want h2", p)
+	}
+	// The client connection preface and an empty SETTINGS frame (RFC 9113
+	// section 3.4), then nothing: an idle HTTP/2 connection.
+	if _, err := io.WriteString(tc, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"); err != nil {
+		t.Fatal(err)
+	}
+	goAway := make(chan bool, 1)
+	go func() {
+		// Read frames until the server closes the connection; note GOAWAY.
+		seen := false
+		var hdr [9]byte
+		for {
+			if _, err := io.ReadFull(tc, hdr[:]); err != nil {
+				goAway <- seen
+				return
+			}
+			seen = seen || hdr[3] == 0x7
+			n := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
+			if _, err := io.CopyN(io.Discard, tc, int64(n)); err != nil {
+				goAway <- seen
+				return
+			}
+		}
+	}()
+
+	select {
+	case err := <-r.done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+		if d := time.Since(start); d > 4*time.Second {
+			t.Errorf("drain took %s", d)
+		}
+		r.done <- nil // for startRun's cleanup
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return")
+	}
+	select {
+	case seen := <-goAway:
+		if !seen {
+			t.Error("the connection was closed without a GOAWAY")
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the late HTTP/2 connection is still open after the drain")
+	}
+}

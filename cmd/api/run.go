@@ -306,7 +306,7 @@ func shutdown(signalled bool, stopSignals func(), cfg config.Config, logger *slo
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	var errs []error
-	if err := public.Shutdown(sctx); err != nil {
+	if err := drain(sctx, public); err != nil {
 		_ = public.Close()
 		errs = append(errs, fmt.Errorf("drain public listener: %w", err))
 	}
@@ -316,6 +316,30 @@ func shutdown(signalled bool, stopSignals func(), cfg config.Config, logger *slo
 		_ = admin.Close()
 	}
 	return errors.Join(errs...)
+}
+
+// drain is srv.Shutdown(ctx), with the shutdown signal repeated every
+// 500 ms while it waits. Shutdown tells HTTP/2 connections to go away
+// (GOAWAY) once, as it starts; a TLS connection still in its handshake at
+// that moment becomes an HTTP/2 connection that never hears it, keeps
+// serving its client, and holds the drain until SHUTDOWN_TIMEOUT, when it
+// is cut with whatever it carries. Shutdown again reaches it (connections
+// that already have their GOAWAY do not get a second one).
+func drain(ctx context.Context, srv *http.Server) error {
+	done := make(chan error, 1)
+	go func() { done <- srv.Shutdown(ctx) }()
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+			again, cancel := context.WithCancel(ctx)
+			cancel() // only the signal: the first call does the waiting
+			_ = srv.Shutdown(again)
+		}
+	}
 }
 
 // healthcheck is `api healthcheck`: the container image has no curl, so the
