@@ -19,9 +19,6 @@ var (
 )
 
 func main() {
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		commit = vcsCommit(commit, bi.Settings)
-	}
 	if err := run(context.Background(), os.Args, os.Getenv, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		var ec exitCoder
@@ -30,6 +27,14 @@ func main() {
 		}
 		os.Exit(1)
 	}
+}
+
+// buildCommit is the commit this binary reports.
+func buildCommit() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		return vcsCommit(commit, bi.Settings)
+	}
+	return commit
 }
 
 // vcsCommit returns commit unless it is the "unknown" placeholder and the

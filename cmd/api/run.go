@@ -48,6 +48,7 @@ func (e exitError) ExitCode() int { return e.code }
 // It returns when ctx is cancelled or SIGINT/SIGTERM arrives and the
 // shutdown sequence has finished.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	rev := buildCommit() // -X main.commit, else the VCS revision the go command stamped
 	prog := "api"
 	if len(args) > 0 {
 		prog = filepath.Base(args[0])
@@ -58,7 +59,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			config.Usage(stdout, prog)
 			return nil
 		case "version", "-version", "--version":
-			fmt.Fprintf(stdout, "%s %s (commit %s, %s)\n", prog, version, commit, runtime.Version())
+			fmt.Fprintf(stdout, "%s %s (commit %s, %s)\n", prog, version, rev, runtime.Version())
 			return nil
 		case "healthcheck":
 			return healthcheck(ctx, getenv)
@@ -83,7 +84,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return exitError{2, fmt.Errorf("config: LOG_LEVEL/LOG_FORMAT: %w", err)}
 	}
-	logger.Info("starting", slog.String("version", version), slog.String("commit", commit), slog.Any("config", cfg.LogValue()))
+	logger.Info("starting", slog.String("version", version), slog.String("commit", rev), slog.Any("config", cfg.LogValue()))
 
 	// go-redis logs dial failures through a process-wide logger; route it
 	// into slog once so a Redis outage shows up as JSON lines, not raw text.
@@ -95,7 +96,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer stop()
 
 	// --- Telemetry.
-	reg := observability.NewRegistry(version, commit)
+	reg := observability.NewRegistry(version, rev)
 	// The pod's own kernel TCP counters: listen overflows, aborts, resets.
 	reg.MustRegister(observability.NewKernelCollector("/proc", logger))
 	httpMetrics := observability.NewHTTPMetrics(reg)
