@@ -382,8 +382,11 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 func (c *trackedConn) note(err error, read bool) {
 	// Cheap checks first: this runs after every request on a kept-alive
 	// connection (net/http aborts its background read with a deadline).
-	if (read && c.aborting.Load()) || c.cause.Load() != causeNone || c.closed.Load() {
-		return // an abort, not the first cause, or our own Close
+	if c.cause.Load() != causeNone || c.closed.Load() {
+		return // not the first cause, or our own Close
+	}
+	if read && c.aborting.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+		return // net/http ending its background read, not the peer; a reset that lands meanwhile still counts
 	}
 	var k int32
 	switch {
