@@ -65,7 +65,7 @@ type Config struct {
 	DownstreamMaxConns       int           `env:"DOWNSTREAM_MAX_CONNS_PER_HOST" envDefault:"256" help:"outbound connections per host (0: unlimited)"`
 
 	// Circuit breaker (hystrix) around the dependency.
-	BreakerTimeout       time.Duration `env:"BREAKER_TIMEOUT" envDefault:"1s" help:"command timeout; the work is cancelled and the fallback served"`
+	BreakerTimeout       time.Duration `env:"BREAKER_TIMEOUT" envDefault:"1s" help:"command timeout; the work is cancelled and the fallback served (must be shorter than HTTP_WRITE_TIMEOUT)"`
 	BreakerMaxConcurrent int           `env:"BREAKER_MAX_CONCURRENT" envDefault:"100" help:"bulkhead: concurrent calls to the dependency"`
 	BreakerErrorPercent  int           `env:"BREAKER_ERROR_PERCENT" envDefault:"50" help:"error percentage that opens the circuit"`
 	BreakerVolume        int           `env:"BREAKER_REQUEST_VOLUME" envDefault:"20" help:"minimum requests in the 10s window before the circuit may open"`
@@ -156,6 +156,11 @@ func (c Config) Validate() error {
 	}
 	if c.ReadHeaderTimeout > c.ReadTimeout {
 		return bad("HTTP_READ_HEADER_TIMEOUT", "%s is longer than HTTP_READ_TIMEOUT %s", c.ReadHeaderTimeout, c.ReadTimeout)
+	}
+	if c.BreakerTimeout >= c.WriteTimeout {
+		// The handler would answer after the write deadline: the client
+		// gets a closed connection instead of the fallback.
+		return bad("BREAKER_TIMEOUT", "%s must be shorter than HTTP_WRITE_TIMEOUT %s, or a dependency call that runs into it answers after the write deadline (the client sees EOF, not the fallback)", c.BreakerTimeout, c.WriteTimeout)
 	}
 	if c.HTTPAddr == "" {
 		return bad("HTTP_ADDR", "must not be empty")

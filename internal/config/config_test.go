@@ -31,6 +31,8 @@ func TestDefaults(t *testing.T) {
 func TestBadValuesNameTheVariable(t *testing.T) {
 	cases := []map[string]string{
 		{"HTTP_READ_HEADER_TIMEOUT": "10s", "HTTP_READ_TIMEOUT": "5s"},
+		{"BREAKER_TIMEOUT": "30s"}, // not shorter than HTTP_WRITE_TIMEOUT's 30s
+		{"HTTP_WRITE_TIMEOUT": "500ms"},
 		{"SHUTDOWN_DELAY": "-1s"},
 		{"MAX_BODY_BYTES": "0"},
 		{"TLS_CERT_FILE": "/x.pem"},
