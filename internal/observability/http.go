@@ -246,7 +246,8 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 
 		route := routeLabel(c.FullPath())
 		status := c.Writer.Status()
-		if clientAborted(c) {
+		tc := connOf(c)
+		if clientAborted(c, tc) {
 			status = StatusClientClosedRequest
 			m.aborts.WithLabelValues(route).Inc()
 			if c.GetBool(keyTruncated) {
@@ -257,14 +258,10 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 		if size < 0 {
 			size = 0
 		}
-		if c.Request.ProtoMajor == 1 {
+		if tc != nil {
 			// If the connection breaks before the response is out (the
 			// write timeout, a reset), its close line names this request.
-			// HTTP/1 only: HTTP/2 serves many requests at once on one
-			// connection, and its broken streams do not close it.
-			if tc := trackedFrom(c.Request.Context()); tc != nil {
-				tc.served(route, problem.RequestID(c.Writer.Header()), status)
-			}
+			tc.served(route, problem.RequestID(c.Writer.Header()), status)
 		}
 		method := methodLabel(c.Request.Method)
 		sc := trace.SpanContextFromContext(c.Request.Context())
@@ -327,11 +324,30 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 	}
 }
 
+// connOf returns the request's tracked connection when it is HTTP/1 (HTTP/2
+// serves many requests at once on one connection, and its broken streams do
+// not close it), or nil.
+func connOf(c *gin.Context) *trackedConn {
+	if c.Request.ProtoMajor != 1 {
+		return nil
+	}
+	return trackedFrom(c.Request.Context())
+}
+
 // clientAborted reports whether the client went away before the response:
 // a handler said so, or the request context was cancelled (net/http cancels
 // it when the connection closes; BaseContext keeps shutdown from doing so).
-func clientAborted(c *gin.Context) bool {
-	return c.GetBool(keyClientAbort) || c.Request.Context().Err() != nil
+// net/http also cancels it when a read runs into the server's own deadline
+// (HTTP_READ_TIMEOUT: a body too slow); the tracked connection tc, when
+// known, tells that apart, and the handler's answer (408) stands.
+func clientAborted(c *gin.Context, tc *trackedConn) bool {
+	if c.GetBool(keyClientAbort) {
+		return true
+	}
+	if c.Request.Context().Err() == nil {
+		return false
+	}
+	return tc == nil || tc.cause.Load() != causeReadTimeout
 }
 
 // methodLabel bounds the method label: net/http accepts any token as a

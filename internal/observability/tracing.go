@@ -317,7 +317,7 @@ func (t *Tracing) Middleware() gin.HandlerFunc {
 			return
 		}
 		status := c.Writer.Status()
-		if clientAborted(c) {
+		if clientAborted(c, connOf(c)) {
 			span.SetAttributes(semconv.HTTPResponseStatusCode(StatusClientClosedRequest), semconv.ErrorTypeKey.String("client_closed_request"))
 			span.SetStatus(codes.Error, "client went away before the response")
 			return

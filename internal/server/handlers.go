@@ -87,7 +87,8 @@ func getItem(d Deps) gin.HandlerFunc {
 
 // echo returns the JSON body it was sent. The body is read whole first so a
 // transport failure (truncated body, client gone: 499) is told apart from a
-// malformed document (400) and an oversized one (413).
+// body too slow for HTTP_READ_TIMEOUT (408), a malformed document (400) and
+// an oversized one (413).
 func echo(c *gin.Context) {
 	body, err := io.ReadAll(c.Request.Body)
 	if err != nil {
@@ -95,6 +96,11 @@ func echo(c *gin.Context) {
 		switch {
 		case errors.As(err, &mbe):
 			problem.Abort(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", mbe.Limit))
+		case isTimeout(err):
+			// Our read deadline, not the client leaving: it is still there
+			// and gets an answer (the write deadline runs from the end of
+			// the headers, so it is still ahead), then net/http closes.
+			problem.Abort(c, http.StatusRequestTimeout, "request body not received within the read timeout")
 		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, context.Canceled), isConnError(err):
 			observability.MarkTruncatedBody(c)
 			problem.Abort(c, http.StatusBadRequest, "request body ended early")
@@ -111,11 +117,14 @@ func echo(c *gin.Context) {
 }
 
 // isConnError reports read errors caused by the peer's connection going away
-// (reset, closed, read deadline): client trouble, never a 500.
+// (reset, closed): client trouble, never a 500.
 func isConnError(err error) bool {
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return true
-	}
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed)
+}
+
+// isTimeout reports a read that ran into the connection's read deadline
+// (HTTP_READ_TIMEOUT).
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
