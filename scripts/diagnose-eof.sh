@@ -751,7 +751,7 @@ else
 		fi
 		if ((rtimeout > 0)); then
 			finding WARN "$rtimeout connections were cut by the read-header/read timeout $span" \
-				"Clients opened a connection and did not send a whole request in time (HTTP_READ_HEADER_TIMEOUT, HTTP_READ_TIMEOUT): slow networks, stalled uploads or slowloris-style clients. They see EOF." \
+				"Clients opened a connection and did not send a whole request in time (HTTP_READ_HEADER_TIMEOUT, HTTP_READ_TIMEOUT): slow networks, stalled uploads or slowloris-style clients. They see EOF, or 408 for a body that stalled." \
 				"If legitimate clients are slow, raise the timeouts; otherwise this is the protection working."
 		fi
 		if ((wtimeout > 0)); then
