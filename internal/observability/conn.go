@@ -94,12 +94,12 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 		}, []string{"reason", "state"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "http_server_rejected_requests_total",
-			Help: "Requests net/http answered itself, before routing, by status code: 400 malformed request line or headers (also plain HTTP on the TLS port), 431 headers over HTTP_MAX_HEADER_BYTES, 501 unsupported transfer encoding, 505 unsupported HTTP version. They have no access line.",
+			Help: "Requests net/http answered itself, before routing, by status code: 400 malformed request line or headers (also plain HTTP on the TLS port), 408 request line or headers cut off by the read-header timeout, 431 headers over HTTP_MAX_HEADER_BYTES, 501 unsupported transfer encoding, 505 unsupported HTTP version. They have no access line.",
 		}, []string{"code"}),
 		log:   newLimitedLog(logger, 5, 10),
 		epoch: time.Now(),
 	}
-	for _, code := range []string{"400", "431", "501", "505"} {
+	for _, code := range []string{"400", "408", "431", "501", "505"} {
 		m.rejected.WithLabelValues(code)
 	}
 	// Series exist from the start, so rate() works on the first increment.
@@ -532,6 +532,12 @@ func parseRejection(b []byte) (rejection, bool) {
 // Plain HTTP on the TLS port gets the same response and is counted as a
 // TLS handshake error only.
 func (c *trackedConn) reject(orig []byte, r rejection) (int, error) {
+	if r.code == http.StatusBadRequest && !r.tls && c.cause.Load() == causeReadTimeout {
+		// net/http answers 400 to a request line or headers cut off by
+		// the read-header (or read) deadline: the client was too slow, the
+		// request was not malformed.
+		r.code, r.detail = http.StatusRequestTimeout, "request line and headers not received within the read-header timeout"
+	}
 	id := problem.NewRequestID()
 	body, _ := json.Marshal(problem.Make(r.code, r.detail, "", id))
 	var buf bytes.Buffer

@@ -484,3 +484,31 @@ func TestParseRejectionLeavesOtherBytesAlone(t *testing.T) {
 		}
 	}
 }
+
+// A request line or headers cut off by the read-header deadline: net/http
+// answers 400 as if the request were malformed; the client was too slow, and
+// gets a 408 problem.
+func TestStalledHeadersGet408(t *testing.T) {
+	cs := startConnServer(t, true, func(s *http.Server) { s.ReadHeaderTimeout = 200 * time.Millisecond })
+	c, err := net.Dial("tcp", cs.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /fast HTTP/1.1\r\nHo")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer to stalled headers: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestTimeout || resp.Header.Get("Content-Type") != "application/problem+json" ||
+		len(resp.Header.Get("X-Request-ID")) != 32 || !strings.Contains(string(body), "read-header timeout") {
+		t.Fatalf("stalled headers: %d %v %s", resp.StatusCode, resp.Header, body)
+	}
+	eventually(t, "counted as 408", func() bool {
+		return testutil.ToFloat64(cs.m.rejected.WithLabelValues("408")) == 1 &&
+			testutil.ToFloat64(cs.m.rejected.WithLabelValues("400")) == 0
+	}, cs.dump)
+}

@@ -165,7 +165,7 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 		"[WARN] 1 connections were reset by the peer (RST) since the service started",
 		"[WARN] 1 connections were cut by the read-header/read timeout since the service started",
 		"[NOTE] 1 idle keep-alive connections were closed by the service's idle timeout since the service started",
-		"[WARN] the service rejected requests before routing since the service started (400: 1, 431: 1)")
+		"[WARN] the service rejected requests before routing since the service started (408: 1, 431: 1)")
 	mustMatch(t, "service", svc, `(?m)^  peer_reset \(idle\)\s+1$`, `(?m)^  idle_timeout \(idle\)\s+1$`, `(?m)^  read_timeout \((new|active)\)\s+1$`)
 	mustContain(t, "summary", section(out, "Summary"), "clients left in the middle of a request", "rejected requests before routing")
 
