@@ -668,6 +668,7 @@ func TestVCSCommit(t *testing.T) {
 // leaves mid-request.
 func TestBrokenConnectionsNameTheirRequest(t *testing.T) {
 	r := startRun(t, map[string]string{"HTTP_WRITE_TIMEOUT": "300ms", "BREAKER_TIMEOUT": "250ms"})
+	// A request whose body arrives after the write deadline.
 
 	c, err := net.Dial("tcp", r.public)
 	if err != nil {
@@ -683,19 +684,25 @@ func TestBrokenConnectionsNameTheirRequest(t *testing.T) {
 		t.Fatalf("a response past the write timeout reached the client: %d", resp.StatusCode)
 	}
 
-	put(t, "http://"+r.admin+"/debug/faults", `{"latency":"600ms"}`)
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	// A client that leaves while the dependency is slow: a run with the
+	// default timeouts, so the client is surely gone before the breaker
+	// answers.
+	r2 := startRun(t, nil)
+	put(t, "http://"+r2.admin+"/debug/faults", `{"latency":"2s"}`)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+r.public+"/api/v1/items/2", nil)
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+r2.public+"/api/v1/items/2", nil)
 	req.Header.Set("X-Request-ID", "gone-2")
 	if _, err := (&http.Transport{}).RoundTrip(req); err == nil {
 		t.Fatal("expected the client timeout")
 	}
 
 	find := func(msg, id string) map[string]any {
-		for _, l := range r.logs.lines() {
-			if l["msg"] == msg && l["request_id"] == id {
-				return l
+		for _, run := range []*running{r, r2} {
+			for _, l := range run.logs.lines() {
+				if l["msg"] == msg && l["request_id"] == id {
+					return l
+				}
 			}
 		}
 		return nil
