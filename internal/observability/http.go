@@ -258,10 +258,11 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 		if size < 0 {
 			size = 0
 		}
+		requestID := problem.RequestID(c.Writer.Header())
 		if tc != nil {
 			// If the connection breaks before the response is out (the
 			// write timeout, a reset), its close line names this request.
-			tc.served(route, problem.RequestID(c.Writer.Header()), status)
+			tc.served(route, requestID, status)
 		}
 		method := methodLabel(c.Request.Method)
 		sc := trace.SpanContextFromContext(c.Request.Context())
@@ -295,7 +296,7 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 			line := accessLine{
 				time: start.Add(elapsed), level: "INFO", method: method, route: route,
 				path: c.Request.URL.Path, status: status, latencyUS: latencyUS, bytes: size,
-				clientIP: clientip.Of(c), requestID: problem.RequestID(c.Writer.Header()),
+				clientIP: clientip.Of(c), requestID: requestID,
 				span: sc,
 			}
 			_ = line.write(th.w)
@@ -316,7 +317,7 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 			slog.Float64("latency_ms", float64(latencyUS)/1000),
 			slog.Int("bytes", size),
 			slog.String("client_ip", clientip.Of(c)),
-			slog.String("request_id", problem.RequestID(c.Writer.Header())),
+			slog.String("request_id", requestID),
 			slog.String("trace_id", traceID),
 			slog.String("span_id", spanID),
 		)

@@ -9,10 +9,13 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hardenedgo/ginservice/internal/testkit/redistest"
 )
 
 // startService builds and runs the real cmd/api on free loopback ports with
@@ -183,7 +186,7 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
 	mustContain(t, "not metrics", section(out, "4. Service"), "[SKIP] http://"+public+"/healthz has no http_server_connections_closed_total")
-	dead := freeAddr(t)
+	dead := "127.0.0.1:" + strconv.Itoa(redistest.FreePort(t)) // nothing listens there
 	out, code = script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", "http://"+dead+"/metrics")
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out)
@@ -191,16 +194,4 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 	mustContain(t, "unreachable", section(out, "4. Service"), "[SKIP] could not read http://"+dead+"/metrics")
 	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0")
 	mustContain(t, "no --metrics", section(out, "4. Service"), "[SKIP] no --metrics given")
-}
-
-// freeAddr returns a loopback address nothing listens on.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
 }
