@@ -40,6 +40,8 @@ type refResult struct {
 	remaining int64
 	retryAtMs int64 // absolute ms at which cost is affordable; only when denied
 	fullAtMs  int64 // absolute ms at which the bucket is full; -1 if full
+	atMs      int64 // the bucket's time the decision was taken at (never behind its stored time)
+	nextAtMs  int64 // absolute ms at which another call of this cost can pass; -1 if now
 }
 
 func ceilRat(x *big.Rat) int64 {
@@ -62,15 +64,19 @@ func (b *refBucket) take(nowMs int64, cost int) refResult {
 		}
 	}
 	c := big.NewRat(int64(cost), 1)
-	res := refResult{allowed: tokens.Cmp(c) >= 0, fullAtMs: -1}
+	res := refResult{allowed: tokens.Cmp(c) >= 0, fullAtMs: -1, atMs: t}
 	if res.allowed && cost > 0 {
 		tokens.Sub(tokens, c)
 		b.tokens, b.last, b.seen = tokens, t, true
 		b.fullAt = t + ceilRat(new(big.Rat).Quo(new(big.Rat).Sub(b.burst, tokens), b.rate))
 	}
 	res.remaining = new(big.Int).Quo(tokens.Num(), tokens.Denom()).Int64()
+	res.nextAtMs = -1
+	if tokens.Cmp(c) < 0 {
+		res.nextAtMs = t + ceilRat(new(big.Rat).Quo(new(big.Rat).Sub(c, tokens), b.rate))
+	}
 	if !res.allowed {
-		res.retryAtMs = t + ceilRat(new(big.Rat).Quo(new(big.Rat).Sub(c, tokens), b.rate))
+		res.retryAtMs = res.nextAtMs
 	}
 	if tokens.Cmp(b.burst) < 0 {
 		res.fullAtMs = t + ceilRat(new(big.Rat).Quo(new(big.Rat).Sub(b.burst, tokens), b.rate))
@@ -154,7 +160,8 @@ func TestScriptMatchesModel(t *testing.T) {
 			mr := miniredis.RunT(t)
 			rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 			t.Cleanup(func() { rdb.Close() })
-			script := redis.NewScript(bucketLua)
+			params := newBucketParams(mc.burst, mc.rate)
+			script := redis.NewScript(bucketScript(params))
 			ctx := context.Background()
 			rng := rand.New(rand.NewPCG(uint64(mc.burst), uint64(mc.rate*1000)))
 			var nowUs int64 = 1_700_000_000_000_000 // a realistic Unix time in µs
@@ -183,16 +190,30 @@ func TestScriptMatchesModel(t *testing.T) {
 					ref.seen = false
 				}
 				want := refs[key].take(nowUs/1000, cost)
-				cmd := script.Run(ctx, rdb, []string{redisKey(key)}, mc.burst, ratePerMs(mc.rate), cost)
-				rep := parseReply(cmd)
-				if rep.err != nil {
-					t.Fatalf("call %d: %v", i, rep.err)
+				v, err := script.Run(ctx, rdb, []string{redisKey(key)}, cost).Int64()
+				if err != nil {
+					t.Fatalf("call %d: %v", i, err)
 				}
+				rep := params.decode(v, cost)
 				got := Decision{Allowed: rep.allowed, Limit: mc.burst, Remaining: int(rep.remaining), ResetAfter: rep.full}
 				if !rep.allowed {
 					got.RetryAfter = rep.wait
 				}
-				checkDecision(t, i, key, cost, nowUs, mc.burst, got, want)
+				// The script's waits count whole ms from the bucket's time.
+				checkDecision(t, i, key, cost, want.atMs*1000, mc.burst, got, want)
+				// The wait after an admitted call too: the denied-key cache
+				// answers the next calls from it without asking Redis.
+				wantNext := time.Duration(0)
+				if want.nextAtMs >= 0 {
+					wantNext = time.Duration(want.nextAtMs-want.atMs) * time.Millisecond
+				}
+				if rep.wait != wantNext {
+					t.Fatalf("call %d: wait for the next call %s, want %s", i, rep.wait, wantNext)
+				}
+				if exact := time.Duration(want.retryAtMs*1000-nowUs) * time.Microsecond; !want.allowed && want.atMs == nowUs/1000 &&
+					(got.RetryAfter < exact || got.RetryAfter >= exact+time.Millisecond) {
+					t.Fatalf("call %d: RetryAfter %s, want within 1 ms above the exact %s", i, got.RetryAfter, exact)
+				}
 				// Expiry: never before the bucket is full again, and at least
 				// 1 s when just written (go-zero's floor(2*burst/rate) TTL is 0
 				// for small bursts).

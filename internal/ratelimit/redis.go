@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -21,23 +20,27 @@ import (
 // The key expires when the bucket is full again (at least 1 s, so a huge
 // rate cannot produce a zero TTL): an absent key means a full bucket.
 //
-// KEYS[1] bucket hash; ARGV[1] burst (tokens); ARGV[2] refill in 1e-6 tokens
-// per ms; ARGV[3] cost (tokens). Returns {allowed 0|1, whole tokens left,
-// µs until cost is affordable (0 if it is), µs until full}, the waits measured
-// from the server's microsecond clock (as it reads, even if it stepped back)
-// to the millisecond at which the bucket holds the tokens.
+// The bucket's capacity and refill (1e-6 tokens per ms) are written into
+// the script (bucketScript), so a call carries only KEYS[1], the bucket
+// hash, and ARGV[1], the cost in tokens. The reply is one integer: the
+// tokens left in 1e-6 units if the call was admitted, -1 minus them if it
+// was not. Everything else a decision reports (whole tokens left, the wait
+// until the cost is affordable, the time until the bucket is full) follows
+// from that number and the bucket's parameters, so the client computes it
+// (bucketParams.decode) instead of Redis.
 //
-// The arithmetic avoids math.* and tonumber (floor(a/b) is (a - a%b)/b,
-// strings coerce in arithmetic): a Lua function call is a measurable share
-// of the script's cost inside Redis. Needs Redis >= 5 (effects replication
-// by default, so TIME may precede writes).
+// Cost inside Redis is what bounds the shared limiter's throughput, so the
+// script is kept lean: no math.* or tonumber (floor(a/b) is (a - a%b)/b,
+// strings coerce in arithmetic), and an integer reply rather than a table
+// (building and converting a 4-element table was about 10% of the script's
+// time). Needs Redis >= 5 (effects replication by default, so TIME may
+// precede writes).
 const bucketLua = `
-local cap = ARGV[1] * 1000000
-local rate = ARGV[2] + 0
-local need = ARGV[3] * 1000000
+local cap = %d
+local rate = %d
+local need = ARGV[1] * 1000000
 local t = redis.call('TIME')
-local now_us = t[1] * 1000000 + t[2]
-local clock = (now_us - now_us % 1000) / 1000
+local clock = t[1] * 1000 + (t[2] - t[2] %% 1000) / 1000
 local now = clock
 local tokens = cap
 local s = redis.call('HMGET', KEYS[1], 'tk', 'ts')
@@ -48,30 +51,63 @@ if last then
   tokens = s[1] + (now - last) * rate
   if tokens > cap then tokens = cap end
 end
-local allowed = 0
-if tokens >= need then
-  allowed = 1
-  if need > 0 then
-    tokens = tokens - need
-    redis.call('HSET', KEYS[1], 'tk', tokens, 'ts', now)
-    local x = cap - tokens + rate - 1
-    local ttl = now + (x - x % rate) / rate - clock
-    if ttl < 1000 then ttl = 1000 end
-    redis.call('PEXPIRE', KEYS[1], ttl)
-  end
-end
-local wait = 0
-if tokens < need then
-  local x = need - tokens + rate - 1
-  wait = (now + (x - x % rate) / rate) * 1000 - now_us
-end
-local full = 0
-if tokens < cap then
+if tokens < need then return -1 - tokens end
+if need > 0 then
+  tokens = tokens - need
+  redis.call('HSET', KEYS[1], 'tk', tokens, 'ts', now)
   local x = cap - tokens + rate - 1
-  full = (now + (x - x % rate) / rate) * 1000 - now_us
+  local ttl = now + (x - x %% rate) / rate - clock
+  if ttl < 1000 then ttl = 1000 end
+  redis.call('PEXPIRE', KEYS[1], ttl)
 end
-return {allowed, (tokens - tokens % 1000000) / 1000000, wait, full}
+return tokens
 `
+
+// bucketParams are a bucket's capacity and refill in the script's fixed-point
+// units.
+type bucketParams struct {
+	capUnits int64 // burst * 1e6
+	rate     int64 // 1e-6 tokens per ms, >= 1
+}
+
+func newBucketParams(burst int, rate float64) bucketParams {
+	return bucketParams{capUnits: int64(burst) * unitsPerToken, rate: ratePerMs(rate)}
+}
+
+// bucketScript is the Lua source for a bucket with these parameters. Every
+// instance with the same RATELIMIT_RATE and RATELIMIT_BURST runs the same
+// script (one SHA); a differently configured one loads its own.
+func bucketScript(p bucketParams) string {
+	return fmt.Sprintf(bucketLua, p.capUnits, p.rate)
+}
+
+// decode turns the script's reply for a call of cost tokens into a decision:
+// whether it was admitted, the whole tokens left, the wait until another
+// call of that cost can pass (0 if one can now) and the time until the
+// bucket is full (0 if it is). The waits count whole milliseconds from the millisecond the bucket was
+// read at (its stored time if the server clock had stepped back): they are
+// at most 1 ms longer than the time left on the server's microsecond clock
+// and never shorter, so a denied key cached for wait is not asked again
+// before it can pass. (After the server clock stepped back they count from
+// the stored time, which is ahead: the key may then be asked again early,
+// and Redis, which decides, denies it again.)
+func (p bucketParams) decode(v int64, cost int) reply {
+	r := reply{allowed: v >= 0}
+	tokens := v
+	if !r.allowed {
+		tokens = -1 - v
+	}
+	// Also after an admitted call: a bucket it left short of another call
+	// of the same cost is answered locally until then (keyCache).
+	if need := int64(cost) * unitsPerToken; tokens < need {
+		r.wait = time.Duration(ceilDiv(need-tokens, p.rate)) * time.Millisecond
+	}
+	r.remaining = tokens / unitsPerToken
+	if tokens < p.capUnits {
+		r.full = time.Duration(ceilDiv(p.capUnits-tokens, p.rate)) * time.Millisecond
+	}
+	return r
+}
 
 // redisKey is the bucket's Redis key: the whole key is the hash tag.
 func redisKey(key string) string { return "rl:{" + key + "}" }
@@ -82,7 +118,7 @@ func redisKey(key string) string { return "rl:{" + key + "}" }
 // this also covers the Cluster client, whose redirect budget would otherwise
 // re-send a pipeline after a network error. MOVED/ASK are still followed:
 // those replies mean the script did not run.)
-type noRetry struct{ *redis.Cmd }
+type noRetry struct{ *redis.IntCmd }
 
 func (noRetry) NoRetry() bool { return true }
 
@@ -100,9 +136,9 @@ var (
 // one round trip per call, and Redis reads and writes once per batch.
 type redisBackend struct {
 	client   redis.UniversalClient
+	params   bucketParams
+	src      string // the script's source, for EVAL after NOSCRIPT
 	script   *redis.Script
-	burstArg string
-	rateArg  string
 	budget   time.Duration
 	now      func() time.Duration
 	onNoScr  func(n int)
@@ -124,7 +160,7 @@ type call struct {
 	cost int
 	// deadline on the limiter clock: the caller stops waiting then.
 	deadline time.Duration
-	cmd      *redis.Cmd
+	cmd      *redis.IntCmd
 	// answered is when the reply was read (limiter clock).
 	answered time.Duration
 	done     chan reply
@@ -141,11 +177,13 @@ type reply struct {
 }
 
 func newRedisBackend(client redis.UniversalClient, burst int, rate float64, budget time.Duration, pipelines int, now func() time.Duration, onNoScript func(int)) *redisBackend {
+	params := newBucketParams(burst, rate)
+	src := bucketScript(params)
 	b := &redisBackend{
 		client:   client,
-		script:   redis.NewScript(bucketLua),
-		burstArg: strconv.Itoa(burst),
-		rateArg:  strconv.FormatInt(ratePerMs(rate), 10),
+		params:   params,
+		src:      src,
+		script:   redis.NewScript(src),
 		budget:   budget,
 		now:      now,
 		onNoScr:  onNoScript,
@@ -262,7 +300,7 @@ func (b *redisBackend) exec(batch []*call) {
 
 	pipe := b.client.Pipeline()
 	for _, c := range batch {
-		c.cmd = redis.NewCmd(ctx, "evalsha", b.script.Hash(), 1, c.rkey, b.burstArg, b.rateArg, c.cost)
+		c.cmd = redis.NewIntCmd(ctx, "evalsha", b.script.Hash(), 1, c.rkey, c.cost)
 		_ = pipe.Process(ctx, noRetry{c.cmd})
 	}
 	_, _ = pipe.Exec(ctx)
@@ -284,7 +322,7 @@ func (b *redisBackend) exec(batch []*call) {
 		b.onNoScr(len(again))
 		pipe = b.client.Pipeline()
 		for _, c := range again {
-			c.cmd = redis.NewCmd(ctx, "eval", bucketLua, 1, c.rkey, b.burstArg, b.rateArg, c.cost)
+			c.cmd = redis.NewIntCmd(ctx, "eval", b.src, 1, c.rkey, c.cost)
 			_ = pipe.Process(ctx, noRetry{c.cmd})
 		}
 		_, _ = pipe.Exec(ctx)
@@ -294,7 +332,7 @@ func (b *redisBackend) exec(batch []*call) {
 		}
 	}
 	for _, c := range batch {
-		r := parseReply(c.cmd)
+		r := b.params.parseReply(c.cmd, c.cost)
 		r.answered = c.answered
 		c.done <- r
 	}
@@ -304,27 +342,13 @@ func isNoScript(err error) bool {
 	return err != nil && (errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT"))
 }
 
-func parseReply(cmd *redis.Cmd) reply {
+// parseReply decodes the script's reply to a call of cost tokens.
+func (p bucketParams) parseReply(cmd *redis.IntCmd, cost int) reply {
 	v, err := cmd.Result()
 	if err != nil {
 		return reply{err: err}
 	}
-	vals, ok := v.([]any)
-	if !ok || len(vals) != 4 {
-		return reply{err: fmt.Errorf("ratelimit: unexpected script reply %v", v)}
-	}
-	var n [4]int64
-	for i, x := range vals {
-		if n[i], ok = x.(int64); !ok {
-			return reply{err: fmt.Errorf("ratelimit: unexpected script reply %v", v)}
-		}
-	}
-	return reply{
-		allowed:   n[0] == 1,
-		remaining: n[1],
-		wait:      time.Duration(n[2]) * time.Microsecond,
-		full:      time.Duration(n[3]) * time.Microsecond,
-	}
+	return p.decode(v, cost)
 }
 
 // probe reports whether Redis (every master of a Cluster) answers PING
