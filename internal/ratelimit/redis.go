@@ -135,13 +135,13 @@ var (
 // dozens of calls (about 30 with 64 callers), so throughput is not bound by
 // one round trip per call, and Redis reads and writes once per batch.
 type redisBackend struct {
-	client   redis.UniversalClient
-	params   bucketParams
-	src      string // the script's source, for EVAL after NOSCRIPT
-	script   *redis.Script
-	budget   time.Duration
-	now      func() time.Duration
-	onNoScr  func(n int)
+	client  redis.UniversalClient
+	params  bucketParams
+	src     string // the script's source, for EVAL after NOSCRIPT
+	script  *redis.Script
+	budget  time.Duration
+	now     func() time.Duration
+	onNoScr func(n int)
 
 	queue chan *call
 	calls sync.Pool // *call, each with its reply channel
@@ -180,15 +180,15 @@ func newRedisBackend(client redis.UniversalClient, burst int, rate float64, budg
 	params := newBucketParams(burst, rate)
 	src := bucketScript(params)
 	b := &redisBackend{
-		client:   client,
-		params:   params,
-		src:      src,
-		script:   redis.NewScript(src),
-		budget:   budget,
-		now:      now,
-		onNoScr:  onNoScript,
-		queue:    make(chan *call, queueDepth),
-		stop:     make(chan struct{}),
+		client:  client,
+		params:  params,
+		src:     src,
+		script:  redis.NewScript(src),
+		budget:  budget,
+		now:     now,
+		onNoScr: onNoScript,
+		queue:   make(chan *call, queueDepth),
+		stop:    make(chan struct{}),
 	}
 	b.calls.New = func() any {
 		t := time.NewTimer(time.Hour)
