@@ -132,7 +132,7 @@ var (
 // pipelines (auto-pipelining): up to `pipelines` batches are in flight and
 // every call that arrives meanwhile joins the next one. At low load a call
 // goes out alone at once (no added wait); under load one round trip serves
-// dozens of calls (about 30 with 64 callers), so throughput is not bound by
+// dozens of calls (about 20 on average with 64 callers), so throughput is not bound by
 // one round trip per call, and Redis reads and writes once per batch.
 type redisBackend struct {
 	client  redis.UniversalClient
