@@ -84,13 +84,13 @@ func bucketScript(p bucketParams) string {
 // decode turns the script's reply for a call of cost tokens into a decision:
 // whether it was admitted, the whole tokens left, the wait until another
 // call of that cost can pass (0 if one can now) and the time until the
-// bucket is full (0 if it is). The waits count whole milliseconds from the millisecond the bucket was
-// read at (its stored time if the server clock had stepped back): they are
-// at most 1 ms longer than the time left on the server's microsecond clock
-// and never shorter, so a denied key cached for wait is not asked again
-// before it can pass. (After the server clock stepped back they count from
-// the stored time, which is ahead: the key may then be asked again early,
-// and Redis, which decides, denies it again.)
+// bucket is full (0 if it is). The waits count whole milliseconds from the
+// millisecond the bucket was read at: they are at most 1 ms longer than the
+// time left on the server's microsecond clock and never shorter, so a
+// denied key cached for wait is not asked again before it can pass. (After
+// the server clock stepped back they count from the stored time, which is
+// ahead: the key may then be asked again early, and Redis, which decides,
+// denies it again.)
 func (p bucketParams) decode(v int64, cost int) reply {
 	r := reply{allowed: v >= 0}
 	tokens := v
@@ -132,8 +132,9 @@ var (
 // pipelines (auto-pipelining): up to `pipelines` batches are in flight and
 // every call that arrives meanwhile joins the next one. At low load a call
 // goes out alone at once (no added wait); under load one round trip serves
-// dozens of calls (about 20 on average with 64 callers), so throughput is not bound by
-// one round trip per call, and Redis reads and writes once per batch.
+// many calls (about 20 on average with 64 callers), so throughput is not
+// bound by one round trip per call, and Redis reads and writes once per
+// batch.
 type redisBackend struct {
 	client  redis.UniversalClient
 	params  bucketParams
