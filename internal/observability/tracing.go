@@ -284,9 +284,14 @@ func (t *Tracing) Middleware() gin.HandlerFunc {
 			// (its id still goes to the logs and, marked not sampled, to
 			// the dependencies). A sampled one is started by the SDK with
 			// these very ids (idGenerator), so the decision is the same.
+			//
+			// The sampler gets an empty parent context: the request carries
+			// no trace context (checked above), and the SDK's samplers would
+			// otherwise walk the request's context chain twice looking for
+			// a parent span, a measurable share of this path.
 			tid, sid := newTraceIDs()
 			res := rootSampler.ShouldSample(sdktrace.SamplingParameters{
-				ParentContext: ctx, TraceID: tid, Name: method, Kind: trace.SpanKindServer,
+				ParentContext: context.Background(), TraceID: tid, Name: method, Kind: trace.SpanKindServer,
 			})
 			if res.Decision == sdktrace.Drop {
 				sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceState: res.Tracestate})
