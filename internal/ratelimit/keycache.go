@@ -19,6 +19,10 @@ import (
 //     last answer) exceed what the calls already in flight can take;
 //     otherwise it waits for one of them to answer and looks again. A
 //     well-behaved hot key with tokens to spare is not serialised.
+//
+// An entry with nothing pending is kept for keyKeep after its key's last
+// call, then swept; the map is bounded by MaxLocalKeys, and at that cap
+// such entries are evicted before cached denials and calls in flight.
 type keyCache struct {
 	m *shardedMap[keyEntry]
 }
@@ -31,12 +35,26 @@ type keyEntry struct {
 	known    int // whole tokens left at the last answer; -1 unknown
 	inflight int // Redis calls for this key in flight from this instance
 	wake     chan struct{}
+	seen     time.Duration // last admitted or answered, on the limiter clock
 }
 
+// keyKeep is how long an entry with nothing pending outlives its key's last
+// call. A key that comes back within it finds its entry (and the tokens
+// known left) instead of allocating a new one: at tens of thousands of keys
+// a second, dropping entries as soon as their call returns cost a map insert,
+// an allocation and a share of a sweep per decision.
+const keyKeep = time.Second
+
 func newKeyCache(maxKeys int) *keyCache {
-	return &keyCache{m: newShardedMap(maxKeys, func(e *keyEntry, nowMs int64) bool {
+	idle := func(e *keyEntry, nowMs int64) bool {
 		return e.inflight == 0 && e.until <= time.Duration(nowMs)*time.Millisecond
-	})}
+	}
+	m := newShardedMap(maxKeys, func(e *keyEntry, nowMs int64) bool {
+		return idle(e, nowMs) && e.seen+keyKeep <= time.Duration(nowMs)*time.Millisecond
+	})
+	// At the cap, kept entries go before cached denials and calls in flight.
+	m.idle = idle
+	return &keyCache{m: m}
 }
 
 // admission is the outcome of keyCache.admit: exactly one of a cached
@@ -61,6 +79,7 @@ func (c *keyCache) admit(key string, cost int, now time.Duration) admission {
 		e = &keyEntry{known: -1}
 		c.m.insertLocked(sh, key, e, int64(now/time.Millisecond))
 	}
+	e.seen = now
 	if e.inflight > 0 && (e.inflight+1)*max(cost, 1) > e.known {
 		if e.wake == nil {
 			e.wake = make(chan struct{})
@@ -80,6 +99,7 @@ func (c *keyCache) done(key string, e *keyEntry, cost, limit int, rep *reply) {
 	defer sh.mu.Unlock()
 	e.inflight--
 	if rep != nil {
+		e.seen = rep.answered
 		e.known = int(rep.remaining)
 		if rep.wait > 0 {
 			// Timed from when the reply was read, a little after Redis ran

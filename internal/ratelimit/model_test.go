@@ -307,6 +307,59 @@ func TestKeyCache(t *testing.T) {
 	}
 }
 
+// TestKeyCacheKeepsEntries: an entry outlives its call by keyKeep, so a key
+// that comes back soon finds the tokens known left (its concurrent calls go
+// out together) even after sweeps of its shard; then it is swept.
+func TestKeyCacheKeepsEntries(t *testing.T) {
+	c := newKeyCache(1 << 20) // no cap pressure: only sweeps remove entries
+	now := 10 * time.Second
+	a := c.admit("k", 1, now)
+	c.done("k", a.entry, 1, 100, &reply{allowed: true, remaining: 50, answered: now})
+	churn := func(at time.Duration, tag string) {
+		for i := 0; i < 64*300; i++ { // ~300 inserts per shard: several sweeps each
+			e := c.admit(tag+strconv.Itoa(i), 1, at)
+			c.done(tag+strconv.Itoa(i), e.entry, 1, 100, &reply{allowed: true, remaining: 99, answered: at})
+		}
+	}
+	churn(now+100*time.Millisecond, "x")
+	later := now + 500*time.Millisecond
+	first, second := c.admit("k", 1, later), c.admit("k", 1, later)
+	if first.entry == nil || second.entry == nil {
+		t.Fatalf("a key back within %s waited for its own first call: %+v %+v", keyKeep, first, second)
+	}
+	c.done("k", first.entry, 1, 100, &reply{allowed: true, remaining: 49, answered: later})
+	c.done("k", second.entry, 1, 100, &reply{allowed: true, remaining: 48, answered: later})
+	churn(later+keyKeep+time.Millisecond, "y")
+	again := later + keyKeep + 2*time.Millisecond
+	if x := c.admit("k", 1, again); x.entry == nil {
+		t.Fatalf("first call after the entry expired: %+v", x)
+	}
+	if w := c.admit("k", 1, again); w.wait == nil {
+		t.Fatalf("entry not swept %s after its last call: a concurrent call did not wait (%+v)", keyKeep, w)
+	}
+}
+
+// TestKeyCacheEvictsIdleFirst: at the cap, entries with nothing pending go
+// before a cached denial, so a flooding key keeps being answered locally
+// while many other keys pass through.
+func TestKeyCacheEvictsIdleFirst(t *testing.T) {
+	c := newKeyCache(shardCount * 16)
+	now := 10 * time.Second
+	f := c.admit("flood", 1, now)
+	c.done("flood", f.entry, 1, 10, &reply{remaining: 0, wait: time.Minute, full: time.Minute, answered: now})
+	for i := 0; i < shardCount*16*20; i++ {
+		k := "k" + strconv.Itoa(i)
+		e := c.admit(k, 1, now)
+		c.done(k, e.entry, 1, 10, &reply{allowed: true, remaining: 9, answered: now})
+	}
+	if n := c.m.len(); n > shardCount*16 {
+		t.Fatalf("cache holds %d entries, cap %d", n, shardCount*16)
+	}
+	if d := c.admit("flood", 1, now+time.Second); !d.denied {
+		t.Fatalf("the flooding key's cached denial was evicted for idle entries: %+v", d)
+	}
+}
+
 // A hot key stays exact while other keys come and go and sweeps run
 // concurrently: a swept entry is only ever a full bucket.
 func TestLocalBucketExactUnderChurn(t *testing.T) {

@@ -20,7 +20,10 @@ type shardedMap[V any] struct {
 	seed        maphash.Seed
 	maxPerShard int
 	expired     func(v *V, nowMs int64) bool
-	shards      [shardCount]mapShard[V]
+	// idle, if set, picks the entries to evict first when a shard is at its
+	// cap after the sweep: ones that hold nothing a caller is waiting on.
+	idle   func(v *V, nowMs int64) bool
+	shards [shardCount]mapShard[V]
 }
 
 type mapShard[V any] struct {
@@ -60,8 +63,19 @@ func (s *shardedMap[V]) insertLocked(sh *mapShard[V], key string, v *V, nowMs in
 		}
 		if len(sh.m) >= s.maxPerShard {
 			// Evict down to 7/8 of the cap so the next inserts do not each
-			// pay a full sweep. Map order is random: arbitrary victims.
+			// pay a full sweep: idle entries first, then arbitrary victims
+			// (map order is random).
 			keep := s.maxPerShard - max(1, s.maxPerShard/8)
+			if s.idle != nil {
+				for k, e := range sh.m {
+					if len(sh.m) <= keep {
+						break
+					}
+					if s.idle(e, nowMs) {
+						delete(sh.m, k)
+					}
+				}
+			}
 			for k := range sh.m {
 				if len(sh.m) <= keep {
 					break
