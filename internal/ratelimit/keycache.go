@@ -36,6 +36,7 @@ type keyEntry struct {
 	inflight int // Redis calls for this key in flight from this instance
 	wake     chan struct{}
 	seen     time.Duration // last admitted or answered, on the limiter clock
+	rkey     any           // the bucket's Redis key, made once per entry
 }
 
 // keyKeep is how long an entry with nothing pending outlives its key's last
@@ -76,7 +77,7 @@ func (c *keyCache) admit(key string, cost int, now time.Duration) admission {
 		return admission{denied: true, d: Decision{Limit: e.limit, RetryAfter: e.until - now, ResetAfter: max(0, e.reset-now)}}
 	}
 	if e == nil {
-		e = &keyEntry{known: -1}
+		e = &keyEntry{known: -1, rkey: redisKey(key)}
 		c.m.insertLocked(sh, key, e, int64(now/time.Millisecond))
 	}
 	e.seen = now

@@ -241,7 +241,7 @@ func (r *RateLimiter) decide(ctx context.Context, key string, cost int) (Decisio
 }
 
 func (r *RateLimiter) askRedis(ctx context.Context, key string, cost int, e *keyEntry, start, deadline time.Duration) (Decision, backend) {
-	rep, err := r.redis.allow(ctx, key, cost, deadline)
+	rep, err := r.redis.allow(ctx, e.rkey, cost, deadline)
 	r.m.redisDuration.Observe(min(r.now()-start, r.cfg.RedisTimeout).Seconds())
 	if err != nil {
 		r.cache.done(key, e, cost, r.cfg.Burst, nil)

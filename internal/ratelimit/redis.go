@@ -140,6 +140,7 @@ type redisBackend struct {
 	params  bucketParams
 	src     string // the script's source, for EVAL after NOSCRIPT
 	script  *redis.Script
+	sha     any // script.Hash(), boxed once for the command's arguments
 	budget  time.Duration
 	now     func() time.Duration
 	onNoScr func(n int)
@@ -157,7 +158,7 @@ const (
 
 type call struct {
 	ctx  context.Context
-	rkey string
+	rkey any // the bucket's Redis key (redisKey), boxed for the command's arguments
 	cost int
 	// deadline on the limiter clock: the caller stops waiting then.
 	deadline time.Duration
@@ -191,6 +192,7 @@ func newRedisBackend(client redis.UniversalClient, burst int, rate float64, budg
 		queue:   make(chan *call, queueDepth),
 		stop:    make(chan struct{}),
 	}
+	b.sha = b.script.Hash()
 	b.calls.New = func() any {
 		t := time.NewTimer(time.Hour)
 		t.Stop()
@@ -214,13 +216,13 @@ func (b *redisBackend) close() {
 // every path (a fresh connection's handshake uses its own timeouts), so the
 // caller keeps its own timer; it lives in the pooled call, so it costs a
 // Reset, not an allocation.
-func (b *redisBackend) allow(ctx context.Context, key string, cost int, deadline time.Duration) (reply, error) {
+func (b *redisBackend) allow(ctx context.Context, rkey any, cost int, deadline time.Duration) (reply, error) {
 	left := deadline - b.now()
 	if left <= 0 {
 		return reply{}, errBudget
 	}
 	c := b.calls.Get().(*call)
-	c.ctx, c.rkey, c.cost, c.deadline = ctx, redisKey(key), cost, deadline
+	c.ctx, c.rkey, c.cost, c.deadline = ctx, rkey, cost, deadline
 	select {
 	case b.queue <- c:
 	case <-b.stop:
@@ -301,7 +303,7 @@ func (b *redisBackend) exec(batch []*call) {
 
 	pipe := b.client.Pipeline()
 	for _, c := range batch {
-		c.cmd = redis.NewIntCmd(ctx, "evalsha", b.script.Hash(), 1, c.rkey, c.cost)
+		c.cmd = redis.NewIntCmd(ctx, "evalsha", b.sha, 1, c.rkey, c.cost)
 		_ = pipe.Process(ctx, noRetry{c.cmd})
 	}
 	_, _ = pipe.Exec(ctx)
