@@ -770,13 +770,13 @@ else
 
 		echo "-- requests net/http rejected, TLS handshakes, kernel, protections"
 		rejected=""
-		for code in 400 408 431 501 505; do
+		for code in 400 408 431 501 505 unknown; do
 			read -r _ d < <(mval http_server_rejected_requests_total code=$code)
 			((d > 0)) && rejected+="${rejected:+, }$code: $d"
 		done
 		if [[ -n $rejected ]]; then
 			finding WARN "the service rejected requests before routing $span ($rejected)" \
-				"net/http could not read them: 431 headers larger than HTTP_MAX_HEADER_BYTES (big cookies or tokens), 400 a malformed request line or header, 408 one cut off by the read-header timeout, 501/505 an unsupported transfer encoding or HTTP version. They have no access line; each has a 'request rejected' log line." \
+				"net/http could not read them: 431 headers larger than HTTP_MAX_HEADER_BYTES (big cookies or tokens), 400 a malformed request line or header, 408 one cut off by the read-header timeout, 501/505 an unsupported transfer encoding or HTTP version; unknown: one of these on the TLS listener, where the status is not readable. They have no access line; each has a 'request rejected' log line." \
 				"Look up the 'request rejected' lines for the client addresses; raise HTTP_MAX_HEADER_BYTES for legitimate large headers."
 		fi
 		tls=""

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"crypto/tls"
 	"encoding/hex"
 	"fmt"
@@ -179,6 +180,58 @@ func TestRunTLSHandshakeErrors(t *testing.T) {
 	}
 	if !structured || raw {
 		t.Fatalf("structured line: %v, raw net/http line: %v\n%s", structured, raw, r.logs)
+	}
+}
+
+// TestRunTLSRejectedRequest: on the TLS listener a request net/http answers
+// itself (headers over HTTP_MAX_HEADER_BYTES) cannot get the problem
+// response, but it is counted as rejected{code="unknown"} and logged; a
+// served HTTPS request is not.
+func TestRunTLSRejectedRequest(t *testing.T) {
+	cert, key := testkit.WriteSelfSignedCert(t)
+	r := startRun(t, map[string]string{"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key})
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := hc.Get("https://" + r.public + "/api/v1/ping")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+
+	c, err := tls.Dial("tcp", r.public, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	go io.WriteString(c, "GET /api/v1/ping HTTP/1.1\r\nHost: x\r\nX-Big: "+strings.Repeat("a", 70<<10)+"\r\n\r\n")
+	resp, err = http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("status %d, want 431", resp.StatusCode)
+	}
+
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, body := get(t, "http://"+r.admin+"/metrics")
+		if strings.Contains(body, `http_server_rejected_requests_total{code="unknown"} 1`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("TLS rejection not counted once:\n%s", grepLines(body, "rejected"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var logged bool
+	for deadline = time.Now().Add(5 * time.Second); time.Now().Before(deadline) && !logged; time.Sleep(50 * time.Millisecond) {
+		for _, l := range r.logs.lines() {
+			logged = logged || l["msg"] == "request rejected"
+		}
+	}
+	if !logged {
+		t.Fatalf("no 'request rejected' line:\n%s", r.logs)
 	}
 }
 

@@ -3,6 +3,7 @@ package observability
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,6 +41,10 @@ const (
 	// listener, so only its states are known.
 	CloseReasonUnknown = "unknown"
 )
+
+// rejectedUnknown is the code label of a request net/http rejected on the
+// TLS listener, whose status the service cannot read.
+const rejectedUnknown = "unknown"
 
 // cause kinds recorded on a tracked connection (first one wins: the first
 // error ends an HTTP/1 connection; later ones are consequences).
@@ -94,12 +99,12 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 		}, []string{"reason", "state"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "http_server_rejected_requests_total",
-			Help: "Requests net/http answered itself, before routing, by status code: 400 malformed request line or headers (also plain HTTP on the TLS port), 408 request line or headers cut off by the read-header timeout, 431 headers over HTTP_MAX_HEADER_BYTES, 501 unsupported transfer encoding, 505 unsupported HTTP version. They have no access line.",
+			Help: "Requests net/http answered itself, before routing, by status code: 400 malformed request line or headers (also plain HTTP on the TLS port), 408 request line or headers cut off by the read-header timeout, 431 headers over HTTP_MAX_HEADER_BYTES, 501 unsupported transfer encoding, 505 unsupported HTTP version; unknown: one of these on the TLS listener, where the answer is encrypted before the service can read its status. They have no access line.",
 		}, []string{"code"}),
 		log:   newLimitedLog(logger, 5, 10),
 		epoch: time.Now(),
 	}
-	for _, code := range []string{"400", "408", "431", "501", "505"} {
+	for _, code := range []string{"400", "408", "431", "501", "505", rejectedUnknown} {
 		m.rejected.WithLabelValues(code)
 	}
 	// Series exist from the start, so rate() works on the first increment.
@@ -171,13 +176,19 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 		if s == http.StateActive {
 			tc.wrote.Store(false)
 			tc.requests.Add(1)
-			tc.route, tc.requestID, tc.status = "", "", 0
+			tc.route, tc.requestID, tc.status, tc.routed = "", "", 0, false
 		}
 		since := now - time.Duration(tc.changed.Swap(int64(now)))
 		if s == http.StateClosed {
+			// HTTP/1 over TLS: net/http's own rejections cannot be read
+			// on the way out (see ended).
+			h1TLS := false
+			if tlc, ok := c.(*tls.Conn); ok {
+				h1TLS = tlc.ConnectionState().NegotiatedProtocol != "h2"
+			}
 			// Counted last, after the gauges: a reader that sees the close
 			// counted sees the gauges settled.
-			defer m.ended(tc, prev, since, now)
+			defer m.ended(tc, prev, since, now, h1TLS)
 		}
 	} else {
 		var v any
@@ -204,7 +215,7 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 }
 
 // ended counts and logs a closed tracked connection.
-func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now time.Duration) {
+func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now time.Duration, h1TLS bool) {
 	reason := CloseReasonServer
 	level := slog.LevelDebug
 	cause := tc.cause.Load()
@@ -237,6 +248,19 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 	}
 	state := connStates[prev]
 	defer m.closed.WithLabelValues(reason, state).Inc() // after the log line, for the same reason
+	if h1TLS && cause == causeNone && prev == http.StateActive && !tc.routed {
+		// The server closed an HTTP/1 TLS connection in the middle of a
+		// request that never reached the handlers: net/http answered it
+		// itself (its only other way out before routing, a read error,
+		// would have set a cause). On plaintext the answer is rewritten
+		// and counted with its status (reject); here it was encrypted
+		// before this wrapper saw it.
+		m.rejected.WithLabelValues(rejectedUnknown).Inc()
+		m.log.Log(context.Background(), slog.LevelInfo, "request rejected",
+			slog.String("detail", "net/http answered a request on the TLS listener itself and closed the connection: a malformed request line or header (400), headers over HTTP_MAX_HEADER_BYTES (431), an unsupported transfer encoding (501) or HTTP version (505)"),
+			slog.String("remote_addr", remoteAddr(tc.Conn)),
+		)
+	}
 	attrs := []slog.Attr{
 		slog.String("reason", reason),
 		slog.String("state", state),
@@ -323,7 +347,13 @@ type trackedConn struct {
 	route     string
 	requestID string
 	status    int
+	// routed: the current request reached the access middleware.
+	routed bool
 }
+
+// routing marks the current request as handed to the handlers (the access
+// middleware, first thing).
+func (c *trackedConn) routing() { c.routed = true }
 
 // served records the request the access middleware has just logged.
 func (c *trackedConn) served(route, requestID string, status int) {

@@ -241,12 +241,15 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 		// Deferred: http.ErrAbortHandler panics through every middleware on
 		// purpose and must not leak an in-flight request.
 		defer m.inFlight.AddAt(stripe, -1)
+		tc := connOf(c)
+		if tc != nil {
+			tc.routing()
+		}
 		c.Next()
 		elapsed := time.Since(start)
 
 		route := routeLabel(c.FullPath())
 		status := c.Writer.Status()
-		tc := connOf(c)
 		if clientAborted(c, tc) {
 			status = StatusClientClosedRequest
 			m.aborts.WithLabelValues(route).Inc()

@@ -1,0 +1,141 @@
+package observability
+
+import (
+	"bufio"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/hardenedgo/ginservice/internal/testkit"
+)
+
+// TestRejectedOnTLSListenerCounted: on the TLS listener net/http's own
+// answer to a request it cannot read is encrypted before the connection
+// wrapper sees it, so it cannot be rewritten; it is still counted
+// (rejected{code="unknown"}) and logged. Connections the server closes after
+// a handler ran (Connection: close, a handler aborting with
+// http.ErrAbortHandler, a forced close over HTTP/1 or HTTP/2) are not.
+func TestRejectedOnTLSListenerCounted(t *testing.T) {
+	logs := &testkit.SyncBuffer{}
+	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	reg := prometheus.NewRegistry()
+	m := NewConnMetrics(reg, logger)
+	gin.SetMode(gin.ReleaseMode)
+	e := gin.New()
+	e.Use(Access(logger, NewHTTPMetrics(reg), AccessOptions{}))
+	e.GET("/fast", func(c *gin.Context) { c.String(http.StatusOK, "fast") })
+	e.GET("/abort", func(c *gin.Context) { panic(http.ErrAbortHandler) })
+	inSlow := make(chan int, 2)
+	e.GET("/slow", func(c *gin.Context) {
+		inSlow <- c.Request.ProtoMajor
+		<-c.Request.Context().Done() // until the server closes the connection
+	})
+	srv := &http.Server{
+		Handler:        e,
+		ConnState:      m.ConnState,
+		ConnContext:    m.ConnContext,
+		MaxHeaderBytes: 1 << 10,
+		ErrorLog:       slog.NewLogLogger(slog.DiscardHandler, slog.LevelError),
+		TLSConfig:      &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}},
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	go srv.ServeTLS(m.Listener(ln), "", "")
+	t.Cleanup(func() { srv.Close() })
+
+	rejected := func() float64 { return testutil.ToFloat64(m.rejected.WithLabelValues(rejectedUnknown)) }
+	// raw sends a request on a new HTTP/1.1 TLS connection and returns the
+	// response status.
+	raw := func(req string) int {
+		t.Helper()
+		c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		go io.WriteString(c, req) // the server may answer before a large request is all written
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return 0 // no response: the connection was cut
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		// Wait for the server to close its side, so the close is counted
+		// before the next check.
+		io.Copy(io.Discard, c)
+		return resp.StatusCode
+	}
+
+	// Served requests, one closed by the server after the handler.
+	if got := raw("GET /fast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); got != http.StatusOK {
+		t.Fatalf("GET /fast: %d", got)
+	}
+	if got := raw("GET /abort HTTP/1.1\r\nHost: x\r\n\r\n"); got != 0 {
+		t.Fatalf("GET /abort answered %d, want the connection cut", got)
+	}
+	time.Sleep(100 * time.Millisecond) // ConnState(closed) runs after the close
+	if n := rejected(); n != 0 {
+		t.Fatalf("rejected{unknown} = %v after served requests, want 0\n%s", n, logs)
+	}
+
+	// Headers over the limit: net/http answers 431 itself.
+	if got := raw("GET /fast HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 70<<10) + "\r\n\r\n"); got != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("big headers: %d, want 431", got)
+	}
+	eventually(t, "rejected{unknown} = 1", func() bool { return rejected() == 1 }, logs.String)
+	// A malformed request line.
+	if got := raw("NOT HTTP AT ALL\r\n\r\n"); got != http.StatusBadRequest {
+		t.Fatalf("garbage: %d, want 400", got)
+	}
+	eventually(t, "rejected{unknown} = 2", func() bool { return rejected() == 2 }, logs.String)
+	if n := strings.Count(logs.String(), `"msg":"request rejected"`); n != 2 {
+		t.Errorf("%d 'request rejected' lines, want 2:\n%s", n, logs)
+	}
+
+	// A forced close (http.Server.Close at the end of a drain that ran out
+	// of time) cuts requests that are in a handler: over HTTP/1 the server
+	// closes a connection that is active, which is not a rejection. (An
+	// HTTP/2 connection passes through idle as its cancelled streams end;
+	// it must not be counted either.)
+	h2 := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}}
+	h1 := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}}
+	for _, c := range []*http.Client{h1, h2} {
+		go func() {
+			if resp, err := c.Get("https://" + addr + "/slow"); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	protos := map[int]bool{}
+	for range 2 {
+		select {
+		case p := <-inSlow:
+			protos[p] = true
+		case <-time.After(5 * time.Second):
+			t.Fatal("requests did not reach /slow")
+		}
+	}
+	if !protos[1] || !protos[2] {
+		t.Fatalf("protocols in /slow: %v, want HTTP/1 and HTTP/2", protos)
+	}
+	closes := func() int { return strings.Count(logs.String(), `"msg":"connection closed"`) }
+	before := closes()
+	srv.Close()
+	eventually(t, "both connections closed", func() bool { return closes() >= before+2 }, logs.String)
+	if n := rejected(); n != 2 {
+		t.Fatalf("rejected{unknown} = %v after a forced close of requests in handlers, want 2\n%s", n, logs)
+	}
+}
