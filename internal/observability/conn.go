@@ -180,15 +180,12 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 		}
 		since := now - time.Duration(tc.changed.Swap(int64(now)))
 		if s == http.StateClosed {
-			// HTTP/1 over TLS: net/http's own rejections cannot be read
-			// on the way out (see ended).
-			h1TLS := false
-			if tlc, ok := c.(*tls.Conn); ok {
-				h1TLS = tlc.ConnectionState().NegotiatedProtocol != "h2"
-			}
+			// On TLS net/http's own rejections cannot be read on the way
+			// out (see ended).
+			_, isTLS := c.(*tls.Conn)
 			// Counted last, after the gauges: a reader that sees the close
 			// counted sees the gauges settled.
-			defer m.ended(tc, prev, since, now, h1TLS)
+			defer m.ended(tc, prev, since, now, isTLS)
 		}
 	} else {
 		var v any
@@ -215,7 +212,7 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 }
 
 // ended counts and logs a closed tracked connection.
-func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now time.Duration, h1TLS bool) {
+func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now time.Duration, isTLS bool) {
 	reason := CloseReasonServer
 	level := slog.LevelDebug
 	cause := tc.cause.Load()
@@ -248,13 +245,16 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 	}
 	state := connStates[prev]
 	defer m.closed.WithLabelValues(reason, state).Inc() // after the log line, for the same reason
-	if h1TLS && cause == causeNone && prev == http.StateActive && !tc.routed {
-		// The server closed an HTTP/1 TLS connection in the middle of a
-		// request that never reached the handlers: net/http answered it
-		// itself (its only other way out before routing, a read error,
-		// would have set a cause). On plaintext the answer is rewritten
-		// and counted with its status (reject); here it was encrypted
-		// before this wrapper saw it.
+	if isTLS && cause == causeNone && prev == http.StateActive && !tc.routed {
+		// The server closed a TLS connection in the middle of a request
+		// that never reached the handlers: net/http answered it itself
+		// (its only other way out before routing, a read error, would
+		// have set a cause). On plaintext the answer is rewritten and
+		// counted with its status (reject); here it was encrypted before
+		// this wrapper saw it. HTTP/2 requests are never marked routed,
+		// but an HTTP/2 connection closes its streams, and so goes idle,
+		// before it closes, whatever ended it (a protocol error, a forced
+		// close): it never gets here as active.
 		m.rejected.WithLabelValues(rejectedUnknown).Inc()
 		m.log.Log(context.Background(), slog.LevelInfo, "request rejected",
 			slog.String("detail", "net/http answered a request on the TLS listener itself and closed the connection: a malformed request line or header (400), headers over HTTP_MAX_HEADER_BYTES (431), an unsupported transfer encoding (501) or HTTP version (505)"),

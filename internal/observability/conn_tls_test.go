@@ -107,9 +107,9 @@ func TestRejectedOnTLSListenerCounted(t *testing.T) {
 
 	// A forced close (http.Server.Close at the end of a drain that ran out
 	// of time) cuts requests that are in a handler: over HTTP/1 the server
-	// closes a connection that is active, which is not a rejection. (An
-	// HTTP/2 connection passes through idle as its cancelled streams end;
-	// it must not be counted either.)
+	// closes a connection that is active, which is not a rejection. HTTP/2
+	// requests are not marked routed: this counts on an HTTP/2 connection
+	// closing its streams, and so going idle, before it closes.
 	h2 := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}}
 	h1 := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}}
 	for _, c := range []*http.Client{h1, h2} {
