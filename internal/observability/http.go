@@ -235,6 +235,7 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 	for _, q := range opts.Quiet {
 		quiet[q] = true
 	}
+	a := &accessLogger{logger: logger, m: m, quiet: quiet}
 	return func(c *gin.Context) {
 		start := time.Now()
 		stripe := m.inFlight.Add(1)
@@ -246,86 +247,104 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 			tc.routing()
 		}
 		c.Next()
-		elapsed := time.Since(start)
-
-		route := routeLabel(c.FullPath())
-		status := c.Writer.Status()
-		if clientAborted(c, tc) {
-			status = StatusClientClosedRequest
-			m.aborts.WithLabelValues(route).Inc()
-			if c.GetBool(keyTruncated) {
-				m.truncated.WithLabelValues(route).Inc()
-			}
-		}
-		size := c.Writer.Size()
-		if size < 0 {
-			size = 0
-		}
-		requestID := problem.RequestID(c.Writer.Header())
-		if tc != nil {
-			// If the connection breaks before the response is out (the
-			// write timeout, a reset), its close line names this request.
-			tc.served(route, requestID, status)
-		}
-		method := methodLabel(c.Request.Method)
-		sc := trace.SpanContextFromContext(c.Request.Context())
-		rs := m.seriesOf(method, route)
-		rs.code(status).Inc()
-		if eo, ok := rs.duration.(prometheus.ExemplarObserver); ok && sc.IsSampled() {
-			eo.ObserveWithExemplar(elapsed.Seconds(), prometheus.Labels{"trace_id": sc.TraceID().String()})
-		} else {
-			rs.duration.Observe(elapsed.Seconds())
-		}
-		rs.size.Observe(float64(size))
-
-		if quiet[route] && status < 500 {
-			return
-		}
-		level := slog.LevelInfo
-		if status >= 500 {
-			level = slog.LevelError
-		}
-		h := logger.Handler()
-		if !h.Enabled(context.Background(), level) {
-			return
-		}
-		// trace_id and span_id are always present (empty without a span) so
-		// every access line has the same keys; the background context keeps
-		// the trace handler from adding them twice.
-		latencyUS := elapsed.Microseconds()
-		if th, ok := h.(traceHandler); ok && th.json && level < slog.LevelWarn {
-			// The JSON sink is known: encode the line directly (same shape
-			// as slog's). Errors go through slog below, so they flush.
-			line := accessLine{
-				time: start.Add(elapsed), level: "INFO", method: method, route: route,
-				path: c.Request.URL.Path, status: status, latencyUS: latencyUS, bytes: size,
-				clientIP: clientip.Of(c), requestID: requestID,
-				span: sc,
-			}
-			_ = line.write(th.w)
-			return
-		}
-		var traceID, spanID string
-		if sc.IsValid() {
-			traceID, spanID = sc.TraceID().String(), sc.SpanID().String()
-		}
-		// A record without a caller PC: the access line's source is always
-		// this function, and runtime.Callers is a tenth of the line's cost.
-		r := slog.NewRecord(start.Add(elapsed), level, "request", 0)
-		r.AddAttrs(
-			slog.String("method", method),
-			slog.String("route", route),
-			slog.String("path", c.Request.URL.Path),
-			slog.Int("status", status),
-			slog.Float64("latency_ms", float64(latencyUS)/1000),
-			slog.Int("bytes", size),
-			slog.String("client_ip", clientip.Of(c)),
-			slog.String("request_id", requestID),
-			slog.String("trace_id", traceID),
-			slog.String("span_id", spanID),
-		)
-		_ = h.Handle(context.Background(), r)
+		a.done(c, tc, start, time.Since(start))
 	}
+}
+
+// accessLogger is the access middleware's work after the handlers.
+type accessLogger struct {
+	logger *slog.Logger
+	m      *HTTPMetrics
+	quiet  map[string]bool
+}
+
+// done measures and logs one finished request. It is kept out of the
+// middleware's closure (noinline) on purpose: its locals (the log record,
+// the attributes) are over 2 KB, and a frame that size under every handler
+// pushes a connection goroutine's stack past 8 KB, which the GC shrinks
+// between requests and the next request grows again by copying it.
+//
+//go:noinline
+func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, elapsed time.Duration) {
+	logger, m, quiet := a.logger, a.m, a.quiet
+
+	route := routeLabel(c.FullPath())
+	status := c.Writer.Status()
+	if clientAborted(c, tc) {
+		status = StatusClientClosedRequest
+		m.aborts.WithLabelValues(route).Inc()
+		if c.GetBool(keyTruncated) {
+			m.truncated.WithLabelValues(route).Inc()
+		}
+	}
+	size := c.Writer.Size()
+	if size < 0 {
+		size = 0
+	}
+	requestID := problem.RequestID(c.Writer.Header())
+	if tc != nil {
+		// If the connection breaks before the response is out (the
+		// write timeout, a reset), its close line names this request.
+		tc.served(route, requestID, status)
+	}
+	method := methodLabel(c.Request.Method)
+	sc := trace.SpanContextFromContext(c.Request.Context())
+	rs := m.seriesOf(method, route)
+	rs.code(status).Inc()
+	if eo, ok := rs.duration.(prometheus.ExemplarObserver); ok && sc.IsSampled() {
+		eo.ObserveWithExemplar(elapsed.Seconds(), prometheus.Labels{"trace_id": sc.TraceID().String()})
+	} else {
+		rs.duration.Observe(elapsed.Seconds())
+	}
+	rs.size.Observe(float64(size))
+
+	if quiet[route] && status < 500 {
+		return
+	}
+	level := slog.LevelInfo
+	if status >= 500 {
+		level = slog.LevelError
+	}
+	h := logger.Handler()
+	if !h.Enabled(context.Background(), level) {
+		return
+	}
+	// trace_id and span_id are always present (empty without a span) so
+	// every access line has the same keys; the background context keeps
+	// the trace handler from adding them twice.
+	latencyUS := elapsed.Microseconds()
+	if th, ok := h.(traceHandler); ok && th.json && level < slog.LevelWarn {
+		// The JSON sink is known: encode the line directly (same shape
+		// as slog's). Errors go through slog below, so they flush.
+		line := accessLine{
+			time: start.Add(elapsed), level: "INFO", method: method, route: route,
+			path: c.Request.URL.Path, status: status, latencyUS: latencyUS, bytes: size,
+			clientIP: clientip.Of(c), requestID: requestID,
+			span: sc,
+		}
+		_ = line.write(th.w)
+		return
+	}
+	var traceID, spanID string
+	if sc.IsValid() {
+		traceID, spanID = sc.TraceID().String(), sc.SpanID().String()
+	}
+	// A record without a caller PC: the access line's source is always
+	// this function, and runtime.Callers is a tenth of the line's cost.
+	r := slog.NewRecord(start.Add(elapsed), level, "request", 0)
+	r.AddAttrs(
+		slog.String("method", method),
+		slog.String("route", route),
+		slog.String("path", c.Request.URL.Path),
+		slog.Int("status", status),
+		slog.Float64("latency_ms", float64(latencyUS)/1000),
+		slog.Int("bytes", size),
+		slog.String("client_ip", clientip.Of(c)),
+		slog.String("request_id", requestID),
+		slog.String("trace_id", traceID),
+		slog.String("span_id", spanID),
+	)
+	_ = h.Handle(context.Background(), r)
 }
 
 // connOf returns the request's tracked connection when it is HTTP/1 (HTTP/2

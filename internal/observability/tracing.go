@@ -234,28 +234,32 @@ var untraced = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": tr
 // computed for spans that are recorded: at a 1% sampling rate the other 99%
 // of requests pay for the span context only.
 func (t *Tracing) Middleware() gin.HandlerFunc {
-	tracer := t.provider.Tracer(ScopeName)
-	prop := t.propagator
+	st := &serverTracer{
+		tracer:      t.provider.Tracer(ScopeName),
+		prop:        t.propagator,
+		startOpts:   []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)},
+		rootSampler: t.rootSampler,
+	}
 	// The header names the propagators read, canonical, to tell cheaply
 	// whether a request carries trace context at all (most do not).
 	var fields []string
-	for _, f := range prop.Fields() {
+	for _, f := range st.prop.Fields() {
 		fields = append(fields, http.CanonicalHeaderKey(f))
 	}
-	startOpts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)}
 	exporting := t.exporting
-	rootSampler := t.rootSampler
+	// The closure holds only what must live while the handlers run; the
+	// span set-up and the recorded span's attributes are in noinline
+	// methods, so their locals are not on the stack under every handler
+	// (see accessLogger.done).
 	return func(c *gin.Context) {
 		route := c.FullPath()
 		if untraced[route] {
 			c.Next()
 			return
 		}
-		r := c.Request
-		ctx := r.Context()
 		incoming := false
 		for _, f := range fields {
-			if len(r.Header[f]) > 0 {
+			if len(c.Request.Header[f]) > 0 {
 				incoming = true
 				break
 			}
@@ -268,76 +272,102 @@ func (t *Tracing) Middleware() gin.HandlerFunc {
 			c.Next()
 			return
 		}
-		if incoming {
-			ctx = prop.Extract(ctx, headerCarrier(r.Header))
+		span := st.begin(c, route, incoming)
+		if span == nil {
+			c.Next() // a dropped root request: its span context is set
+			return
 		}
-		method := methodLabel(r.Method)
-		// The samplers in use ignore the span name; building "METHOD
-		// /route" is left to the spans that are recorded.
-		var span trace.Span
-		if !incoming && rootSampler != nil {
-			// A root request while exporting: most are not sampled (1% by
-			// default), and for those the SDK would only build a
-			// non-recording span around fresh ids. Draw the ids and ask
-			// the provider's sampler here, as the SDK does; a dropped
-			// request gets its span context without the SDK's span set-up
-			// (its id still goes to the logs and, marked not sampled, to
-			// the dependencies). A sampled one is started by the SDK with
-			// these very ids (idGenerator), so the decision is the same.
-			//
-			// The sampler gets an empty parent context: the request carries
-			// no trace context (checked above), and the SDK's samplers would
-			// otherwise walk the request's context chain twice looking for
-			// a parent span, a measurable share of this path.
-			tid, sid := newTraceIDs()
-			res := rootSampler.ShouldSample(sdktrace.SamplingParameters{
-				ParentContext: context.Background(), TraceID: tid, Name: method, Kind: trace.SpanKindServer,
-			})
-			if res.Decision == sdktrace.Drop {
-				sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceState: res.Tracestate})
-				c.Request = r.WithContext(trace.ContextWithSpanContext(ctx, sc))
-				c.Next()
-				return
-			}
-			// The preset ids stay out of the request's context: only this
-			// Start reads them.
-			_, span = tracer.Start(context.WithValue(ctx, presetIDsKey{}, presetIDs{tid, sid}), method, startOpts...)
-			ctx = trace.ContextWithSpan(ctx, span)
-		} else {
-			ctx, span = tracer.Start(ctx, method, startOpts...)
-		}
-		recording := span.IsRecording()
-		if recording {
-			if route != "" {
-				span.SetName(method + " " + route)
-			}
-			span.SetAttributes(requestAttrs(c, method, route)...)
-		}
-		c.Request = r.WithContext(ctx)
 		defer span.End() // also when a handler panics through us
-
 		c.Next()
+		if span.IsRecording() {
+			st.finish(c, span)
+		}
+	}
+}
 
-		if !recording {
-			return
+// serverTracer is the tracing middleware's span set-up and completion.
+type serverTracer struct {
+	tracer      trace.Tracer
+	prop        propagation.TextMapPropagator
+	startOpts   []trace.SpanStartOption
+	rootSampler sdktrace.Sampler
+}
+
+// begin puts the request's span context into c.Request and returns its
+// span, or nil for a root request the sampler drops (which gets a span
+// context and nothing to end).
+//
+//go:noinline
+func (st *serverTracer) begin(c *gin.Context, route string, incoming bool) trace.Span {
+	r := c.Request
+	ctx := r.Context()
+	if incoming {
+		ctx = st.prop.Extract(ctx, headerCarrier(r.Header))
+	}
+	method := methodLabel(r.Method)
+	// The samplers in use ignore the span name; building "METHOD
+	// /route" is left to the spans that are recorded.
+	var span trace.Span
+	if !incoming && st.rootSampler != nil {
+		// A root request while exporting: most are not sampled (1% by
+		// default), and for those the SDK would only build a
+		// non-recording span around fresh ids. Draw the ids and ask
+		// the provider's sampler here, as the SDK does; a dropped
+		// request gets its span context without the SDK's span set-up
+		// (its id still goes to the logs and, marked not sampled, to
+		// the dependencies). A sampled one is started by the SDK with
+		// these very ids (idGenerator), so the decision is the same.
+		//
+		// The sampler gets an empty parent context: the request carries
+		// no trace context (checked by the caller), and the SDK's
+		// samplers would otherwise walk the request's context chain twice
+		// looking for a parent span, a measurable share of this path.
+		tid, sid := newTraceIDs()
+		res := st.rootSampler.ShouldSample(sdktrace.SamplingParameters{
+			ParentContext: context.Background(), TraceID: tid, Name: method, Kind: trace.SpanKindServer,
+		})
+		if res.Decision == sdktrace.Drop {
+			sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceState: res.Tracestate})
+			c.Request = r.WithContext(trace.ContextWithSpanContext(ctx, sc))
+			return nil
 		}
-		status := c.Writer.Status()
-		if clientAborted(c, connOf(c)) {
-			span.SetAttributes(semconv.HTTPResponseStatusCode(StatusClientClosedRequest), semconv.ErrorTypeKey.String("client_closed_request"))
-			span.SetStatus(codes.Error, "client went away before the response")
-			return
+		// The preset ids stay out of the request's context: only this
+		// Start reads them.
+		_, span = st.tracer.Start(context.WithValue(ctx, presetIDsKey{}, presetIDs{tid, sid}), method, st.startOpts...)
+		ctx = trace.ContextWithSpan(ctx, span)
+	} else {
+		ctx, span = st.tracer.Start(ctx, method, st.startOpts...)
+	}
+	if span.IsRecording() {
+		if route != "" {
+			span.SetName(method + " " + route)
 		}
-		span.SetAttributes(semconv.HTTPResponseStatusCode(status))
-		if size := c.Writer.Size(); size > 0 {
-			span.SetAttributes(semconv.HTTPResponseBodySize(size))
-		}
-		if status >= 500 {
-			span.SetAttributes(semconv.ErrorTypeKey.String(codeLabel(status)))
-			span.SetStatus(codes.Error, http.StatusText(status))
-		}
-		if len(c.Errors) > 0 {
-			span.SetStatus(codes.Error, c.Errors.String())
-		}
+		span.SetAttributes(requestAttrs(c, method, route)...)
+	}
+	c.Request = r.WithContext(ctx)
+	return span
+}
+
+// finish records the response on a recorded span.
+//
+//go:noinline
+func (st *serverTracer) finish(c *gin.Context, span trace.Span) {
+	status := c.Writer.Status()
+	if clientAborted(c, connOf(c)) {
+		span.SetAttributes(semconv.HTTPResponseStatusCode(StatusClientClosedRequest), semconv.ErrorTypeKey.String("client_closed_request"))
+		span.SetStatus(codes.Error, "client went away before the response")
+		return
+	}
+	span.SetAttributes(semconv.HTTPResponseStatusCode(status))
+	if size := c.Writer.Size(); size > 0 {
+		span.SetAttributes(semconv.HTTPResponseBodySize(size))
+	}
+	if status >= 500 {
+		span.SetAttributes(semconv.ErrorTypeKey.String(codeLabel(status)))
+		span.SetStatus(codes.Error, http.StatusText(status))
+	}
+	if len(c.Errors) > 0 {
+		span.SetStatus(codes.Error, c.Errors.String())
 	}
 }
 
