@@ -213,26 +213,17 @@ func TestRunTLSRejectedRequest(t *testing.T) {
 		t.Fatalf("status %d, want 431", resp.StatusCode)
 	}
 
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		_, body := get(t, "http://"+r.admin+"/metrics")
-		if strings.Contains(body, `http_server_rejected_requests_total{code="unknown"} 1`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("TLS rejection not counted once:\n%s", grepLines(body, "rejected"))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	var logged bool
-	for deadline = time.Now().Add(5 * time.Second); time.Now().Before(deadline) && !logged; time.Sleep(50 * time.Millisecond) {
+	waitFor(t, 5*time.Second, "the TLS rejection counted once", func() bool {
+		return metric(t, r.admin, `http_server_rejected_requests_total{code="unknown"}`) == 1
+	})
+	waitFor(t, 5*time.Second, "a 'request rejected' line", func() bool {
 		for _, l := range r.logs.lines() {
-			logged = logged || l["msg"] == "request rejected"
+			if l["msg"] == "request rejected" {
+				return true
+			}
 		}
-	}
-	if !logged {
-		t.Fatalf("no 'request rejected' line:\n%s", r.logs)
-	}
+		return false
+	})
 }
 
 func grepLines(s, sub string) string {
