@@ -255,11 +255,12 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 		// but an HTTP/2 connection closes its streams, and so goes idle,
 		// before it closes, whatever ended it (a protocol error, a forced
 		// close): it never gets here as active.
-		m.rejected.WithLabelValues(rejectedUnknown).Inc()
 		m.log.Log(context.Background(), slog.LevelInfo, "request rejected",
 			slog.String("detail", "net/http answered a request on the TLS listener itself and closed the connection: a malformed request line or header (400), headers over HTTP_MAX_HEADER_BYTES (431), an unsupported transfer encoding (501) or HTTP version (505)"),
 			slog.String("remote_addr", remoteAddr(tc.Conn)),
 		)
+		// After the line: whoever sees the count can find the line.
+		m.rejected.WithLabelValues(rejectedUnknown).Inc()
 	}
 	attrs := []slog.Attr{
 		slog.String("reason", reason),
