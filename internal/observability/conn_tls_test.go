@@ -56,6 +56,7 @@ func TestRejectedOnTLSListenerCounted(t *testing.T) {
 	t.Cleanup(func() { srv.Close() })
 
 	rejected := func() float64 { return testutil.ToFloat64(m.rejected.WithLabelValues(rejectedUnknown)) }
+	closes := func() int { return strings.Count(logs.String(), `"msg":"connection closed"`) }
 	// raw sends a request on a new HTTP/1.1 TLS connection and returns the
 	// response status.
 	raw := func(req string) int {
@@ -86,7 +87,9 @@ func TestRejectedOnTLSListenerCounted(t *testing.T) {
 	if got := raw("GET /abort HTTP/1.1\r\nHost: x\r\n\r\n"); got != 0 {
 		t.Fatalf("GET /abort answered %d, want the connection cut", got)
 	}
-	time.Sleep(100 * time.Millisecond) // ConnState(closed) runs after the close
+	// The close line comes after the rejection check (ended): once both
+	// connections have one, their verdict is in.
+	eventually(t, "both connections closed", func() bool { return closes() >= 2 }, logs.String)
 	if n := rejected(); n != 0 {
 		t.Fatalf("rejected{unknown} = %v after served requests, want 0\n%s", n, logs)
 	}
@@ -131,7 +134,6 @@ func TestRejectedOnTLSListenerCounted(t *testing.T) {
 	if !protos[1] || !protos[2] {
 		t.Fatalf("protocols in /slow: %v, want HTTP/1 and HTTP/2", protos)
 	}
-	closes := func() int { return strings.Count(logs.String(), `"msg":"connection closed"`) }
 	before := closes()
 	srv.Close()
 	eventually(t, "both connections closed", func() bool { return closes() >= before+2 }, logs.String)
