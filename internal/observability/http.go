@@ -278,8 +278,8 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 		}
 	}
 	size := c.Writer.Size()
-	if size < 0 {
-		size = 0
+	if size < 0 || c.Request.Method == http.MethodHead {
+		size = 0 // net/http sends a HEAD response without the body written
 	}
 	requestID := problem.RequestID(c.Writer.Header())
 	if tc != nil {

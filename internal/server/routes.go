@@ -10,17 +10,40 @@ import (
 
 // routes is the whole public API.
 func routes(e *gin.Engine, d Deps) {
-	e.NoRoute(func(c *gin.Context) { problem.Abort(c, http.StatusNotFound, "no such route") })
+	e.NoRoute(noRoute)
 	e.NoMethod(methodNotAllowed)
 
-	e.GET("/healthz", healthz)
-	e.GET("/readyz", readyz(d.Readiness))
+	get(e, "/healthz", healthz)
+	get(e, "/readyz", readyz(d.Readiness))
 
 	api := e.Group("/api/v1")
 	if d.RateLimit != nil {
 		api.Use(d.RateLimit)
 	}
-	api.GET("/ping", ping)
-	api.GET("/items/:id", getItem(d))
+	get(api, "/ping", ping)
+	get(api, "/items/:id", getItem(d))
 	api.POST("/echo", echo)
+}
+
+// get registers a GET route and its HEAD twin: HTTP requires a server to
+// answer HEAD wherever it answers GET (RFC 9110 §9.1), and uptime checkers
+// and load balancers send it. net/http sends HEAD responses without their
+// body; Gin alone would answer 405.
+func get(r gin.IRoutes, path string, h ...gin.HandlerFunc) {
+	r.GET(path, h...)
+	r.HEAD(path, h...)
+}
+
+// noRoute answers requests no route matches: 404, except OPTIONS * (a
+// question about the server, not a resource: RFC 9110 §9.3.7), which gets
+// the empty 200 net/http would have sent. The server leaves OPTIONS * to the
+// handler (DisableGeneralOptionsHandler) so that answer, too, carries a
+// request ID and an access line.
+func noRoute(c *gin.Context) {
+	if c.Request.Method == http.MethodOptions && c.Request.RequestURI == "*" {
+		c.Header("Content-Length", "0")
+		c.Status(http.StatusOK)
+		return
+	}
+	problem.Abort(c, http.StatusNotFound, "no such route")
 }

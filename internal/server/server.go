@@ -43,6 +43,11 @@ func init() {
 func NewServer(d Deps) http.Handler {
 	e := gin.New()
 	e.HandleMethodNotAllowed = true
+	// Gin answers a path that differs from a route by a trailing slash with
+	// a redirect of its own, before any middleware runs: no request ID, no
+	// access line, no metrics. Such paths are 404 problems like any other
+	// unknown path.
+	e.RedirectTrailingSlash = false
 	e.ContextWithFallback = true // c.Done()/c.Value() follow the request context
 	e.RemoteIPHeaders = []string{"X-Forwarded-For", "X-Real-IP"}
 	proxies := make([]string, 0, len(d.TrustedProxies))

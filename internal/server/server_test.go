@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -108,7 +110,15 @@ func TestRoutes(t *testing.T) {
 		{name: "echo empty", method: "POST", path: "/api/v1/echo", body: ``, wantStatus: 400, wantProblem: true},
 		{name: "echo too large", method: "POST", path: "/api/v1/echo", body: `{"a":"` + strings.Repeat("x", 100) + `"}`, wantStatus: 413, wantProblem: true},
 		{name: "not found", method: "GET", path: "/nope", wantStatus: 404, wantProblem: true},
-		{name: "method not allowed", method: "DELETE", path: "/api/v1/ping", wantStatus: 405, wantProblem: true, wantHeader: map[string]string{"Allow": "GET"}},
+		{name: "method not allowed", method: "DELETE", path: "/api/v1/ping", wantStatus: 405, wantProblem: true, wantHeader: map[string]string{"Allow": "GET, HEAD"}},
+		{name: "head healthz", method: "HEAD", path: "/healthz", wantStatus: 200},
+		{name: "head readyz", method: "HEAD", path: "/readyz", wantStatus: 200},
+		{name: "head ping", method: "HEAD", path: "/api/v1/ping", wantStatus: 200},
+		{name: "head item", method: "HEAD", path: "/api/v1/items/7", wantStatus: 200},
+		{name: "head on a POST route", method: "HEAD", path: "/api/v1/echo", wantStatus: 405, wantProblem: true, wantHeader: map[string]string{"Allow": "POST"}},
+		{name: "trailing slash is not redirected", method: "GET", path: "/api/v1/ping/", wantStatus: 404, wantProblem: true},
+		{name: "trailing slash on POST", method: "POST", path: "/api/v1/echo/", body: `{}`, wantStatus: 404, wantProblem: true},
+		{name: "missing trailing slash", method: "GET", path: "/api/v1/items", wantStatus: 404, wantProblem: true},
 		{name: "echo wrong method", method: "GET", path: "/api/v1/echo", wantStatus: 405, wantProblem: true},
 		{name: "request id echoed", method: "GET", path: "/api/v1/ping", header: map[string]string{"X-Request-ID": "abc-123.x:y_z"}, wantStatus: 200, wantHeader: map[string]string{"X-Request-ID": "abc-123.x:y_z"}},
 	}
@@ -485,5 +495,85 @@ func TestBodyReadConnErrorsAre499(t *testing.T) {
 	}
 	if strings.Contains(f.logs.String(), `"status":499`) {
 		t.Errorf("other read error logged as 499")
+	}
+}
+
+// TestEveryAnswerGoesThroughTheChain: answers that Gin or net/http would
+// give on their own, before any middleware (a trailing-slash redirect, the
+// general OPTIONS * handler) or with a body net/http drops (HEAD), are
+// served through the chain over a real socket: each carries a request ID
+// and has exactly one access line with the status and the bytes sent.
+func TestEveryAnswerGoesThroughTheChain(t *testing.T) {
+	f := newFixture(t, nil)
+	srv := NewHTTPServer(f.h, Timeouts{ReadHeader: 5 * time.Second, Read: 5 * time.Second, Write: 5 * time.Second, Idle: 5 * time.Second},
+		1<<16, slog.New(slog.DiscardHandler))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	cases := []struct {
+		name, method, target, body string
+		wantStatus                 int
+		wantLength                 int64 // Content-Length header
+		wantBytes                  float64
+	}{
+		{name: "OPTIONS *", method: "OPTIONS", target: "*", wantStatus: 200, wantLength: 0, wantBytes: 0},
+		{name: "HEAD ping", method: "HEAD", target: "/api/v1/ping", wantStatus: 200, wantLength: int64(len(`{"message":"pong"}`)), wantBytes: 0},
+		{name: "GET with a trailing slash", method: "GET", target: "/api/v1/ping/", wantStatus: 404, wantLength: -1},
+		{name: "POST with a trailing slash", method: "POST", target: "/api/v1/echo/", body: "{}", wantStatus: 404, wantLength: -1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+			req := tc.method + " " + tc.target + " HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n"
+			if tc.body != "" {
+				req += "Content-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(tc.body)) + "\r\n"
+			}
+			if _, err := io.WriteString(conn, req+"\r\n"+tc.body); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: tc.method})
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.wantStatus {
+				t.Fatalf("status %d, want %d; body %s", resp.StatusCode, tc.wantStatus, body)
+			}
+			if tc.wantLength >= 0 && (resp.ContentLength != tc.wantLength || len(body) != 0) {
+				t.Errorf("Content-Length %d and %d body bytes, want %d and none", resp.ContentLength, len(body), tc.wantLength)
+			}
+			if tc.wantStatus == 404 && resp.Header.Get("Content-Type") != problem.ContentType {
+				t.Errorf("Content-Type %q, want a problem", resp.Header.Get("Content-Type"))
+			}
+			id := resp.Header.Get("X-Request-ID")
+			if id == "" {
+				t.Fatal("no X-Request-ID")
+			}
+			var lines []map[string]any
+			for _, l := range strings.Split(strings.TrimSpace(f.logs.String()), "\n") {
+				var m map[string]any
+				if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "request" && m["request_id"] == id {
+					lines = append(lines, m)
+				}
+			}
+			if len(lines) != 1 {
+				t.Fatalf("%d access lines for request %s, want 1:\n%s", len(lines), id, f.logs)
+			}
+			if l := lines[0]; l["status"] != float64(tc.wantStatus) || l["method"] != tc.method {
+				t.Errorf("access line %v", l)
+			} else if tc.wantLength >= 0 && l["bytes"] != tc.wantBytes {
+				t.Errorf("access line bytes %v, want %v (nothing was sent)", l["bytes"], tc.wantBytes)
+			}
+		})
 	}
 }
