@@ -277,10 +277,7 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 			m.truncated.WithLabelValues(route).Inc()
 		}
 	}
-	size := c.Writer.Size()
-	if size < 0 || c.Request.Method == http.MethodHead {
-		size = 0 // net/http sends a HEAD response without the body written
-	}
+	size := bodySent(c)
 	requestID := problem.RequestID(c.Writer.Header())
 	if tc != nil {
 		// If the connection breaks before the response is out (the
@@ -345,6 +342,15 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 		slog.String("span_id", spanID),
 	)
 	_ = h.Handle(context.Background(), r)
+}
+
+// bodySent is the size of the response body that goes to the client: what
+// the handlers wrote, except for HEAD, whose body net/http drops.
+func bodySent(c *gin.Context) int {
+	if c.Request.Method == http.MethodHead {
+		return 0
+	}
+	return max(0, c.Writer.Size())
 }
 
 // connOf returns the request's tracked connection when it is HTTP/1 (HTTP/2

@@ -359,7 +359,7 @@ func (st *serverTracer) finish(c *gin.Context, span trace.Span) {
 		return
 	}
 	span.SetAttributes(semconv.HTTPResponseStatusCode(status))
-	if size := c.Writer.Size(); size > 0 && c.Request.Method != http.MethodHead {
+	if size := bodySent(c); size > 0 {
 		span.SetAttributes(semconv.HTTPResponseBodySize(size))
 	}
 	if status >= 500 {

@@ -290,6 +290,11 @@ func TestTracesAlwaysOnRoutesAndFallback(t *testing.T) {
 		t.Fatal(err)
 	}
 	do(t, base+"/api/v1/ping", nil)
+	if resp, err := http.Head(base + "/api/v1/ping"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("HEAD /api/v1/ping: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	if code, body := do(t, base+"/api/v1/items/7", nil); code != 200 || !strings.Contains(body, `"degraded":true`) {
 		t.Fatalf("failing dependency: %d %s", code, body)
 	}
@@ -305,6 +310,18 @@ func TestTracesAlwaysOnRoutesAndFallback(t *testing.T) {
 		if !limited {
 			t.Errorf("span %q has no ratelimit.decision event", sp.GetName())
 		}
+		// The body size is what was sent: HEAD sends none.
+		size, hasSize := attr(sp.GetAttributes(), "http.response.body.size")
+		switch sp.GetName() {
+		case "GET /api/v1/ping":
+			if size.GetIntValue() != int64(len(`{"message":"pong"}`)) {
+				t.Errorf("GET span body size %v", size)
+			}
+		case "HEAD /api/v1/ping":
+			if hasSize {
+				t.Errorf("HEAD span has a body size: %v", size)
+			}
+		}
 		if sp.GetName() == "GET /api/v1/items/:id" {
 			var ev bool
 			for _, e := range sp.GetEvents() {
@@ -318,7 +335,7 @@ func TestTracesAlwaysOnRoutesAndFallback(t *testing.T) {
 			}
 		}
 	}
-	if names["GET /api/v1/ping"] != 1 || names["GET /api/v1/items/:id"] != 1 || len(names) != 2 {
+	if names["GET /api/v1/ping"] != 1 || names["HEAD /api/v1/ping"] != 1 || names["GET /api/v1/items/:id"] != 1 || len(names) != 3 {
 		t.Fatalf("span names = %v", names)
 	}
 }

@@ -41,7 +41,6 @@ func get(r gin.IRoutes, path string, h ...gin.HandlerFunc) {
 // request ID and an access line.
 func noRoute(c *gin.Context) {
 	if c.Request.Method == http.MethodOptions && c.Request.RequestURI == "*" {
-		c.Header("Content-Length", "0")
 		c.Status(http.StatusOK)
 		return
 	}
