@@ -435,17 +435,33 @@ func TestBinaryVersionAndHealthcheck(t *testing.T) {
 		t.Fatal("healthcheck against nothing succeeded")
 	}
 	// Bad config through the real binary: non-zero exit, one line on stderr.
-	bad := exec.Command(binPath)
-	bad.Env = []string{"HTTP_IDLE_TIMEOUT=forever"}
-	var stderr bytes.Buffer
-	bad.Stderr = &stderr
-	err = bad.Run()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
-		t.Fatalf("bad config exit: %v", err)
-	}
-	if s := strings.TrimSpace(stderr.String()); strings.Count(s, "\n") != 0 || !strings.Contains(s, "HTTP_IDLE_TIMEOUT") {
-		t.Fatalf("bad config stderr = %q", s)
+	// An OpenTelemetry variable too, with tracing off (no endpoint): the SDK
+	// alone would log a plain-text line and start.
+	for _, kv := range []string{"HTTP_IDLE_TIMEOUT=forever", "OTEL_TRACES_SAMPLER=bogus"} {
+		bad := exec.Command(binPath)
+		bad.Env = []string{kv, "HTTP_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0"}
+		var stderr bytes.Buffer
+		bad.Stderr = &stderr
+		done := make(chan error, 1)
+		if err := bad.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { done <- bad.Wait() }()
+		select {
+		case err = <-done:
+		case <-time.After(10 * time.Second):
+			_ = bad.Process.Kill()
+			<-done
+			t.Fatalf("%s: the service started", kv)
+		}
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+			t.Fatalf("%s: exit %v", kv, err)
+		}
+		name, _, _ := strings.Cut(kv, "=")
+		if s := strings.TrimSpace(stderr.String()); strings.Count(s, "\n") != 0 || !strings.Contains(s, name) {
+			t.Fatalf("%s: stderr = %q", kv, s)
+		}
 	}
 }
 

@@ -337,7 +337,9 @@ func Usage(w io.Writer, prog string) {
 	_ = tw.Flush()
 }
 
-// otelVars are read by the OpenTelemetry SDK itself; listed for completeness.
+// otelVars are the OpenTelemetry variables the service reads (the SDK reads
+// some of them again itself). Each is checked at start whether tracing
+// exports or not: a bad value exits like any other.
 var otelVars = [][3]string{
 	{"OTEL_EXPORTER_OTLP_ENDPOINT", "(empty)", "OTLP endpoint (e.g. http://jaeger:4318); tracing is off unless this or OTEL_TRACES_EXPORTER=otlp is set"},
 	{"OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", "http/protobuf, http/json or grpc"},
@@ -357,4 +359,5 @@ var otelVars = [][3]string{
 	{"OTEL_BSP_EXPORT_TIMEOUT", "30000", "ms one batch export may take"},
 	{"OTEL_BSP_MAX_QUEUE_SIZE", "2048", "spans queued for export; more are dropped"},
 	{"OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512", "spans per export request"},
+	{"OTEL_*_LIMIT", "SDK defaults", "the SDK's span limits (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT, OTEL_SPAN_EVENT_COUNT_LIMIT, OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, ...): integers, negative for no limit"},
 }

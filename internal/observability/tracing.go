@@ -118,6 +118,26 @@ func SetupTracing(ctx context.Context, getenv func(string) string, serviceVersio
 	if err != nil {
 		return nil, err
 	}
+	// Every variable is checked whether spans are exported or not: a
+	// configuration that starts with tracing off starts with it on too, and
+	// a bad value fails the deployment, not the day tracing is switched on.
+	// (Without the check the SDK, which reads some of them from the process
+	// environment itself, would log a plain-text line and carry on.)
+	sampler, samplerDesc, err := parseSampler(env("OTEL_TRACES_SAMPLER"), env("OTEL_TRACES_SAMPLER_ARG"))
+	if err != nil {
+		return nil, err
+	}
+	expCfg, err := parseExporter(env)
+	if err != nil {
+		return nil, err
+	}
+	bspOpts, err := batchOptions(env)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSpanLimits(env); err != nil {
+		return nil, err
+	}
 
 	if !exporting {
 		// Continue sampled callers' traces (so the trace stays joined through
@@ -131,15 +151,7 @@ func SetupTracing(ctx context.Context, getenv func(string) string, serviceVersio
 		return t, nil
 	}
 
-	sampler, samplerDesc, err := parseSampler(env("OTEL_TRACES_SAMPLER"), env("OTEL_TRACES_SAMPLER_ARG"))
-	if err != nil {
-		return nil, err
-	}
-	exporter, expDesc, err := newExporter(ctx, env)
-	if err != nil {
-		return nil, err
-	}
-	bspOpts, err := batchOptions(env)
+	exporter, expDesc, err := newExporter(ctx, expCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -520,119 +532,135 @@ func parseSampler(name, arg string) (sdktrace.Sampler, string, error) {
 	}
 }
 
-// newExporter builds the OTLP exporter from the variables explicitly, so the
-// set-up depends only on getenv. (The exporter also reads the process
-// environment itself; options passed here take precedence.)
-func newExporter(ctx context.Context, env func(string) string) (sdktrace.SpanExporter, string, error) {
-	// Signal-specific variables win over the generic ones.
+// exporterConfig is the OTLP exporter's set-up from the
+// OTEL_EXPORTER_OTLP_* variables.
+type exporterConfig struct {
+	protocol    string // http/protobuf, http/json or grpc
+	endpointURL string // empty: the exporter's default
+	headers     map[string]string
+	timeout     time.Duration // 0: the exporter's default
+	gzip        bool
+	insecure    bool
+}
+
+// parseExporter reads and checks the OTLP exporter variables without
+// building anything. Signal-specific variables win over the generic ones.
+func parseExporter(env func(string) string) (exporterConfig, error) {
 	get := func(suffix string) (string, string) {
 		if v := env("OTEL_EXPORTER_OTLP_TRACES_" + suffix); v != "" {
 			return "OTEL_EXPORTER_OTLP_TRACES_" + suffix, v
 		}
 		return "OTEL_EXPORTER_OTLP_" + suffix, env("OTEL_EXPORTER_OTLP_" + suffix)
 	}
+	var c exporterConfig
 	protoVar, protocol := get("PROTOCOL")
-	if protocol == "" {
+	switch protocol {
+	case "":
 		protocol = "http/protobuf"
+	case "http/protobuf", "http/json", "grpc":
+	default:
+		return c, fmt.Errorf("%s: %q is not supported (want http/protobuf, http/json or grpc)", protoVar, protocol)
 	}
-	var headers map[string]string
+	c.protocol = protocol
 	if hv, h := get("HEADERS"); h != "" {
 		var err error
-		if headers, err = parseHeaders(h); err != nil {
-			return nil, "", fmt.Errorf("%s: %w", hv, err)
+		if c.headers, err = parseHeaders(h); err != nil {
+			return c, fmt.Errorf("%s: %w", hv, err)
 		}
 	}
-	var timeout time.Duration
 	if tv, s := get("TIMEOUT"); s != "" {
 		ms, err := strconv.Atoi(s)
 		if err != nil || ms <= 0 {
-			return nil, "", fmt.Errorf("%s: %q is not a positive number of milliseconds", tv, s)
+			return c, fmt.Errorf("%s: %q is not a positive number of milliseconds", tv, s)
 		}
-		timeout = time.Duration(ms) * time.Millisecond
+		c.timeout = time.Duration(ms) * time.Millisecond
 	}
 	cv, compression := get("COMPRESSION")
 	switch compression {
-	case "", "none", "gzip":
+	case "", "none":
+	case "gzip":
+		c.gzip = true
 	default:
-		return nil, "", fmt.Errorf("%s: %q is not supported (want gzip or none)", cv, compression)
+		return c, fmt.Errorf("%s: %q is not supported (want gzip or none)", cv, compression)
 	}
 	iv, insecureS := get("INSECURE")
-	insecure, err := parseBoolVar(iv, insecureS)
-	if err != nil {
-		return nil, "", err
+	var err error
+	if c.insecure, err = parseBoolVar(iv, insecureS); err != nil {
+		return c, err
 	}
 
 	// The generic endpoint is a base URL (the signal path is appended);
 	// the traces one is used as is.
-	endpointURL := ""
 	if v := env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"); v != "" {
 		if _, err := parseEndpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", v); err != nil {
-			return nil, "", err
+			return c, err
 		}
-		endpointURL = v
+		c.endpointURL = v
 	} else if v := env("OTEL_EXPORTER_OTLP_ENDPOINT"); v != "" {
 		u, err := parseEndpoint("OTEL_EXPORTER_OTLP_ENDPOINT", v)
 		if err != nil {
-			return nil, "", err
+			return c, err
 		}
 		if protocol != "grpc" {
 			u.Path = strings.TrimSuffix(u.Path, "/") + "/v1/traces"
 		}
-		endpointURL = u.String()
+		c.endpointURL = u.String()
 	}
+	return c, nil
+}
 
-	switch protocol {
-	case "http/protobuf", "http/json":
-		opts := []otlptracehttp.Option{}
-		if protocol == "http/json" {
-			opts = append(opts, otlptracehttp.WithEncoding(otlptracehttp.EncodingJSON))
-		}
-		if endpointURL != "" {
-			opts = append(opts, otlptracehttp.WithEndpointURL(endpointURL))
-		} else if insecure {
-			opts = append(opts, otlptracehttp.WithInsecure())
-		}
-		if headers != nil {
-			opts = append(opts, otlptracehttp.WithHeaders(headers))
-		}
-		if timeout > 0 {
-			opts = append(opts, otlptracehttp.WithTimeout(timeout))
-		}
-		if compression == "gzip" {
-			opts = append(opts, otlptracehttp.WithCompression(otlptracehttp.GzipCompression))
-		} else {
-			opts = append(opts, otlptracehttp.WithCompression(otlptracehttp.NoCompression))
-		}
-		exp, err := otlptracehttp.New(ctx, opts...)
-		if err != nil {
-			return nil, "", fmt.Errorf("OTLP/HTTP exporter: %w", err)
-		}
-		return exp, "OTLP " + protocol + " to " + orDefault(endpointURL, "localhost:4318"), nil
-	case "grpc":
+// newExporter builds the OTLP exporter from c explicitly, so the set-up
+// depends only on getenv. (The exporter also reads the process environment
+// itself; options passed here take precedence.)
+func newExporter(ctx context.Context, c exporterConfig) (sdktrace.SpanExporter, string, error) {
+	if c.protocol == "grpc" {
 		opts := []otlptracegrpc.Option{}
-		if endpointURL != "" {
-			opts = append(opts, otlptracegrpc.WithEndpointURL(endpointURL))
+		if c.endpointURL != "" {
+			opts = append(opts, otlptracegrpc.WithEndpointURL(c.endpointURL))
 		}
-		if insecure {
+		if c.insecure {
 			opts = append(opts, otlptracegrpc.WithInsecure())
 		}
-		if headers != nil {
-			opts = append(opts, otlptracegrpc.WithHeaders(headers))
+		if c.headers != nil {
+			opts = append(opts, otlptracegrpc.WithHeaders(c.headers))
 		}
-		if timeout > 0 {
-			opts = append(opts, otlptracegrpc.WithTimeout(timeout))
+		if c.timeout > 0 {
+			opts = append(opts, otlptracegrpc.WithTimeout(c.timeout))
 		}
-		if compression == "gzip" {
+		if c.gzip {
 			opts = append(opts, otlptracegrpc.WithCompressor("gzip"))
 		}
 		exp, err := otlptracegrpc.New(ctx, opts...)
 		if err != nil {
 			return nil, "", fmt.Errorf("OTLP/gRPC exporter: %w", err)
 		}
-		return exp, "OTLP grpc to " + orDefault(endpointURL, "localhost:4317"), nil
-	default:
-		return nil, "", fmt.Errorf("%s: %q is not supported (want http/protobuf, http/json or grpc)", protoVar, protocol)
+		return exp, "OTLP grpc to " + orDefault(c.endpointURL, "localhost:4317"), nil
 	}
+	opts := []otlptracehttp.Option{}
+	if c.protocol == "http/json" {
+		opts = append(opts, otlptracehttp.WithEncoding(otlptracehttp.EncodingJSON))
+	}
+	if c.endpointURL != "" {
+		opts = append(opts, otlptracehttp.WithEndpointURL(c.endpointURL))
+	} else if c.insecure {
+		opts = append(opts, otlptracehttp.WithInsecure())
+	}
+	if c.headers != nil {
+		opts = append(opts, otlptracehttp.WithHeaders(c.headers))
+	}
+	if c.timeout > 0 {
+		opts = append(opts, otlptracehttp.WithTimeout(c.timeout))
+	}
+	if c.gzip {
+		opts = append(opts, otlptracehttp.WithCompression(otlptracehttp.GzipCompression))
+	} else {
+		opts = append(opts, otlptracehttp.WithCompression(otlptracehttp.NoCompression))
+	}
+	exp, err := otlptracehttp.New(ctx, opts...)
+	if err != nil {
+		return nil, "", fmt.Errorf("OTLP/HTTP exporter: %w", err)
+	}
+	return exp, "OTLP " + c.protocol + " to " + orDefault(c.endpointURL, "localhost:4318"), nil
 }
 
 func parseEndpoint(name, v string) (*url.URL, error) {
@@ -701,6 +729,28 @@ func batchOptions(env func(string) string) ([]sdktrace.BatchSpanProcessorOption,
 		opts = append(opts, sdktrace.WithMaxExportBatchSize(n))
 	}
 	return opts, nil
+}
+
+// spanLimitVars are the span limits the SDK reads from the process
+// environment (integers; negative means unlimited).
+var spanLimitVars = []string{
+	"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_ATTRIBUTE_COUNT_LIMIT",
+	"OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+	"OTEL_SPAN_EVENT_COUNT_LIMIT", "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
+	"OTEL_SPAN_LINK_COUNT_LIMIT", "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
+}
+
+// checkSpanLimits rejects a span limit that is not an integer (the SDK would
+// log it in plain text and use its default).
+func checkSpanLimits(env func(string) string) error {
+	for _, k := range spanLimitVars {
+		if v := env(k); v != "" {
+			if _, err := strconv.Atoi(v); err != nil {
+				return fmt.Errorf("%s: %q is not an integer", k, v)
+			}
+		}
+	}
+	return nil
 }
 
 // buildResource describes the service without resource.Default, which

@@ -481,21 +481,37 @@ func TestSetupTracingFromEnv(t *testing.T) {
 		})
 	}
 	for v, val := range map[string]string{
-		"OTEL_TRACES_SAMPLER":         "jaeger_remote",
-		"OTEL_TRACES_SAMPLER_ARG":     "2",
-		"OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon",
-		"OTEL_EXPORTER_OTLP_ENDPOINT": "jaeger:4318",
-		"OTEL_TRACES_EXPORTER":        "zipkin",
-		"OTEL_PROPAGATORS":            "tracecontext,xray",
-		"OTEL_SDK_DISABLED":           "perhaps",
-		"OTEL_EXPORTER_OTLP_TIMEOUT":  "10s",
-		"OTEL_EXPORTER_OTLP_HEADERS":  "novalue",
-		"OTEL_BSP_MAX_QUEUE_SIZE":     "-1",
+		"OTEL_TRACES_SAMPLER":               "jaeger_remote",
+		"OTEL_TRACES_SAMPLER_ARG":           "2",
+		"OTEL_EXPORTER_OTLP_PROTOCOL":       "carrier-pigeon",
+		"OTEL_EXPORTER_OTLP_ENDPOINT":       "jaeger:4318",
+		"OTEL_TRACES_EXPORTER":              "zipkin",
+		"OTEL_PROPAGATORS":                  "tracecontext,xray",
+		"OTEL_SDK_DISABLED":                 "perhaps",
+		"OTEL_EXPORTER_OTLP_TIMEOUT":        "10s",
+		"OTEL_EXPORTER_OTLP_HEADERS":        "novalue",
+		"OTEL_BSP_MAX_QUEUE_SIZE":           "-1",
+		"OTEL_EXPORTER_OTLP_COMPRESSION":    "zip",
+		"OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT":   "many",
+		"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "1k",
 	} {
-		e := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", v: val}
-		_, err := observability.SetupTracing(ctx, env(e), "v1")
-		if err == nil || !strings.HasPrefix(err.Error(), v+":") || strings.Contains(err.Error(), "\n") {
-			t.Errorf("%s=%q: error %v, want one line starting with the variable", v, val, err)
+		// Checked whether spans are exported or not: with an endpoint,
+		// without one (tracing off), and with the exporter turned off.
+		for _, base := range []map[string]string{
+			{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"},
+			{},
+			{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"},
+		} {
+			e := map[string]string{v: val}
+			for k, bv := range base {
+				if k != v {
+					e[k] = bv
+				}
+			}
+			_, err := observability.SetupTracing(ctx, env(e), "v1")
+			if err == nil || !strings.HasPrefix(err.Error(), v+":") || strings.Contains(err.Error(), "\n") {
+				t.Errorf("%s=%q with %v: error %v, want one line starting with the variable", v, val, base, err)
+			}
 		}
 	}
 }
