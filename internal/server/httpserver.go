@@ -32,8 +32,9 @@ func NewHTTPServer(h http.Handler, t Timeouts, maxHeaderBytes int, logger *slog.
 		// Requests get a context that is not cancelled by shutdown: in-flight
 		// work drains instead of failing.
 		BaseContext: func(net.Listener) context.Context { return context.Background() },
-		// OPTIONS * goes to the handler (which answers it as net/http
-		// would), so it gets a request ID and an access line too.
+		// OPTIONS * goes to the handler, not to net/http's built-in
+		// answer: the public handler gives the same empty 200 with a
+		// request ID and an access line (the admin mux answers 400).
 		DisableGeneralOptionsHandler: true,
 	}
 }
