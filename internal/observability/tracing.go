@@ -2,6 +2,8 @@ package observability
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -9,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"os"
 	"reflect"
 	"strconv"
 	"strings"
@@ -28,6 +31,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/time/rate"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/hardenedgo/ginservice/internal/clientip"
 )
@@ -541,6 +545,7 @@ type exporterConfig struct {
 	timeout     time.Duration // 0: the exporter's default
 	gzip        bool
 	insecure    bool
+	tls         *tls.Config // from the CERTIFICATE and CLIENT_* files; nil: system roots
 }
 
 // parseExporter reads and checks the OTLP exporter variables without
@@ -588,6 +593,9 @@ func parseExporter(env func(string) string) (exporterConfig, error) {
 	if c.insecure, err = parseBoolVar(iv, insecureS); err != nil {
 		return c, err
 	}
+	if c.tls, err = exporterTLS(get); err != nil {
+		return c, err
+	}
 
 	// The generic endpoint is a base URL (the signal path is appended);
 	// the traces one is used as is.
@@ -609,6 +617,43 @@ func parseExporter(env func(string) string) (exporterConfig, error) {
 	return c, nil
 }
 
+// exporterTLS reads the collector's CA certificate and the client
+// certificate and key (mutual TLS) from the files the CERTIFICATE,
+// CLIENT_CERTIFICATE and CLIENT_KEY variables name. The exporters would read
+// them too, but would log a missing or unreadable file in plain text and
+// export without it.
+func exporterTLS(get func(suffix string) (string, string)) (*tls.Config, error) {
+	caVar, ca := get("CERTIFICATE")
+	certVar, cert := get("CLIENT_CERTIFICATE")
+	keyVar, key := get("CLIENT_KEY")
+	if ca == "" && cert == "" && key == "" {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", caVar, err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s: %q holds no PEM certificate", caVar, ca)
+		}
+	}
+	switch {
+	case cert == "" && key == "":
+	case cert == "" || key == "":
+		return nil, fmt.Errorf("%s: %s and %s must be set together", certVar, certVar, keyVar)
+	default:
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", certVar, err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
+
 // newExporter builds the OTLP exporter from c explicitly, so the set-up
 // depends only on getenv. (The exporter also reads the process environment
 // itself; options passed here take precedence.)
@@ -620,6 +665,8 @@ func newExporter(ctx context.Context, c exporterConfig) (sdktrace.SpanExporter, 
 		}
 		if c.insecure {
 			opts = append(opts, otlptracegrpc.WithInsecure())
+		} else if c.tls != nil {
+			opts = append(opts, otlptracegrpc.WithTLSCredentials(credentials.NewTLS(c.tls)))
 		}
 		if c.headers != nil {
 			opts = append(opts, otlptracegrpc.WithHeaders(c.headers))
@@ -644,6 +691,9 @@ func newExporter(ctx context.Context, c exporterConfig) (sdktrace.SpanExporter, 
 		opts = append(opts, otlptracehttp.WithEndpointURL(c.endpointURL))
 	} else if c.insecure {
 		opts = append(opts, otlptracehttp.WithInsecure())
+	}
+	if c.tls != nil {
+		opts = append(opts, otlptracehttp.WithTLSClientConfig(c.tls))
 	}
 	if c.headers != nil {
 		opts = append(opts, otlptracehttp.WithHeaders(c.headers))

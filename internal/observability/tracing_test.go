@@ -2,6 +2,7 @@ package observability_test
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -481,19 +482,22 @@ func TestSetupTracingFromEnv(t *testing.T) {
 		})
 	}
 	for v, val := range map[string]string{
-		"OTEL_TRACES_SAMPLER":               "jaeger_remote",
-		"OTEL_TRACES_SAMPLER_ARG":           "2",
-		"OTEL_EXPORTER_OTLP_PROTOCOL":       "carrier-pigeon",
-		"OTEL_EXPORTER_OTLP_ENDPOINT":       "jaeger:4318",
-		"OTEL_TRACES_EXPORTER":              "zipkin",
-		"OTEL_PROPAGATORS":                  "tracecontext,xray",
-		"OTEL_SDK_DISABLED":                 "perhaps",
-		"OTEL_EXPORTER_OTLP_TIMEOUT":        "10s",
-		"OTEL_EXPORTER_OTLP_HEADERS":        "novalue",
-		"OTEL_BSP_MAX_QUEUE_SIZE":           "-1",
-		"OTEL_EXPORTER_OTLP_COMPRESSION":    "zip",
-		"OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT":   "many",
-		"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "1k",
+		"OTEL_TRACES_SAMPLER":                   "jaeger_remote",
+		"OTEL_TRACES_SAMPLER_ARG":               "2",
+		"OTEL_EXPORTER_OTLP_PROTOCOL":           "carrier-pigeon",
+		"OTEL_EXPORTER_OTLP_ENDPOINT":           "jaeger:4318",
+		"OTEL_TRACES_EXPORTER":                  "zipkin",
+		"OTEL_PROPAGATORS":                      "tracecontext,xray",
+		"OTEL_SDK_DISABLED":                     "perhaps",
+		"OTEL_EXPORTER_OTLP_TIMEOUT":            "10s",
+		"OTEL_EXPORTER_OTLP_HEADERS":            "novalue",
+		"OTEL_BSP_MAX_QUEUE_SIZE":               "-1",
+		"OTEL_EXPORTER_OTLP_COMPRESSION":        "zip",
+		"OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT":       "many",
+		"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT":     "1k",
+		"OTEL_EXPORTER_OTLP_CERTIFICATE":        "/nonexistent/ca.pem",
+		"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE": "tracing_test.go", // a file, but no PEM
+		"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": "tracing_test.go", // without its key
 	} {
 		// Checked whether spans are exported or not: with an endpoint,
 		// without one (tracing off), and with the exporter turned off.
@@ -567,5 +571,59 @@ func TestInstallGlobalRoutesSDKErrors(t *testing.T) {
 	}
 	if n := len(logLines(logs, "opentelemetry error")); n < 1 || n > 3 {
 		t.Fatalf("%d lines for 20 SDK errors, want 1 to 3:\n%s", n, logs)
+	}
+}
+
+// TestTracesOverMutualTLS: spans reach a collector that has its own CA and
+// demands a client certificate, from the files named by
+// OTEL_EXPORTER_OTLP_CERTIFICATE, _CLIENT_CERTIFICATE and _CLIENT_KEY; without
+// them nothing gets through.
+func TestTracesOverMutualTLS(t *testing.T) {
+	ctx := context.Background()
+	srvCert, srvPEM, srvKey := testkit.SelfSignedCert(t)
+	_, cliPEM, cliKey := testkit.SelfSignedClientCert(t)
+	clientCAs := x509.NewCertPool()
+	clientCAs.AppendCertsFromPEM(cliPEM)
+	rc := otlptest.StartTLS(t, srvCert, clientCAs)
+	caFile, _ := testkit.WritePEM(t, srvPEM, srvKey)
+	certFile, keyFile := testkit.WritePEM(t, cliPEM, cliKey)
+
+	export := func(extra map[string]string) int {
+		t.Helper()
+		env := map[string]string{
+			"OTEL_EXPORTER_OTLP_ENDPOINT": rc.URL,
+			"OTEL_TRACES_SAMPLER":         "always_on",
+			"OTEL_EXPORTER_OTLP_TIMEOUT":  "1000",
+		}
+		for k, v := range extra {
+			env[k] = v
+		}
+		tr, err := observability.SetupTracing(ctx, func(k string) string { return env[k] }, "v1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := len(rc.Spans())
+		_, span := tr.Provider().Tracer("test").Start(ctx, "over-tls")
+		span.End()
+		fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_ = tr.ForceFlush(fctx)
+		cancel()
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		_ = tr.Shutdown(sctx)
+		cancel()
+		return len(rc.Spans()) - before
+	}
+	if n := export(map[string]string{"OTEL_EXPORTER_OTLP_CERTIFICATE": caFile}); n != 0 {
+		t.Errorf("without a client certificate %d spans got through", n)
+	}
+	if n := export(map[string]string{"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": certFile, "OTEL_EXPORTER_OTLP_CLIENT_KEY": keyFile}); n != 0 {
+		t.Errorf("without the collector's CA %d spans got through", n)
+	}
+	if n := export(map[string]string{
+		"OTEL_EXPORTER_OTLP_CERTIFICATE":               caFile,
+		"OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE": certFile,
+		"OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY":         keyFile,
+	}); n != 1 {
+		t.Errorf("with the CA and the client certificate %d spans arrived, want 1", n)
 	}
 }

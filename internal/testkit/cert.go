@@ -16,9 +16,20 @@ import (
 	"time"
 )
 
-// SelfSignedCert returns a certificate for 127.0.0.1, signed by itself and
-// valid for an hour, with its PEM encodings.
+// SelfSignedCert returns a server certificate for 127.0.0.1, signed by
+// itself and valid for an hour, with its PEM encodings.
 func SelfSignedCert(t testing.TB) (cert tls.Certificate, certPEM, keyPEM []byte) {
+	t.Helper()
+	return selfSigned(t, x509.ExtKeyUsageServerAuth)
+}
+
+// SelfSignedClientCert is SelfSignedCert for a TLS client (mutual TLS).
+func SelfSignedClientCert(t testing.TB) (cert tls.Certificate, certPEM, keyPEM []byte) {
+	t.Helper()
+	return selfSigned(t, x509.ExtKeyUsageClientAuth)
+}
+
+func selfSigned(t testing.TB, usage x509.ExtKeyUsage) (cert tls.Certificate, certPEM, keyPEM []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -31,7 +42,7 @@ func SelfSignedCert(t testing.TB) (cert tls.Certificate, certPEM, keyPEM []byte)
 		NotAfter:     time.Now().Add(time.Hour),
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -51,6 +62,13 @@ func SelfSignedCert(t testing.TB) (cert tls.Certificate, certPEM, keyPEM []byte)
 func WriteSelfSignedCert(t testing.TB) (certFile, keyFile string) {
 	t.Helper()
 	_, certPEM, keyPEM := SelfSignedCert(t)
+	return WritePEM(t, certPEM, keyPEM)
+}
+
+// WritePEM writes a certificate and its key into a temp dir and returns
+// their paths.
+func WritePEM(t testing.TB, certPEM, keyPEM []byte) (certFile, keyFile string) {
+	t.Helper()
 	dir := t.TempDir()
 	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {

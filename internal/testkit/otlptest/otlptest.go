@@ -5,8 +5,11 @@ package otlptest
 
 import (
 	"compress/gzip"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"sync"
@@ -34,6 +37,22 @@ type Receiver struct {
 // Start serves POST /v1/traces on a free loopback port until the test ends.
 // A request that is not a protobuf ExportTraceServiceRequest fails the test.
 func Start(t testing.TB) *Receiver {
+	t.Helper()
+	return start(t, nil)
+}
+
+// StartTLS is Start over TLS with cert; with clientCAs it also demands a
+// client certificate signed by one of them (mutual TLS). URL is https://.
+func StartTLS(t testing.TB, cert tls.Certificate, clientCAs *x509.CertPool) *Receiver {
+	t.Helper()
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if clientCAs != nil {
+		cfg.ClientCAs, cfg.ClientAuth = clientCAs, tls.RequireAndVerifyClientCert
+	}
+	return start(t, cfg)
+}
+
+func start(t testing.TB, tlsCfg *tls.Config) *Receiver {
 	t.Helper()
 	rc := &Receiver{}
 	mux := http.NewServeMux()
@@ -78,10 +97,14 @@ func Start(t testing.TB) *Receiver {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: mux}
+	srv := &http.Server{Handler: mux, ErrorLog: log.New(io.Discard, "", 0)}
+	scheme := "http"
+	if tlsCfg != nil {
+		ln, scheme = tls.NewListener(ln, tlsCfg), "https"
+	}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
-	rc.URL = "http://" + ln.Addr().String()
+	rc.URL = scheme + "://" + ln.Addr().String()
 	return rc
 }
 
