@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"net/url"
 	"reflect"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -162,11 +164,11 @@ func (c Config) Validate() error {
 		// gets a closed connection instead of the fallback.
 		return bad("BREAKER_TIMEOUT", "%s must be shorter than HTTP_WRITE_TIMEOUT %s, or a dependency call that runs into it answers after the write deadline (the client sees EOF, not the fallback)", c.BreakerTimeout, c.WriteTimeout)
 	}
-	if c.HTTPAddr == "" {
-		return bad("HTTP_ADDR", "must not be empty")
+	if err := checkListenAddr("HTTP_ADDR", c.HTTPAddr); err != nil {
+		return err
 	}
-	if c.AdminAddr == "" {
-		return bad("ADMIN_ADDR", "must not be empty")
+	if err := checkListenAddr("ADMIN_ADDR", c.AdminAddr); err != nil {
+		return err
 	}
 	if c.HTTPAddr == c.AdminAddr && !strings.HasSuffix(c.HTTPAddr, ":0") {
 		return bad("ADMIN_ADDR", "must differ from HTTP_ADDR (%s)", c.HTTPAddr)
@@ -213,6 +215,11 @@ func (c Config) Validate() error {
 	if c.RateLimitInstances < 1 {
 		return bad("RATELIMIT_INSTANCES", "must be >= 1, got %d", c.RateLimitInstances)
 	}
+	if c.RateLimitKeyHeader != "" && !isToken(c.RateLimitKeyHeader) {
+		// No request can carry such a header: the setting would silently
+		// do nothing.
+		return bad("RATELIMIT_KEY_HEADER", "%q is not a header name", c.RateLimitKeyHeader)
+	}
 	if c.DownstreamURL != "" {
 		u, err := url.Parse(c.DownstreamURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -244,6 +251,38 @@ func (c Config) Validate() error {
 		return bad("BREAKER_REQUEST_VOLUME", "must be >= 1, got %d", c.BreakerVolume)
 	}
 	return nil
+}
+
+// checkListenAddr accepts host:port with a port number (0 for any free
+// one); the host may be empty (all interfaces). Service names such as
+// :http are refused: the healthcheck subcommand builds a URL from the port.
+func checkListenAddr(name, addr string) error {
+	if addr == "" {
+		return bad(name, "must not be empty")
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return bad(name, "want host:port such as :8080 or 127.0.0.1:8080, got %q", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return bad(name, "want a port number from 0 to 65535 in %q", addr)
+	}
+	return nil
+}
+
+// isToken reports whether s is an HTTP token (RFC 9110 §5.6.2), what a
+// header name must be.
+func isToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return s != ""
 }
 
 // TrustedPrefixes parses TRUSTED_PROXIES; a bare IP is a single-address prefix.

@@ -44,6 +44,11 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"BREAKER_SLEEP_WINDOW": "0s"},
 		{"HTTP_ADDR": ":1", "ADMIN_ADDR": ":1"},
 		{"RATELIMIT_REDIS_TIMEOUT": "fast"},
+		{"HTTP_ADDR": "8080"},
+		{"HTTP_ADDR": "127.0.0.1:99999"},
+		{"ADMIN_ADDR": "localhost:http"},
+		{"RATELIMIT_KEY_HEADER": "X API Key"},
+		{"RATELIMIT_KEY_HEADER": "X-Key:"},
 	}
 	for _, kv := range cases {
 		_, err := Load(envOf(kv))
@@ -57,6 +62,21 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		}
 		if !named || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%v: %q must be one line naming the variable", kv, err)
+		}
+	}
+}
+
+// Addresses net.Listen takes are accepted, and so is a real header name.
+func TestGoodValuesAccepted(t *testing.T) {
+	for _, kv := range []map[string]string{
+		{"HTTP_ADDR": ":8081"},
+		{"HTTP_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0"},
+		{"HTTP_ADDR": "[::1]:8081"},
+		{"HTTP_ADDR": "localhost:8081"},
+		{"RATELIMIT_KEY_HEADER": "X-API-Key"},
+	} {
+		if _, err := Load(envOf(kv)); err != nil {
+			t.Errorf("%v: %v", kv, err)
 		}
 	}
 }
