@@ -64,6 +64,18 @@ func NewAdmin(d AdminDeps) http.Handler {
 		d.Logger.Warn("simulated dependency faults changed", slog.String("latency", f.Latency.String()), slog.Float64("error_rate", f.ErrorRate))
 		writeFaults(w, f)
 	})
+	// The catch-all below matches every method, so the mux's own 405 never
+	// happens: each route's other methods get a 405 problem here.
+	methods := map[string]string{"/metrics": "GET, HEAD", "/debug/faults": "GET, HEAD, PUT"}
+	if d.Pprof {
+		methods["/debug/pprof/"] = "GET, HEAD"
+	}
+	for path, allow := range methods {
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			problem.Write(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed here", r.URL.Path, "")
+		})
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, http.StatusNotFound, "no such admin route", r.URL.Path, "")
 	})

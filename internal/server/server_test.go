@@ -418,6 +418,21 @@ func TestAdmin(t *testing.T) {
 	if rec := do("GET", "/debug/pprof/", ""); rec.Code != 404 {
 		t.Errorf("pprof without PPROF_ENABLED = %d, want 404", rec.Code)
 	}
+	for _, c := range []struct{ method, path, allow string }{
+		{"POST", "/metrics", "GET, HEAD"},
+		{"DELETE", "/debug/faults", "GET, HEAD, PUT"},
+	} {
+		rec := do(c.method, c.path, "")
+		if rec.Code != 405 || rec.Header().Get("Allow") != c.allow || rec.Header().Get("Content-Type") != problem.ContentType {
+			t.Errorf("%s %s = %d Allow %q, want a 405 problem allowing %s", c.method, c.path, rec.Code, rec.Header().Get("Allow"), c.allow)
+		}
+	}
+	if rec := do("HEAD", "/metrics", ""); rec.Code != 200 {
+		t.Errorf("HEAD /metrics = %d", rec.Code)
+	}
+	if rec := do("GET", "/nope", ""); rec.Code != 404 {
+		t.Errorf("GET /nope = %d", rec.Code)
+	}
 	if rec := do("PUT", "/debug/faults", `{"latency":"200ms","error_rate":0.5}`); rec.Code != 200 {
 		t.Fatalf("PUT faults = %d %s", rec.Code, rec.Body)
 	}
@@ -437,6 +452,11 @@ func TestAdmin(t *testing.T) {
 	hp.ServeHTTP(rec, httptest.NewRequest("GET", "/debug/pprof/", nil))
 	if rec.Code != 200 {
 		t.Errorf("pprof enabled = %d", rec.Code)
+	}
+	rec = httptest.NewRecorder()
+	hp.ServeHTTP(rec, httptest.NewRequest("POST", "/debug/pprof/profile", nil))
+	if rec.Code != 405 {
+		t.Errorf("POST pprof = %d, want 405", rec.Code)
 	}
 	rec = httptest.NewRecorder()
 	hp.ServeHTTP(rec, httptest.NewRequest("PUT", "/debug/faults", strings.NewReader(`{}`)))
