@@ -56,7 +56,9 @@ const maxIDLen = 64
 func getItem(d Deps) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		id := c.Param("id")
-		if len(id) > maxIDLen || strings.ContainsAny(id, "/\x00") {
+		// "." and ".." would walk the dependency's URL path (items/..),
+		// which url.PathEscape leaves alone.
+		if len(id) > maxIDLen || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." {
 			problem.Abort(c, http.StatusBadRequest, fmt.Sprintf("item id must be 1 to %d characters", maxIDLen))
 			return
 		}
