@@ -681,7 +681,7 @@ func newExporter(ctx context.Context, c exporterConfig) (sdktrace.SpanExporter, 
 		if err != nil {
 			return nil, "", fmt.Errorf("OTLP/gRPC exporter: %w", err)
 		}
-		return exp, "OTLP grpc to " + orDefault(c.endpointURL, "localhost:4317"), nil
+		return exp, "OTLP grpc to " + orDefault(redacted(c.endpointURL), "localhost:4317"), nil
 	}
 	opts := []otlptracehttp.Option{}
 	if c.protocol == "http/json" {
@@ -710,7 +710,17 @@ func newExporter(ctx context.Context, c exporterConfig) (sdktrace.SpanExporter, 
 	if err != nil {
 		return nil, "", fmt.Errorf("OTLP/HTTP exporter: %w", err)
 	}
-	return exp, "OTLP " + c.protocol + " to " + orDefault(c.endpointURL, "localhost:4318"), nil
+	return exp, "OTLP " + c.protocol + " to " + orDefault(redacted(c.endpointURL), "localhost:4318"), nil
+}
+
+// redacted is an endpoint URL fit for the logs: a password in it is
+// replaced by xxxxx.
+func redacted(endpoint string) string {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return ""
+	}
+	return u.Redacted()
 }
 
 func parseEndpoint(name, v string) (*url.URL, error) {

@@ -469,6 +469,7 @@ func TestSetupTracingFromEnv(t *testing.T) {
 		"grpc":                       {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, true, "OTLP grpc to http://j:4317"},
 		"sampler and ratio":          {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}, true, "sampler traceidratio(0.5)"},
 		"always_on":                  {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_TRACES_SAMPLER": "always_on"}, true, "sampler always_on"},
+		"password not described":     {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://u:s3cret@j:4318"}, true, "to http://u:xxxxx@j:4318/v1/traces,"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			tr, err := observability.SetupTracing(ctx, env(tc.env), "v1")
