@@ -312,7 +312,7 @@ func (c Config) LogValue() map[string]string {
 	v := reflect.ValueOf(c)
 	for _, f := range Vars() {
 		val := fmt.Sprint(v.FieldByName(f.field).Interface())
-		if f.Name == "REDIS_URL" && val != "" {
+		if (f.Name == "REDIS_URL" || f.Name == "DOWNSTREAM_URL") && val != "" {
 			val = MaskURL(val)
 		}
 		out[f.Name] = val

@@ -66,6 +66,26 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 	}
 }
 
+// The start-up line shows the configuration: passwords in URLs are masked.
+func TestLogValueMasksPasswords(t *testing.T) {
+	c, err := Load(envOf(map[string]string{
+		"REDIS_URL":      "redis://u:redispw@127.0.0.1:6379/0",
+		"DOWNSTREAM_URL": "http://svc:downpw@items:8080/v1",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lv := c.LogValue()
+	for k, v := range lv {
+		if strings.Contains(v, "redispw") || strings.Contains(v, "downpw") {
+			t.Errorf("%s=%q shows a password", k, v)
+		}
+	}
+	if lv["DOWNSTREAM_URL"] != "http://svc:xxxxx@items:8080/v1" {
+		t.Errorf("DOWNSTREAM_URL shown as %q", lv["DOWNSTREAM_URL"])
+	}
+}
+
 // Addresses net.Listen takes are accepted, and so is a real header name.
 func TestGoodValuesAccepted(t *testing.T) {
 	for _, kv := range []map[string]string{

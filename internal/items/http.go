@@ -25,6 +25,7 @@ const maxItemBytes = 1 << 20
 // HTTPSource fetches items from a remote dependency: GET {base}/items/{id}.
 type HTTPSource struct {
 	base   string // without trailing slash
+	shown  string // base for error messages and logs: a password is masked
 	client Doer
 }
 
@@ -46,7 +47,9 @@ func NewHTTPSource(baseURL string, client Doer) (*HTTPSource, error) {
 	if client == nil {
 		return nil, errors.New("items: nil HTTP client")
 	}
-	return &HTTPSource{base: strings.TrimRight(u.String(), "/"), client: client}, nil
+	// Credentials in the URL are sent as basic auth by net/http; they must
+	// not reach the logs through our error messages.
+	return &HTTPSource{base: strings.TrimRight(u.String(), "/"), shown: strings.TrimRight(u.Redacted(), "/"), client: client}, nil
 }
 
 // StatusError is a non-2xx answer other than 404.
@@ -70,8 +73,9 @@ func (e *StatusError) CallerError() bool {
 // Get implements Source: 200 -> the item, 404 -> ErrNotFound, other
 // non-2xx -> *StatusError, transport and decoding errors wrapped.
 func (s *HTTPSource) Get(ctx context.Context, id string) (Item, error) {
-	u := s.base + "/items/" + url.PathEscape(id)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	path := "/items/" + url.PathEscape(id)
+	u := s.shown + path
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.base+path, nil)
 	if err != nil {
 		return Item{}, fmt.Errorf("items: build request: %w", err)
 	}

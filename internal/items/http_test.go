@@ -151,3 +151,32 @@ func TestNewHTTPSourceValidates(t *testing.T) {
 		t.Errorf("valid URL rejected: %v", err)
 	}
 }
+
+// Credentials in the base URL reach the dependency as basic auth and never
+// appear in an error (errors end up in the logs).
+func TestHTTPSourceCredentialsStayOutOfErrors(t *testing.T) {
+	var gotUser, gotPass string
+	srv, _ := recordingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		gotUser, gotPass, _ = r.BasicAuth()
+		http.Error(w, "boom", http.StatusInternalServerError)
+	})
+	base := strings.Replace(srv.URL, "http://", "http://svc:s3cret@", 1)
+	src, err := NewHTTPSource(base, srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = src.Get(context.Background(), "1")
+	if err == nil {
+		t.Fatal("500 answered without an error")
+	}
+	if gotUser != "svc" || gotPass != "s3cret" {
+		t.Errorf("dependency saw basic auth %q:%q, want svc:s3cret", gotUser, gotPass)
+	}
+	if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "svc:xxxxx@") {
+		t.Errorf("error %q: want the password masked", err)
+	}
+	srv.Close() // a transport error now
+	if _, err := src.Get(context.Background(), "1"); err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("transport error %v: want one, with the password masked", err)
+	}
+}
