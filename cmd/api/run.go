@@ -85,6 +85,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return exitError{2, fmt.Errorf("config: LOG_LEVEL/LOG_FORMAT: %w", err)}
 	}
 	logger.Info("starting", slog.String("version", version), slog.String("commit", rev), slog.Any("config", cfg.LogValue()))
+	for _, w := range cfg.Warnings() {
+		logger.Warn("config: " + w)
+	}
 
 	// go-redis logs dial failures through a process-wide logger; route it
 	// into slog once so a Redis outage shows up as JSON lines, not raw text.

@@ -285,6 +285,21 @@ func isToken(s string) bool {
 	return s != ""
 }
 
+// proxyKeepAlive is the upstream keep-alive timeout of the common proxies
+// (nginx and ingress-nginx 60s, AWS ALB 60s by default).
+const proxyKeepAlive = 60 * time.Second
+
+// Warnings are settings that are valid but likely to hurt, one line each,
+// naming the variable, for the start-up log.
+func (c Config) Warnings() []string {
+	var w []string
+	if c.IdleTimeout > 0 && c.IdleTimeout <= proxyKeepAlive {
+		w = append(w, fmt.Sprintf("HTTP_IDLE_TIMEOUT %s does not outlive the %s upstream keep-alive of nginx, ingress-nginx and AWS ALB: "+
+			"such a proxy can send a request on a connection this server has just closed, and its client gets a 502 or EOF", c.IdleTimeout, proxyKeepAlive))
+	}
+	return w
+}
+
 // TrustedPrefixes parses TRUSTED_PROXIES; a bare IP is a single-address prefix.
 func (c Config) TrustedPrefixes() ([]netip.Prefix, error) {
 	var out []netip.Prefix

@@ -86,6 +86,31 @@ func TestLogValueMasksPasswords(t *testing.T) {
 	}
 }
 
+// An idle timeout the common proxies outlive is allowed, with a warning;
+// the default gets none.
+func TestWarnings(t *testing.T) {
+	c, err := Load(envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := c.Warnings(); len(w) != 0 {
+		t.Errorf("defaults warn: %q", w)
+	}
+	for idle, shown := range map[string]string{"60s": "1m0s", "30s": "30s"} {
+		c, err := Load(envOf(map[string]string{"HTTP_IDLE_TIMEOUT": idle}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w := c.Warnings(); len(w) != 1 || !strings.HasPrefix(w[0], "HTTP_IDLE_TIMEOUT "+shown+" ") {
+			t.Errorf("HTTP_IDLE_TIMEOUT=%s: warnings %q", idle, w)
+		}
+	}
+	c, _ = Load(envOf(map[string]string{"HTTP_IDLE_TIMEOUT": "61s"}))
+	if w := c.Warnings(); len(w) != 0 {
+		t.Errorf("61s warns: %q", w)
+	}
+}
+
 // Addresses net.Listen takes are accepted, and so is a real header name.
 func TestGoodValuesAccepted(t *testing.T) {
 	for _, kv := range []map[string]string{
