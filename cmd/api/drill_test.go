@@ -5,15 +5,19 @@ package main
 // `make test`.
 
 import (
+	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -298,5 +302,106 @@ func TestDrillDependencyErroringAndSlow(t *testing.T) {
 	t.Logf("dependency slow (2s): degraded answers, slowest %s (breaker timeout 200ms)", worst)
 	if worst > 700*time.Millisecond {
 		t.Fatalf("slow dependency answered after %s, want about the 200ms breaker timeout", worst)
+	}
+}
+
+// TestDrillStalledStdout: the real binary's stdout is a pipe that stops
+// being read once the service is listening, as when a log shipper hangs.
+// The service must keep answering: after the first log lines are dropped
+// (log_lines_dropped_total > 0), a further second of load succeeds in
+// full. Without the drop, every request that logs blocks on the pipe.
+func TestDrillStalledStdout(t *testing.T) {
+	cmd := exec.Command(binPath)
+	for k, v := range baseEnv(map[string]string{"RATELIMIT_RATE": "1000000", "RATELIMIT_BURST": "1000000"}) {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	resume := make(chan struct{})
+	t.Cleanup(func() {
+		close(resume) // read again, so the exit is not held up by the pipe
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	addrs := make(chan [2]string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil && m["msg"] == "listening" {
+				addrs <- [2]string{fmt.Sprint(m["public"]), fmt.Sprint(m["admin"])}
+				break // from here on nobody reads stdout
+			}
+		}
+		<-resume
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	var public, admin string
+	select {
+	case a := <-addrs:
+		public, admin = a[0], a[1]
+	case <-time.After(15 * time.Second):
+		t.Fatal("the service did not start")
+	}
+
+	client := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
+	var ok, failed atomic.Int64
+	load := func(until time.Time) {
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for time.Now().Before(until) {
+					resp, err := client.Get("http://" + public + "/api/v1/ping")
+					if err != nil {
+						failed.Add(1)
+						continue
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode == http.StatusOK {
+						ok.Add(1)
+					} else {
+						failed.Add(1)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	// Until lines are dropped (the pipe, the buffers and the queue fill,
+	// then one write is stuck for a second), at most 20 s.
+	deadline := time.Now().Add(20 * time.Second)
+	for metric(t, admin, "log_lines_dropped_total") <= 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line dropped after 20 s of load on a stalled stdout (%d ok, %d failed)", ok.Load(), failed.Load())
+		}
+		load(time.Now().Add(500 * time.Millisecond))
+	}
+	before := ok.Load()
+	load(time.Now().Add(time.Second))
+	after := ok.Load() - before
+	t.Logf("stalled stdout: %d requests ok, %d failed, %d in the second after the first drop; %v lines dropped",
+		ok.Load(), failed.Load(), after, metric(t, admin, "log_lines_dropped_total"))
+	if failed.Load() != 0 || after < 100 {
+		t.Fatalf("the service did not keep serving: %d failed, %d answered in the second after lines were first dropped", failed.Load(), after)
+	}
+	if code, _ := get(t, "http://"+public+"/readyz"); code != http.StatusOK {
+		t.Errorf("readyz = %d while stdout is stalled", code)
 	}
 }

@@ -102,6 +102,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	reg := observability.NewRegistry(version, rev)
 	// The pod's own kernel TCP counters: listen overflows, aborts, resets.
 	reg.MustRegister(observability.NewKernelCollector("/proc", logger))
+	reg.MustRegister(observability.LogDrops(logBuf))
 	httpMetrics := observability.NewHTTPMetrics(reg)
 	connMetrics := observability.NewConnMetrics(reg, logger)
 	readiness := health.NewReadiness()

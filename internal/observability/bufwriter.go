@@ -1,56 +1,127 @@
 package observability
 
 import (
+	"bytes"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // BufferedWriter batches log lines into few write(2) calls: with one access
 // line per request, an unbuffered stdout costs a syscall per request (about
 // 6% of the service's CPU at full load). Lines are flushed every interval,
-// when the buffer fills, and on Close, so at most one interval of lines is
+// when a buffer fills, and on Close, so at most one interval of lines is
 // lost if the process is killed.
 //
-// Appending a line holds the lock only for the copy. A full buffer is
-// swapped for a spare and written out after the lock is released, so the
-// other request goroutines keep appending while one of them waits on the
-// write; buffers reach w in the order they filled.
+// Appending a line holds the lock only for the copy. Full buffers go, in
+// the order they filled, to one goroutine that writes them, so no request
+// waits on write(2) while the log consumer keeps up, and a slow one only
+// holds requests back as long as it stays slower than they are.
+//
+// A stalled consumer is another matter: when stdout takes no bytes for a
+// second (a log shipper that hangs, a full disk under the container
+// runtime's log file), blocking every request that logs would take the
+// service down while its liveness probe, which logs nothing, still passes.
+// Instead, while one write has been stuck for longer than that and the
+// queue is full, whole lines are dropped and counted (Dropped, exported as
+// log_lines_dropped_total); writing resumes, in order, as soon as that
+// write returns.
 type BufferedWriter struct {
-	mu    sync.Mutex // guards buf and spare
-	buf   []byte
-	spare []byte
-	size  int
+	mu   sync.Mutex // guards buf
+	buf  []byte
+	size int
 
-	wmu sync.Mutex // held while a buffer is written to w
-	w   io.Writer
+	// sendMu is taken before mu is released and held while a swapped-out
+	// buffer is queued, so buffers are queued in the order they filled.
+	sendMu sync.Mutex
+	queue  chan chunk  // to the writer goroutine
+	free   chan []byte // written buffers, for reuse
 
-	stop chan struct{}
-	done chan struct{}
-	once sync.Once
+	w          io.Writer
+	stallAfter time.Duration
+	epoch      time.Time
+	writeStart atomic.Int64 // when the write in progress began (ns since epoch, +1); 0: none
+	dropped    atomic.Int64
+	closed     atomic.Bool
+
+	stop     chan struct{} // ends the ticker
+	tickDone chan struct{}
+	quit     chan struct{} // ends the writer goroutine
+	once     sync.Once
 }
 
-// NewBufferedWriter wraps w with a size-byte buffer flushed every interval.
+// chunk is a buffer for the writer goroutine; done, if set, is closed once
+// it (and everything queued before it) has been written.
+type chunk struct {
+	b    []byte
+	done chan struct{}
+}
+
+const (
+	// queuedBuffers is how many full buffers may wait for the writer.
+	queuedBuffers = 16
+	// stallAfter is how long a write may take before the consumer counts
+	// as stalled and lines are dropped instead of waited for.
+	stallAfter = time.Second
+)
+
+// NewBufferedWriter wraps w with size-byte buffers flushed every interval.
 func NewBufferedWriter(w io.Writer, size int, interval time.Duration) *BufferedWriter {
 	b := &BufferedWriter{
-		w:    w,
-		size: size,
-		buf:  make([]byte, 0, size),
-		stop: make(chan struct{}),
-		done: make(chan struct{}),
+		w:          w,
+		size:       size,
+		buf:        make([]byte, 0, size),
+		queue:      make(chan chunk, queuedBuffers),
+		free:       make(chan []byte, queuedBuffers+2),
+		stallAfter: stallAfter,
+		epoch:      time.Now(),
+		stop:       make(chan struct{}),
+		tickDone:   make(chan struct{}),
+		quit:       make(chan struct{}),
 	}
-	go b.loop(interval)
+	go b.writer()
+	go b.ticker(interval)
 	return b
 }
 
-func (b *BufferedWriter) loop(interval time.Duration) {
-	defer close(b.done)
+func (b *BufferedWriter) writer() {
+	for {
+		select {
+		case c := <-b.queue:
+			if len(c.b) > 0 {
+				b.writeStart.Store(int64(time.Since(b.epoch)) + 1)
+				_, _ = b.w.Write(c.b) // nowhere to report a failed log write
+				b.writeStart.Store(0)
+			}
+			if c.done != nil {
+				close(c.done)
+			}
+			if cap(c.b) == b.size {
+				select {
+				case b.free <- c.b[:0]:
+				default:
+				}
+			}
+		case <-b.quit:
+			return
+		}
+	}
+}
+
+func (b *BufferedWriter) ticker(interval time.Duration) {
+	defer close(b.tickDone)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-t.C:
-			_ = b.Flush()
+			b.mu.Lock()
+			if len(b.buf) == 0 {
+				b.mu.Unlock()
+				continue
+			}
+			b.queueLocked(nil, nil)
 		case <-b.stop:
 			return
 		}
@@ -58,77 +129,158 @@ func (b *BufferedWriter) loop(interval time.Duration) {
 }
 
 // Write buffers p. slog handlers write one whole record per call, so lines
-// are never interleaved. A record larger than the buffer is written through
-// (after what was buffered before it).
+// are never interleaved. A record larger than the buffer is queued on its
+// own, after what was buffered before it. Write does not fail: a line
+// dropped while stdout is stalled is counted, not reported to the logger.
 func (b *BufferedWriter) Write(p []byte) (int, error) {
 	b.mu.Lock()
+	if b.closed.Load() {
+		b.mu.Unlock()
+		return b.w.Write(p)
+	}
 	if len(b.buf)+len(p) <= b.size {
 		b.buf = append(b.buf, p...)
 		b.mu.Unlock()
 		return len(p), nil
 	}
-	full := b.swapLocked()
-	through := p
 	if len(p) <= b.size {
-		b.buf = append(b.buf, p...)
-		through = nil
-	}
-	err := b.writeOut(full, through) // releases b.mu
-	if err != nil {
-		return 0, err
+		b.queueLocked(p, nil)
+	} else {
+		b.queueLocked(nil, bytes.Clone(p))
 	}
 	return len(p), nil
 }
 
-// Flush writes out what is buffered.
+// queueLocked queues the current buffer (then extra, if any) for the writer
+// and starts a new buffer holding next. Called with b.mu held; releases it.
+// It returns false if the buffer was dropped (stdout stalled).
+func (b *BufferedWriter) queueLocked(next, extra []byte) bool {
+	full := b.buf
+	b.buf = append(b.newBuf(), next...)
+	b.sendMu.Lock()
+	b.mu.Unlock()
+	defer b.sendMu.Unlock()
+	ok := b.send(chunk{b: full})
+	if !ok {
+		b.dropped.Add(int64(bytes.Count(full, []byte{'\n'})))
+	}
+	if extra != nil {
+		if ok = ok && b.send(chunk{b: extra}); !ok {
+			b.dropped.Add(int64(max(1, bytes.Count(extra, []byte{'\n'}))))
+		}
+	}
+	return ok
+}
+
+func (b *BufferedWriter) newBuf() []byte {
+	select {
+	case nb := <-b.free:
+		return nb
+	default:
+		return make([]byte, 0, b.size)
+	}
+}
+
+// send queues c, waiting for room while the writer makes progress. It gives
+// up (false) when the write in progress has been stuck for stallAfter, at
+// once while that lasts.
+func (b *BufferedWriter) send(c chunk) bool {
+	for {
+		select {
+		case b.queue <- c:
+			return true
+		default:
+		}
+		wait := b.stallAfter
+		if stuck := b.stuckFor(); stuck >= b.stallAfter {
+			return false
+		} else if stuck > 0 {
+			wait -= stuck
+		}
+		t := time.NewTimer(wait)
+		select {
+		case b.queue <- c:
+			t.Stop()
+			return true
+		case <-t.C: // look again: the writer may be stuck by now
+		}
+	}
+}
+
+// stuckFor is how long the write in progress has taken so far (0: none).
+func (b *BufferedWriter) stuckFor() time.Duration {
+	start := b.writeStart.Load()
+	if start == 0 {
+		return 0
+	}
+	return time.Since(b.epoch) - time.Duration(start-1)
+}
+
+// Flush writes out what is buffered and waits until it is written, for at
+// most stallAfter (not at all while stdout is stalled).
 func (b *BufferedWriter) Flush() error {
 	b.mu.Lock()
-	if len(b.buf) == 0 {
+	if b.closed.Load() {
 		b.mu.Unlock()
 		return nil
 	}
-	return b.writeOut(b.swapLocked(), nil)
-}
-
-// swapLocked takes the current buffer and installs the spare (or a new
-// one). The caller holds b.mu.
-func (b *BufferedWriter) swapLocked() []byte {
-	full := b.buf
-	b.buf, b.spare = b.spare[:0], nil
-	if b.buf == nil {
-		b.buf = make([]byte, 0, b.size)
+	var data []byte
+	if len(b.buf) > 0 {
+		data = b.buf
+		b.buf = b.newBuf()
 	}
-	return full
-}
-
-// writeOut writes full (then extra) to w. Called with b.mu held: the write
-// lock is taken before b.mu is released, so a buffer swapped out later
-// cannot be written before this one. The emptied buffer becomes the spare.
-func (b *BufferedWriter) writeOut(full, extra []byte) error {
-	b.wmu.Lock()
+	done := make(chan struct{})
+	b.sendMu.Lock()
 	b.mu.Unlock()
-	var err error
-	if len(full) > 0 {
-		_, err = b.w.Write(full)
+	ok := b.send(chunk{b: data, done: done})
+	b.sendMu.Unlock()
+	if !ok {
+		b.dropped.Add(int64(bytes.Count(data, []byte{'\n'})))
+		return nil
 	}
-	if err == nil && len(extra) > 0 {
-		_, err = b.w.Write(extra)
+	if b.stuckFor() >= b.stallAfter {
+		return nil // stdout is stalled: the lines are queued, waiting would only block the caller
 	}
-	b.wmu.Unlock()
-	b.mu.Lock()
-	if b.spare == nil && cap(full) == b.size {
-		b.spare = full[:0]
+	t := time.NewTimer(b.stallAfter)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
 	}
-	b.mu.Unlock()
-	return err
+	return nil
 }
 
-// Close stops the flusher and flushes. Writes after Close still work and
-// are flushed only by an explicit Flush.
+// Dropped is the number of lines dropped because stdout was stalled.
+func (b *BufferedWriter) Dropped() int64 { return b.dropped.Load() }
+
+// Close stops the flusher and writes out what is buffered, waiting up to
+// 5 s for a slow consumer. Writes after Close go straight to w.
 func (b *BufferedWriter) Close() error {
 	b.once.Do(func() {
 		close(b.stop)
-		<-b.done
+		<-b.tickDone
+		b.mu.Lock()
+		b.closed.Store(true) // under mu: a later Write goes straight to w
+		data := b.buf
+		b.buf = nil
+		b.sendMu.Lock()
+		b.mu.Unlock()
+		// The last lines wait up to 5 s for a slow or just-recovered
+		// stdout: the process is exiting, nothing else waits on them.
+		done := make(chan struct{})
+		t := time.NewTimer(5 * time.Second)
+		select {
+		case b.queue <- chunk{b: data, done: done}:
+			select {
+			case <-done:
+			case <-t.C:
+			}
+		case <-t.C:
+			b.dropped.Add(int64(bytes.Count(data, []byte{'\n'})))
+		}
+		t.Stop()
+		b.sendMu.Unlock()
+		close(b.quit)
 	})
-	return b.Flush()
+	return nil
 }

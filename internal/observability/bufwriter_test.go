@@ -145,3 +145,86 @@ func BenchmarkBufferedWriterParallel(b *testing.B) {
 		}
 	})
 }
+
+// gateSink takes bytes only once open is closed: a stdout nobody reads.
+type gateSink struct {
+	lockedBuf
+	open chan struct{}
+}
+
+func (g *gateSink) Write(p []byte) (int, error) {
+	<-g.open
+	return g.lockedBuf.Write(p)
+}
+
+// A stalled stdout does not block the writers: once a write has been stuck
+// for stallAfter, whole lines are dropped and counted. When stdout takes
+// bytes again, what was queued and what comes after arrive, whole and in
+// order, and every line is either written or counted as dropped.
+func TestBufferedWriterSurvivesStalledSink(t *testing.T) {
+	sink := &gateSink{open: make(chan struct{})}
+	w := NewBufferedWriter(sink, 1024, time.Hour) // no ticks: only full buffers move
+	w.stallAfter = 50 * time.Millisecond
+	const writers, lines = 4, 2000
+	done := make(chan struct{})
+	go func() {
+		var wg sync.WaitGroup
+		for g := range writers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range lines {
+					fmt.Fprintf(w, "%d %d %s\n", g, i, strings.Repeat("x", 40))
+				}
+			}()
+		}
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		close(sink.open)
+		t.Fatal("writers blocked on a stalled stdout")
+	}
+	if w.Dropped() == 0 {
+		t.Fatal("nothing counted as dropped while stdout took no bytes")
+	}
+	flushed := make(chan struct{})
+	go func() { _ = w.Flush(); close(flushed) }()
+	select {
+	case <-flushed:
+	case <-time.After(10 * time.Second):
+		close(sink.open)
+		t.Fatal("Flush blocked on a stalled stdout")
+	}
+
+	close(sink.open)
+	fmt.Fprintf(w, "after\n")
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := sink.snapshot()
+	all := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
+	if all[len(all)-1] != "after" {
+		t.Fatalf("last line %q, want the one written after stdout recovered", all[len(all)-1])
+	}
+	next := make([]int, writers)
+	written := 0
+	for _, line := range all[:len(all)-1] {
+		var g, i int
+		var pad string
+		if n, _ := fmt.Sscanf(line, "%d %d %s", &g, &i, &pad); n != 3 || g < 0 || g >= writers || pad != strings.Repeat("x", 40) {
+			t.Fatalf("torn line %q", line)
+		}
+		if i < next[g] {
+			t.Fatalf("writer %d: line %d after line %d", g, i, next[g]-1)
+		}
+		next[g] = i + 1
+		written++
+	}
+	if int64(written)+w.Dropped() != writers*lines {
+		t.Errorf("%d lines written + %d dropped != %d", written, w.Dropped(), writers*lines)
+	}
+	t.Logf("stalled stdout: %d lines written, %d dropped", written, w.Dropped())
+}

@@ -24,3 +24,18 @@ func NewRegistry(version, commit string) *prometheus.Registry {
 	reg.MustRegister(bi)
 	return reg
 }
+
+// LogDrops is log_lines_dropped_total: the lines b dropped because stdout
+// was stalled. With b nil (LOG_FLUSH_INTERVAL=0: unbuffered logs, which
+// block instead) it stays 0.
+func LogDrops(b *BufferedWriter) prometheus.Collector {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "log_lines_dropped_total",
+		Help: "Log lines dropped because stdout took no bytes for a second (a stalled log pipeline); the service keeps serving instead of blocking on its logs.",
+	}, func() float64 {
+		if b == nil {
+			return 0
+		}
+		return float64(b.Dropped())
+	})
+}
