@@ -36,12 +36,20 @@ func get(r gin.IRoutes, path string, h ...gin.HandlerFunc) {
 
 // noRoute answers requests no route matches: 404, except OPTIONS * (a
 // question about the server, not a resource: RFC 9110 §9.3.7), which gets
-// the empty 200 net/http would have sent. The server leaves OPTIONS * to the
+// the empty 200 net/http would have sent, and an h2c preface (400). The server leaves OPTIONS * to the
 // handler (DisableGeneralOptionsHandler) so that answer, too, carries a
 // request ID and an access line.
 func noRoute(c *gin.Context) {
 	if c.Request.Method == http.MethodOptions && c.Request.RequestURI == "*" {
 		c.Status(http.StatusOK)
+		return
+	}
+	if c.Request.Method == "PRI" && c.Request.RequestURI == "*" {
+		// The preface of HTTP/2 without TLS (h2c "prior knowledge"), which
+		// this server does not speak: the problem says so, rather than "no
+		// such route". 400, not 505: a client (or a scanner) that sends it
+		// must not count as a server error on the dashboards and alerts.
+		problem.Abort(c, http.StatusBadRequest, "HTTP/2 without TLS (h2c) is not served: use HTTP/1.1, or HTTP/2 over TLS")
 		return
 	}
 	problem.Abort(c, http.StatusNotFound, "no such route")

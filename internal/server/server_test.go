@@ -539,11 +539,14 @@ func TestEveryAnswerGoesThroughTheChain(t *testing.T) {
 
 	cases := []struct {
 		name, method, target, body string
+		proto                      string // default HTTP/1.1
+		wantDetail                 string // in the problem body
 		wantStatus                 int
 		wantLength                 int64 // Content-Length header
 		wantBytes                  float64
 	}{
 		{name: "OPTIONS *", method: "OPTIONS", target: "*", wantStatus: 200, wantLength: 0, wantBytes: 0},
+		{name: "h2c preface", method: "PRI", target: "*", proto: "HTTP/2.0", wantStatus: 400, wantLength: -1, wantDetail: "h2c"},
 		{name: "HEAD ping", method: "HEAD", target: "/api/v1/ping", wantStatus: 200, wantLength: int64(len(`{"message":"pong"}`)), wantBytes: 0},
 		{name: "GET with a trailing slash", method: "GET", target: "/api/v1/ping/", wantStatus: 404, wantLength: -1},
 		{name: "POST with a trailing slash", method: "POST", target: "/api/v1/echo/", body: "{}", wantStatus: 404, wantLength: -1},
@@ -556,7 +559,14 @@ func TestEveryAnswerGoesThroughTheChain(t *testing.T) {
 			}
 			defer conn.Close()
 			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-			req := tc.method + " " + tc.target + " HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n"
+			proto := "HTTP/1.1"
+			if tc.proto != "" {
+				proto = tc.proto
+			}
+			req := tc.method + " " + tc.target + " " + proto + "\r\nHost: svc\r\nConnection: close\r\n"
+			if tc.proto == "HTTP/2.0" {
+				req = "PRI * HTTP/2.0\r\n\r\nSM\r\n" // the h2c preface: no headers
+			}
 			if tc.body != "" {
 				req += "Content-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(tc.body)) + "\r\n"
 			}
@@ -575,7 +585,10 @@ func TestEveryAnswerGoesThroughTheChain(t *testing.T) {
 			if tc.wantLength >= 0 && (resp.ContentLength != tc.wantLength || len(body) != 0) {
 				t.Errorf("Content-Length %d and %d body bytes, want %d and none", resp.ContentLength, len(body), tc.wantLength)
 			}
-			if tc.wantStatus == 404 && resp.Header.Get("Content-Type") != problem.ContentType {
+			if !strings.Contains(string(body), tc.wantDetail) {
+				t.Errorf("body %s lacks %q", body, tc.wantDetail)
+			}
+			if tc.wantStatus >= 400 && resp.Header.Get("Content-Type") != problem.ContentType {
 				t.Errorf("Content-Type %q, want a problem", resp.Header.Get("Content-Type"))
 			}
 			id := resp.Header.Get("X-Request-ID")
@@ -592,7 +605,11 @@ func TestEveryAnswerGoesThroughTheChain(t *testing.T) {
 			if len(lines) != 1 {
 				t.Fatalf("%d access lines for request %s, want 1:\n%s", len(lines), id, f.logs)
 			}
-			if l := lines[0]; l["status"] != float64(tc.wantStatus) || l["method"] != tc.method {
+			wantMethod := tc.method
+			if wantMethod == "PRI" {
+				wantMethod = "_OTHER" // method labels are bounded to the standard ones
+			}
+			if l := lines[0]; l["status"] != float64(tc.wantStatus) || l["method"] != wantMethod {
 				t.Errorf("access line %v", l)
 			} else if tc.wantLength >= 0 && l["bytes"] != tc.wantBytes {
 				t.Errorf("access line bytes %v, want %v (nothing was sent)", l["bytes"], tc.wantBytes)
