@@ -228,3 +228,43 @@ func TestBufferedWriterSurvivesStalledSink(t *testing.T) {
 	}
 	t.Logf("stalled stdout: %d lines written, %d dropped", written, w.Dropped())
 }
+
+// slowSink takes its time with every write, but never stalls.
+type slowSink struct {
+	lockedBuf
+	delay time.Duration
+}
+
+func (s *slowSink) Write(p []byte) (int, error) {
+	time.Sleep(s.delay)
+	return s.lockedBuf.Write(p)
+}
+
+// A slow stdout holds the writers back; it never costs a line.
+func TestBufferedWriterSlowSinkLosesNothing(t *testing.T) {
+	sink := &slowSink{delay: 5 * time.Millisecond}
+	w := NewBufferedWriter(sink, 256, time.Hour)
+	w.stallAfter = 200 * time.Millisecond // each write takes 5 ms: far from stalled
+	const writers, lines = 4, 300
+	var wg sync.WaitGroup
+	for g := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range lines {
+				fmt.Fprintf(w, "%d %d\n", g, i)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, writes := sink.snapshot()
+	if n := strings.Count(s, "\n"); n != writers*lines || w.Dropped() != 0 {
+		t.Fatalf("%d of %d lines written, %d dropped", n, writers*lines, w.Dropped())
+	}
+	if writes < 10 {
+		t.Fatalf("only %d writes: the queue never filled, the test proves nothing", writes)
+	}
+}
