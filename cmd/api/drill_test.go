@@ -7,7 +7,6 @@ package main
 import (
 	"bufio"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os/exec"
@@ -21,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hardenedgo/ginservice/internal/testkit"
 	"github.com/hardenedgo/ginservice/internal/testkit/redistest"
 )
 
@@ -338,17 +338,12 @@ func TestDrillStalledStdout(t *testing.T) {
 	})
 	addrs := make(chan [2]string, 1)
 	go func() {
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) == nil && m["msg"] == "listening" {
-				addrs <- [2]string{fmt.Sprint(m["public"]), fmt.Sprint(m["admin"])}
-				break // from here on nobody reads stdout
-			}
+		br := bufio.NewReader(stdout)
+		if public, admin, err := testkit.Listening(br); err == nil {
+			addrs <- [2]string{public, admin}
 		}
-		<-resume
-		_, _ = io.Copy(io.Discard, stdout)
+		<-resume // until then nobody reads stdout
+		_, _ = io.Copy(io.Discard, br)
 	}()
 	var public, admin string
 	select {

@@ -2,8 +2,6 @@ package scripttest_test
 
 import (
 	"bufio"
-	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -15,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hardenedgo/ginservice/internal/testkit"
 	"github.com/hardenedgo/ginservice/internal/testkit/redistest"
 )
 
@@ -50,19 +49,18 @@ func startService(t *testing.T, env ...string) (public, admin string) {
 	addrs := make(chan [2]string, 1)
 	go func() {
 		defer close(done)
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) == nil && m["msg"] == "listening" {
-				addrs <- [2]string{fmt.Sprint(m["public"]), fmt.Sprint(m["admin"])}
-			}
+		br := bufio.NewReader(stdout)
+		if public, admin, err := testkit.Listening(br); err == nil {
+			addrs <- [2]string{public, admin}
 		}
+		_, _ = io.Copy(io.Discard, br)
 		_ = cmd.Wait()
 	}()
 	select {
 	case a := <-addrs:
 		return a[0], a[1]
+	case <-done:
+		t.Fatal("the service exited before it listened")
 	case <-time.After(30 * time.Second):
 		t.Fatal("the service did not start")
 	}
