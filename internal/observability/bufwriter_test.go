@@ -168,17 +168,7 @@ func TestBufferedWriterSurvivesStalledSink(t *testing.T) {
 	const writers, lines = 4, 2000
 	done := make(chan struct{})
 	go func() {
-		var wg sync.WaitGroup
-		for g := range writers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := range lines {
-					fmt.Fprintf(w, "%d %d %s\n", g, i, strings.Repeat("x", 40))
-				}
-			}()
-		}
-		wg.Wait()
+		writeLines(w, writers, lines, func(g, i int) string { return fmt.Sprintf("%d %d %s\n", g, i, strings.Repeat("x", 40)) })
 		close(done)
 	}()
 	select {
@@ -246,17 +236,7 @@ func TestBufferedWriterSlowSinkLosesNothing(t *testing.T) {
 	w := NewBufferedWriter(sink, 256, time.Hour)
 	w.stallAfter = 200 * time.Millisecond // each write takes 5 ms: far from stalled
 	const writers, lines = 4, 300
-	var wg sync.WaitGroup
-	for g := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range lines {
-				fmt.Fprintf(w, "%d %d\n", g, i)
-			}
-		}()
-	}
-	wg.Wait()
+	writeLines(w, writers, lines, func(g, i int) string { return fmt.Sprintf("%d %d\n", g, i) })
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -267,4 +247,20 @@ func TestBufferedWriterSlowSinkLosesNothing(t *testing.T) {
 	if writes < 10 {
 		t.Fatalf("only %d writes: the queue never filled, the test proves nothing", writes)
 	}
+}
+
+// writeLines has writers goroutines write lines lines each, line(g, i) per
+// Write, and returns when all are written.
+func writeLines(w io.Writer, writers, lines int, line func(g, i int) string) {
+	var wg sync.WaitGroup
+	for g := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range lines {
+				_, _ = io.WriteString(w, line(g, i))
+			}
+		}()
+	}
+	wg.Wait()
 }
