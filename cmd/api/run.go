@@ -213,6 +213,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Faults:   adminSim,
 	}), server.Timeouts{ReadHeader: 5 * time.Second, Read: 30 * time.Second, Write: 60 * time.Second, Idle: 120 * time.Second}, 1<<16, logger)
 
+	if cfg.TLSCertFile != "" {
+		// Read now, so a bad pair is a configuration error (exit 2) and not a
+		// listener that fails after start-up; renewed files are picked up
+		// without a restart.
+		cert, err := server.LoadCertificate(cfg.TLSCertFile, cfg.TLSKeyFile, logger)
+		if err != nil {
+			return exitError{2, fmt.Errorf("config: %w", err)}
+		}
+		public.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: cert.GetCertificate}
+	}
+
 	// Listen before reporting ready. net.Listen on Linux uses
 	// net.core.somaxconn as the accept backlog.
 	// net/http's own error lines (TLS handshake failures above all) become
@@ -238,7 +249,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	g.Go(func() error {
 		var err error
 		if cfg.TLSCertFile != "" {
-			err = public.ServeTLS(pubLn, cfg.TLSCertFile, cfg.TLSKeyFile)
+			err = public.ServeTLS(pubLn, "", "") // the certificate comes from TLSConfig
 		} else {
 			err = public.Serve(pubLn)
 		}

@@ -30,7 +30,7 @@ type Config struct {
 	IdleTimeout       time.Duration `env:"HTTP_IDLE_TIMEOUT" envDefault:"75s" help:"keep-alive idle timeout; must outlive the proxy's upstream keep-alive (nginx/ingress-nginx 60s, AWS ALB 60s; GCP LB 600s: set 620s there)"`
 	MaxHeaderBytes    int           `env:"HTTP_MAX_HEADER_BYTES" envDefault:"65536" help:"largest request header block; larger gets 431 (at most 65536)"`
 	MaxBodyBytes      int64         `env:"MAX_BODY_BYTES" envDefault:"1048576" help:"largest request body; larger gets 413"`
-	TLSCertFile       string        `env:"TLS_CERT_FILE" help:"serve the public listener over TLS with this certificate (PEM); needs TLS_KEY_FILE"`
+	TLSCertFile       string        `env:"TLS_CERT_FILE" help:"serve the public listener over TLS with this certificate (PEM); needs TLS_KEY_FILE. Renewed files (cert-manager) are picked up within 10s, no restart"`
 	TLSKeyFile        string        `env:"TLS_KEY_FILE" help:"private key (PEM) for TLS_CERT_FILE"`
 	TrustedProxies    []string      `env:"TRUSTED_PROXIES" envSeparator:"," help:"comma-separated CIDRs or IPs whose X-Forwarded-For is believed; empty: the client is the peer address"`
 
