@@ -359,15 +359,20 @@ func drain(ctx context.Context, srv *http.Server) error {
 }
 
 // healthcheck is `api healthcheck`: the container image has no curl, so the
-// binary probes its own /healthz on loopback.
+// binary probes its own /healthz, on loopback unless HTTP_ADDR names a host.
 func healthcheck(ctx context.Context, getenv func(string) string) error {
 	cfg, err := config.Load(getenv)
 	if err != nil {
 		return exitError{2, err}
 	}
-	_, port, err := net.SplitHostPort(cfg.HTTPAddr)
+	host, port, err := net.SplitHostPort(cfg.HTTPAddr)
 	if err != nil {
 		return exitError{2, fmt.Errorf("HTTP_ADDR %q: %w", cfg.HTTPAddr, err)}
+	}
+	// Probe the address the service listens on; all interfaces (the
+	// container's usual :8080) are probed on loopback.
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
 	}
 	scheme := "http"
 	tr := &http.Transport{DisableKeepAlives: true}
@@ -377,7 +382,7 @@ func healthcheck(ctx context.Context, getenv func(string) string) error {
 		tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // loopback self-probe
 	}
 	client := &http.Client{Timeout: 3 * time.Second, Transport: tr}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+net.JoinHostPort("127.0.0.1", port)+"/healthz", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+net.JoinHostPort(host, port)+"/healthz", nil)
 	if err != nil {
 		return err
 	}
