@@ -5,7 +5,9 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -82,6 +84,28 @@ func Middleware(l Limiter, opts MiddlewareOptions) gin.HandlerFunc {
 	}
 }
 
+// ipKey is the limiter key of a client IP. An IPv6 client is keyed by its
+// /64: that is what one subscriber or host gets (RFC 6177), and keying by
+// the whole address would let it take a fresh bucket for every one of its
+// 2^64 addresses. IPv4 (also IPv4-mapped IPv6) is keyed by the address.
+func ipKey(ip string) string {
+	if strings.IndexByte(ip, ':') < 0 {
+		return ip // IPv4: the hot path, no parsing
+	}
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	if a.Is4In6() {
+		return a.Unmap().String()
+	}
+	p, err := a.WithZone("").Prefix(64)
+	if err != nil {
+		return ip
+	}
+	return p.String()
+}
+
 type limitHeader struct {
 	limit int
 	value []string
@@ -102,10 +126,11 @@ func ceilSeconds(d time.Duration, floor int64) int64 {
 	return max(s, floor)
 }
 
-// RequestKey is the limiter key of a request: the client IP, prefixed by a
-// hash of the KeyHeader value when that header is configured and present.
+// RequestKey is the limiter key of a request: the client IP (an IPv6
+// client by its /64), prefixed by a hash of the KeyHeader value when that
+// header is configured and present.
 func RequestKey(c *gin.Context, keyHeader string) string {
-	ip := clientip.Of(c)
+	ip := ipKey(clientip.Of(c))
 	if keyHeader == "" {
 		return ip
 	}

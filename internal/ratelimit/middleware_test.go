@@ -161,6 +161,37 @@ func TestMiddlewareXFF(t *testing.T) {
 	})
 }
 
+// An IPv6 client is limited by its /64, so it cannot take a fresh bucket
+// per address; IPv4, also IPv4-mapped, by the address.
+func TestMiddlewareIPv6KeyedByPrefix(t *testing.T) {
+	l := &recordingLimiter{d: Decision{Allowed: true, Limit: 1}}
+	e := newEngine(t, l, nil, MiddlewareOptions{})
+	for remote, want := range map[string]string{
+		"[2001:db8:1:2::1]:5555":            "2001:db8:1:2::/64",
+		"[2001:db8:1:2:ffff:ffff:ffff:1]:5": "2001:db8:1:2::/64",
+		"[2001:db8:1:3::1]:5555":            "2001:db8:1:3::/64",
+		"[::ffff:192.0.2.7]:5555":           "192.0.2.7",
+		"192.0.2.7:5555":                    "192.0.2.7",
+	} {
+		do(e, remote, nil)
+		if got := l.lastKey(); got != want {
+			t.Errorf("peer %s: key %q, want %q", remote, got, want)
+		}
+	}
+	// End to end: rotating addresses inside one /64 does not escape the limit.
+	rl := newTestLimiter(t, Config{Rate: 0.001, Burst: 1})
+	e = newEngine(t, rl, nil, MiddlewareOptions{})
+	if w := do(e, "[2001:db8::1]:1", nil); w.Code != 200 {
+		t.Fatalf("first: %d", w.Code)
+	}
+	if w := do(e, "[2001:db8::2]:1", nil); w.Code != 429 {
+		t.Fatalf("another address of the same /64: %d, want 429", w.Code)
+	}
+	if w := do(e, "[2001:db8:0:1::1]:1", nil); w.Code != 200 {
+		t.Fatalf("another /64: %d, want 200", w.Code)
+	}
+}
+
 func TestMiddlewareKeyHeader(t *testing.T) {
 	l := &recordingLimiter{d: Decision{Allowed: true, Limit: 1}}
 	e := newEngine(t, l, nil, MiddlewareOptions{KeyHeader: "X-API-Key"})
