@@ -122,7 +122,7 @@ func newLimiter(ctx context.Context, cfg Config, logger *slog.Logger, reg promet
 		r.fallback.Store(false)
 		m.fallbackActive.Set(0)
 		logger.Info("ratelimit: Redis limiter", "redis", redactURL(cfg.RedisURL), "rate", cfg.Rate, "burst", cfg.Burst,
-			"budget", cfg.RedisTimeout, "on_redis_error", cfg.OnRedisError)
+			"budget", cfg.RedisTimeout.String(), "on_redis_error", cfg.OnRedisError)
 	} else {
 		logger.Warn("ratelimit: Redis unreachable at start, fallback decides until it answers",
 			"redis", redactURL(cfg.RedisURL), "fallback", cfg.OnRedisError, "cause", err)
@@ -294,7 +294,7 @@ func (r *RateLimiter) trip(cause error) {
 	r.fallbackSince.Store(int64(r.now()))
 	r.m.fallbackActive.Set(1)
 	r.logger.Warn("ratelimit: Redis failing, fallback decides", "fallback", r.cfg.OnRedisError,
-		"budget", r.cfg.RedisTimeout, "cause", cause)
+		"budget", r.cfg.RedisTimeout.String(), "cause", cause)
 	select {
 	case r.tripped <- struct{}{}:
 	default:
@@ -322,7 +322,7 @@ func (r *RateLimiter) probeLoop() {
 				since := time.Duration(r.fallbackSince.Load())
 				r.fallback.Store(false)
 				r.m.fallbackActive.Set(0)
-				r.logger.Info("ratelimit: Redis answers again, fallback left", "fallback_for", (r.now() - since).Round(time.Millisecond))
+				r.logger.Info("ratelimit: Redis answers again, fallback left", "fallback_for", (r.now() - since).Round(time.Millisecond).String())
 			}
 		}
 	}

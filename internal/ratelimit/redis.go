@@ -385,5 +385,16 @@ func (b *redisBackend) probe(ctx context.Context) error {
 	loadCtx, cancel := context.WithTimeout(ctx, max(time.Second, b.budget))
 	defer cancel()
 	_ = b.script.Load(loadCtx, b.client).Err()
+	// Then one decision, as the callers make them, on a key of its own: a
+	// node that answers PING may still refuse the script's writes (a
+	// replica after a failover: READONLY; maxmemory: OOM), and going back
+	// to it would only fail the next call and flap.
+	if err := b.script.Run(loadCtx, b.client, []string{probeKey}, 1).Err(); err != nil {
+		return fmt.Errorf("bucket script: %w", err)
+	}
 	return nil
 }
+
+// probeKey is the bucket the probe spends a token of (never a client's: the
+// braces hold a name, not an address or a hash).
+var probeKey = redisKey("ratelimit:probe")

@@ -510,3 +510,36 @@ func TestRedisFlood(t *testing.T) {
 	}
 	checkExact(t, admitted.Load(), rate, burst, elapsed)
 }
+
+// TestRedisReadOnlyReplica: a node that answers PING but refuses the
+// script's writes (a replica, as after a failover behind a fixed address)
+// keeps the fallback deciding. The probe runs the script itself, so the
+// limiter does not go back to that node after every probe and flap.
+func TestRedisReadOnlyReplica(t *testing.T) {
+	master := redistest.Start(t)
+	replica := redistest.Start(t)
+	if _, err := replica.Do("REPLICAOF", "127.0.0.1", strconv.Itoa(master.Port)); err != nil {
+		t.Fatal(err)
+	}
+	rl := newTestLimiter(t, Config{RedisURL: replica.URL(), Rate: 1000, Burst: 1000, RedisTimeout: 50 * time.Millisecond, ProbeInterval: 20 * time.Millisecond})
+	ctx := context.Background()
+	deadline := time.Now().Add(time.Second)
+	calls := 0
+	for time.Now().Before(deadline) {
+		d, err := rl.Allow(ctx, "k", 1)
+		if err != nil || !d.Allowed {
+			t.Fatalf("call %d: %+v, %v", calls, d, err)
+		}
+		calls++
+		time.Sleep(2 * time.Millisecond)
+	}
+	if !rl.FallbackActive() {
+		t.Error("the limiter decides on a read-only replica")
+	}
+	if n := rl.logs.count("fallback left"); n != 0 {
+		t.Errorf("went back to the read-only replica %d times in 1 s (%d calls):\n%s", n, calls, rl.logs.String())
+	}
+	if !strings.Contains(rl.logs.String(), "READONLY") {
+		t.Errorf("the logs do not say why:\n%s", rl.logs.String())
+	}
+}

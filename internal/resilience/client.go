@@ -286,7 +286,7 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 		c.retries.WithLabelValues(host, reason).Inc()
 		c.logger.DebugContext(ctx, "retrying outbound request", slog.String("host", host),
 			slog.String("method", req.Method), slog.Int("attempt", attempt+1),
-			slog.String("reason", reason), slog.Duration("wait", wait))
+			slog.String("reason", reason), slog.String("wait", wait.String()))
 		if wait > 0 {
 			t := time.NewTimer(wait)
 			select {
