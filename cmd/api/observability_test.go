@@ -157,6 +157,10 @@ func TestRunTLSHandshakeErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+	// The certificate's expiry, for the ApiTLSCertificateExpiringSoon alert.
+	if got, want := metric(t, r.admin, "http_server_tls_certificate_expiry_timestamp_seconds"), float64(resp.TLS.PeerCertificates[0].NotAfter.Unix()); got != want {
+		t.Errorf("certificate expiry gauge %v, want %v (the served certificate's NotAfter)", got, want)
+	}
 
 	deadline := time.Now().Add(5 * time.Second)
 	for {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
@@ -222,6 +223,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return exitError{2, fmt.Errorf("config: %w", err)}
 		}
 		public.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: cert.GetCertificate}
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "http_server_tls_certificate_expiry_timestamp_seconds",
+			Help: "When the public listener's certificate in service expires (Unix time); follows renewed files.",
+		}, func() float64 { return float64(cert.NotAfter().Unix()) }))
 	}
 
 	// Listen before reporting ready. net.Listen on Linux uses

@@ -59,6 +59,16 @@ func (c *Certificate) modTimes() (cert, key time.Time, err error) {
 	return ci.ModTime(), ki.ModTime(), nil
 }
 
+// NotAfter is the expiry of the certificate in service (of the leaf).
+func (c *Certificate) NotAfter() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cert.Leaf == nil {
+		return time.Time{}
+	}
+	return c.cert.Leaf.NotAfter
+}
+
 // GetCertificate is for tls.Config.GetCertificate.
 func (c *Certificate) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	c.mu.Lock()
