@@ -153,8 +153,8 @@ func (b *BufferedWriter) Write(p []byte) (int, error) {
 
 // queueLocked queues the current buffer (then extra, if any) for the writer
 // and starts a new buffer holding next. Called with b.mu held; releases it.
-// It returns false if the buffer was dropped (stdout stalled).
-func (b *BufferedWriter) queueLocked(next, extra []byte) bool {
+// What stdout stalled on is dropped and counted.
+func (b *BufferedWriter) queueLocked(next, extra []byte) {
 	full := b.buf
 	b.buf = append(b.newBuf(), next...)
 	b.sendMu.Lock()
@@ -164,12 +164,9 @@ func (b *BufferedWriter) queueLocked(next, extra []byte) bool {
 	if !ok {
 		b.dropped.Add(int64(bytes.Count(full, []byte{'\n'})))
 	}
-	if extra != nil {
-		if ok = ok && b.send(chunk{b: extra}); !ok {
-			b.dropped.Add(int64(max(1, bytes.Count(extra, []byte{'\n'}))))
-		}
+	if extra != nil && !(ok && b.send(chunk{b: extra})) {
+		b.dropped.Add(int64(max(1, bytes.Count(extra, []byte{'\n'}))))
 	}
-	return ok
 }
 
 func (b *BufferedWriter) newBuf() []byte {
