@@ -105,6 +105,9 @@ func explain(err error, vars []Var, m map[string]string) error {
 	if errors.As(err, &pe) {
 		for _, v := range vars {
 			if v.field == pe.Name {
+				if errors.Is(pe.Err, strconv.ErrRange) {
+					return fmt.Errorf("config: %s=%q: out of range", v.Name, m[v.Name])
+				}
 				return fmt.Errorf("config: %s=%q: want %s", v.Name, m[v.Name], kind(v.typ))
 			}
 		}
@@ -232,7 +235,7 @@ func (c Config) Validate() error {
 	if c.DownstreamMaxAttempts < 1 || c.DownstreamMaxAttempts > 10 {
 		return bad("DOWNSTREAM_MAX_ATTEMPTS", "must be within [1, 10], got %d", c.DownstreamMaxAttempts)
 	}
-	if c.DownstreamRetryBudget < 0 || c.DownstreamRetryBudget > 1 {
+	if !(c.DownstreamRetryBudget >= 0 && c.DownstreamRetryBudget <= 1) { // NaN too
 		return bad("DOWNSTREAM_RETRY_BUDGET_RATIO", "must be within [0, 1], got %v", c.DownstreamRetryBudget)
 	}
 	if c.DownstreamIdleTimeout <= 0 {

@@ -49,6 +49,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"ADMIN_ADDR": "localhost:http"},
 		{"RATELIMIT_KEY_HEADER": "X API Key"},
 		{"RATELIMIT_KEY_HEADER": "X-Key:"},
+		{"DOWNSTREAM_RETRY_BUDGET_RATIO": "NaN"},
 	}
 	for _, kv := range cases {
 		_, err := Load(envOf(kv))
@@ -108,6 +109,15 @@ func TestWarnings(t *testing.T) {
 	c, _ = Load(envOf(map[string]string{"HTTP_IDLE_TIMEOUT": "61s"}))
 	if w := c.Warnings(); len(w) != 0 {
 		t.Errorf("61s warns: %q", w)
+	}
+}
+
+// A whole number too large for its setting says so, rather than "want a
+// whole number".
+func TestOutOfRangeNumber(t *testing.T) {
+	_, err := Load(envOf(map[string]string{"RATELIMIT_BURST": "99999999999999999999"}))
+	if err == nil || err.Error() != `config: RATELIMIT_BURST="99999999999999999999": out of range` {
+		t.Fatalf("error %v", err)
 	}
 }
 
