@@ -106,7 +106,7 @@ func (c ClientConfig) Validate() error {
 		return fmt.Errorf("DOWNSTREAM_BACKOFF_BASE: %s is above DOWNSTREAM_BACKOFF_CAP %s", c.BackoffBase, c.BackoffCap)
 	case c.MaxAttempts < 1 || c.MaxAttempts > 10:
 		return fmt.Errorf("DOWNSTREAM_MAX_ATTEMPTS: must be within [1, 10], got %d", c.MaxAttempts)
-	case c.RetryBudgetRatio < 0 || c.RetryBudgetRatio > 1:
+	case !(c.RetryBudgetRatio >= 0 && c.RetryBudgetRatio <= 1): // NaN too
 		return fmt.Errorf("DOWNSTREAM_RETRY_BUDGET_RATIO: must be within [0, 1], got %v", c.RetryBudgetRatio)
 	case c.RetryBudgetBurst < 0:
 		return fmt.Errorf("DOWNSTREAM_RETRY_BUDGET_BURST: must be >= 0, got %d", c.RetryBudgetBurst)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -34,6 +35,7 @@ func TestClientConfigValidate(t *testing.T) {
 		{func(c *ClientConfig) { c.BackoffCap = 0 }, "DOWNSTREAM_BACKOFF_CAP"},
 		{func(c *ClientConfig) { c.MaxRetryAfter = -1 }, "DOWNSTREAM_MAX_RETRY_AFTER"},
 		{func(c *ClientConfig) { c.RetryBudgetRatio = 1.5 }, "DOWNSTREAM_RETRY_BUDGET_RATIO"},
+		{func(c *ClientConfig) { c.RetryBudgetRatio = math.NaN() }, "DOWNSTREAM_RETRY_BUDGET_RATIO"},
 		{func(c *ClientConfig) { c.RetryBudgetBurst = -1 }, "DOWNSTREAM_RETRY_BUDGET_BURST"},
 		{func(c *ClientConfig) { c.MaxIdleConns = 0 }, "DOWNSTREAM_MAX_IDLE_CONNS"},
 		{func(c *ClientConfig) { c.MaxIdleConnsPerHost = 1000 }, "DOWNSTREAM_MAX_IDLE_CONNS_PER_HOST"},
