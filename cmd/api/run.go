@@ -85,7 +85,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return exitError{2, fmt.Errorf("config: LOG_LEVEL/LOG_FORMAT: %w", err)}
 	}
-	logger.Info("starting", slog.String("version", version), slog.String("commit", rev), slog.Any("config", cfg.LogValue()))
+	logger.Info("starting", slog.String("version", version), slog.String("commit", rev), slog.Any("config", cfg))
 	for _, w := range cfg.Warnings() {
 		logger.Warn("config: " + w)
 	}

@@ -6,10 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -324,8 +327,9 @@ func (c Config) TrustedPrefixes() ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// LogValue lists the settings for the start-up log line, secrets masked.
-func (c Config) LogValue() map[string]string {
+// Shown is every setting by variable name as the start-up log line shows
+// it: passwords in URLs masked.
+func (c Config) Shown() map[string]string {
 	out := map[string]string{}
 	v := reflect.ValueOf(c)
 	for _, f := range Vars() {
@@ -336,6 +340,18 @@ func (c Config) LogValue() map[string]string {
 		out[f.Name] = val
 	}
 	return out
+}
+
+// LogValue makes the configuration one group of attributes, sorted by
+// variable name: an object in JSON, config.NAME=value in text.
+func (c Config) LogValue() slog.Value {
+	shown := c.Shown()
+	names := slices.Sorted(maps.Keys(shown))
+	attrs := make([]slog.Attr, 0, len(names))
+	for _, n := range names {
+		attrs = append(attrs, slog.String(n, shown[n]))
+	}
+	return slog.GroupValue(attrs...)
 }
 
 // MaskURL hides the password of a URL.

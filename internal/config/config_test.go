@@ -76,7 +76,7 @@ func TestLogValueMasksPasswords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lv := c.LogValue()
+	lv := c.Shown()
 	for k, v := range lv {
 		if strings.Contains(v, "redispw") || strings.Contains(v, "downpw") {
 			t.Errorf("%s=%q shows a password", k, v)
@@ -145,7 +145,7 @@ func TestTrustedProxiesAndMasking(t *testing.T) {
 	if len(p) != 3 || p[1].String() != "192.168.1.7/32" || p[2].String() != "::1/128" {
 		t.Errorf("prefixes = %v", p)
 	}
-	if v := c.LogValue()["REDIS_URL"]; strings.Contains(v, "s3cret") {
+	if v := c.Shown()["REDIS_URL"]; strings.Contains(v, "s3cret") {
 		t.Errorf("password not masked: %s", v)
 	}
 }
