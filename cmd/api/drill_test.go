@@ -5,22 +5,18 @@ package main
 // `make test`.
 
 import (
-	"bufio"
 	"encoding/json"
 	"io"
 	"net/http"
-	"os/exec"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/hardenedgo/ginservice/internal/testkit"
 	"github.com/hardenedgo/ginservice/internal/testkit/redistest"
 )
 
@@ -311,47 +307,13 @@ func TestDrillDependencyErroringAndSlow(t *testing.T) {
 // (log_lines_dropped_total > 0), a further second of load succeeds in
 // full. Without the drop, every request that logs blocks on the pipe.
 func TestDrillStalledStdout(t *testing.T) {
-	cmd := exec.Command(binPath)
-	for k, v := range baseEnv(map[string]string{"RATELIMIT_RATE": "1000000", "RATELIMIT_BURST": "1000000"}) {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = io.Discard
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	resume := make(chan struct{})
-	t.Cleanup(func() {
-		close(resume) // read again, so the exit is not held up by the pipe
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
-	addrs := make(chan [2]string, 1)
-	go func() {
-		br := bufio.NewReader(stdout)
-		if public, admin, err := testkit.Listening(br); err == nil {
-			addrs <- [2]string{public, admin}
-		}
-		<-resume // until then nobody reads stdout
-		_, _ = io.Copy(io.Discard, br)
-	}()
-	var public, admin string
-	select {
-	case a := <-addrs:
-		public, admin = a[0], a[1]
-	case <-time.After(15 * time.Second):
-		t.Fatal("the service did not start")
-	}
+	release := make(chan struct{})
+	p := startBinaryOut(t, map[string]string{"RATELIMIT_RATE": "1000000", "RATELIMIT_BURST": "1000000"},
+		func(logs *logSink) io.Writer { return &stallingWriter{logs: logs, release: release} })
+	// Cleanups run last-registered first: stdout moves again before the
+	// process is stopped and waited for.
+	t.Cleanup(func() { close(release) })
+	public, admin := p.public, p.admin
 
 	client := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
 	var ok, failed atomic.Int64
@@ -399,4 +361,20 @@ func TestDrillStalledStdout(t *testing.T) {
 	if code, _ := get(t, "http://"+public+"/readyz"); code != http.StatusOK {
 		t.Errorf("readyz = %d while stdout is stalled", code)
 	}
+}
+
+// stallingWriter passes the service's output to the log sink until the
+// service is listening, then takes no more bytes until release is closed:
+// a stdout nobody reads.
+type stallingWriter struct {
+	logs    *logSink
+	release chan struct{}
+}
+
+func (w *stallingWriter) Write(p []byte) (int, error) {
+	if w.logs.listening.Load() {
+		<-w.release
+		return len(p), nil
+	}
+	return w.logs.Write(p)
 }

@@ -25,11 +25,12 @@ import (
 // logSink collects the service's stdout and reports the listening
 // addresses from its "listening" line.
 type logSink struct {
-	mu    sync.Mutex
-	buf   bytes.Buffer
-	addrs chan [2]string
-	once  sync.Once
-	line  []byte
+	mu        sync.Mutex
+	buf       bytes.Buffer
+	addrs     chan [2]string
+	once      sync.Once
+	line      []byte
+	listening atomic.Bool // the "listening" line has been written
 }
 
 func newLogSink() *logSink { return &logSink{addrs: make(chan [2]string, 1)} }
@@ -47,6 +48,7 @@ func (s *logSink) Write(p []byte) (int, error) {
 		var m map[string]any
 		if json.Unmarshal(s.line[:i], &m) == nil && m["msg"] == "listening" {
 			s.once.Do(func() { s.addrs <- [2]string{fmt.Sprint(m["public"]), fmt.Sprint(m["admin"])} })
+			s.listening.Store(true)
 		}
 		s.line = s.line[i+1:]
 	}
@@ -378,6 +380,13 @@ type proc struct {
 
 func startBinary(t *testing.T, extra map[string]string) *proc {
 	t.Helper()
+	return startBinaryOut(t, extra, nil)
+}
+
+// startBinaryOut is startBinary with the binary's stdout going to
+// stdout(logs) instead of the log sink itself (nil: the sink).
+func startBinaryOut(t *testing.T, extra map[string]string, stdout func(*logSink) io.Writer) *proc {
+	t.Helper()
 	cmd := exec.Command(binPath)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	for k, v := range baseEnv(extra) {
@@ -386,6 +395,9 @@ func startBinary(t *testing.T, extra map[string]string) *proc {
 	logs := newLogSink()
 	cmd.Stdout = logs
 	cmd.Stderr = logs
+	if stdout != nil {
+		cmd.Stdout = stdout(logs)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
