@@ -360,10 +360,7 @@ func MaskURL(s string) string {
 	if err != nil {
 		return "(unparseable)"
 	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	return u.String()
+	return u.Redacted()
 }
 
 // Var describes one environment variable.

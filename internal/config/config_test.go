@@ -1,6 +1,9 @@
 package config
 
 import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
 	"os"
 	"strings"
 	"testing"
@@ -84,6 +87,16 @@ func TestLogValueMasksPasswords(t *testing.T) {
 	}
 	if lv["DOWNSTREAM_URL"] != "http://svc:xxxxx@items:8080/v1" {
 		t.Errorf("DOWNSTREAM_URL shown as %q", lv["DOWNSTREAM_URL"])
+	}
+	// And so the start-up line writes it: one object of every variable.
+	var out bytes.Buffer
+	slog.New(slog.NewJSONHandler(&out, nil)).Info("starting", slog.Any("config", c))
+	var line struct{ Config map[string]string }
+	if err := json.Unmarshal(out.Bytes(), &line); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if len(line.Config) != len(Vars()) || line.Config["DOWNSTREAM_URL"] != lv["DOWNSTREAM_URL"] || strings.Contains(out.String(), "pw") {
+		t.Errorf("start-up line %s", out.String())
 	}
 }
 
