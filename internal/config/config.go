@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/caarlos0/env/v11"
+	"golang.org/x/net/http/httpguts"
 )
 
 // Config holds every setting. The env tag names the variable, envDefault its
@@ -221,7 +222,7 @@ func (c Config) Validate() error {
 	if c.RateLimitInstances < 1 {
 		return bad("RATELIMIT_INSTANCES", "must be >= 1, got %d", c.RateLimitInstances)
 	}
-	if c.RateLimitKeyHeader != "" && !isToken(c.RateLimitKeyHeader) {
+	if c.RateLimitKeyHeader != "" && !httpguts.ValidHeaderFieldName(c.RateLimitKeyHeader) {
 		// No request can carry such a header: the setting would silently
 		// do nothing.
 		return bad("RATELIMIT_KEY_HEADER", "%q is not a header name", c.RateLimitKeyHeader)
@@ -274,21 +275,6 @@ func checkListenAddr(name, addr string) error {
 		return bad(name, "want a port number from 0 to 65535 in %q", addr)
 	}
 	return nil
-}
-
-// isToken reports whether s is an HTTP token (RFC 9110 §5.6.2), what a
-// header name must be.
-func isToken(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return s != ""
 }
 
 // proxyKeepAlive is the upstream keep-alive timeout of the common proxies
