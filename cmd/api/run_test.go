@@ -133,6 +133,25 @@ func get(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// The start-up log warns when HTTP_IDLE_TIMEOUT is shorter than the
+// common proxies' keep-alive, and only then.
+func TestRunWarnsOfShortIdleTimeout(t *testing.T) {
+	warned := func(r *running) bool {
+		for _, l := range r.logs.lines() {
+			if m, _ := l["msg"].(string); l["level"] == "WARN" && strings.HasPrefix(m, "config: HTTP_IDLE_TIMEOUT 30s ") {
+				return true
+			}
+		}
+		return false
+	}
+	if r := startRun(t, map[string]string{"HTTP_IDLE_TIMEOUT": "30s"}); !warned(r) {
+		t.Errorf("no warning for a 30s idle timeout:\n%s", r.logs)
+	}
+	if r := startRun(t, nil); strings.Contains(r.logs.String(), "HTTP_IDLE_TIMEOUT") && strings.Contains(r.logs.String(), `"level":"WARN"`) {
+		t.Errorf("the default idle timeout warns:\n%s", r.logs)
+	}
+}
+
 func TestRunServes(t *testing.T) {
 	r := startRun(t, nil)
 	if code, body := get(t, "http://"+r.public+"/healthz"); code != 200 {
