@@ -88,6 +88,107 @@ func TestRunExportsTraces(t *testing.T) {
 	}
 }
 
+// TestRunCountsSpanExport: the tracing_spans_* counters tell an operator
+// whether spans reach the collector: all exported with a healthy one, all
+// failed with one that refuses connections, and dropped (queued minus
+// exported minus failed) when one hangs and the exporter's queue fills.
+func TestRunCountsSpanExport(t *testing.T) {
+	type counts struct{ queued, exported, failed float64 }
+	read := func(admin string) counts {
+		return counts{
+			metric(t, admin, "tracing_spans_queued_total"),
+			metric(t, admin, "tracing_spans_exported_total"),
+			metric(t, admin, "tracing_spans_export_failed_total"),
+		}
+	}
+	pings := func(r *running, n int) {
+		for range n {
+			if c, _ := get(t, "http://"+r.public+"/api/v1/ping"); c != 200 {
+				t.Fatalf("ping = %d", c)
+			}
+		}
+	}
+	env := func(endpoint string, extra ...string) map[string]string {
+		m := map[string]string{
+			"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+			"OTEL_TRACES_SAMPLER":         "always_on",
+			"OTEL_BSP_SCHEDULE_DELAY":     "50",
+			"OTEL_BSP_EXPORT_TIMEOUT":     "500",
+		}
+		for i := 0; i+1 < len(extra); i += 2 {
+			m[extra[i]] = extra[i+1]
+		}
+		return m
+	}
+
+	t.Run("healthy collector", func(t *testing.T) {
+		sink := otlptest.Start(t)
+		r := startRun(t, env(sink.URL))
+		if c := read(r.admin); c != (counts{}) {
+			t.Fatalf("before any request: %+v, want zeros", c)
+		}
+		pings(r, 20)
+		waitFor(t, 10*time.Second, "20 spans exported", func() bool { return read(r.admin) == counts{20, 20, 0} })
+		if got := len(sink.Spans()); got != 20 {
+			t.Errorf("collector received %d spans, the counter says 20", got)
+		}
+	})
+
+	t.Run("collector refusing connections", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close() // nothing listens there now: connection refused
+		r := startRun(t, env("http://"+addr))
+		pings(r, 10)
+		waitFor(t, 10*time.Second, "10 spans failed", func() bool { return read(r.admin) == counts{10, 0, 10} })
+	})
+
+	t.Run("hanging collector, queue full", func(t *testing.T) {
+		// Accepts connections and never answers: every export waits its
+		// OTEL_BSP_EXPORT_TIMEOUT while the 4-span queue overflows.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		var conns []net.Conn
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				conns = append(conns, c)
+				mu.Unlock()
+			}
+		}()
+		t.Cleanup(func() {
+			ln.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			for _, c := range conns {
+				c.Close()
+			}
+		})
+		r := startRun(t, env("http://"+ln.Addr().String(),
+			"OTEL_BSP_MAX_QUEUE_SIZE", "4", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2", "OTEL_BSP_EXPORT_TIMEOUT", "2000"))
+		pings(r, 50)
+		c := read(r.admin)
+		if c.queued != 50 || c.exported != 0 {
+			t.Fatalf("counters %+v: want 50 queued, 0 exported", c)
+		}
+		// At most the queue (4), the batch being filled (2) and the batch
+		// being exported (2) are neither failed nor dropped.
+		if dropped := c.queued - c.exported - c.failed; dropped < 50-8 {
+			t.Errorf("queued - exported - failed = %v, want >= 42 dropped (counters %+v)", dropped, c)
+		}
+	})
+}
+
 // TestRunScrapePassesPromtool: the admin scrape of a running service
 // carries the connection, TLS and kernel families and passes promtool.
 func TestRunScrapePassesPromtool(t *testing.T) {

@@ -116,6 +116,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return exitError{2, fmt.Errorf("config: OTEL_*: %w", err)}
 	}
 	tracing.InstallGlobal(logger)
+	reg.MustRegister(tracing.Collectors()...)
 	logger.Info("tracing", slog.Any("tracing", tracing))
 	// Redis spans only when spans are exported (one per decision); the
 	// outbound client always gets the provider so a sampled caller's trace

@@ -70,6 +70,9 @@ type Tracing struct {
 	sdk         *sdktrace.TracerProvider // nil with OTEL_SDK_DISABLED=true
 	propagator  propagation.TextMapPropagator
 	exporting   bool
+	// stats counts the exported spans' way to the collector (nil while
+	// nothing is exported).
+	stats       *spanStats
 	serviceName string
 	describe    string
 }
@@ -159,10 +162,11 @@ func SetupTracing(ctx context.Context, getenv func(string) string, serviceVersio
 	if err != nil {
 		return nil, err
 	}
+	t.stats = &spanStats{}
 	t.sdk = sdktrace.NewTracerProvider(
 		sdktrace.WithResource(res),
 		sdktrace.WithSampler(sampler),
-		sdktrace.WithBatcher(exporter, bspOpts...),
+		sdktrace.WithSpanProcessor(newCountingBatcher(exporter, t.stats, bspOpts...)),
 		sdktrace.WithIDGenerator(idGenerator{}),
 	)
 	t.provider = t.sdk
