@@ -53,6 +53,12 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"RATELIMIT_KEY_HEADER": "X API Key"},
 		{"RATELIMIT_KEY_HEADER": "X-Key:"},
 		{"DOWNSTREAM_RETRY_BUDGET_RATIO": "NaN"},
+		{"REDIS_URL": "redis://:pw@h:99999"},
+		{"REDIS_URL": "redis://h:0/1"},
+		{"REDIS_URL": "redis://h1:7001?addr=h2:70000"},
+		{"REDIS_URL": "redis://h1:7001?addr=h2"},
+		{"REDIS_URL": "rediss://h:port"},
+		{"REDIS_URL": "http://:pw@h:6379"},
 	}
 	for _, kv := range cases {
 		_, err := Load(envOf(kv))
@@ -66,6 +72,16 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		}
 		if !named || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%v: %q must be one line naming the variable", kv, err)
+		}
+		if strings.Contains(err.Error(), ":pw@") {
+			t.Errorf("%v: %q shows the password", kv, err)
+		}
+	}
+	// Valid Redis URLs: with or without a port (go-redis uses 6379), a
+	// cluster's nodes.
+	for _, u := range []string{"redis://redis", "redis://:pw@redis:6379/2", "rediss://r:6380", "redis://h1:7001?addr=h2:7002&addr=h3:7003"} {
+		if _, err := Load(envOf(map[string]string{"REDIS_URL": u})); err != nil {
+			t.Errorf("REDIS_URL=%s refused: %v", u, err)
 		}
 	}
 }

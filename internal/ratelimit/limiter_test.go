@@ -73,6 +73,26 @@ func TestParseRedisURL(t *testing.T) {
 	if err != nil || o.single == nil || o.single.Password != "addr=x" {
 		t.Fatalf("password with addr=: %+v, %v", o, err)
 	}
+	if o, err := parseRedisURL("redis://h"); err != nil || o.single.Addr != "h:6379" {
+		t.Fatalf("no port: %+v, %v (go-redis defaults to 6379)", o, err)
+	}
+	// Ports no dialer can use are refused at start, naming the address and
+	// never the password.
+	for raw, addr := range map[string]string{
+		"redis://:secret@h:99999":                            "h:99999",
+		"redis://:secret@h:0/1":                              "h:0",
+		"redis://:secret@h1:7001?addr=h2:70000&addr=h3:7003": "h2:70000",
+		"redis://:secret@h1:7001?addr=h2&addr=h3:7003":       "h2",
+	} {
+		_, err := parseRedisURL(raw)
+		if err == nil {
+			t.Errorf("%s accepted", raw)
+			continue
+		}
+		if msg := err.Error(); strings.Contains(msg, "secret") || !strings.Contains(msg, addr) {
+			t.Errorf("%s: %q (want %s named, the password not)", raw, msg, addr)
+		}
+	}
 }
 
 func TestLocalLimiter(t *testing.T) {

@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -182,13 +184,35 @@ func parseRedisURL(raw string) (redisOptions, error) {
 		if err != nil {
 			return redisOptions{}, fmt.Errorf("not a cluster URL redis://h1:p1?addr=h2:p2: %w", scrubURLError(err, raw))
 		}
+		for _, a := range o.Addrs {
+			if err := checkRedisAddr(a); err != nil {
+				return redisOptions{}, err
+			}
+		}
 		return redisOptions{cluster: o}, nil
 	}
 	o, err := redis.ParseURL(raw)
 	if err != nil {
 		return redisOptions{}, fmt.Errorf("not a URL redis://[user:password@]host:port/db: %w", scrubURLError(err, raw))
 	}
+	if err := checkRedisAddr(o.Addr); err != nil {
+		return redisOptions{}, err
+	}
 	return redisOptions{single: o}, nil
+}
+
+// checkRedisAddr refuses an address go-redis accepts but can never dial
+// (redis://h:99999): without the check the service would start and stay
+// on its fallback, logging dial errors.
+func checkRedisAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address %q: %w", addr, err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("address %q: port %q is not a number from 1 to 65535", net.JoinHostPort(host, port), port)
+	}
+	return nil
 }
 
 // scrubURLError keeps net/url from echoing the whole URL, password included.
