@@ -56,7 +56,7 @@ type Config struct {
 	RateLimitBurst     int           `env:"RATELIMIT_BURST" envDefault:"200" help:"bucket capacity per key"`
 	RateLimitOnError   string        `env:"RATELIMIT_ON_REDIS_ERROR" envDefault:"local" help:"when Redis fails or is slow: local (in-memory bucket), allow or deny"`
 	RateLimitInstances int           `env:"RATELIMIT_INSTANCES" envDefault:"1" help:"replicas sharing the limit; the local fallback admits RATE/INSTANCES per key"`
-	RateLimitTimeout   time.Duration `env:"RATELIMIT_REDIS_TIMEOUT" envDefault:"20ms" help:"budget of one Redis decision before the fallback decides"`
+	RateLimitTimeout   time.Duration `env:"RATELIMIT_REDIS_TIMEOUT" envDefault:"20ms" help:"budget of one Redis decision before the fallback decides (shorter than HTTP_WRITE_TIMEOUT; over 250ms warns at start)"`
 	RateLimitKeyHeader string        `env:"RATELIMIT_KEY_HEADER" help:"optional request header (e.g. X-API-Key) added to the client IP to form the limiter key; clients choose its value, so set it only behind a gateway that authenticates that header"`
 
 	// The dependency behind /api/v1/items/:id.
@@ -170,6 +170,9 @@ func (c Config) Validate() error {
 		// The handler would answer after the write deadline: the client
 		// gets a closed connection instead of the fallback.
 		return bad("BREAKER_TIMEOUT", "%s must be shorter than HTTP_WRITE_TIMEOUT %s, or a dependency call that runs into it answers after the write deadline (the client sees EOF, not the fallback)", c.BreakerTimeout, c.WriteTimeout)
+	}
+	if c.RateLimitTimeout >= c.WriteTimeout {
+		return bad("RATELIMIT_REDIS_TIMEOUT", "%s must be shorter than HTTP_WRITE_TIMEOUT %s: it is how long a request may wait on a slow Redis before the fallback decides", c.RateLimitTimeout, c.WriteTimeout)
 	}
 	if err := checkListenAddr("HTTP_ADDR", c.HTTPAddr); err != nil {
 		return err
@@ -294,10 +297,18 @@ func checkListenAddr(name, addr string) error {
 // (nginx and ingress-nginx 60s, AWS ALB 60s by default).
 const proxyKeepAlive = 60 * time.Second
 
+// slowRedisBudget is the RATELIMIT_REDIS_TIMEOUT above which the start-up
+// log warns.
+const slowRedisBudget = 250 * time.Millisecond
+
 // Warnings are settings that are valid but likely to hurt, one line each,
 // naming the variable, for the start-up log.
 func (c Config) Warnings() []string {
 	var w []string
+	if c.RateLimitEnabled && c.RedisURL != "" && c.RateLimitTimeout > slowRedisBudget {
+		w = append(w, fmt.Sprintf("RATELIMIT_REDIS_TIMEOUT %s: while Redis is slow (not down) every rate-limited request waits up to this long before the fallback decides; "+
+			"a Redis decision takes about a millisecond, the default budget is 20ms", c.RateLimitTimeout))
+	}
 	if c.IdleTimeout > 0 && c.IdleTimeout <= proxyKeepAlive {
 		w = append(w, fmt.Sprintf("HTTP_IDLE_TIMEOUT %s does not outlive the %s upstream keep-alive of nginx, ingress-nginx and AWS ALB: "+
 			"such a proxy can send a request on a connection this server has just closed, and its client gets a 502 or EOF", c.IdleTimeout, proxyKeepAlive))

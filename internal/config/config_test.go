@@ -139,6 +139,23 @@ func TestWarnings(t *testing.T) {
 	if w := c.Warnings(); len(w) != 0 {
 		t.Errorf("61s warns: %q", w)
 	}
+	// A Redis budget long enough to stall every request on a slow Redis
+	// warns, only when Redis is used; past the write timeout it is refused.
+	redis := map[string]string{"REDIS_URL": "redis://r:6379", "RATELIMIT_REDIS_TIMEOUT": "2s"}
+	c, _ = Load(envOf(redis))
+	if w := c.Warnings(); len(w) != 1 || !strings.HasPrefix(w[0], "RATELIMIT_REDIS_TIMEOUT 2s:") {
+		t.Errorf("RATELIMIT_REDIS_TIMEOUT=2s: warnings %q", w)
+	}
+	for k, v := range map[string]string{"RATELIMIT_REDIS_TIMEOUT": "250ms", "REDIS_URL": "", "RATELIMIT_ENABLED": "false"} {
+		env := map[string]string{"REDIS_URL": "redis://r:6379", "RATELIMIT_REDIS_TIMEOUT": "2s", k: v}
+		c, _ = Load(envOf(env))
+		if w := c.Warnings(); len(w) != 0 {
+			t.Errorf("%v warns: %q", env, w)
+		}
+	}
+	if _, err := Load(envOf(map[string]string{"RATELIMIT_REDIS_TIMEOUT": "1h"})); err == nil || !strings.Contains(err.Error(), "RATELIMIT_REDIS_TIMEOUT") {
+		t.Errorf("RATELIMIT_REDIS_TIMEOUT=1h (past HTTP_WRITE_TIMEOUT): %v", err)
+	}
 }
 
 // A whole number too large for its setting says so, rather than "want a
