@@ -177,6 +177,8 @@ func TestRunCountsSpanExport(t *testing.T) {
 		r := startRun(t, env("http://"+ln.Addr().String(),
 			"OTEL_BSP_MAX_QUEUE_SIZE", "4", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2", "OTEL_BSP_EXPORT_TIMEOUT", "2000"))
 		pings(r, 50)
+		// A span ends after its response is written: wait for the last.
+		waitFor(t, 5*time.Second, "50 spans queued", func() bool { return read(r.admin).queued == 50 })
 		c := read(r.admin)
 		if c.queued != 50 || c.exported != 0 {
 			t.Fatalf("counters %+v: want 50 queued, 0 exported", c)
