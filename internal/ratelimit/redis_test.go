@@ -543,3 +543,51 @@ func TestRedisReadOnlyReplica(t *testing.T) {
 		t.Errorf("the logs do not say why:\n%s", rl.logs.String())
 	}
 }
+
+// TestRedisClusterMasterKilled: one master of a 3-master Cluster crashes
+// under load. Callers get no errors and no call waits past its budget; the
+// limiter falls back while the node is down (the probe asks every master)
+// and returns to the Cluster once the node is back with its slots.
+func TestRedisClusterMasterKilled(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	const budget = 20 * time.Millisecond
+	rl := newTestLimiter(t, Config{RedisURL: cl.URL(), Rate: 1000, Burst: 1000, RedisTimeout: budget, ProbeInterval: 100 * time.Millisecond})
+	var lat latencies
+	var errs atomic.Int64
+	stop := make(chan struct{})
+	wg := loadUntil(rl, 8, &lat, &errs, stop)
+	defer func() { close(stop); wg.Wait() }()
+
+	time.Sleep(300 * time.Millisecond)
+	if rl.FallbackActive() {
+		t.Fatalf("fallback before the kill: %s", rl.logs.String())
+	}
+	lat.reset()
+	cl.Nodes[1].Kill()
+	fell := waitFor(t, 2*time.Second, "fallback after a master was killed", rl.FallbackActive)
+	t.Logf("fallback %s after the kill", fell.Round(time.Millisecond))
+	time.Sleep(500 * time.Millisecond)
+	if got := rl.Health(context.Background()); got != health.StatusDegraded {
+		t.Fatalf("Health = %s with a master down, want degraded", got)
+	}
+	p99, worst := lat.quantile(0.99), lat.quantile(1)
+	t.Logf("master down: %d calls, p99 %s, max %s (budget %s)", lat.len(), p99, worst, budget)
+	if worst > budget+slack {
+		t.Fatalf("a call took %s with a master down; budget %s", worst, budget)
+	}
+	if errs.Load() != 0 {
+		t.Fatalf("%d errors reached callers", errs.Load())
+	}
+
+	cl.Nodes[1].Restart() // same port and nodes.conf: it rejoins with its slots
+	back := waitFor(t, 10*time.Second, "back on the Cluster after the restart", func() bool { return !rl.FallbackActive() })
+	t.Logf("back on the Cluster %s after the restart", back.Round(time.Millisecond))
+	redisBefore := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis")
+	time.Sleep(300 * time.Millisecond)
+	if metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis") <= redisBefore {
+		t.Fatal("no Redis decisions after the restart")
+	}
+	if errs.Load() != 0 {
+		t.Fatalf("%d errors reached callers", errs.Load())
+	}
+}
