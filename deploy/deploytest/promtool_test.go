@@ -85,6 +85,17 @@ func TestAlertRulesShape(t *testing.T) {
 	if !strings.Contains(er.Expr, "> 0.01") || !strings.Contains(er.Expr, `code=~"5.."`) {
 		t.Errorf("ApiHighErrorRate expr must compare the 5xx ratio with 0.01: %s", er.Expr)
 	}
+	// deploy/README.md's alert table is what on-call reads first: every
+	// alert has a row.
+	readme, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range byName {
+		if !strings.Contains(string(readme), "| "+name+" |") {
+			t.Errorf("deploy/README.md's alert table has no row for %s", name)
+		}
+	}
 	// The overlays ship the base rules unchanged.
 	for _, dir := range overlays {
 		got := get[*PrometheusRule](t, kustomize(t, dir), "api").Spec.Groups
