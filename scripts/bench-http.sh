@@ -317,14 +317,14 @@ median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR] = $1} END { if (NR % 2
 # the baseline BASE, two ways: ratio of the medians, and the median of the
 # per-round ratios (each round's variants ran back to back).
 summary() {
-	local base="$1" v med paired i ratio pmed cmed cratio
+	local base="$1" v med paired i ratio pmed cmed cratio range
 	local base_med base_cpu
 	base_med="$(median <<<"${RPS[$base]}")"
 	base_cpu="$(median <<<"${CPU[$base]}")"
 	read -r -a BASE_R <<<"${RPS[$base]}"
 	echo
 	echo "against $base:"
-	printf '%-11s %14s %14s %18s %12s %18s\n' variant "median req/s" "ratio" "median round ratio" "cpu us/req" "cpu ratio base/x"
+	printf '%-11s %14s %14s %18s %16s %12s %18s\n' variant "median req/s" "ratio" "median round ratio" "round ratio range" "cpu us/req" "cpu ratio base/x"
 	for v in "${VARIANTS[@]}"; do
 		med="$(median <<<"${RPS[$v]}")"
 		read -r -a VR <<<"${RPS[$v]}"
@@ -336,7 +336,10 @@ summary() {
 		pmed="$(median <<<"$paired")"
 		cmed="$(median <<<"${CPU[$v]}")"
 		cratio="$(awk -v a="$base_cpu" -v b="$cmed" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')"
-		printf '%-11s %14.0f %14s %18.3f %12.2f %18s\n' "$v" "$med" "$ratio" "$pmed" "$cmed" "$cratio"
+		# The lowest and highest per-round ratio: how far one round can be
+		# trusted on this machine.
+		range="$(tr ' ' '\n' <<<"$paired" | awk 'NF { if (n++ == 0 || $1 < lo) lo = $1; if (n == 1 || $1 > hi) hi = $1 } END { printf "%.3f-%.3f", lo, hi }')"
+		printf '%-11s %14.0f %14s %18.3f %16s %12.2f %18s\n' "$v" "$med" "$ratio" "$pmed" "$range" "$cmed" "$cratio"
 	done
 }
 summary bare
