@@ -5,7 +5,6 @@ package ratelimit
 import (
 	"context"
 	"fmt"
-	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -26,10 +25,7 @@ import (
 func TestCompareAutoPipeline(t *testing.T) {
 	srv := redistest.Start(t)
 	d := envDuration("BENCH_DURATION", 3*time.Second)
-	rounds := 2
-	if v, err := strconv.Atoi(os.Getenv("BENCH_ROUNDS")); err == nil && v > 0 {
-		rounds = v
-	}
+	rounds := benchRounds()
 	const bigRate, bigBurst = 1e9, 1_000_000_000
 	distinct := func(g, i int) string { return "c" + strconv.Itoa(g) + "-" + strconv.Itoa(i%200) }
 

@@ -198,8 +198,35 @@ const slack = 30 * time.Millisecond
 
 func TestRedisKilledAndRestarted(t *testing.T) {
 	srv := redistest.Start(t)
-	const budget = 20 * time.Millisecond
-	rl := newTestLimiter(t, Config{RedisURL: srv.URL(), Rate: 1000, Burst: 1000, RedisTimeout: budget, ProbeInterval: 100 * time.Millisecond})
+	rl := newTestLimiter(t, Config{RedisURL: srv.URL(), Rate: 1000, Burst: 1000, RedisTimeout: outageBudget, ProbeInterval: 100 * time.Millisecond})
+	outageUnderLoad(t, rl, srv.Kill, srv.Restart, 3*time.Second, func() {
+		if metric(t, rl.reg, "ratelimit_fallback_active") != 1 {
+			t.Fatal("ratelimit_fallback_active != 1 while Redis is down")
+		}
+		if metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "local") == 0 {
+			t.Fatal("no local decisions while Redis is down")
+		}
+	})
+	if rl.Health(context.Background()) != health.StatusOK || metric(t, rl.reg, "ratelimit_fallback_active") != 0 {
+		t.Fatal("still degraded after the restart")
+	}
+	logs := rl.logs.String()
+	if strings.Count(logs, "fallback decides") != 1 || strings.Count(logs, "fallback left") != 1 {
+		t.Fatalf("want one log line per transition, got:\n%s", logs)
+	}
+}
+
+// outageBudget is RATELIMIT_REDIS_TIMEOUT in the outage tests.
+const outageBudget = 20 * time.Millisecond
+
+// outageUnderLoad runs 8 callers on rl (RedisTimeout outageBudget), kills
+// Redis (or a node of it) with kill and checks, while it is down: the
+// fallback decides, Health is degraded, no call waits past its budget and
+// no error reaches a caller; whileDown adds checks of its own. Then it
+// brings Redis back with restart and checks that the limiter returns to
+// Redis within backWithin and decides there again, still without errors.
+func outageUnderLoad(t *testing.T, rl *testLimiter, kill, restart func(), backWithin time.Duration, whileDown func()) {
+	t.Helper()
 	var lat latencies
 	var errs atomic.Int64
 	stop := make(chan struct{})
@@ -211,8 +238,9 @@ func TestRedisKilledAndRestarted(t *testing.T) {
 		t.Fatalf("fallback before the kill: %s", rl.logs.String())
 	}
 	lat.reset()
-	srv.Kill()
-	waitFor(t, time.Second, "fallback after the kill", rl.FallbackActive)
+	kill()
+	fell := waitFor(t, time.Second, "fallback after the kill", rl.FallbackActive)
+	t.Logf("fallback %s after the kill", fell.Round(time.Millisecond))
 	time.Sleep(500 * time.Millisecond)
 	if got := rl.Health(context.Background()); got != health.StatusDegraded {
 		t.Fatalf("Health = %s while Redis is down, want degraded", got)
@@ -221,34 +249,24 @@ func TestRedisKilledAndRestarted(t *testing.T) {
 		t.Fatalf("%d errors reached callers", errs.Load())
 	}
 	p99, worst := lat.quantile(0.99), lat.quantile(1)
-	t.Logf("Redis down: %d calls, p99 %s, max %s (budget %s)", lat.len(), p99, worst, budget)
-	if worst > budget+slack {
-		t.Fatalf("a call took %s with Redis down; budget %s", worst, budget)
+	t.Logf("Redis down: %d calls, p99 %s, max %s (budget %s)", lat.len(), p99, worst, outageBudget)
+	if worst > outageBudget+slack {
+		t.Fatalf("a call took %s with Redis down; budget %s", worst, outageBudget)
 	}
-	if metric(t, rl.reg, "ratelimit_fallback_active") != 1 {
-		t.Fatal("ratelimit_fallback_active != 1 while Redis is down")
-	}
-	if metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "local") == 0 {
-		t.Fatal("no local decisions while Redis is down")
+	if whileDown != nil {
+		whileDown()
 	}
 
-	srv.Restart()
-	back := waitFor(t, 3*time.Second, "back on Redis after the restart", func() bool { return !rl.FallbackActive() })
+	restart()
+	back := waitFor(t, backWithin, "back on Redis after the restart", func() bool { return !rl.FallbackActive() })
 	t.Logf("back on Redis %s after the restart", back.Round(time.Millisecond))
 	redisBefore := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis")
 	time.Sleep(200 * time.Millisecond)
 	if metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis") <= redisBefore {
 		t.Fatal("no Redis decisions after the restart")
 	}
-	if rl.Health(context.Background()) != health.StatusOK || metric(t, rl.reg, "ratelimit_fallback_active") != 0 {
-		t.Fatal("still degraded after the restart")
-	}
 	if errs.Load() != 0 {
 		t.Fatalf("%d errors reached callers", errs.Load())
-	}
-	logs := rl.logs.String()
-	if strings.Count(logs, "fallback decides") != 1 || strings.Count(logs, "fallback left") != 1 {
-		t.Fatalf("want one log line per transition, got:\n%s", logs)
 	}
 }
 
@@ -547,47 +565,10 @@ func TestRedisReadOnlyReplica(t *testing.T) {
 // TestRedisClusterMasterKilled: one master of a 3-master Cluster crashes
 // under load. Callers get no errors and no call waits past its budget; the
 // limiter falls back while the node is down (the probe asks every master)
-// and returns to the Cluster once the node is back with its slots.
+// and returns to the Cluster once the node is back with its slots (it
+// rejoins from its nodes.conf, same port).
 func TestRedisClusterMasterKilled(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
-	const budget = 20 * time.Millisecond
-	rl := newTestLimiter(t, Config{RedisURL: cl.URL(), Rate: 1000, Burst: 1000, RedisTimeout: budget, ProbeInterval: 100 * time.Millisecond})
-	var lat latencies
-	var errs atomic.Int64
-	stop := make(chan struct{})
-	wg := loadUntil(rl, 8, &lat, &errs, stop)
-	defer func() { close(stop); wg.Wait() }()
-
-	time.Sleep(300 * time.Millisecond)
-	if rl.FallbackActive() {
-		t.Fatalf("fallback before the kill: %s", rl.logs.String())
-	}
-	lat.reset()
-	cl.Nodes[1].Kill()
-	fell := waitFor(t, 2*time.Second, "fallback after a master was killed", rl.FallbackActive)
-	t.Logf("fallback %s after the kill", fell.Round(time.Millisecond))
-	time.Sleep(500 * time.Millisecond)
-	if got := rl.Health(context.Background()); got != health.StatusDegraded {
-		t.Fatalf("Health = %s with a master down, want degraded", got)
-	}
-	p99, worst := lat.quantile(0.99), lat.quantile(1)
-	t.Logf("master down: %d calls, p99 %s, max %s (budget %s)", lat.len(), p99, worst, budget)
-	if worst > budget+slack {
-		t.Fatalf("a call took %s with a master down; budget %s", worst, budget)
-	}
-	if errs.Load() != 0 {
-		t.Fatalf("%d errors reached callers", errs.Load())
-	}
-
-	cl.Nodes[1].Restart() // same port and nodes.conf: it rejoins with its slots
-	back := waitFor(t, 10*time.Second, "back on the Cluster after the restart", func() bool { return !rl.FallbackActive() })
-	t.Logf("back on the Cluster %s after the restart", back.Round(time.Millisecond))
-	redisBefore := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis")
-	time.Sleep(300 * time.Millisecond)
-	if metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis") <= redisBefore {
-		t.Fatal("no Redis decisions after the restart")
-	}
-	if errs.Load() != 0 {
-		t.Fatalf("%d errors reached callers", errs.Load())
-	}
+	rl := newTestLimiter(t, Config{RedisURL: cl.URL(), Rate: 1000, Burst: 1000, RedisTimeout: outageBudget, ProbeInterval: 100 * time.Millisecond})
+	outageUnderLoad(t, rl, cl.Nodes[1].Kill, cl.Nodes[1].Restart, 10*time.Second, nil)
 }

@@ -27,6 +27,14 @@ import (
 
 const benchCallers = 64
 
+// benchRounds is BENCH_ROUNDS, 2 when unset.
+func benchRounds() int {
+	if v, err := strconv.Atoi(os.Getenv("BENCH_ROUNDS")); err == nil && v > 0 {
+		return v
+	}
+	return 2
+}
+
 func envDuration(name string, def time.Duration) time.Duration {
 	if d, err := time.ParseDuration(os.Getenv(name)); err == nil && d > 0 {
 		return d
@@ -138,10 +146,7 @@ func scriptCalls(srv *redistest.Server) int64 {
 func TestCompareRedisRate(t *testing.T) {
 	srv := redistest.Start(t)
 	d := envDuration("BENCH_DURATION", 3*time.Second)
-	rounds := 2
-	if v, err := strconv.Atoi(os.Getenv("BENCH_ROUNDS")); err == nil && v > 0 {
-		rounds = v
-	}
+	rounds := benchRounds()
 
 	pipelines := 0
 	if v, err := strconv.Atoi(os.Getenv("BENCH_PIPELINES")); err == nil {
