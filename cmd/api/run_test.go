@@ -179,17 +179,21 @@ func TestRunServes(t *testing.T) {
 }
 
 func TestRunBadConfig(t *testing.T) {
-	cases := map[string]string{
-		"HTTP_READ_TIMEOUT":        "soon",
-		"RATELIMIT_RATE":           "-1",
-		"RATELIMIT_ON_REDIS_ERROR": "maybe",
-		"TRUSTED_PROXIES":          "10.0.0.0/8,not-an-ip",
-		"HTTP_MAX_HEADER_BYTES":    "1000000",
-		"LOG_LEVEL":                "loud",
-		"PPROF_ENABLED":            "yes please",
-		"REDIS_URL":                "http://redis:6379",
+	cases := [][2]string{
+		{"HTTP_READ_TIMEOUT", "soon"},
+		{"RATELIMIT_RATE", "-1"},
+		{"RATELIMIT_ON_REDIS_ERROR", "maybe"},
+		{"TRUSTED_PROXIES", "10.0.0.0/8,not-an-ip"},
+		{"HTTP_MAX_HEADER_BYTES", "1000000"},
+		{"LOG_LEVEL", "loud"},
+		{"PPROF_ENABLED", "yes please"},
+		{"REDIS_URL", "http://redis:6379"},
+		{"REDIS_URL", "redis://:s3cret@redis:99999"},
+		{"REDIS_URL", "redis://redis:6379?addr=redis-2:0"},
+		{"RATELIMIT_REDIS_TIMEOUT", "1h"},
 	}
-	for name, val := range cases {
+	for _, c := range cases {
+		name, val := c[0], c[1]
 		var stdout bytes.Buffer
 		err := run(context.Background(), []string{"api"}, envFunc(baseEnv(map[string]string{name: val})), &stdout, io.Discard)
 		var ec exitCoder
@@ -200,6 +204,9 @@ func TestRunBadConfig(t *testing.T) {
 		msg := err.Error()
 		if !strings.Contains(msg, name) || strings.Contains(msg, "\n") {
 			t.Errorf("%s=%q: message %q must be one line naming the variable", name, val, msg)
+		}
+		if strings.Contains(msg, "s3cret") {
+			t.Errorf("%s=%q: message %q shows the password", name, val, msg)
 		}
 		if stdout.Len() != 0 {
 			t.Errorf("%s: bad config must not start anything, logged %q", name, stdout.String())
