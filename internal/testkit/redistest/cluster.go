@@ -21,8 +21,21 @@ type Cluster struct {
 // until every node reports cluster_state:ok.
 func StartCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	t.Helper()
-	if n < 3 {
-		t.Fatalf("redistest: a cluster needs at least 3 masters, got %d", n)
+	return startCluster(t, n, 0, opts...)
+}
+
+// StartClusterWithReplicas starts masters masters with replicas replicas
+// each (redis-cli --cluster-replicas), so a master that dies is replaced by
+// its replica after the node timeout (2 s here): a real failover.
+func StartClusterWithReplicas(t testing.TB, masters, replicas int, opts ...Option) *Cluster {
+	t.Helper()
+	return startCluster(t, masters*(1+replicas), replicas, opts...)
+}
+
+func startCluster(t testing.TB, n, replicas int, opts ...Option) *Cluster {
+	t.Helper()
+	if n/(1+replicas) < 3 {
+		t.Fatalf("redistest: a cluster needs at least 3 masters, got %d", n/(1+replicas))
 	}
 	cli := Binary(t, "redis-cli")
 	c := &Cluster{}
@@ -42,7 +55,7 @@ func StartCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	for _, s := range c.Nodes {
 		args = append(args, s.Addr)
 	}
-	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput()
@@ -52,7 +65,32 @@ func StartCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	if err := c.waitOK(30 * time.Second); err != nil {
 		t.Fatalf("redistest: cluster did not converge: %v\n%s", err, out)
 	}
+	if replicas > 0 {
+		// A replica that has not finished its first sync cannot fail over.
+		if err := c.waitReplicationLinks(30*time.Second, n-n/(1+replicas)); err != nil {
+			t.Fatalf("redistest: replicas did not sync: %v", err)
+		}
+	}
 	return c
+}
+
+// waitReplicationLinks waits until want nodes report master_link_status:up.
+func (c *Cluster) waitReplicationLinks(timeout time.Duration, want int) error {
+	deadline := time.Now().Add(timeout)
+	up := 0
+	for time.Now().Before(deadline) {
+		up = 0
+		for _, s := range c.Nodes {
+			if info, err := s.Do("INFO", "replication"); err == nil && strings.Contains(info, "master_link_status:up") {
+				up++
+			}
+		}
+		if up >= want {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("after %s: %d of %d replication links up", timeout, up, want)
 }
 
 func (c *Cluster) waitOK(timeout time.Duration) error {
@@ -115,6 +153,18 @@ func (c *Cluster) CommandCalls(name string) (int64, error) {
 		sum += n
 	}
 	return sum, nil
+}
+
+// Masters are the nodes that are masters now (ROLE), in node order;
+// nodes that do not answer are left out.
+func (c *Cluster) Masters() []*Server {
+	var out []*Server
+	for _, s := range c.Nodes {
+		if role, err := s.Do("ROLE"); err == nil && strings.HasPrefix(role, "master") {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // KeysPerNode returns DBSIZE of every node, in node order.
