@@ -30,6 +30,8 @@ Variants (every round runs each of them once, in this order):
   full-warn   as full with LOG_LEVEL=warn: no access lines (the log's cost)
   trace-1     (-T) as full, traces exported to a local OTLP/HTTP sink, sampler 1.0
   trace-0.01  (-T) as full, sampler parentbased_traceidratio 0.01
+  trace-core  (-T) as core (no rate limiter), sampler 0.01: the observability
+              chain with tracing on, without the limiter's cost
 
 Options:
   -r N       rounds per variant (default 3, at least 3 recommended)
@@ -242,7 +244,9 @@ if [[ $TRACING -eq 1 ]]; then
 		OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=1.0
 	start_api trace-0.01 "${EXTRA[@]}" OTEL_EXPORTER_OTLP_ENDPOINT="$SINK" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
 		OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01
-	VARIANTS+=(trace-1 trace-0.01)
+	start_api trace-core "${EXTRA[@]}" RATELIMIT_ENABLED=false OTEL_EXPORTER_OTLP_ENDPOINT="$SINK" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
+		OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01
+	VARIANTS+=(trace-1 trace-0.01 trace-core)
 fi
 
 # cpu_ticks PID: user+system CPU time of the process in clock ticks.
