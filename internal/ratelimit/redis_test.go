@@ -233,10 +233,11 @@ func outageUnderLoad(t *testing.T, rl *testLimiter, kill, restart func(), backWi
 	wg := loadUntil(rl, 8, &lat, &errs, stop)
 	defer func() { close(stop); wg.Wait() }()
 
+	// On Redis, under load, before the kill. (A call that overran its
+	// budget on a loaded CI machine may have tripped the fallback for a
+	// probe interval: that is the limiter working, not the subject here.)
 	time.Sleep(300 * time.Millisecond)
-	if rl.FallbackActive() {
-		t.Fatalf("fallback before the kill: %s", rl.logs.String())
-	}
+	waitFor(t, 5*time.Second, "on Redis before the kill", func() bool { return !rl.FallbackActive() })
 	lat.reset()
 	kill()
 	fell := waitFor(t, time.Second, "fallback after the kill", rl.FallbackActive)
