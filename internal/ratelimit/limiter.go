@@ -124,7 +124,7 @@ func newLimiter(ctx context.Context, cfg Config, logger *slog.Logger, reg promet
 		logger.Info("ratelimit: Redis limiter", "redis", redactURL(cfg.RedisURL), "rate", cfg.Rate, "burst", cfg.Burst,
 			"budget", cfg.RedisTimeout.String(), "on_redis_error", cfg.OnRedisError)
 	} else {
-		logger.Warn("ratelimit: Redis unreachable at start, fallback decides until it answers",
+		logger.Warn("ratelimit: Redis not usable at start (unreachable, refusing or too slow), fallback decides until it answers",
 			"redis", redactURL(cfg.RedisURL), "fallback", cfg.OnRedisError, "cause", err)
 		r.tripped <- struct{}{}
 	}

@@ -360,7 +360,7 @@ func TestRedisDownAtBoot(t *testing.T) {
 	if !rl.FallbackActive() || rl.Health(context.Background()) != health.StatusDegraded {
 		t.Fatal("not on the fallback with Redis down at boot")
 	}
-	if !strings.Contains(rl.logs.String(), "unreachable at start") {
+	if !strings.Contains(rl.logs.String(), "not usable at start") {
 		t.Fatalf("no start-up log line: %s", rl.logs.String())
 	}
 	d, err := rl.Allow(context.Background(), "k", 1)
@@ -593,5 +593,34 @@ func TestRedisClusterFailover(t *testing.T) {
 	outageUnderLoad(t, rl, masters[0].Kill, func() {}, 20*time.Second, nil)
 	if got := len(cl.Masters()); got != 3 {
 		t.Errorf("%d masters after the failover, want 3 (a promoted replica)", got)
+	}
+}
+
+// TestRedisAuth: a Redis that requires a password. The right one puts the
+// limiter on Redis; a wrong one starts it on the fallback with a log line
+// that names the cause (WRONGPASS) and never the password.
+func TestRedisAuth(t *testing.T) {
+	srv := redistest.Start(t, redistest.WithArgs("--requirepass", "s3cret-pw"))
+	good := newTestLimiter(t, Config{RedisURL: "redis://:s3cret-pw@" + srv.Addr, Rate: 10, Burst: 10, RedisTimeout: time.Second})
+	if good.FallbackActive() {
+		t.Fatalf("on the fallback with the right password: %s", good.logs.String())
+	}
+	if _, err := good.Allow(context.Background(), "k", 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := metric(t, good.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis"); got != 1 {
+		t.Fatalf("redis decisions = %v, want 1", got)
+	}
+
+	bad := newTestLimiter(t, Config{RedisURL: "redis://:not-the-pw@" + srv.Addr, Rate: 10, Burst: 10, RedisTimeout: time.Second})
+	if !bad.FallbackActive() {
+		t.Fatal("a wrong password did not start the limiter on the fallback")
+	}
+	logs := bad.logs.String()
+	if !strings.Contains(logs, "not usable at start") || !strings.Contains(logs, "WRONGPASS") {
+		t.Fatalf("the start-up line must say why: %s", logs)
+	}
+	if strings.Contains(logs, "not-the-pw") {
+		t.Fatalf("the log shows the password: %s", logs)
 	}
 }

@@ -268,6 +268,9 @@ func readReply(r *bufio.Reader) (string, error) {
 func ping(addr string) error {
 	got, err := Do(addr, "PING")
 	if err != nil {
+		if strings.Contains(err.Error(), "NOAUTH") {
+			return nil // up, and requiring a password (--requirepass)
+		}
 		return err
 	}
 	if got != "PONG" {
