@@ -67,16 +67,13 @@ func newCountingBatcher(exporter sdktrace.SpanExporter, stats *spanStats, opts .
 //	tracing_spans_export_failed_total  spans in batches whose export failed
 func (t *Tracing) Collectors() []prometheus.Collector {
 	st := t.stats
+	if st == nil {
+		st = &spanStats{} // not exporting: counters that stay 0
+	}
 	counter := func(name, help string, v *atomic.Uint64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 {
-			if st == nil {
-				return 0
-			}
 			return float64(v.Load())
 		})
-	}
-	if st == nil {
-		st = &spanStats{}
 	}
 	return []prometheus.Collector{
 		counter("tracing_spans_queued_total",
