@@ -102,7 +102,7 @@ func runCallers(name string, srv *redistest.Server, d time.Duration, keyOf func(
 	return benchResult{
 		name: name, calls: calls.Load(), allowed: allowed.Load(), errs: errs.Load(), elapsed: elapsed,
 		p50: quantile(all, 0.50), p99: quantile(all, 0.99), scriptOps: scriptCalls(srv) - before,
-		writes: stateWrites(srv) - writesBefore,
+		writes:   stateWrites(srv) - writesBefore,
 		redisCPU: redisCPU(srv) - cpuBefore, procCPU: processCPU() - procBefore,
 	}
 }
