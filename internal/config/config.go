@@ -51,7 +51,7 @@ type Config struct {
 
 	// Rate limiting.
 	RateLimitEnabled   bool          `env:"RATELIMIT_ENABLED" envDefault:"true" help:"false: no rate limiting on /api/v1 (a gateway in front limits instead; no RateLimit-* headers, no Redis)"`
-	RedisURL           string        `env:"REDIS_URL" help:"redis://[:password@]host:port/db, or a cluster as redis://h1:p1?addr=h2:p2&addr=h3:p3; empty: in-memory limiter"`
+	RedisURL           string        `env:"REDIS_URL" help:"redis://[:password@]host:port/db, or a cluster as redis://h1:p1?addr=h2:p2&addr=h3:p3; empty: in-memory limiter. Unreachable at start: the fallback decides until Redis answers; a db the server does not have: exit 2"`
 	RateLimitRate      float64       `env:"RATELIMIT_RATE" envDefault:"100" help:"tokens per second per key"`
 	RateLimitBurst     int           `env:"RATELIMIT_BURST" envDefault:"200" help:"bucket capacity per key"`
 	RateLimitOnError   string        `env:"RATELIMIT_ON_REDIS_ERROR" envDefault:"local" help:"when Redis fails or is slow: local (in-memory bucket), allow or deny"`

@@ -48,7 +48,8 @@ var _ Limiter = (*RateLimiter)(nil)
 
 // New builds the limiter. With REDIS_URL set it never fails because Redis is
 // unreachable: it starts on the fallback, probes in the background and moves
-// to Redis when Redis answers. reg receives the ratelimit_* metrics; a nil
+// to Redis when Redis answers. It fails if Redis answers that the URL's
+// database does not exist, which no retry can change. reg receives the ratelimit_* metrics; a nil
 // reg keeps them private.
 func New(ctx context.Context, cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*RateLimiter, error) {
 	epoch := time.Now()
@@ -118,6 +119,12 @@ func newLimiter(ctx context.Context, cfg Config, logger *slog.Logger, reg promet
 	bootCtx, cancel := context.WithTimeout(ctx, max(2*time.Second, 2*cfg.RedisTimeout))
 	err = r.redis.probe(bootCtx)
 	cancel()
+	if err != nil && isMissingDB(err) {
+		// No probe will ever succeed: this is a configuration error, not
+		// an outage to ride out on the fallback.
+		_ = r.Close()
+		return nil, fmt.Errorf("ratelimit: REDIS_URL %s names a database the server does not have: %w", redactURL(cfg.RedisURL), err)
+	}
 	if err == nil {
 		r.fallback.Store(false)
 		m.fallbackActive.Set(0)
@@ -263,6 +270,14 @@ func (r *RateLimiter) askRedis(ctx context.Context, key string, cost int, e *key
 		d.RetryAfter = rep.wait
 	}
 	return d, backendRedis
+}
+
+// isMissingDB reports Redis refusing the URL's database number (SELECT
+// past the server's `databases`): "ERR DB index is out of range", "ERR
+// invalid DB index" on older servers.
+func isMissingDB(err error) bool {
+	var re redis.Error // a reply from the server, not a network error
+	return errors.As(err, &re) && strings.Contains(re.Error(), "DB index")
 }
 
 func isTimeout(err error) bool {

@@ -624,3 +624,24 @@ func TestRedisAuth(t *testing.T) {
 		t.Fatalf("the log shows the password: %s", logs)
 	}
 }
+
+// A database number past the server's `databases` is a configuration error
+// at start, not an outage to sit out on the fallback.
+func TestRedisMissingDatabase(t *testing.T) {
+	srv := redistest.Start(t, redistest.WithArgs("--databases", "4", "--requirepass", "pw"))
+	ok := newTestLimiter(t, Config{RedisURL: "redis://:pw@" + srv.Addr + "/3", Rate: 10, Burst: 10, RedisTimeout: time.Second})
+	if ok.FallbackActive() {
+		t.Fatalf("on the fallback with database 3 of 4: %s", ok.logs.String())
+	}
+	_, err := New(context.Background(), Config{RedisURL: "redis://:pw@" + srv.Addr + "/4", Rate: 10, Burst: 10, RedisTimeout: time.Second}, nil, nil)
+	if err == nil {
+		t.Fatal("database 4 of 4 (0-3) was accepted")
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "names a database the server does not have") || !strings.Contains(msg, "DB index") {
+		t.Fatalf("error does not say what is wrong: %v", err)
+	}
+	if strings.Contains(msg, ":pw@") {
+		t.Fatalf("error shows the password: %v", err)
+	}
+}
