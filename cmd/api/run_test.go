@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hardenedgo/ginservice/internal/testkit/redistest"
 )
 
 // logSink collects the service's stdout and reports the listening
@@ -828,5 +830,24 @@ func TestSlowBodyGets408(t *testing.T) {
 	})
 	if n := metric(t, r.admin, `http_server_client_aborts_total{route="/api/v1/echo"}`); n != 0 {
 		t.Errorf("a stalled body counted as a client abort: %v", n)
+	}
+}
+
+// A REDIS_URL database the server does not have is bad configuration: exit 2
+// with one line, not a service that sits on its fallback for good.
+func TestRunRedisMissingDatabase(t *testing.T) {
+	rs := redistest.Start(t, redistest.WithArgs("--databases", "2", "--requirepass", "s3cret"))
+	env := baseEnv(map[string]string{"REDIS_URL": "redis://:s3cret@" + rs.Addr + "/5"})
+	err := run(context.Background(), []string{"api"}, envFunc(env), io.Discard, io.Discard)
+	var ec exitCoder
+	if err == nil || !errors.As(err, &ec) || ec.ExitCode() != 2 {
+		t.Fatalf("err %v, want exit 2", err)
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "REDIS_URL") || !strings.Contains(msg, "DB index") || strings.Contains(msg, "\n") {
+		t.Errorf("message %q must be one line naming REDIS_URL and the server's answer", msg)
+	}
+	if strings.Contains(msg, "s3cret") {
+		t.Errorf("message %q shows the password", msg)
 	}
 }

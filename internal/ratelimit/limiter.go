@@ -48,9 +48,9 @@ var _ Limiter = (*RateLimiter)(nil)
 
 // New builds the limiter. With REDIS_URL set it never fails because Redis is
 // unreachable: it starts on the fallback, probes in the background and moves
-// to Redis when Redis answers. It fails if Redis answers that the URL's
-// database does not exist, which no retry can change. reg receives the ratelimit_* metrics; a nil
-// reg keeps them private.
+// to Redis when Redis answers. It does fail if Redis answers that the URL's
+// database does not exist, which no retry can change. reg receives the
+// ratelimit_* metrics; a nil reg keeps them private.
 func New(ctx context.Context, cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*RateLimiter, error) {
 	epoch := time.Now()
 	return newLimiter(ctx, cfg, logger, reg, func() time.Duration { return time.Since(epoch) })
