@@ -34,6 +34,8 @@ type RateLimiter struct {
 	cache *keyCache
 	rdb   redis.UniversalClient
 
+	// fallback: the whole of Redis is on the fallback (one node failing;
+	// a Cluster unreachable at start or without a slot map).
 	fallback      atomic.Bool
 	fallbackSince atomic.Int64 // limiter clock, ns
 	tripped       chan struct{}
@@ -42,6 +44,16 @@ type RateLimiter struct {
 	wg            sync.WaitGroup
 	closeOnce     sync.Once
 	closeErr      error
+
+	// Cluster only: one route per master, each with its own pipelines and
+	// fallback state, so a failing master sends only its own keys to the
+	// fallback.
+	cc         *redis.ClusterClient
+	routes     sync.Map // *redis.Client (a master) -> *route
+	routesMu   sync.Mutex
+	closing    bool // under routesMu: no new routes
+	routesDown atomic.Int32
+	gaugeMu    sync.Mutex
 }
 
 var _ Limiter = (*RateLimiter)(nil)
@@ -106,8 +118,13 @@ func newLimiter(ctx context.Context, cfg Config, logger *slog.Logger, reg promet
 	}
 	r.rdb = rdb
 	r.cache = newKeyCache(cfg.MaxLocalKeys)
-	r.redis = newRedisBackend(rdb, cfg.Burst, cfg.Rate, cfg.RedisTimeout, cfg.Pipelines, now,
-		func(n int) { m.redisErrors[errNoScript].Add(float64(n)) })
+	pipelines := cfg.Pipelines
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		// Decisions go through the masters' routes; this backend only
+		// probes the whole Cluster.
+		r.cc, pipelines = cc, 0
+	}
+	r.redis = r.newBackend(pipelines)
 	r.tripped = make(chan struct{}, 1)
 	r.probeCtx, r.stopProbe = context.WithCancel(context.WithoutCancel(ctx))
 
@@ -243,12 +260,29 @@ func (r *RateLimiter) decide(ctx context.Context, key string, cost int) (Decisio
 			now = r.now()
 			continue
 		}
-		return r.askRedis(ctx, key, cost, a.entry, now, deadline)
+		if r.cc == nil {
+			return r.askRedis(ctx, key, cost, a.entry, nil, now, deadline)
+		}
+		rt, err := r.routeFor(ctx, a.entry.rkey.(string))
+		if err != nil || rt == nil || rt.fallback.Load() {
+			r.cache.done(key, a.entry, cost, r.cfg.Burst, nil)
+			if err != nil {
+				r.trip(fmt.Errorf("cluster slot map: %w", err))
+			}
+			return r.fallbackDecision(key, cost)
+		}
+		return r.askRedis(ctx, key, cost, a.entry, rt, now, deadline)
 	}
 }
 
-func (r *RateLimiter) askRedis(ctx context.Context, key string, cost int, e *keyEntry, start, deadline time.Duration) (Decision, backend) {
-	rep, err := r.redis.allow(ctx, e.rkey, cost, deadline)
+// askRedis asks the bucket script through rt's pipelines, or the single
+// node's when rt is nil; a failure trips rt (or the whole of Redis).
+func (r *RateLimiter) askRedis(ctx context.Context, key string, cost int, e *keyEntry, rt *route, start, deadline time.Duration) (Decision, backend) {
+	b, trip := r.redis, r.trip
+	if rt != nil {
+		b, trip = rt.b, rt.trip
+	}
+	rep, err := b.allow(ctx, e.rkey, cost, deadline)
 	r.m.redisDuration.Observe(min(r.now()-start, r.cfg.RedisTimeout).Seconds())
 	if err != nil {
 		r.cache.done(key, e, cost, r.cfg.Burst, nil)
@@ -261,7 +295,7 @@ func (r *RateLimiter) askRedis(ctx context.Context, key string, cost int, e *key
 		} else {
 			r.m.redisErrors[errOther].Inc()
 		}
-		r.trip(err)
+		trip(err)
 		return r.fallbackDecision(key, cost)
 	}
 	r.cache.done(key, e, cost, r.cfg.Burst, &rep)
@@ -307,7 +341,7 @@ func (r *RateLimiter) trip(cause error) {
 		return
 	}
 	r.fallbackSince.Store(int64(r.now()))
-	r.m.fallbackActive.Set(1)
+	r.syncGauge()
 	r.logger.Warn("ratelimit: Redis failing, fallback decides", "fallback", r.cfg.OnRedisError,
 		"budget", r.cfg.RedisTimeout.String(), "cause", cause)
 	select {
@@ -336,7 +370,7 @@ func (r *RateLimiter) probeLoop() {
 			if lastErr = r.redis.probe(r.probeCtx); lastErr == nil {
 				since := time.Duration(r.fallbackSince.Load())
 				r.fallback.Store(false)
-				r.m.fallbackActive.Set(0)
+				r.syncGauge()
 				r.logger.Info("ratelimit: Redis answers again, fallback left", "fallback_for", (r.now() - since).Round(time.Millisecond).String())
 			}
 		}
@@ -349,14 +383,29 @@ func (r *RateLimiter) Health(context.Context) health.Status {
 	switch {
 	case r.redis == nil:
 		return health.StatusDisabled
-	case r.fallback.Load():
+	case r.onFallback():
 		return health.StatusDegraded
 	}
 	return health.StatusOK
 }
 
-// FallbackActive reports whether the fallback currently decides.
-func (r *RateLimiter) FallbackActive() bool { return r.redis != nil && r.fallback.Load() }
+// FallbackActive reports whether the fallback currently decides, for all
+// keys or (Cluster) for the keys of a failing master.
+func (r *RateLimiter) FallbackActive() bool { return r.redis != nil && r.onFallback() }
+
+func (r *RateLimiter) onFallback() bool { return r.fallback.Load() || r.routesDown.Load() > 0 }
+
+// syncGauge sets ratelimit_fallback_active from the current state; the
+// lock keeps two transitions from writing their values out of order.
+func (r *RateLimiter) syncGauge() {
+	r.gaugeMu.Lock()
+	defer r.gaugeMu.Unlock()
+	if r.onFallback() {
+		r.m.fallbackActive.Set(1)
+	} else {
+		r.m.fallbackActive.Set(0)
+	}
+}
 
 // Close stops the prober and the pipeline workers and closes the Redis
 // client. Decisions after Close come from the fallback.
@@ -366,9 +415,16 @@ func (r *RateLimiter) Close() error {
 			return
 		}
 		r.fallback.Store(true) // no new calls into the closing pipeline
+		r.routesMu.Lock()
+		r.closing = true
+		r.routesMu.Unlock()
 		r.stopProbe()
 		r.wg.Wait()
 		r.redis.close()
+		r.routes.Range(func(_, v any) bool {
+			v.(*route).b.close()
+			return true
+		})
 		r.closeErr = r.rdb.Close()
 	})
 	return r.closeErr

@@ -355,8 +355,9 @@ func (p bucketParams) parseReply(cmd *redis.IntCmd, cost int) reply {
 }
 
 // probe reports whether Redis (every master of a Cluster) answers PING
-// within the budget. A first PING with a generous timeout may dial a new
-// connection (DNS, TCP, TLS): dialing is not what the budget measures.
+// within the budget and runs the script. A first PING with a generous
+// timeout may dial a new connection (DNS, TCP, TLS): dialing is not what the
+// budget measures.
 func (b *redisBackend) probe(ctx context.Context) error {
 	each := func(ctx context.Context, fn func(context.Context, redis.Cmdable) error) error {
 		if cc, ok := b.client.(*redis.ClusterClient); ok {
@@ -364,6 +365,18 @@ func (b *redisBackend) probe(ctx context.Context) error {
 		}
 		return fn(ctx, b.client)
 	}
+	return b.probeWith(ctx, each, b.client, probeKey)
+}
+
+// probeNode is probe for one Cluster master, sent to the node itself: key
+// is a bucket in one of its slots (a node that lost its slots answers
+// MOVED, which fails the probe).
+func (b *redisBackend) probeNode(ctx context.Context, node *redis.Client, key string) error {
+	each := func(ctx context.Context, fn func(context.Context, redis.Cmdable) error) error { return fn(ctx, node) }
+	return b.probeWith(ctx, each, node, key)
+}
+
+func (b *redisBackend) probeWith(ctx context.Context, each func(context.Context, func(context.Context, redis.Cmdable) error) error, run redis.Scripter, key string) error {
 	ping := func(ctx context.Context, c redis.Cmdable) error { return c.Ping(ctx).Err() }
 	warm, cancel := context.WithTimeout(ctx, max(time.Second, b.budget))
 	err := each(warm, ping)
@@ -384,12 +397,12 @@ func (b *redisBackend) probe(ctx context.Context) error {
 	// round trip (a Cluster client loads it on every master).
 	loadCtx, cancel := context.WithTimeout(ctx, max(time.Second, b.budget))
 	defer cancel()
-	_ = b.script.Load(loadCtx, b.client).Err()
+	_ = b.script.Load(loadCtx, run).Err()
 	// Then one decision, as the callers make them, on a key of its own: a
 	// node that answers PING may still refuse the script's writes (a
 	// replica after a failover: READONLY; maxmemory: OOM), and going back
 	// to it would only fail the next call and flap.
-	if err := b.script.Run(loadCtx, b.client, []string{probeKey}, 1).Err(); err != nil {
+	if err := b.script.Run(loadCtx, run, []string{key}, 1).Err(); err != nil {
 		return fmt.Errorf("bucket script: %w", err)
 	}
 	return nil

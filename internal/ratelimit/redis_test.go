@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -574,7 +575,54 @@ func TestRedisReadOnlyReplica(t *testing.T) {
 func TestRedisClusterMasterKilled(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
 	rl := newTestLimiter(t, Config{RedisURL: cl.URL(), Rate: 1000, Burst: 1000, RedisTimeout: outageBudget, ProbeInterval: 100 * time.Millisecond})
-	outageUnderLoad(t, rl, cl.Nodes[1].Kill, cl.Nodes[1].Restart, 10*time.Second, nil)
+	outageUnderLoad(t, rl, cl.Nodes[1].Kill, cl.Nodes[1].Restart, 10*time.Second, func() { otherMastersDecide(t, rl, cl.Nodes[1].Addr) })
+}
+
+// TestRedisClusterMasterStopped: one master stops answering (SIGSTOP: its
+// connections stay open, nothing comes back, as behind a network
+// partition) for less than the node timeout. Its keys wait at most one
+// budget and then go to the fallback; the other masters keep deciding
+// theirs; after SIGCONT the master's keys return to it.
+func TestRedisClusterMasterStopped(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	rl := newTestLimiter(t, Config{RedisURL: cl.URL(), Rate: 1000, Burst: 1000, RedisTimeout: outageBudget, ProbeInterval: 100 * time.Millisecond})
+	stopped := cl.Nodes[2]
+	signal := func(sig syscall.Signal) func() {
+		return func() {
+			if err := syscall.Kill(stopped.PID(), sig); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Cleanup(signal(syscall.SIGCONT))
+	outageUnderLoad(t, rl, signal(syscall.SIGSTOP), signal(syscall.SIGCONT), 10*time.Second, func() { otherMastersDecide(t, rl, stopped.Addr) })
+}
+
+// otherMastersDecide checks, while one Cluster master is down, that only
+// its keys are on the fallback: the others' keys are still decided by
+// Redis, the log names that master, and the whole of Redis never tripped.
+func otherMastersDecide(t *testing.T, rl *testLimiter, down string) {
+	t.Helper()
+	redisBefore := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis")
+	localBefore := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "local")
+	time.Sleep(300 * time.Millisecond)
+	onRedis := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis") - redisBefore
+	onLocal := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "local") - localBefore
+	t.Logf("one master down, 300 ms: %v decisions by Redis, %v by the fallback", onRedis, onLocal)
+	if onRedis == 0 || onLocal == 0 {
+		t.Fatalf("want both: the other masters' keys on Redis, the down master's on the fallback")
+	}
+	// About a third of the keys are the down master's.
+	if share := onLocal / (onRedis + onLocal); share > 0.6 {
+		t.Errorf("%.0f%% of decisions on the fallback with one master of three down", 100*share)
+	}
+	logs := rl.logs.String()
+	if !strings.Contains(logs, "master failing") || !strings.Contains(logs, down) {
+		t.Errorf("no log line naming the failing master %s:\n%s", down, logs)
+	}
+	if rl.fallback.Load() {
+		t.Errorf("the whole of Redis is on the fallback:\n%s", logs)
+	}
 }
 
 // TestRedisClusterFailover: a master of a Cluster with replicas crashes and
@@ -590,7 +638,10 @@ func TestRedisClusterFailover(t *testing.T) {
 		t.Fatalf("%d masters, want 3", len(masters))
 	}
 	// The dead master stays down: its replica's promotion is the "restart".
-	outageUnderLoad(t, rl, masters[0].Kill, func() {}, 20*time.Second, nil)
+	outageUnderLoad(t, rl, masters[0].Kill, func() {}, 20*time.Second, func() { otherMastersDecide(t, rl, masters[0].Addr) })
+	if !strings.Contains(rl.logs.String(), "no longer serves slots") {
+		t.Errorf("the dead master's route was not retired:\n%s", rl.logs.String())
+	}
 	if got := len(cl.Masters()); got != 3 {
 		t.Errorf("%d masters after the failover, want 3 (a promoted replica)", got)
 	}
