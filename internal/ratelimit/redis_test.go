@@ -568,10 +568,10 @@ func TestRedisReadOnlyReplica(t *testing.T) {
 }
 
 // TestRedisClusterMasterKilled: one master of a 3-master Cluster crashes
-// under load. Callers get no errors and no call waits past its budget; the
-// limiter falls back while the node is down (the probe asks every master)
-// and returns to the Cluster once the node is back with its slots (it
-// rejoins from its nodes.conf, same port).
+// under load. Callers get no errors and no call waits past its budget; that
+// master's keys fall back while it is down, the others stay on Redis, and
+// they return to it once it is back with its slots (it rejoins from its
+// nodes.conf, same port).
 func TestRedisClusterMasterKilled(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
 	rl := newTestLimiter(t, Config{RedisURL: cl.URL(), Rate: 1000, Burst: 1000, RedisTimeout: outageBudget, ProbeInterval: 100 * time.Millisecond})
@@ -627,9 +627,10 @@ func otherMastersDecide(t *testing.T, rl *testLimiter, down string) {
 
 // TestRedisClusterFailover: a master of a Cluster with replicas crashes and
 // stays down; its replica takes over its slots after the node timeout. The
-// limiter falls back at once and returns to the Cluster by itself once the
-// failover is done, without the dead node ever coming back, and no caller
-// sees an error or waits past its budget meanwhile.
+// dead master's keys fall back at once (the others stay on Redis) and
+// return to the Cluster by themselves once the failover is done, without
+// the dead node ever coming back, and no caller sees an error or waits past
+// its budget meanwhile.
 func TestRedisClusterFailover(t *testing.T) {
 	cl := redistest.StartClusterWithReplicas(t, 3, 1)
 	rl := newTestLimiter(t, Config{RedisURL: cl.URL(), Rate: 1000, Burst: 1000, RedisTimeout: outageBudget, ProbeInterval: 100 * time.Millisecond})
