@@ -281,3 +281,35 @@ func redisVersion(srv *redistest.Server) string {
 	}
 	return "?"
 }
+
+// TestClusterThroughput: 64 callers on distinct keys against a 3-master
+// Cluster on loopback (all on the same machine as the client), every call a
+// Redis decision through its master's route.
+func TestClusterThroughput(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	rl := newTestLimiter(t, Config{RedisURL: cl.URL(), Rate: 100_000, Burst: 100_000, RedisTimeout: time.Second})
+	d := envDuration("BENCH_DURATION", 4*time.Second)
+	distinct := func(g, i int) string { return "c" + strconv.Itoa(g) + "-" + strconv.Itoa(i%200) }
+	for round := 0; round < benchRounds(); round++ {
+		var calls, errs atomic.Int64
+		var wg sync.WaitGroup
+		end := time.Now().Add(d)
+		for g := 0; g < benchCallers; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; time.Now().Before(end); i++ {
+					if _, err := rl.Allow(context.Background(), distinct(g, i), 1); err != nil {
+						errs.Add(1)
+					}
+					calls.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		fmt.Printf("round %d: %.0f decisions/s, %d errors, fallback %v\n", round+1, float64(calls.Load())/d.Seconds(), errs.Load(), rl.FallbackActive())
+		if errs.Load() != 0 || rl.FallbackActive() {
+			t.Errorf("round %d: %d errors, fallback %v", round+1, errs.Load(), rl.FallbackActive())
+		}
+	}
+}
