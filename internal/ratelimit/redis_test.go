@@ -578,6 +578,31 @@ func TestRedisClusterMasterKilled(t *testing.T) {
 	outageUnderLoad(t, rl, cl.Nodes[1].Kill, cl.Nodes[1].Restart, 10*time.Second, func() { otherMastersDecide(t, rl, cl.Nodes[1].Addr) })
 }
 
+// TestRedisClusterAllMastersKilled: the whole Cluster goes down under load
+// and comes back. Every master's keys fall back (each route trips on its
+// own), no caller waits past its budget, and all of them return.
+func TestRedisClusterAllMastersKilled(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	rl := newTestLimiter(t, Config{RedisURL: cl.URL(), Rate: 1000, Burst: 1000, RedisTimeout: outageBudget, ProbeInterval: 100 * time.Millisecond})
+	each := func(f func(*redistest.Server)) func() {
+		return func() {
+			for _, n := range cl.Nodes {
+				f(n)
+			}
+		}
+	}
+	outageUnderLoad(t, rl, each((*redistest.Server).Kill), each((*redistest.Server).Restart), 15*time.Second, func() {
+		before := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis")
+		time.Sleep(200 * time.Millisecond)
+		if got := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis") - before; got != 0 {
+			t.Fatalf("%v decisions by Redis with every master down", got)
+		}
+		if n := rl.logs.count("master failing"); n != 3 {
+			t.Errorf("%d masters logged as failing, want 3:\n%s", n, rl.logs.String())
+		}
+	})
+}
+
 // TestRedisClusterMasterStopped: one master stops answering (SIGSTOP: its
 // connections stay open, nothing comes back, as behind a network
 // partition) for less than the node timeout. Its keys wait at most one
