@@ -60,7 +60,9 @@ var _ Limiter = (*RateLimiter)(nil)
 
 // New builds the limiter. With REDIS_URL set it never fails because Redis is
 // unreachable: it starts on the fallback, probes in the background and moves
-// to Redis when Redis answers. It does fail if Redis answers that the URL's
+// to Redis when Redis answers (a Cluster whose slot map loads starts on the
+// Cluster, with only its unusable masters' keys on the fallback). It does
+// fail if Redis answers that the URL's
 // database does not exist, which no retry can change. reg receives the
 // ratelimit_* metrics; a nil reg keeps them private.
 func New(ctx context.Context, cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*RateLimiter, error) {
@@ -134,7 +136,7 @@ func newLimiter(ctx context.Context, cfg Config, logger *slog.Logger, reg promet
 	r.fallbackSince.Store(int64(now()))
 	m.fallbackActive.Set(1)
 	bootCtx, cancel := context.WithTimeout(ctx, max(2*time.Second, 2*cfg.RedisTimeout))
-	err = r.redis.probe(bootCtx)
+	err = r.probeAll(bootCtx)
 	cancel()
 	if err != nil && isMissingDB(err) {
 		// No probe will ever succeed: this is a configuration error, not
@@ -144,9 +146,13 @@ func newLimiter(ctx context.Context, cfg Config, logger *slog.Logger, reg promet
 	}
 	if err == nil {
 		r.fallback.Store(false)
-		m.fallbackActive.Set(0)
+		r.syncGauge()
 		logger.Info("ratelimit: Redis limiter", "redis", redactURL(cfg.RedisURL), "rate", cfg.Rate, "burst", cfg.Burst,
 			"budget", cfg.RedisTimeout.String(), "on_redis_error", cfg.OnRedisError)
+		if n := r.routesDown.Load(); n > 0 {
+			logger.Warn("ratelimit: Redis Cluster masters not usable at start, the fallback decides their keys until they answer",
+				"masters", n, "fallback", cfg.OnRedisError)
+		}
 	} else {
 		logger.Warn("ratelimit: Redis not usable at start (unreachable, refusing or too slow), fallback decides until it answers",
 			"redis", redactURL(cfg.RedisURL), "fallback", cfg.OnRedisError, "cause", err)
@@ -306,6 +312,27 @@ func (r *RateLimiter) askRedis(ctx context.Context, key string, cost int, e *key
 	return d, backendRedis
 }
 
+// probeAll is the probe of the whole of Redis: the node answers within the
+// budget and runs the script. In a Cluster it succeeds once the slot map
+// loads: every master gets its route and its own probe, and a master that
+// fails it has only its keys sent to the fallback (its route's prober
+// brings them back).
+func (r *RateLimiter) probeAll(ctx context.Context) error {
+	if r.cc == nil {
+		return r.redis.probe(ctx)
+	}
+	return r.cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+		rt := r.addRoute(node)
+		if rt == nil {
+			return errClosed
+		}
+		if err := rt.b.probeNode(ctx, node, rt.probeKey); err != nil {
+			rt.trip(err)
+		}
+		return nil
+	})
+}
+
 // isMissingDB reports Redis refusing the URL's database number (SELECT
 // past the server's `databases`): "ERR DB index is out of range", "ERR
 // invalid DB index" on older servers.
@@ -367,7 +394,7 @@ func (r *RateLimiter) probeLoop() {
 				return
 			case <-time.After(r.cfg.ProbeInterval):
 			}
-			if lastErr = r.redis.probe(r.probeCtx); lastErr == nil {
+			if lastErr = r.probeAll(r.probeCtx); lastErr == nil {
 				since := time.Duration(r.fallbackSince.Load())
 				r.fallback.Store(false)
 				r.syncGauge()

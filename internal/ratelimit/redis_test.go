@@ -603,6 +603,40 @@ func TestRedisClusterAllMastersKilled(t *testing.T) {
 	})
 }
 
+// TestRedisClusterMasterDownAtStart: the limiter starts while one master is
+// down. It starts on the Cluster with only that master's keys on the
+// fallback, and they return once the master does.
+func TestRedisClusterMasterDownAtStart(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	down := cl.Nodes[0]
+	down.Kill()
+	rl := newTestLimiter(t, Config{RedisURL: cl.URL(), Rate: 1000, Burst: 1000, RedisTimeout: outageBudget, ProbeInterval: 100 * time.Millisecond})
+	if rl.fallback.Load() {
+		t.Fatalf("the whole of Redis on the fallback with two masters of three up:\n%s", rl.logs.String())
+	}
+	if !rl.FallbackActive() || rl.Health(context.Background()) != health.StatusDegraded {
+		t.Fatalf("fallback %v, health %s: the down master's keys must be on the fallback", rl.FallbackActive(), rl.Health(context.Background()))
+	}
+	if !strings.Contains(rl.logs.String(), "not usable at start") {
+		t.Errorf("no start-up line about the down master:\n%s", rl.logs.String())
+	}
+	var lat latencies
+	var errs atomic.Int64
+	stop := make(chan struct{})
+	wg := loadUntil(rl, 8, &lat, &errs, stop)
+	defer func() { close(stop); wg.Wait() }()
+	otherMastersDecide(t, rl, down.Addr)
+	if worst := lat.quantile(1); worst > outageBudget+slack {
+		t.Fatalf("a call took %s; budget %s", worst, outageBudget)
+	}
+	down.Restart()
+	back := waitFor(t, 10*time.Second, "the restarted master's keys back on Redis", func() bool { return !rl.FallbackActive() })
+	t.Logf("back on Redis %s after the restart", back.Round(time.Millisecond))
+	if errs.Load() != 0 {
+		t.Fatalf("%d errors reached callers", errs.Load())
+	}
+}
+
 // TestRedisClusterMasterStopped: one master stops answering (SIGSTOP: its
 // connections stay open, nothing comes back, as behind a network
 // partition) for less than the node timeout. Its keys wait at most one
