@@ -326,7 +326,7 @@ func (r *RateLimiter) probeAll(ctx context.Context) error {
 		if rt == nil {
 			return errClosed
 		}
-		if err := rt.b.probeNode(ctx, node, rt.probeKey); err != nil {
+		if err := rt.probe(ctx); err != nil {
 			rt.trip(err)
 		}
 		return nil

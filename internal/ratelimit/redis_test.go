@@ -637,6 +637,52 @@ func TestRedisClusterMasterDownAtStart(t *testing.T) {
 	}
 }
 
+// TestRedisClusterProbeKeyFollowsResharding: a master's route probes with a
+// bucket in one of its slots. When that slot moves to another master, the
+// probe answers MOVED; the route must pick a bucket in a slot the master
+// still serves instead of keeping its keys on the fallback for good.
+func TestRedisClusterProbeKeyFollowsResharding(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	rl := newTestLimiter(t, Config{RedisURL: cl.URL(), Rate: 1000, Burst: 1000, RedisTimeout: time.Second, ProbeInterval: 50 * time.Millisecond})
+	from, to := cl.Nodes[0], cl.Nodes[1]
+	var rt *route
+	rl.routes.Range(func(_, v any) bool {
+		if v.(*route).addr == from.Addr {
+			rt = v.(*route)
+		}
+		return rt == nil
+	})
+	if rt == nil {
+		t.Fatalf("no route for %s after start", from.Addr)
+	}
+	key := *rt.probeKey.Load()
+	slot, err := from.Do("CLUSTER", "KEYSLOT", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	toID, err := to.Do("CLUSTER", "MYID")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Move the (emptied) slot to another master on every node.
+	if _, err := from.Do("DEL", key); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range cl.Nodes {
+		if _, err := n.Do("CLUSTER", "SETSLOT", slot, "NODE", toID); err != nil {
+			t.Fatalf("SETSLOT on %s: %v", n.Addr, err)
+		}
+	}
+	rt.trip(errors.New("test: a failed call"))
+	waitFor(t, 5*time.Second, "the master's keys back on Redis", func() bool { return !rl.FallbackActive() })
+	if got := *rt.probeKey.Load(); got == key {
+		t.Fatalf("still probing with %s, whose slot %s moved", key, slot)
+	}
+	if _, err := from.Do("EXISTS", key); err == nil || !strings.Contains(err.Error(), "MOVED") {
+		t.Errorf("%s on its old master: %v, want MOVED (the slot did not move?)", key, err)
+	}
+}
+
 // TestRedisClusterMasterStopped: one master stops answering (SIGSTOP: its
 // connections stay open, nothing comes back, as behind a network
 // partition) for less than the node timeout. Its keys wait at most one

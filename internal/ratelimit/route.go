@@ -21,7 +21,7 @@ type route struct {
 	node     *redis.Client // the master itself, for probes
 	addr     string
 	b        *redisBackend
-	probeKey string // a bucket in one of the master's slots
+	probeKey atomic.Pointer[string] // a bucket in one of the master's slots
 	fallback atomic.Bool
 	since    atomic.Int64 // limiter clock, ns
 	tripped  chan struct{}
@@ -57,23 +57,32 @@ func (r *RateLimiter) addRoute(node *redis.Client) *route {
 		return nil
 	}
 	rt := &route{r: r, node: node, addr: node.Options().Addr, b: r.newBackend(r.cfg.Pipelines), tripped: make(chan struct{}, 1)}
-	rt.probeKey = r.probeKeyFor(node)
+	rt.setProbeKey()
 	r.routes.Store(node, rt)
 	r.wg.Add(1)
 	go rt.probeLoop()
 	return rt
 }
 
-// probeKeyFor finds a probe bucket whose slot node serves (a few tries with
-// three masters; the slot map is local).
-func (r *RateLimiter) probeKeyFor(node *redis.Client) string {
+// setProbeKey picks a probe bucket in a slot the master serves in the
+// current slot map (a few tries with three masters; the map is local). Not
+// found: the probe fails on MOVED until the map changes.
+func (rt *route) setProbeKey() {
+	k := probeKey
 	for i := 0; i < 1<<16; i++ {
-		k := redisKey("ratelimit:probe:" + strconv.Itoa(i))
-		if n, err := r.cc.MasterForKey(r.probeCtx, k); err == nil && n == node {
-			return k
+		c := redisKey("ratelimit:probe:" + strconv.Itoa(i))
+		if n, err := rt.r.cc.MasterForKey(rt.r.probeCtx, c); err == nil && n == rt.node {
+			k = c
+			break
 		}
 	}
-	return probeKey // not found: the probe then fails on MOVED until the map changes
+	rt.probeKey.Store(&k)
+}
+
+// probe checks the master on its own: PING within the budget and one
+// decision on its probe bucket.
+func (rt *route) probe(ctx context.Context) error {
+	return rt.b.probeNode(ctx, rt.node, *rt.probeKey.Load())
 }
 
 // trip sends the route's keys to the fallback after a failed or late call.
@@ -108,7 +117,7 @@ func (rt *route) probeLoop() {
 				return
 			case <-time.After(r.cfg.ProbeInterval):
 			}
-			err := rt.b.probeNode(r.probeCtx, rt.node, rt.probeKey)
+			err := rt.probe(r.probeCtx)
 			if err == nil {
 				since := time.Duration(rt.since.Load())
 				if rt.fallback.CompareAndSwap(true, false) {
@@ -123,6 +132,9 @@ func (rt *route) probeLoop() {
 				r.retire(rt)
 				return
 			}
+			// Still a master, with a freshly loaded slot map: the probe
+			// bucket's slot may have moved to another master (resharding).
+			rt.setProbeKey()
 		}
 	}
 }
