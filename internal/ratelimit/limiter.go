@@ -62,9 +62,9 @@ var _ Limiter = (*RateLimiter)(nil)
 // unreachable: it starts on the fallback, probes in the background and moves
 // to Redis when Redis answers (a Cluster whose slot map loads starts on the
 // Cluster, with only its unusable masters' keys on the fallback). It does
-// fail if Redis answers that the URL's
-// database does not exist, which no retry can change. reg receives the
-// ratelimit_* metrics; a nil reg keeps them private.
+// fail if Redis answers that the URL's database does not exist, which no
+// retry can change. reg receives the ratelimit_* metrics; a nil reg keeps
+// them private.
 func New(ctx context.Context, cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*RateLimiter, error) {
 	epoch := time.Now()
 	return newLimiter(ctx, cfg, logger, reg, func() time.Duration { return time.Since(epoch) })
@@ -122,8 +122,8 @@ func newLimiter(ctx context.Context, cfg Config, logger *slog.Logger, reg promet
 	r.cache = newKeyCache(cfg.MaxLocalKeys)
 	pipelines := cfg.Pipelines
 	if cc, ok := rdb.(*redis.ClusterClient); ok {
-		// Decisions go through the masters' routes; this backend only
-		// probes the whole Cluster.
+		// Decisions and probes go through the masters' routes: this
+		// backend runs no pipelines.
 		r.cc, pipelines = cc, 0
 	}
 	r.redis = r.newBackend(pipelines)
