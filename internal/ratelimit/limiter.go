@@ -422,8 +422,9 @@ func (r *RateLimiter) FallbackActive() bool { return r.redis != nil && r.onFallb
 
 func (r *RateLimiter) onFallback() bool { return r.fallback.Load() || r.routesDown.Load() > 0 }
 
-// syncGauge sets ratelimit_fallback_active from the current state; the
-// lock keeps two transitions from writing their values out of order.
+// syncGauge sets ratelimit_fallback_active and ratelimit_fallback_masters
+// from the current state; the lock keeps two transitions from writing their
+// values out of order.
 func (r *RateLimiter) syncGauge() {
 	r.gaugeMu.Lock()
 	defer r.gaugeMu.Unlock()
@@ -432,6 +433,7 @@ func (r *RateLimiter) syncGauge() {
 	} else {
 		r.m.fallbackActive.Set(0)
 	}
+	r.m.fallbackMasters.Set(float64(r.routesDown.Load()))
 }
 
 // Close stops the prober and the pipeline workers and closes the Redis

@@ -48,6 +48,7 @@ type metrics struct {
 	redisErrors     map[string]prometheus.Counter
 	redisDuration   prometheus.Histogram
 	fallbackActive  prometheus.Gauge
+	fallbackMasters prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -70,17 +71,22 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	})
 	active := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ratelimit_fallback_active",
-		Help: "1 while Redis is bypassed and the configured fallback decides.",
+		Help: "1 while the configured fallback decides instead of Redis: for every key, or in a Redis Cluster for the keys of failing masters.",
 	})
-	for _, c := range []prometheus.Collector{decisions, errs, dur, active} {
+	masters := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ratelimit_fallback_masters",
+		Help: "Redis Cluster masters whose keys the fallback decides (0 outside Cluster mode).",
+	})
+	for _, c := range []prometheus.Collector{decisions, errs, dur, active, masters} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("ratelimit: register metrics: %w", err)
 		}
 	}
 	m := &metrics{
-		redisErrors:    map[string]prometheus.Counter{},
-		redisDuration:  dur,
-		fallbackActive: active,
+		redisErrors:     map[string]prometheus.Counter{},
+		redisDuration:   dur,
+		fallbackActive:  active,
+		fallbackMasters: masters,
 	}
 	for b := range numBackends {
 		// Creating every child up front exports zeros, so dashboards and

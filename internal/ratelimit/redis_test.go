@@ -600,6 +600,9 @@ func TestRedisClusterAllMastersKilled(t *testing.T) {
 		if n := rl.logs.count("master failing"); n != 3 {
 			t.Errorf("%d masters logged as failing, want 3:\n%s", n, rl.logs.String())
 		}
+		if m := metric(t, rl.reg, "ratelimit_fallback_masters"); m != 3 {
+			t.Errorf("ratelimit_fallback_masters = %v, want 3", m)
+		}
 	})
 }
 
@@ -634,6 +637,9 @@ func TestRedisClusterMasterDownAtStart(t *testing.T) {
 	t.Logf("back on Redis %s after the restart", back.Round(time.Millisecond))
 	if errs.Load() != 0 {
 		t.Fatalf("%d errors reached callers", errs.Load())
+	}
+	if a, m := metric(t, rl.reg, "ratelimit_fallback_active"), metric(t, rl.reg, "ratelimit_fallback_masters"); a != 0 || m != 0 {
+		t.Errorf("after the return: ratelimit_fallback_active %v, ratelimit_fallback_masters %v; want 0 and 0", a, m)
 	}
 }
 
@@ -727,6 +733,9 @@ func otherMastersDecide(t *testing.T, rl *testLimiter, down string) {
 	}
 	if rl.fallback.Load() {
 		t.Errorf("the whole of Redis is on the fallback:\n%s", logs)
+	}
+	if a, m := metric(t, rl.reg, "ratelimit_fallback_active"), metric(t, rl.reg, "ratelimit_fallback_masters"); a != 1 || m != 1 {
+		t.Errorf("ratelimit_fallback_active %v, ratelimit_fallback_masters %v; want 1 and 1", a, m)
 	}
 }
 
