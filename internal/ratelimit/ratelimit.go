@@ -95,6 +95,10 @@ type Config struct {
 	// Pipelines is the number of Redis pipelines that may be in flight at
 	// once; concurrent decisions are coalesced into them. 0 means 2.
 	Pipelines int
+
+	// routeSweep is how often a Redis Cluster master's route checks that
+	// its node still serves slots (0: 30s; tests shorten it).
+	routeSweep time.Duration
 }
 
 const (
@@ -122,6 +126,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Pipelines == 0 {
 		c.Pipelines = defaultPipelines
+	}
+	if c.routeSweep == 0 {
+		c.routeSweep = 30 * time.Second
 	}
 	return c
 }

@@ -689,6 +689,56 @@ func TestRedisClusterProbeKeyFollowsResharding(t *testing.T) {
 	}
 }
 
+// TestRedisClusterIdleRouteRetired: a manual failover demotes a healthy
+// master to a replica. Its keys follow the new master (go-redis follows
+// MOVED), and its route, which nothing failed, is retired by the sweep
+// instead of keeping its goroutines.
+func TestRedisClusterIdleRouteRetired(t *testing.T) {
+	cl := redistest.StartClusterWithReplicas(t, 3, 1)
+	rl := newTestLimiter(t, Config{RedisURL: cl.URL(), Rate: 1000, Burst: 1000, RedisTimeout: time.Second,
+		ProbeInterval: 100 * time.Millisecond, routeSweep: 200 * time.Millisecond})
+	old := cl.Masters()[0]
+	var replica *redistest.Server
+	for _, n := range cl.Nodes {
+		if info, err := n.Do("INFO", "replication"); err == nil && strings.Contains(info, "master_port:"+old.Addr[strings.LastIndexByte(old.Addr, ':')+1:]+"\r") {
+			replica = n
+		}
+	}
+	if replica == nil {
+		t.Fatalf("no replica of %s", old.Addr)
+	}
+	if _, err := replica.Do("CLUSTER", "FAILOVER"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the replica promoted", func() bool {
+		role, err := replica.Do("ROLE")
+		return err == nil && strings.HasPrefix(role, "master")
+	})
+	waitFor(t, 5*time.Second, "the demoted master's route retired", func() bool {
+		return strings.Contains(rl.logs.String(), "no longer serves slots") && strings.Contains(rl.logs.String(), old.Addr)
+	})
+	ctx := context.Background()
+	for i := 0; i < 300; i++ {
+		if _, err := rl.Allow(ctx, fmt.Sprintf("k%d", i), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	rl.routes.Range(func(_, v any) bool {
+		n++
+		if v.(*route).addr == old.Addr {
+			t.Errorf("the demoted master %s still has a route", old.Addr)
+		}
+		return true
+	})
+	if n != 3 {
+		t.Errorf("%d routes after the failover, want 3 (one per master)", n)
+	}
+	if rl.FallbackActive() {
+		t.Errorf("on the fallback after a manual failover:\n%s", rl.logs.String())
+	}
+}
+
 // TestRedisClusterMasterStopped: one master stops answering (SIGSTOP: its
 // connections stay open, nothing comes back, as behind a network
 // partition) for less than the node timeout. Its keys wait at most one

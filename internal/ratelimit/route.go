@@ -105,10 +105,21 @@ func (rt *route) trip(cause error) {
 func (rt *route) probeLoop() {
 	r := rt.r
 	defer r.wg.Done()
+	sweep := time.NewTicker(r.cfg.routeSweep)
+	defer sweep.Stop()
 	for {
 		select {
 		case <-r.probeCtx.Done():
 			return
+		case <-sweep.C:
+			// A route nobody uses any more (a manual failover demoted its
+			// master, a node was replaced) would otherwise keep its
+			// goroutines for the life of the process.
+			if !r.isMaster(rt.node) {
+				r.retire(rt)
+				return
+			}
+			continue
 		case <-rt.tripped:
 		}
 		for rt.fallback.Load() {
@@ -154,19 +165,19 @@ func (r *RateLimiter) isMaster(node *redis.Client) bool {
 	return err != nil || found.Load()
 }
 
-// retire drops a route whose master lost its slots (failed over): its keys
-// now map to another master's route.
+// retire drops a route whose master lost its slots (failed over, demoted,
+// replaced): its keys now map to another master's route.
 func (r *RateLimiter) retire(rt *route) {
 	r.routesMu.Lock()
 	r.routes.Delete(rt.node)
 	r.routesMu.Unlock()
 	rt.retired.Store(true)
+	attrs := []any{"node", rt.addr}
 	if rt.fallback.CompareAndSwap(true, false) {
 		r.routesDown.Add(-1)
+		attrs = append(attrs, "fallback_for", (r.now() - time.Duration(rt.since.Load())).Round(time.Millisecond).String())
 	}
 	r.syncGauge()
-	since := time.Duration(rt.since.Load())
-	r.logger.Info("ratelimit: Redis Cluster master no longer serves slots, its keys follow their new master", "node", rt.addr,
-		"fallback_for", (r.now() - since).Round(time.Millisecond).String())
+	r.logger.Info("ratelimit: Redis Cluster master no longer serves slots, its keys follow their new master", attrs...)
 	rt.b.close()
 }
