@@ -103,17 +103,32 @@ func newLimiter(ctx context.Context, cfg Config, logger *slog.Logger, reg promet
 		return nil, err
 	}
 	if cfg.TracerProvider != nil {
-		// Probes (PING) and script loads run outside any request: as root
-		// spans every probe interval during an outage they would be noise.
+		// Only the decisions a request waits for are traced. Probes (PING,
+		// SCRIPT LOAD, one decision on the probe bucket), connection set-up
+		// (dial, HELLO, AUTH, SELECT, CLIENT) and Cluster slot map loads run
+		// outside any request: as root spans, repeated every probe interval
+		// during an outage, they would be noise.
 		filter := func(cmd redis.Cmder) bool {
 			switch strings.ToLower(cmd.Name()) {
-			case "ping", "script":
+			case "ping", "script", "hello", "auth", "select", "client", "cluster", "readonly":
 				return true
+			case "evalsha", "eval":
+				args := cmd.Args()
+				return len(args) > 3 && isProbeKey(args[3])
 			}
-			return redisotel.DefaultCommandFilter(cmd) // AUTH
+			return redisotel.DefaultCommandFilter(cmd)
+		}
+		filterAll := func(cmds []redis.Cmder) bool {
+			for _, c := range cmds {
+				if !filter(c) {
+					return false
+				}
+			}
+			return true
 		}
 		if err := redisotel.InstrumentTracing(rdb, redisotel.WithTracerProvider(cfg.TracerProvider),
-			redisotel.WithDBStatement(false), redisotel.WithCommandFilter(filter)); err != nil {
+			redisotel.WithDBStatement(false), redisotel.WithCommandFilter(filter), redisotel.WithCommandsFilter(filterAll),
+			redisotel.WithDialFilter(true)); err != nil {
 			_ = rdb.Close()
 			return nil, fmt.Errorf("ratelimit: redis tracing: %w", err)
 		}

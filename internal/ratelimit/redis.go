@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -406,6 +407,13 @@ func (b *redisBackend) probeWith(ctx context.Context, each func(context.Context,
 		return fmt.Errorf("bucket script: %w", err)
 	}
 	return nil
+}
+
+// isProbeKey reports a probe bucket (probeKey, or a Cluster master's
+// ratelimit:probe:N) among a command's arguments.
+func isProbeKey(arg any) bool {
+	k, ok := arg.(string)
+	return ok && strings.HasPrefix(k, "rl:{ratelimit:probe")
 }
 
 // probeKey is the bucket the probe spends a token of (never a client's: the
