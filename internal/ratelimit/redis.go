@@ -355,32 +355,19 @@ func (p bucketParams) parseReply(cmd *redis.IntCmd, cost int) reply {
 	return p.decode(v, cost)
 }
 
-// probe reports whether Redis (every master of a Cluster) answers PING
-// within the budget and runs the script. A first PING with a generous
-// timeout may dial a new connection (DNS, TCP, TLS): dialing is not what the
-// budget measures.
+// probe reports whether the node answers PING within the budget and runs
+// the script. A first PING with a generous timeout may dial a new
+// connection (DNS, TCP, TLS): dialing is not what the budget measures.
 func (b *redisBackend) probe(ctx context.Context) error {
-	each := func(ctx context.Context, fn func(context.Context, redis.Cmdable) error) error {
-		if cc, ok := b.client.(*redis.ClusterClient); ok {
-			return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return fn(ctx, c) })
-		}
-		return fn(ctx, b.client)
-	}
-	return b.probeWith(ctx, each, b.client, probeKey)
+	return b.probeNode(ctx, b.client, probeKey)
 }
 
-// probeNode is probe for one Cluster master, sent to the node itself: key
-// is a bucket in one of its slots (a node that lost its slots answers
-// MOVED, which fails the probe).
-func (b *redisBackend) probeNode(ctx context.Context, node *redis.Client, key string) error {
-	each := func(ctx context.Context, fn func(context.Context, redis.Cmdable) error) error { return fn(ctx, node) }
-	return b.probeWith(ctx, each, node, key)
-}
-
-func (b *redisBackend) probeWith(ctx context.Context, each func(context.Context, func(context.Context, redis.Cmdable) error) error, run redis.Scripter, key string) error {
-	ping := func(ctx context.Context, c redis.Cmdable) error { return c.Ping(ctx).Err() }
+// probeNode is probe sent to one node: for a Cluster master, the node
+// itself, with key a bucket in one of its slots (a node that lost its slots
+// answers MOVED, which fails the probe).
+func (b *redisBackend) probeNode(ctx context.Context, node redis.UniversalClient, key string) error {
 	warm, cancel := context.WithTimeout(ctx, max(time.Second, b.budget))
-	err := each(warm, ping)
+	err := node.Ping(warm).Err()
 	cancel()
 	if err != nil {
 		return err
@@ -388,22 +375,22 @@ func (b *redisBackend) probeWith(ctx context.Context, each func(context.Context,
 	timed, cancel := context.WithTimeout(ctx, b.budget)
 	defer cancel()
 	start := time.Now()
-	if err := each(timed, ping); err != nil {
+	if err := node.Ping(timed).Err(); err != nil {
 		return fmt.Errorf("PING within the %s budget: %w", b.budget, err)
 	}
 	if d := time.Since(start); d > b.budget {
 		return fmt.Errorf("PING took %s, over the %s budget", d, b.budget)
 	}
 	// Load the script now so the first decisions do not pay a NOSCRIPT
-	// round trip (a Cluster client loads it on every master).
+	// round trip.
 	loadCtx, cancel := context.WithTimeout(ctx, max(time.Second, b.budget))
 	defer cancel()
-	_ = b.script.Load(loadCtx, run).Err()
+	_ = b.script.Load(loadCtx, node).Err()
 	// Then one decision, as the callers make them, on a key of its own: a
 	// node that answers PING may still refuse the script's writes (a
 	// replica after a failover: READONLY; maxmemory: OOM), and going back
 	// to it would only fail the next call and flap.
-	if err := b.script.Run(loadCtx, run, []string{key}, 1).Err(); err != nil {
+	if err := b.script.Run(loadCtx, node, []string{key}, 1).Err(); err != nil {
 		return fmt.Errorf("bucket script: %w", err)
 	}
 	return nil
@@ -413,9 +400,13 @@ func (b *redisBackend) probeWith(ctx context.Context, each func(context.Context,
 // ratelimit:probe:N) among a command's arguments.
 func isProbeKey(arg any) bool {
 	k, ok := arg.(string)
-	return ok && strings.HasPrefix(k, "rl:{ratelimit:probe")
+	return ok && strings.HasPrefix(k, strings.TrimSuffix(probeKey, "}"))
 }
 
-// probeKey is the bucket the probe spends a token of (never a client's: the
-// braces hold a name, not an address or a hash).
-var probeKey = redisKey("ratelimit:probe")
+// probeName names the probe buckets: probeKey, and ratelimit:probe:N for
+// the masters of a Cluster (never a client's key: the braces hold a name,
+// not an address or a hash).
+const probeName = "ratelimit:probe"
+
+// probeKey is the bucket the probe spends a token of.
+var probeKey = redisKey(probeName)

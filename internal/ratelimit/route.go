@@ -70,7 +70,7 @@ func (r *RateLimiter) addRoute(node *redis.Client) *route {
 func (rt *route) setProbeKey() {
 	k := probeKey
 	for i := 0; i < 1<<16; i++ {
-		c := redisKey("ratelimit:probe:" + strconv.Itoa(i))
+		c := redisKey(probeName + ":" + strconv.Itoa(i))
 		if n, err := rt.r.cc.MasterForKey(rt.r.probeCtx, c); err == nil && n == rt.node {
 			k = c
 			break
