@@ -64,12 +64,12 @@ const (
 // turns the SDK off entirely (no-op provider).
 type Tracing struct {
 	provider trace.TracerProvider
-	// rootSampler is the sampler of the exporting provider: the middleware
-	// decides root requests itself (see Middleware).
-	rootSampler sdktrace.Sampler
-	sdk         *sdktrace.TracerProvider // nil with OTEL_SDK_DISABLED=true
-	propagator  propagation.TextMapPropagator
-	exporting   bool
+	// root is the exporting provider's sampler's rule for root spans: the
+	// middleware decides root requests itself (see Middleware).
+	root       rootRule
+	sdk        *sdktrace.TracerProvider // nil with OTEL_SDK_DISABLED=true
+	propagator propagation.TextMapPropagator
+	exporting  bool
 	// stats counts the exported spans' way to the collector (nil while
 	// nothing is exported).
 	stats       *spanStats
@@ -130,7 +130,7 @@ func SetupTracing(ctx context.Context, getenv func(string) string, serviceVersio
 	// a bad value fails the deployment, not the day tracing is switched on.
 	// (Without the check the SDK, which reads some of them from the process
 	// environment itself, would log a plain-text line and carry on.)
-	sampler, samplerDesc, err := parseSampler(env("OTEL_TRACES_SAMPLER"), env("OTEL_TRACES_SAMPLER_ARG"))
+	sampler, root, samplerDesc, err := parseSampler(env("OTEL_TRACES_SAMPLER"), env("OTEL_TRACES_SAMPLER_ARG"))
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +170,7 @@ func SetupTracing(ctx context.Context, getenv func(string) string, serviceVersio
 		sdktrace.WithIDGenerator(idGenerator{}),
 	)
 	t.provider = t.sdk
-	t.rootSampler = sampler
+	t.root = root
 	t.exporting = true
 	t.describe = expDesc + ", sampler " + samplerDesc
 	return t, nil
@@ -255,10 +255,11 @@ var untraced = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": tr
 // of requests pay for the span context only.
 func (t *Tracing) Middleware() gin.HandlerFunc {
 	st := &serverTracer{
-		tracer:      t.provider.Tracer(ScopeName),
-		prop:        t.propagator,
-		startOpts:   []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)},
-		rootSampler: t.rootSampler,
+		tracer:    t.provider.Tracer(ScopeName),
+		prop:      t.propagator,
+		startOpts: []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)},
+		root:      t.root,
+		exporting: t.exporting,
 	}
 	// The header names the propagators read, canonical, to tell cheaply
 	// whether a request carries trace context at all (most do not).
@@ -307,10 +308,11 @@ func (t *Tracing) Middleware() gin.HandlerFunc {
 
 // serverTracer is the tracing middleware's span set-up and completion.
 type serverTracer struct {
-	tracer      trace.Tracer
-	prop        propagation.TextMapPropagator
-	startOpts   []trace.SpanStartOption
-	rootSampler sdktrace.Sampler
+	tracer    trace.Tracer
+	prop      propagation.TextMapPropagator
+	startOpts []trace.SpanStartOption
+	root      rootRule
+	exporting bool
 }
 
 // begin puts the request's span context into c.Request and returns its
@@ -328,26 +330,19 @@ func (st *serverTracer) begin(c *gin.Context, route string, incoming bool) trace
 	// The samplers in use ignore the span name; building "METHOD
 	// /route" is left to the spans that are recorded.
 	var span trace.Span
-	if !incoming && st.rootSampler != nil {
+	if !incoming && st.exporting {
 		// A root request while exporting: most are not sampled (1% by
 		// default), and for those the SDK would only build a
-		// non-recording span around fresh ids. Draw the ids and ask
-		// the provider's sampler here, as the SDK does; a dropped
-		// request gets its span context without the SDK's span set-up
-		// (its id still goes to the logs and, marked not sampled, to
-		// the dependencies). A sampled one is started by the SDK with
-		// these very ids (idGenerator), so the decision is the same.
-		//
-		// The sampler gets an empty parent context: the request carries
-		// no trace context (checked by the caller), and the SDK's
-		// samplers would otherwise walk the request's context chain twice
-		// looking for a parent span, a measurable share of this path.
+		// non-recording span around fresh ids. Draw the ids and apply
+		// the provider's sampler's root rule here; a dropped request
+		// gets its span context without the SDK's span set-up (its id
+		// still goes to the logs and, marked not sampled, to the
+		// dependencies). A sampled one is started by the SDK with these
+		// very ids (idGenerator), whose sampler then decides the same
+		// (TestRootRuleMatchesSampler).
 		tid, sid := newTraceIDs()
-		res := st.rootSampler.ShouldSample(sdktrace.SamplingParameters{
-			ParentContext: context.Background(), TraceID: tid, Name: method, Kind: trace.SpanKindServer,
-		})
-		if res.Decision == sdktrace.Drop {
-			sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceState: res.Tracestate})
+		if !st.root.sampled(tid) {
+			sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid})
 			c.Request = r.WithContext(trace.ContextWithSpanContext(ctx, sc))
 			return nil
 		}
@@ -505,7 +500,33 @@ func parsePropagators(v string) (propagation.TextMapPropagator, error) {
 	return propagation.NewCompositeTextMapPropagator(ps...), nil
 }
 
-func parseSampler(name, arg string) (sdktrace.Sampler, string, error) {
+// rootRule is how a sampler this package builds decides a root span (one
+// without a parent): on its trace id alone, as sdktrace.TraceIDRatioBased
+// does (its last 8 bytes, shifted right by one, below the bound), every id
+// (always_on) or none (always_off). The middleware applies it to root
+// requests without a call into the sampler; TestRootRuleMatchesSampler
+// holds it to the SDK's decisions.
+type rootRule struct {
+	all   bool
+	bound uint64
+}
+
+func (r rootRule) sampled(tid trace.TraceID) bool {
+	return r.all || binary.BigEndian.Uint64(tid[8:16])>>1 < r.bound
+}
+
+// ratioRule is the root rule of sdktrace.TraceIDRatioBased(f).
+func ratioRule(f float64) rootRule {
+	switch {
+	case f >= 1:
+		return rootRule{all: true}
+	case f <= 0:
+		return rootRule{}
+	}
+	return rootRule{bound: uint64(f * (1 << 63))}
+}
+
+func parseSampler(name, arg string) (sdktrace.Sampler, rootRule, string, error) {
 	if name == "" {
 		name = DefaultSampler
 	}
@@ -514,7 +535,7 @@ func parseSampler(name, arg string) (sdktrace.Sampler, string, error) {
 	if arg != "" && strings.HasSuffix(name, "traceidratio") {
 		f, err := strconv.ParseFloat(arg, 64)
 		if err != nil || f < 0 || f > 1 {
-			return nil, "", fmt.Errorf("OTEL_TRACES_SAMPLER_ARG: %q is not a ratio between 0 and 1", arg)
+			return nil, rootRule{}, "", fmt.Errorf("OTEL_TRACES_SAMPLER_ARG: %q is not a ratio between 0 and 1", arg)
 		}
 		ratio = f
 	}
@@ -524,19 +545,19 @@ func parseSampler(name, arg string) (sdktrace.Sampler, string, error) {
 	}
 	switch name {
 	case "always_on":
-		return sdktrace.AlwaysSample(), desc, nil
+		return sdktrace.AlwaysSample(), rootRule{all: true}, desc, nil
 	case "always_off":
-		return sdktrace.NeverSample(), desc, nil
+		return sdktrace.NeverSample(), rootRule{}, desc, nil
 	case "traceidratio":
-		return sdktrace.TraceIDRatioBased(ratio), desc, nil
+		return sdktrace.TraceIDRatioBased(ratio), ratioRule(ratio), desc, nil
 	case "parentbased_always_on":
-		return sdktrace.ParentBased(sdktrace.AlwaysSample()), desc, nil
+		return sdktrace.ParentBased(sdktrace.AlwaysSample()), rootRule{all: true}, desc, nil
 	case "parentbased_always_off":
-		return sdktrace.ParentBased(sdktrace.NeverSample()), desc, nil
+		return sdktrace.ParentBased(sdktrace.NeverSample()), rootRule{}, desc, nil
 	case "parentbased_traceidratio":
-		return sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio)), desc, nil
+		return sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio)), ratioRule(ratio), desc, nil
 	default:
-		return nil, "", fmt.Errorf("OTEL_TRACES_SAMPLER: %q is not supported (want always_on, always_off, traceidratio or parentbased_*)", name)
+		return nil, rootRule{}, "", fmt.Errorf("OTEL_TRACES_SAMPLER: %q is not supported (want always_on, always_off, traceidratio or parentbased_*)", name)
 	}
 }
 

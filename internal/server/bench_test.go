@@ -80,6 +80,12 @@ func pingServer(h http.Handler) func() {
 // line (JSON, batched), recovery, body limit, the in-memory rate limiter
 // (set out of the way, as in scripts/bench-http.sh).
 func fullChain(b *testing.B, level string) http.Handler {
+	return tracedChain(b, level, nil)
+}
+
+// tracedChain is fullChain with tracing set up from env (nil: the
+// embedded defaults, not exporting).
+func tracedChain(b *testing.B, level string, env map[string]string) http.Handler {
 	ctx := context.Background()
 	bw := observability.NewBufferedWriter(io.Discard, 64<<10, 100*time.Millisecond)
 	b.Cleanup(func() { bw.Close() })
@@ -88,10 +94,15 @@ func fullChain(b *testing.B, level string) http.Handler {
 		b.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	tr, err := observability.SetupTracing(ctx, func(string) string { return "" }, "bench")
+	tr, err := observability.SetupTracing(ctx, func(k string) string { return env[k] }, "bench")
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(func() {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_ = tr.Shutdown(sctx)
+	})
 	rl, err := ratelimit.New(ctx, ratelimit.Config{Rate: 1e9, Burst: 1e9, OnRedisError: "local", Instances: 1, RedisTimeout: 20 * time.Millisecond}, logger, reg)
 	if err != nil {
 		b.Fatal(err)
@@ -125,7 +136,26 @@ func BenchmarkChain(b *testing.B) {
 	b.Run("bare_gin", func(b *testing.B) { benchServe(b, bareGin()) })
 	b.Run("full", func(b *testing.B) { benchServe(b, fullChain(b, "info")) })
 	b.Run("full_log_warn", func(b *testing.B) { benchServe(b, fullChain(b, "warn")) })
+	for _, ratio := range []string{"0", "0.01"} {
+		b.Run("full_traced_"+ratio, func(b *testing.B) {
+			benchServe(b, tracedChain(b, "info", map[string]string{
+				"OTEL_EXPORTER_OTLP_ENDPOINT": otlpDiscard(b), "OTEL_TRACES_SAMPLER_ARG": ratio,
+			}))
+		})
+	}
 	b.Run("parallel/bare_gin", func(b *testing.B) { benchServeParallel(b, bareGin()) })
 	b.Run("parallel/full", func(b *testing.B) { benchServeParallel(b, fullChain(b, "info")) })
 	b.Run("parallel/full_log_warn", func(b *testing.B) { benchServeParallel(b, fullChain(b, "warn")) })
+}
+
+// otlpDiscard is an OTLP/HTTP endpoint on loopback that reads and drops
+// what it is sent, so exporting costs the service what it costs against a
+// collector.
+func otlpDiscard(b *testing.B) string {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/x-protobuf")
+	}))
+	b.Cleanup(srv.Close)
+	return srv.URL
 }
