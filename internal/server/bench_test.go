@@ -136,7 +136,7 @@ func BenchmarkChain(b *testing.B) {
 	b.Run("bare_gin", func(b *testing.B) { benchServe(b, bareGin()) })
 	b.Run("full", func(b *testing.B) { benchServe(b, fullChain(b, "info")) })
 	b.Run("full_log_warn", func(b *testing.B) { benchServe(b, fullChain(b, "warn")) })
-	for _, ratio := range []string{"0", "0.01"} {
+	for _, ratio := range []string{"0", "0.01", "1"} {
 		b.Run("full_traced_"+ratio, func(b *testing.B) {
 			benchServe(b, tracedChain(b, "info", map[string]string{
 				"OTEL_EXPORTER_OTLP_ENDPOINT": otlpDiscard(b), "OTEL_TRACES_SAMPLER_ARG": ratio,
