@@ -16,11 +16,10 @@ import (
 // exactly when the SDK's ShouldSample says RecordAndSample, on random trace
 // ids and on the ids at the ratio's bound.
 func TestRootRuleMatchesSampler(t *testing.T) {
-	names := []string{"always_on", "always_off", "traceidratio", "parentbased_always_on",
-		"parentbased_always_off", "parentbased_traceidratio"}
 	args := []string{"", "0", "1e-12", "0.01", "0.25", "0.5", "0.999999", "1"}
 	rng := rand.New(rand.NewPCG(1, 2))
-	for _, name := range names {
+	for _, smp := range samplers {
+		name := smp.name
 		for _, arg := range args {
 			sampler, rule, desc, err := parseSampler(name, arg)
 			if err != nil {

@@ -526,6 +526,27 @@ func ratioRule(f float64) rootRule {
 	return rootRule{bound: uint64(f * (1 << 63))}
 }
 
+// samplers are the OTEL_TRACES_SAMPLER values supported, each with the
+// sampler it builds from the ratio (used by the *traceidratio ones) and that
+// sampler's rule for root spans.
+var samplers = []struct {
+	name  string
+	build func(ratio float64) (sdktrace.Sampler, rootRule)
+}{
+	{"always_on", func(float64) (sdktrace.Sampler, rootRule) { return sdktrace.AlwaysSample(), rootRule{all: true} }},
+	{"always_off", func(float64) (sdktrace.Sampler, rootRule) { return sdktrace.NeverSample(), rootRule{} }},
+	{"traceidratio", func(f float64) (sdktrace.Sampler, rootRule) { return sdktrace.TraceIDRatioBased(f), ratioRule(f) }},
+	{"parentbased_always_on", func(float64) (sdktrace.Sampler, rootRule) {
+		return sdktrace.ParentBased(sdktrace.AlwaysSample()), rootRule{all: true}
+	}},
+	{"parentbased_always_off", func(float64) (sdktrace.Sampler, rootRule) {
+		return sdktrace.ParentBased(sdktrace.NeverSample()), rootRule{}
+	}},
+	{"parentbased_traceidratio", func(f float64) (sdktrace.Sampler, rootRule) {
+		return sdktrace.ParentBased(sdktrace.TraceIDRatioBased(f)), ratioRule(f)
+	}},
+}
+
 func parseSampler(name, arg string) (sdktrace.Sampler, rootRule, string, error) {
 	if name == "" {
 		name = DefaultSampler
@@ -543,22 +564,13 @@ func parseSampler(name, arg string) (sdktrace.Sampler, rootRule, string, error) 
 	if strings.HasSuffix(name, "traceidratio") {
 		desc += "(" + strconv.FormatFloat(ratio, 'g', -1, 64) + ")"
 	}
-	switch name {
-	case "always_on":
-		return sdktrace.AlwaysSample(), rootRule{all: true}, desc, nil
-	case "always_off":
-		return sdktrace.NeverSample(), rootRule{}, desc, nil
-	case "traceidratio":
-		return sdktrace.TraceIDRatioBased(ratio), ratioRule(ratio), desc, nil
-	case "parentbased_always_on":
-		return sdktrace.ParentBased(sdktrace.AlwaysSample()), rootRule{all: true}, desc, nil
-	case "parentbased_always_off":
-		return sdktrace.ParentBased(sdktrace.NeverSample()), rootRule{}, desc, nil
-	case "parentbased_traceidratio":
-		return sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio)), ratioRule(ratio), desc, nil
-	default:
-		return nil, rootRule{}, "", fmt.Errorf("OTEL_TRACES_SAMPLER: %q is not supported (want always_on, always_off, traceidratio or parentbased_*)", name)
+	for _, s := range samplers {
+		if s.name == name {
+			sampler, rule := s.build(ratio)
+			return sampler, rule, desc, nil
+		}
 	}
+	return nil, rootRule{}, "", fmt.Errorf("OTEL_TRACES_SAMPLER: %q is not supported (want always_on, always_off, traceidratio or parentbased_*)", name)
 }
 
 // exporterConfig is the OTLP exporter's set-up from the
