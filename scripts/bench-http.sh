@@ -49,6 +49,12 @@ Options:
              proto) and prints the top functions
   -h         this help
 
+Per round and variant it prints req/s, latency, the server's CPU time per
+request and its involuntary context switches per request (preempt/req: on
+shared cores the wrk thread a response wakes preempts the server, more often
+the longer a request takes). With -T it also prints tracing's own cost: each
+traced variant's req/s against the same chain untraced, round by round.
+
 The machine's cores are shared by wrk and the server: on 2 cores wrk takes
 about one. Compare ratios from one run, not absolute req/s across runs.
 Installs wrk with apt-get when it is missing. Only processes this script
@@ -256,6 +262,14 @@ cpu_ticks() {
 }
 CLK_TCK="$(getconf CLK_TCK)"
 
+# preemptions PID: the involuntary context switches of all of the process's
+# threads so far. With wrk on the same cores, a server thread is preempted
+# by the wrk thread its response wakes; a slower request is preempted more
+# often, which adds kernel time on top of the chain's own.
+preemptions() {
+	cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^nonvoluntary_ctxt_switches/ { n += $2 } END { print n + 0 }'
+}
+
 # run_wrk NAME DURATION: prints "req/s p50 p99 non2xx sockerr requests".
 run_wrk() {
 	local name="$1" dur="$2" out
@@ -291,26 +305,30 @@ for v in "${VARIANTS[@]}"; do
 	if [[ "$v" != bare* ]]; then : >"${LOG[$v]}"; fi
 done
 
-declare -A RPS CPU
-printf '%-6s %-11s %12s %10s %10s %8s %8s %11s %12s\n' round variant "req/s" p50 p99 non2xx sockerr "log lines" "cpu us/req"
+declare -A RPS CPU PRE
+printf '%-6s %-11s %12s %10s %10s %8s %8s %11s %12s %12s\n' round variant "req/s" p50 p99 non2xx sockerr "log lines" "cpu us/req" "preempt/req"
 FAIL=0
 for ((r = 1; r <= ROUNDS; r++)); do
 	for v in "${VARIANTS[@]}"; do
 		before="$(log_lines "$v")"
 		t0="$(cpu_ticks "${PID_OF[$v]}")"
+		s0="$(preemptions "${PID_OF[$v]}")"
 		res="$(run_wrk "$v" "$DURATION")"
 		t1="$(cpu_ticks "${PID_OF[$v]}")"
+		s1="$(preemptions "${PID_OF[$v]}")"
 		read -r rps p50 p99 non2xx sockerr nreq <<<"$res"
 		after="$(log_lines "$v")"
 		# Server CPU per request: steadier than req/s on a shared machine,
 		# since it does not depend on how much CPU the server was given.
 		cpu="$(awk -v t="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$nreq" 'BEGIN { printf "%.2f", (n > 0 ? t / hz * 1e6 / n : 0) }')"
+		pre="$(awk -v s="$((s1 - s0))" -v n="$nreq" 'BEGIN { printf "%.3f", (n > 0 ? s / n : 0) }')"
 		lines=$((after - before))
 		# Keep the disk bounded: the access log of one round is ~100 MB.
 		if [[ "$v" == bare* ]]; then lines="-"; else : >"${LOG[$v]}"; fi
 		RPS[$v]+="$rps "
 		CPU[$v]+="$cpu "
-		printf '%-6s %-11s %12s %10s %10s %8s %8s %11s %12s\n' "$r" "$v" "$rps" "$p50" "$p99" "$non2xx" "$sockerr" "$lines" "$cpu"
+		PRE[$v]+="$pre "
+		printf '%-6s %-11s %12s %10s %10s %8s %8s %11s %12s %12s\n' "$r" "$v" "$rps" "$p50" "$p99" "$non2xx" "$sockerr" "$lines" "$cpu" "$pre"
 		if [[ "$non2xx" != 0 || "$sockerr" != 0 ]]; then FAIL=1; fi
 	done
 done
@@ -328,7 +346,7 @@ summary() {
 	read -r -a BASE_R <<<"${RPS[$base]}"
 	echo
 	echo "against $base:"
-	printf '%-11s %14s %14s %18s %16s %12s %18s\n' variant "median req/s" "ratio" "median round ratio" "round ratio range" "cpu us/req" "cpu ratio base/x"
+	printf '%-11s %14s %14s %18s %16s %12s %18s %12s\n' variant "median req/s" "ratio" "median round ratio" "round ratio range" "cpu us/req" "cpu ratio base/x" "preempt/req"
 	for v in "${VARIANTS[@]}"; do
 		med="$(median <<<"${RPS[$v]}")"
 		read -r -a VR <<<"${RPS[$v]}"
@@ -343,7 +361,7 @@ summary() {
 		# The lowest and highest per-round ratio: how far one round can be
 		# trusted on this machine.
 		range="$(tr ' ' '\n' <<<"$paired" | awk 'NF { if (n++ == 0 || $1 < lo) lo = $1; if (n == 1 || $1 > hi) hi = $1 } END { printf "%.3f-%.3f", lo, hi }')"
-		printf '%-11s %14.0f %14s %18.3f %16s %12.2f %18s\n' "$v" "$med" "$ratio" "$pmed" "$range" "$cmed" "$cratio"
+		printf '%-11s %14.0f %14s %18.3f %16s %12.2f %18s %12.3f\n' "$v" "$med" "$ratio" "$pmed" "$range" "$cmed" "$cratio" "$(median <<<"${PRE[$v]}")"
 	done
 }
 summary bare
@@ -351,7 +369,23 @@ summary bare-tuned
 echo
 echo "target: >= 0.85 of bare Gin (req/s ratio; the cpu ratio is the same question asked of CPU time per request)"
 
+# paired X BASE: the median of X's per-round req/s ratios to BASE.
+paired() {
+	local -a a b
+	local i out=""
+	read -r -a a <<<"${RPS[$1]}"
+	read -r -a b <<<"${RPS[$2]}"
+	for ((i = 0; i < ${#a[@]}; i++)); do
+		out+="$(awk -v x="${a[$i]}" -v y="${b[$i]}" 'BEGIN { printf "%.4f", x / y }') "
+	done
+	median <<<"$out"
+}
+
 if [[ $TRACING -eq 1 ]]; then
+	echo
+	echo "tracing's own cost (median of per-round req/s ratios, traced to untraced, same chain):"
+	printf '  trace-0.01 / full  %.3f\n  trace-core / core  %.3f\n  trace-1 / full     %.3f\n' \
+		"$(paired trace-0.01 full)" "$(paired trace-core core)" "$(paired trace-1 full)"
 	stats="$(http_get "${ADDR[sink]}" /stats || true)"
 	echo
 	echo "otlp sink: ${stats#* }"
