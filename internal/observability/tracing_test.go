@@ -519,6 +519,13 @@ func TestSetupTracingFromEnv(t *testing.T) {
 			}
 		}
 	}
+	// Values that parse as numbers but are not ratios.
+	for _, val := range []string{"NaN", "nan", "-0.1", "+Inf", "1.0001", "0x1p-1x"} {
+		e := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_TRACES_SAMPLER_ARG": val}
+		if _, err := observability.SetupTracing(ctx, env(e), "v1"); err == nil || !strings.HasPrefix(err.Error(), "OTEL_TRACES_SAMPLER_ARG:") {
+			t.Errorf("OTEL_TRACES_SAMPLER_ARG=%q: error %v, want one naming the variable", val, err)
+		}
+	}
 }
 
 // The default propagators accept both header formats; OTEL_PROPAGATORS
