@@ -772,7 +772,8 @@ func parseEndpoint(name, v string) (*url.URL, error) {
 	return u, nil
 }
 
-// parseHeaders reads the W3C-baggage-like "k=v,k2=v2" list (values URL-encoded).
+// parseHeaders reads the W3C-baggage-like "k=v,k2=v2" list (values
+// URL-encoded) of OTEL_EXPORTER_OTLP_HEADERS and OTEL_RESOURCE_ATTRIBUTES.
 func parseHeaders(s string) (map[string]string, error) {
 	out := map[string]string{}
 	for _, kv := range strings.Split(s, ",") {
@@ -786,7 +787,7 @@ func parseHeaders(s string) (map[string]string, error) {
 		}
 		dv, err := url.PathUnescape(strings.TrimSpace(v))
 		if err != nil {
-			return nil, fmt.Errorf("header %q: %w", k, err)
+			return nil, fmt.Errorf("%q: %w", strings.TrimSpace(k), err)
 		}
 		out[strings.TrimSpace(k)] = dv
 	}

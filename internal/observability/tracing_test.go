@@ -519,11 +519,22 @@ func TestSetupTracingFromEnv(t *testing.T) {
 			}
 		}
 	}
-	// Values that parse as numbers but are not ratios.
-	for _, val := range []string{"NaN", "nan", "-0.1", "+Inf", "1.0001", "0x1p-1x"} {
-		e := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_TRACES_SAMPLER_ARG": val}
-		if _, err := observability.SetupTracing(ctx, env(e), "v1"); err == nil || !strings.HasPrefix(err.Error(), "OTEL_TRACES_SAMPLER_ARG:") {
-			t.Errorf("OTEL_TRACES_SAMPLER_ARG=%q: error %v, want one naming the variable", val, err)
+	// More bad values of some of them: numbers that are not ratios, a
+	// key=value list with a bad escape (named by its key, not as a header).
+	for _, c := range []struct{ v, val, want string }{
+		{"OTEL_TRACES_SAMPLER_ARG", "NaN", ""},
+		{"OTEL_TRACES_SAMPLER_ARG", "nan", ""},
+		{"OTEL_TRACES_SAMPLER_ARG", "-0.1", ""},
+		{"OTEL_TRACES_SAMPLER_ARG", "+Inf", ""},
+		{"OTEL_TRACES_SAMPLER_ARG", "1.0001", ""},
+		{"OTEL_TRACES_SAMPLER_ARG", "0x1p-1x", ""},
+		{"OTEL_RESOURCE_ATTRIBUTES", "team=%zz", `OTEL_RESOURCE_ATTRIBUTES: "team": invalid URL escape "%zz"`},
+		{"OTEL_EXPORTER_OTLP_HEADERS", "api-key=%zz", `OTEL_EXPORTER_OTLP_HEADERS: "api-key": invalid URL escape "%zz"`},
+	} {
+		e := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", c.v: c.val}
+		_, err := observability.SetupTracing(ctx, env(e), "v1")
+		if err == nil || !strings.HasPrefix(err.Error(), c.v+":") || (c.want != "" && err.Error() != c.want) {
+			t.Errorf("%s=%q: error %v, want one naming the variable %s", c.v, c.val, err, c.want)
 		}
 	}
 }
