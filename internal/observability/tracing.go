@@ -612,11 +612,11 @@ func parseExporter(env func(string) string) (exporterConfig, error) {
 		}
 	}
 	if tv, s := get("TIMEOUT"); s != "" {
-		ms, err := strconv.Atoi(s)
-		if err != nil || ms <= 0 {
-			return c, fmt.Errorf("%s: %q is not a positive number of milliseconds", tv, s)
+		d, err := parseMillis(tv, s)
+		if err != nil {
+			return c, err
 		}
-		c.timeout = time.Duration(ms) * time.Millisecond
+		c.timeout = d
 	}
 	cv, compression := get("COMPRESSION")
 	switch compression {
@@ -794,38 +794,73 @@ func parseHeaders(s string) (map[string]string, error) {
 	return out, nil
 }
 
+// Bounds of the batch processor's and exporter's settings. A value past
+// them is a typo more likely than a choice: the SDK allocates the span
+// queue up front (a queue of 2e9 spans ends the process out of memory
+// before it logs a line), and milliseconds past about 292 years overflow a
+// time.Duration into a negative timeout.
+const (
+	maxQueueSize = 1 << 20
+	maxMillis    = 3_600_000 // one hour
+)
+
+// parseMillis reads a positive number of milliseconds, at most maxMillis.
+func parseMillis(name, s string) (time.Duration, error) {
+	ms, err := strconv.Atoi(s)
+	if err != nil || ms <= 0 || ms > maxMillis {
+		return 0, fmt.Errorf("%s: %q is not a number of milliseconds from 1 to %d", name, s, maxMillis)
+	}
+	return time.Duration(ms) * time.Millisecond, nil
+}
+
 func batchOptions(env func(string) string) ([]sdktrace.BatchSpanProcessorOption, error) {
 	var opts []sdktrace.BatchSpanProcessorOption
-	num := func(name string) (int, bool, error) {
+	for _, v := range []struct {
+		name string
+		opt  func(time.Duration) sdktrace.BatchSpanProcessorOption
+	}{
+		{"OTEL_BSP_SCHEDULE_DELAY", sdktrace.WithBatchTimeout},
+		{"OTEL_BSP_EXPORT_TIMEOUT", sdktrace.WithExportTimeout},
+	} {
+		if s := env(v.name); s != "" {
+			d, err := parseMillis(v.name, s)
+			if err != nil {
+				return nil, err
+			}
+			opts = append(opts, v.opt(d))
+		}
+	}
+	size := func(name string, limit int) (int, error) {
 		s := env(name)
 		if s == "" {
-			return 0, false, nil
+			return 0, nil
 		}
 		n, err := strconv.Atoi(s)
-		if err != nil || n <= 0 {
-			return 0, false, fmt.Errorf("%s: %q is not a positive integer", name, s)
+		if err != nil || n <= 0 || n > limit {
+			return 0, fmt.Errorf("%s: %q is not a whole number from 1 to %d", name, s, limit)
 		}
-		return n, true, nil
+		return n, nil
 	}
-	if n, ok, err := num("OTEL_BSP_SCHEDULE_DELAY"); err != nil {
+	queue, err := size("OTEL_BSP_MAX_QUEUE_SIZE", maxQueueSize)
+	if err != nil {
 		return nil, err
-	} else if ok {
-		opts = append(opts, sdktrace.WithBatchTimeout(time.Duration(n)*time.Millisecond))
 	}
-	if n, ok, err := num("OTEL_BSP_EXPORT_TIMEOUT"); err != nil {
-		return nil, err
-	} else if ok {
-		opts = append(opts, sdktrace.WithExportTimeout(time.Duration(n)*time.Millisecond))
+	if queue > 0 {
+		opts = append(opts, sdktrace.WithMaxQueueSize(queue))
+	} else {
+		queue = sdktrace.DefaultMaxQueueSize
 	}
-	if n, ok, err := num("OTEL_BSP_MAX_QUEUE_SIZE"); err != nil {
+	// A batch cannot be larger than the queue it is taken from (the SDK
+	// would shrink it without a word).
+	batch, err := size("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", maxQueueSize)
+	if err != nil {
 		return nil, err
-	} else if ok {
-		opts = append(opts, sdktrace.WithMaxQueueSize(n))
 	}
-	if n, ok, err := num("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"); err != nil {
-		return nil, err
-	} else if ok {
-		opts = append(opts, sdktrace.WithMaxExportBatchSize(n))
+	if batch > queue {
+		return nil, fmt.Errorf("OTEL_BSP_MAX_EXPORT_BATCH_SIZE: %d is larger than the span queue (OTEL_BSP_MAX_QUEUE_SIZE, %d)", batch, queue)
+	}
+	if batch > 0 {
+		opts = append(opts, sdktrace.WithMaxExportBatchSize(batch))
 	}
 	return opts, nil
 }

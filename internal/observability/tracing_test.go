@@ -470,6 +470,11 @@ func TestSetupTracingFromEnv(t *testing.T) {
 		"sampler and ratio":          {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}, true, "sampler traceidratio(0.5)"},
 		"always_on":                  {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_TRACES_SAMPLER": "always_on"}, true, "sampler always_on"},
 		"password not described":     {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://u:s3cret@j:4318"}, true, "to http://u:xxxxx@j:4318/v1/traces,"},
+		"batch settings at their bounds": {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318",
+			"OTEL_BSP_MAX_QUEUE_SIZE": "1048576", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1048576", "OTEL_BSP_SCHEDULE_DELAY": "3600000",
+			"OTEL_BSP_EXPORT_TIMEOUT": "1", "OTEL_EXPORTER_OTLP_TIMEOUT": "3600000"}, true, "sampler"},
+		"batch larger than the default queue, in a larger queue": {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318",
+			"OTEL_BSP_MAX_QUEUE_SIZE": "8192", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4096"}, true, "sampler"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			tr, err := observability.SetupTracing(ctx, env(tc.env), "v1")
@@ -530,6 +535,16 @@ func TestSetupTracingFromEnv(t *testing.T) {
 		{"OTEL_TRACES_SAMPLER_ARG", "0x1p-1x", ""},
 		{"OTEL_RESOURCE_ATTRIBUTES", "team=%zz", `OTEL_RESOURCE_ATTRIBUTES: "team": invalid URL escape "%zz"`},
 		{"OTEL_EXPORTER_OTLP_HEADERS", "api-key=%zz", `OTEL_EXPORTER_OTLP_HEADERS: "api-key": invalid URL escape "%zz"`},
+		// Past what the SDK can take: a queue it cannot allocate, a
+		// timeout that overflows into a negative duration, a batch larger
+		// than the queue (the default 2048).
+		{"OTEL_BSP_MAX_QUEUE_SIZE", "2000000000", ""},
+		{"OTEL_BSP_MAX_QUEUE_SIZE", "1048577", ""},
+		{"OTEL_BSP_SCHEDULE_DELAY", "9999999999999", ""},
+		{"OTEL_BSP_EXPORT_TIMEOUT", "3600001", ""},
+		{"OTEL_EXPORTER_OTLP_TIMEOUT", "9999999999999", ""},
+		{"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0", ""},
+		{"OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2049", `OTEL_BSP_MAX_EXPORT_BATCH_SIZE: 2049 is larger than the span queue (OTEL_BSP_MAX_QUEUE_SIZE, 2048)`},
 	} {
 		e := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", c.v: c.val}
 		_, err := observability.SetupTracing(ctx, env(e), "v1")
