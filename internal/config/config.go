@@ -47,7 +47,7 @@ type Config struct {
 	LogFormat    string `env:"LOG_FORMAT" envDefault:"json" help:"json, or text for local reading"`
 	PprofEnabled bool   `env:"PPROF_ENABLED" envDefault:"false" help:"serve /debug/pprof/ on the admin listener"`
 	// LogFlushInterval batches log writes; 0 writes every line at once.
-	LogFlushInterval time.Duration `env:"LOG_FLUSH_INTERVAL" envDefault:"100ms" help:"logs are written in batches at least this often (one write(2) per line costs ~6% CPU at full load); lines are dropped and counted (log_lines_dropped_total) rather than block requests once stdout has taken no bytes for 1s; 0: every line written at once by the request, which then waits on a stalled stdout"`
+	LogFlushInterval time.Duration `env:"LOG_FLUSH_INTERVAL" envDefault:"100ms" help:"logs are written in batches at least this often, 1ms to 1m (one write(2) per line costs ~6% CPU at full load); lines are dropped and counted (log_lines_dropped_total) rather than block requests once stdout has taken no bytes for 1s; 0: every line written at once by the request, which then waits on a stalled stdout"`
 
 	// Rate limiting.
 	RateLimitEnabled   bool          `env:"RATELIMIT_ENABLED" envDefault:"true" help:"false: no rate limiting on /api/v1 (a gateway in front limits instead; no RateLimit-* headers, no Redis)"`
@@ -72,7 +72,7 @@ type Config struct {
 
 	// Circuit breaker (hystrix) around the dependency.
 	BreakerTimeout       time.Duration `env:"BREAKER_TIMEOUT" envDefault:"1s" help:"command timeout; the work is cancelled and the fallback served (must be shorter than HTTP_WRITE_TIMEOUT)"`
-	BreakerMaxConcurrent int           `env:"BREAKER_MAX_CONCURRENT" envDefault:"100" help:"bulkhead: concurrent calls to the dependency"`
+	BreakerMaxConcurrent int           `env:"BREAKER_MAX_CONCURRENT" envDefault:"100" help:"bulkhead: concurrent calls to the dependency, 1 to 10000"`
 	BreakerErrorPercent  int           `env:"BREAKER_ERROR_PERCENT" envDefault:"50" help:"error percentage that opens the circuit"`
 	BreakerVolume        int           `env:"BREAKER_REQUEST_VOLUME" envDefault:"20" help:"minimum requests in the 10s window before the circuit may open"`
 	BreakerSleepWindow   time.Duration `env:"BREAKER_SLEEP_WINDOW" envDefault:"5s" help:"open time before one probe is let through"`
@@ -157,8 +157,11 @@ func (c Config) Validate() error {
 			return bad(p.name, "must be > 0, got %s", p.d)
 		}
 	}
-	if c.LogFlushInterval < 0 {
-		return bad("LOG_FLUSH_INTERVAL", "must be >= 0, got %s", c.LogFlushInterval)
+	// 0 or 1ms to 1m: a ticker of 1ns keeps a core busy flushing nothing,
+	// and past a minute a quiet service's lines would wait that long (and
+	// be lost with the process).
+	if c.LogFlushInterval != 0 && (c.LogFlushInterval < time.Millisecond || c.LogFlushInterval > time.Minute) {
+		return bad("LOG_FLUSH_INTERVAL", "must be 0 or within [1ms, 1m], got %s", c.LogFlushInterval)
 	}
 	if c.ShutdownDelay < 0 {
 		return bad("SHUTDOWN_DELAY", "must be >= 0, got %s", c.ShutdownDelay)

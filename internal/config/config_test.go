@@ -37,6 +37,9 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"BREAKER_TIMEOUT": "30s"}, // not shorter than HTTP_WRITE_TIMEOUT's 30s
 		{"HTTP_WRITE_TIMEOUT": "500ms"},
 		{"SHUTDOWN_DELAY": "-1s"},
+		{"LOG_FLUSH_INTERVAL": "1ns"},
+		{"LOG_FLUSH_INTERVAL": "-1s"},
+		{"LOG_FLUSH_INTERVAL": "2m"},
 		{"MAX_BODY_BYTES": "0"},
 		{"TLS_CERT_FILE": "/x.pem"},
 		{"LOG_FORMAT": "xml"},
@@ -175,6 +178,9 @@ func TestGoodValuesAccepted(t *testing.T) {
 		{"HTTP_ADDR": "[::1]:8081"},
 		{"HTTP_ADDR": "localhost:8081"},
 		{"RATELIMIT_KEY_HEADER": "X-API-Key"},
+		{"LOG_FLUSH_INTERVAL": "0"},
+		{"LOG_FLUSH_INTERVAL": "1ms"},
+		{"LOG_FLUSH_INTERVAL": "1m"},
 	} {
 		if _, err := Load(envOf(kv)); err != nil {
 			t.Errorf("%v: %v", kv, err)

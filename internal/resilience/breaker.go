@@ -126,6 +126,11 @@ func Execute[T any](ctx context.Context, b Breaker, run func(ctx context.Context
 	}
 }
 
+// MaxBulkhead is the largest BREAKER_MAX_CONCURRENT: a bulkhead wider than
+// this does not protect anything (the outbound client's default connection
+// cap is 256).
+const MaxBulkhead = 10000
+
 // BreakerConfig holds one command's settings. They are applied once, when
 // the breaker is built.
 type BreakerConfig struct {
@@ -153,8 +158,11 @@ func (c BreakerConfig) Validate() error {
 	case c.Timeout < time.Millisecond:
 		// hystrix counts in whole milliseconds; 0 would silently mean its default.
 		return fmt.Errorf("BREAKER_TIMEOUT: must be >= 1ms, got %s", c.Timeout)
-	case c.MaxConcurrent < 1:
-		return fmt.Errorf("BREAKER_MAX_CONCURRENT: must be >= 1, got %d", c.MaxConcurrent)
+	case c.MaxConcurrent < 1 || c.MaxConcurrent > MaxBulkhead:
+		// hystrix fills a pool of 2x this many tickets at start: 1e8 took
+		// 1.6 GB and 4 s before the first request, 1e9 more memory than a
+		// pod has.
+		return fmt.Errorf("BREAKER_MAX_CONCURRENT: must be within [1, %d], got %d", MaxBulkhead, c.MaxConcurrent)
 	case c.ErrorPercent < 1 || c.ErrorPercent > 100:
 		return fmt.Errorf("BREAKER_ERROR_PERCENT: must be within [1, 100], got %d", c.ErrorPercent)
 	case c.RequestVolume < 1:

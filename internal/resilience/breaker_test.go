@@ -30,6 +30,7 @@ func TestBreakerConfigValidate(t *testing.T) {
 		{"zero timeout", func(c *BreakerConfig) { c.Timeout = 0 }, "BREAKER_TIMEOUT"},
 		{"sub-millisecond timeout", func(c *BreakerConfig) { c.Timeout = time.Microsecond }, "BREAKER_TIMEOUT"},
 		{"no concurrency", func(c *BreakerConfig) { c.MaxConcurrent = 0 }, "BREAKER_MAX_CONCURRENT"},
+		{"concurrency past the bound", func(c *BreakerConfig) { c.MaxConcurrent = MaxBulkhead + 1 }, "BREAKER_MAX_CONCURRENT"},
 		{"error percent 0", func(c *BreakerConfig) { c.ErrorPercent = 0 }, "BREAKER_ERROR_PERCENT"},
 		{"error percent 101", func(c *BreakerConfig) { c.ErrorPercent = 101 }, "BREAKER_ERROR_PERCENT"},
 		{"no volume", func(c *BreakerConfig) { c.RequestVolume = 0 }, "BREAKER_REQUEST_VOLUME"},
