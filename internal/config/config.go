@@ -139,22 +139,29 @@ func bad(name string, format string, args ...any) error {
 
 // Validate checks ranges and relations between settings.
 func (c Config) Validate() error {
+	// The server's timeouts and the shutdown budget under a millisecond are
+	// a unit typo ("5ns" for "5s"): every request would time out, or
+	// shutdown would cut every connection.
 	positive := []struct {
 		name string
 		d    time.Duration
+		min  time.Duration
 	}{
-		{"HTTP_READ_HEADER_TIMEOUT", c.ReadHeaderTimeout},
-		{"HTTP_READ_TIMEOUT", c.ReadTimeout},
-		{"HTTP_WRITE_TIMEOUT", c.WriteTimeout},
-		{"HTTP_IDLE_TIMEOUT", c.IdleTimeout},
-		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout},
-		{"RATELIMIT_REDIS_TIMEOUT", c.RateLimitTimeout},
-		{"BREAKER_TIMEOUT", c.BreakerTimeout},
-		{"BREAKER_SLEEP_WINDOW", c.BreakerSleepWindow},
+		{"HTTP_READ_HEADER_TIMEOUT", c.ReadHeaderTimeout, time.Millisecond},
+		{"HTTP_READ_TIMEOUT", c.ReadTimeout, time.Millisecond},
+		{"HTTP_WRITE_TIMEOUT", c.WriteTimeout, time.Millisecond},
+		{"HTTP_IDLE_TIMEOUT", c.IdleTimeout, time.Millisecond},
+		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout, time.Millisecond},
+		{"RATELIMIT_REDIS_TIMEOUT", c.RateLimitTimeout, 1},
+		{"BREAKER_TIMEOUT", c.BreakerTimeout, 1},
+		{"BREAKER_SLEEP_WINDOW", c.BreakerSleepWindow, 1},
 	}
 	for _, p := range positive {
-		if p.d <= 0 {
+		switch {
+		case p.d <= 0:
 			return bad(p.name, "must be > 0, got %s", p.d)
+		case p.d < p.min:
+			return bad(p.name, "must be at least %s, got %s", p.min, p.d)
 		}
 	}
 	// 0 or 1ms to 1m: a ticker of 1ns keeps a core busy flushing nothing,
