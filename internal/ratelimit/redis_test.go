@@ -762,20 +762,40 @@ func TestRedisClusterMasterStopped(t *testing.T) {
 // otherMastersDecide checks, while one Cluster master is down, that only
 // its keys are on the fallback: the others' keys are still decided by
 // Redis, the log names that master, and the whole of Redis never tripped.
+//
+// A healthy master that answers one call later than the 20 ms budget (a
+// loaded 2-core CI machine under -race) rightly sends its own keys to the
+// fallback until its next probe; a 300 ms window in which that happened
+// does not measure the down master's share, so it is measured again, up to
+// five times.
 func otherMastersDecide(t *testing.T, rl *testLimiter, down string) {
 	t.Helper()
-	redisBefore := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis")
-	localBefore := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "local")
-	time.Sleep(300 * time.Millisecond)
-	onRedis := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis") - redisBefore
-	onLocal := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "local") - localBefore
-	t.Logf("one master down, 300 ms: %v decisions by Redis, %v by the fallback", onRedis, onLocal)
+	var onRedis, onLocal, active, masters float64
+	for attempt := 1; ; attempt++ {
+		tripsBefore := othersTripped(rl.logs.String(), down)
+		mastersBefore := metric(t, rl.reg, "ratelimit_fallback_masters")
+		redisBefore := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis")
+		localBefore := metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "local")
+		time.Sleep(300 * time.Millisecond)
+		onRedis = metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "redis") - redisBefore
+		onLocal = metric(t, rl.reg, "ratelimit_decisions_total", "result", "allowed", "backend", "local") - localBefore
+		active, masters = metric(t, rl.reg, "ratelimit_fallback_active"), metric(t, rl.reg, "ratelimit_fallback_masters")
+		t.Logf("one master down, 300 ms: %v decisions by Redis, %v by the fallback", onRedis, onLocal)
+		trips := othersTripped(rl.logs.String(), down)
+		if len(trips) == len(tripsBefore) && mastersBefore == 1 {
+			break
+		}
+		if attempt == 5 {
+			t.Fatalf("healthy masters on the fallback in each of 5 windows:\n%s", strings.Join(trips, "\n"))
+		}
+		t.Logf("a healthy master was on the fallback in the window (%v masters at its start), measuring again:\n%s", mastersBefore, strings.Join(trips, "\n"))
+	}
 	if onRedis == 0 || onLocal == 0 {
 		t.Fatalf("want both: the other masters' keys on Redis, the down master's on the fallback")
 	}
 	// About a third of the keys are the down master's.
 	if share := onLocal / (onRedis + onLocal); share > 0.6 {
-		t.Errorf("%.0f%% of decisions on the fallback with one master of three down", 100*share)
+		t.Errorf("%.0f%% of decisions on the fallback with one master of three down:\n%s", 100*share, rl.logs.String())
 	}
 	logs := rl.logs.String()
 	if !strings.Contains(logs, "master failing") || !strings.Contains(logs, down) {
@@ -784,9 +804,21 @@ func otherMastersDecide(t *testing.T, rl *testLimiter, down string) {
 	if rl.fallback.Load() {
 		t.Errorf("the whole of Redis is on the fallback:\n%s", logs)
 	}
-	if a, m := metric(t, rl.reg, "ratelimit_fallback_active"), metric(t, rl.reg, "ratelimit_fallback_masters"); a != 1 || m != 1 {
-		t.Errorf("ratelimit_fallback_active %v, ratelimit_fallback_masters %v; want 1 and 1", a, m)
+	if active != 1 || masters != 1 {
+		t.Errorf("ratelimit_fallback_active %v, ratelimit_fallback_masters %v; want 1 and 1", active, masters)
 	}
+}
+
+// othersTripped returns the log lines of masters other than down sending
+// their keys to the fallback.
+func othersTripped(logs, down string) []string {
+	var out []string
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, "master failing") && !strings.Contains(line, "node="+down+" ") {
+			out = append(out, line)
+		}
+	}
+	return out
 }
 
 // TestRedisClusterFailover: a master of a Cluster with replicas crashes and
