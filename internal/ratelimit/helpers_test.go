@@ -34,6 +34,19 @@ func (s *logSink) String() string {
 
 func (s *logSink) count(substr string) int { return strings.Count(s.String(), substr) }
 
+// after returns what was logged after the last line marker (a line the
+// test wrote itself), or everything if there is none.
+func (s *logSink) after(marker string) string {
+	all := s.String()
+	if i := strings.LastIndex(all, marker+"\n"); i >= 0 {
+		return all[i+len(marker)+1:]
+	}
+	return all
+}
+
+// mark writes a marker line between the limiter's own lines.
+func (s *logSink) mark(marker string) { _, _ = s.Write([]byte(marker + "\n")) }
+
 type testLimiter struct {
 	*RateLimiter
 	reg  *prometheus.Registry
