@@ -5,8 +5,11 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/trace"
 )
@@ -75,5 +78,34 @@ func BenchmarkAccessLine(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		_ = l.write(io.Discard)
+	}
+}
+
+// A path past MaxLoggedPath is cut at a UTF-8 boundary and says how much
+// was left out; shorter ones are logged as they are.
+func TestLoggedPath(t *testing.T) {
+	long := "/" + strings.Repeat("a", 30<<10)
+	emoji := "/" + strings.Repeat("a", MaxLoggedPath-3) + "😀" + "tail" // the rune straddles the limit
+	for _, tc := range []struct {
+		in, want string
+	}{
+		{"/api/v1/ping", "/api/v1/ping"},
+		{long[:MaxLoggedPath], long[:MaxLoggedPath]},
+		{long[:MaxLoggedPath+1], long[:MaxLoggedPath] + "…(+1 bytes)"},
+		{long, long[:MaxLoggedPath] + "…(+" + strconv.Itoa(len(long)-MaxLoggedPath) + " bytes)"},
+		{emoji, emoji[:MaxLoggedPath-2] + "…(+" + strconv.Itoa(len(emoji)-(MaxLoggedPath-2)) + " bytes)"},
+	} {
+		got := loggedPath(tc.in)
+		if got != tc.want {
+			t.Errorf("loggedPath(%d bytes) = %.40q… (%d bytes), want %d bytes", len(tc.in), got, len(got), len(tc.want))
+		}
+		if !utf8.ValidString(got) {
+			t.Errorf("loggedPath(%d bytes) is not valid UTF-8", len(tc.in))
+		}
+	}
+	// Bytes that are not UTF-8 at the limit: cut at the limit all the same.
+	bad := "/" + strings.Repeat("\x80", MaxLoggedPath+10)
+	if got := loggedPath(bad); !strings.HasPrefix(got, bad[:MaxLoggedPath-utf8.UTFMax]) || len(got) > MaxLoggedPath+20 {
+		t.Errorf("loggedPath(invalid UTF-8) = %d bytes", len(got))
 	}
 }

@@ -460,7 +460,7 @@ func requestAttrs(c *gin.Context, method, route string) []attribute.KeyValue {
 	attrs := make([]attribute.KeyValue, 0, 8)
 	attrs = append(attrs,
 		semconv.HTTPRequestMethodKey.String(method),
-		semconv.URLPath(r.URL.Path),
+		semconv.URLPath(loggedPath(r.URL.Path)),
 		semconv.URLScheme(scheme),
 		semconv.ClientAddress(clientip.Of(c)),
 		semconv.NetworkProtocolVersion(strings.TrimPrefix(r.Proto, "HTTP/")),

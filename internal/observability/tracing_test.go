@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -126,9 +127,10 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 		t.Fatalf("items = %d %s", code, body)
 	}
 	outbound := ds.last()
-	// 3. Unmatched route, sampled caller.
+	// 3. Unmatched route with a long path, sampled caller.
 	const nfTrace = "11111111111111111111111111111111"
-	if code, _ := do(t, base+"/no/such/path", map[string]string{"traceparent": "00-" + nfTrace + "-2222222222222222-01"}); code != 404 {
+	nfPath := "/no/such/path/" + strings.Repeat("x", 8000)
+	if code, _ := do(t, base+nfPath, map[string]string{"traceparent": "00-" + nfTrace + "-2222222222222222-01"}); code != 404 {
 		t.Fatalf("unmatched = %d", code)
 	}
 	// 4. Probes are never traced, even when the caller samples.
@@ -227,6 +229,10 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 	}
 	if _, ok := attr(nf[0].GetAttributes(), "http.route"); ok {
 		t.Errorf("unmatched span carries http.route")
+	}
+	wantPath := nfPath[:observability.MaxLoggedPath] + "…(+" + strconv.Itoa(len(nfPath)-observability.MaxLoggedPath) + " bytes)"
+	if v, _ := attr(nf[0].GetAttributes(), "url.path"); v.GetStringValue() != wantPath {
+		t.Errorf("unmatched url.path attribute of %d bytes, want the path cut to %d", len(v.GetStringValue()), observability.MaxLoggedPath)
 	}
 
 	// 4, 5: nothing for probes, unsampled callers or unsampled roots.

@@ -298,6 +298,32 @@ func TestAccessLogAndMetrics(t *testing.T) {
 	}
 }
 
+// A long path (up to the 64 KB header limit) is cut in the access line, for
+// matched and unmatched routes alike: one request, one line of bounded size.
+func TestLongPathIsCutInTheAccessLine(t *testing.T) {
+	long := strings.Repeat("x", 30<<10)
+	for _, p := range []string{"/api/v1/items/" + long, "/no/such/route/" + long} {
+		f := newFixture(t, nil)
+		f.do(httptest.NewRequest("GET", p, nil))
+		lines := strings.Split(strings.TrimSpace(f.logs.String()), "\n")
+		if len(lines) != 1 {
+			t.Fatalf("GET %.30s…: %d log lines, want 1", p, len(lines))
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(lines[0]), &m); err != nil {
+			t.Fatalf("access line: %v", err)
+		}
+		got, _ := m["path"].(string)
+		want := p[:observability.MaxLoggedPath] + "…(+" + strconv.Itoa(len(p)-observability.MaxLoggedPath) + " bytes)"
+		if got != want {
+			t.Errorf("GET %.30s… (%d bytes): path logged as %.40q… (%d bytes), want the first %d bytes and the count", p, len(p), got, len(got), observability.MaxLoggedPath)
+		}
+		if len(lines[0]) > observability.MaxLoggedPath+1024 {
+			t.Errorf("access line of %d bytes for a %d-byte path", len(lines[0]), len(p))
+		}
+	}
+}
+
 func TestClientGoneIsLogged499(t *testing.T) {
 	started := make(chan struct{})
 	f := newFixture(t, func(d *Deps) {
