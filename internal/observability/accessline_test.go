@@ -95,17 +95,17 @@ func TestLoggedPath(t *testing.T) {
 		{long, long[:MaxLoggedPath] + "…(+" + strconv.Itoa(len(long)-MaxLoggedPath) + " bytes)"},
 		{emoji, emoji[:MaxLoggedPath-2] + "…(+" + strconv.Itoa(len(emoji)-(MaxLoggedPath-2)) + " bytes)"},
 	} {
-		got := loggedPath(tc.in)
+		got := cutLong(tc.in)
 		if got != tc.want {
-			t.Errorf("loggedPath(%d bytes) = %.40q… (%d bytes), want %d bytes", len(tc.in), got, len(got), len(tc.want))
+			t.Errorf("cutLong(%d bytes) = %.40q… (%d bytes), want %d bytes", len(tc.in), got, len(got), len(tc.want))
 		}
 		if !utf8.ValidString(got) {
-			t.Errorf("loggedPath(%d bytes) is not valid UTF-8", len(tc.in))
+			t.Errorf("cutLong(%d bytes) is not valid UTF-8", len(tc.in))
 		}
 	}
 	// Bytes that are not UTF-8 at the limit: cut at the limit all the same.
 	bad := "/" + strings.Repeat("\x80", MaxLoggedPath+10)
-	if got := loggedPath(bad); !strings.HasPrefix(got, bad[:MaxLoggedPath-utf8.UTFMax]) || len(got) > MaxLoggedPath+20 {
-		t.Errorf("loggedPath(invalid UTF-8) = %d bytes", len(got))
+	if got := cutLong(bad); !strings.HasPrefix(got, bad[:MaxLoggedPath-utf8.UTFMax]) || len(got) > MaxLoggedPath+20 {
+		t.Errorf("cutLong(invalid UTF-8) = %d bytes", len(got))
 	}
 }

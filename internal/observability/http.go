@@ -316,7 +316,7 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 		// as slog's). Errors go through slog below, so they flush.
 		line := accessLine{
 			time: start.Add(elapsed), level: "INFO", method: method, route: route,
-			path: loggedPath(c.Request.URL.Path), status: status, latencyUS: latencyUS, bytes: size,
+			path: cutLong(c.Request.URL.Path), status: status, latencyUS: latencyUS, bytes: size,
 			clientIP: clientip.Of(c), requestID: requestID,
 			span: sc,
 		}
@@ -333,7 +333,7 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 	r.AddAttrs(
 		slog.String("method", method),
 		slog.String("route", route),
-		slog.String("path", loggedPath(c.Request.URL.Path)),
+		slog.String("path", cutLong(c.Request.URL.Path)),
 		slog.Int("status", status),
 		slog.Float64("latency_ms", float64(latencyUS)/1000),
 		slog.Int("bytes", size),
@@ -346,15 +346,15 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 }
 
 // MaxLoggedPath is how much of a request path an access line and a span
-// keep. A path may be as long as the header limit (64 KB); kept whole, every
-// such request would write a 64 KB log line, past what log shippers accept
-// as one line (Docker's json-file splits at 16 KB) and for unmatched routes,
-// which no limiter meters.
+// keep, and of a User-Agent in a span. Either may be as long as the header
+// limit (64 KB); kept whole, every such request would write a 64 KB log
+// line, past what log shippers accept as one line (Docker's json-file
+// splits at 16 KB), also for unmatched routes, which no limiter meters.
 const MaxLoggedPath = 2048
 
-// loggedPath is p cut to MaxLoggedPath bytes at a UTF-8 boundary, with the
+// cutLong is p cut to MaxLoggedPath bytes at a UTF-8 boundary, with the
 // number of bytes left out, e.g. "/aaaa…(+28672 bytes)".
-func loggedPath(p string) string {
+func cutLong(p string) string {
 	if len(p) <= MaxLoggedPath {
 		return p
 	}

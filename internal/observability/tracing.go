@@ -460,7 +460,7 @@ func requestAttrs(c *gin.Context, method, route string) []attribute.KeyValue {
 	attrs := make([]attribute.KeyValue, 0, 8)
 	attrs = append(attrs,
 		semconv.HTTPRequestMethodKey.String(method),
-		semconv.URLPath(loggedPath(r.URL.Path)),
+		semconv.URLPath(cutLong(r.URL.Path)),
 		semconv.URLScheme(scheme),
 		semconv.ClientAddress(clientip.Of(c)),
 		semconv.NetworkProtocolVersion(strings.TrimPrefix(r.Proto, "HTTP/")),
@@ -469,7 +469,7 @@ func requestAttrs(c *gin.Context, method, route string) []attribute.KeyValue {
 		attrs = append(attrs, semconv.HTTPRoute(route))
 	}
 	if ua := r.UserAgent(); ua != "" {
-		attrs = append(attrs, semconv.UserAgentOriginal(ua))
+		attrs = append(attrs, semconv.UserAgentOriginal(cutLong(ua)))
 	}
 	if r.Host != "" {
 		attrs = append(attrs, semconv.ServerAddress(r.Host))

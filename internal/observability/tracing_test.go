@@ -130,7 +130,7 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 	// 3. Unmatched route with a long path, sampled caller.
 	const nfTrace = "11111111111111111111111111111111"
 	nfPath := "/no/such/path/" + strings.Repeat("x", 8000)
-	if code, _ := do(t, base+nfPath, map[string]string{"traceparent": "00-" + nfTrace + "-2222222222222222-01"}); code != 404 {
+	if code, _ := do(t, base+nfPath, map[string]string{"traceparent": "00-" + nfTrace + "-2222222222222222-01", "User-Agent": "ua/" + strings.Repeat("u", 5000)}); code != 404 {
 		t.Fatalf("unmatched = %d", code)
 	}
 	// 4. Probes are never traced, even when the caller samples.
@@ -233,6 +233,9 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 	wantPath := nfPath[:observability.MaxLoggedPath] + "…(+" + strconv.Itoa(len(nfPath)-observability.MaxLoggedPath) + " bytes)"
 	if v, _ := attr(nf[0].GetAttributes(), "url.path"); v.GetStringValue() != wantPath {
 		t.Errorf("unmatched url.path attribute of %d bytes, want the path cut to %d", len(v.GetStringValue()), observability.MaxLoggedPath)
+	}
+	if v, _ := attr(nf[0].GetAttributes(), "user_agent.original"); !strings.HasPrefix(v.GetStringValue(), "ua/uuu") || !strings.HasSuffix(v.GetStringValue(), "…(+2955 bytes)") {
+		t.Errorf("unmatched user_agent.original attribute of %d bytes, want the header cut to %d", len(v.GetStringValue()), observability.MaxLoggedPath)
 	}
 
 	// 4, 5: nothing for probes, unsampled callers or unsampled roots.
