@@ -436,7 +436,7 @@ var otelVars = [][3]string{
 	{"OTEL_TRACES_EXPORTER", "(empty)", "otlp to enable tracing, none to disable it"},
 	{"OTEL_SERVICE_NAME", "api", "service.name of the traces"},
 	{"OTEL_TRACES_SAMPLER", "parentbased_traceidratio", "sampler; with OTEL_TRACES_SAMPLER_ARG (default 0.01)"},
-	{"OTEL_PROPAGATORS", "tracecontext,baggage,jaeger", "incoming/outgoing trace headers"},
+	{"OTEL_PROPAGATORS", "tracecontext,baggage,jaeger", "incoming/outgoing trace headers; none for neither, on its own"},
 	{"OTEL_RESOURCE_ATTRIBUTES", "(empty)", "extra resource attributes, k=v,k2=v2"},
 	{"OTEL_TRACES_SAMPLER_ARG", "0.01", "sampling ratio of the ratio samplers, 0 to 1"},
 	{"OTEL_SDK_DISABLED", "false", "true: no tracing at all, not even continuing callers' traces"},

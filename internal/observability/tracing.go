@@ -482,6 +482,7 @@ func parsePropagators(v string) (propagation.TextMapPropagator, error) {
 		v = DefaultPropagators
 	}
 	var ps []propagation.TextMapPropagator
+	none := false
 	for _, name := range strings.Split(v, ",") {
 		switch n := strings.ToLower(strings.TrimSpace(name)); n {
 		case "tracecontext":
@@ -491,11 +492,16 @@ func parsePropagators(v string) (propagation.TextMapPropagator, error) {
 		case "jaeger":
 			ps = append(ps, jaeger.Jaeger{})
 		case "none":
-			return propagation.NewCompositeTextMapPropagator(), nil
+			none = true
 		case "":
 		default:
 			return nil, fmt.Errorf("OTEL_PROPAGATORS: %q is not supported (want tracecontext, baggage, jaeger or none)", n)
 		}
+	}
+	if none && len(ps) > 0 {
+		// Which one was meant is a guess either way: callers' traces
+		// dropped, or joined after all.
+		return nil, fmt.Errorf("OTEL_PROPAGATORS: none cannot be combined with other propagators, got %q", v)
 	}
 	return propagation.NewCompositeTextMapPropagator(ps...), nil
 }

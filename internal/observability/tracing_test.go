@@ -544,6 +544,10 @@ func TestSetupTracingFromEnv(t *testing.T) {
 		{"OTEL_TRACES_SAMPLER_ARG", "0x1p-1x", ""},
 		{"OTEL_RESOURCE_ATTRIBUTES", "team=%zz", `OTEL_RESOURCE_ATTRIBUTES: "team": invalid URL escape "%zz"`},
 		{"OTEL_EXPORTER_OTLP_HEADERS", "api-key=%zz", `OTEL_EXPORTER_OTLP_HEADERS: "api-key": invalid URL escape "%zz"`},
+		// none with others: dropping callers' traces or joining them is a
+		// guess either way.
+		{"OTEL_PROPAGATORS", "none,tracecontext", `OTEL_PROPAGATORS: none cannot be combined with other propagators, got "none,tracecontext"`},
+		{"OTEL_PROPAGATORS", "jaeger, None", ""},
 		// Past what the SDK can take: a queue it cannot allocate, a
 		// timeout that overflows into a negative duration, a batch larger
 		// than the queue (the default 2048).
@@ -593,6 +597,18 @@ func TestPropagators(t *testing.T) {
 	}
 	if !trace.SpanContextFromContext(tr.Propagator().Extract(ctx, propagation.HeaderCarrier(h))).IsValid() {
 		t.Errorf("default propagators rejected uber-trace-id")
+	}
+	tr3, err := observability.SetupTracing(ctx, func(k string) string {
+		if k == "OTEL_PROPAGATORS" {
+			return "none"
+		}
+		return ""
+	}, "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := tr3.Propagator().Fields(); len(f) != 0 {
+		t.Errorf("OTEL_PROPAGATORS=none reads and writes %v", f)
 	}
 }
 
