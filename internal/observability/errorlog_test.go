@@ -46,8 +46,9 @@ type tlsServer struct {
 }
 
 // startTLSServer runs a real http.Server over TLS on loopback with the
-// error log and connection metrics wired as in production.
-func startTLSServer(t *testing.T) *tlsServer {
+// error log and connection metrics wired as in production. Its
+// ReadHeaderTimeout, which also bounds the handshake, is handshakeTimeout.
+func startTLSServer(t *testing.T, handshakeTimeout time.Duration) *tlsServer {
 	t.Helper()
 	logs := &testkit.SyncBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -55,7 +56,7 @@ func startTLSServer(t *testing.T) *tlsServer {
 	ts := &tlsServer{reg: reg, logs: logs, conns: NewConnMetrics(reg, logger)}
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }),
-		ReadHeaderTimeout: 300 * time.Millisecond, // also bounds the handshake
+		ReadHeaderTimeout: handshakeTimeout,
 		ErrorLog:          ServerErrorLog(logger, reg),
 		ConnState:         ts.conns.ConnState,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}},
@@ -89,7 +90,12 @@ func startTLSServer(t *testing.T) *tlsServer {
 }
 
 func TestTLSHandshakeErrorsByReason(t *testing.T) {
-	ts := startTLSServer(t)
+	// Every handshake but the stalled one gets all the time it needs: on a
+	// loaded machine under -race, a bad-certificate handshake can take
+	// longer than the short deadline the stalled one runs into, and would
+	// then count as a timeout.
+	ts := startTLSServer(t, 10*time.Second)
+	stall := startTLSServer(t, 300*time.Millisecond)
 	hello := clientHello(t)
 
 	// A TLS client that hangs up mid-handshake: half a ClientHello, then FIN.
@@ -107,19 +113,22 @@ func TestTLSHandshakeErrorsByReason(t *testing.T) {
 	})
 
 	// One that stalls mid-handshake until the server's deadline.
-	c, err = net.Dial("tcp", ts.addr)
+	c, err = net.Dial("tcp", stall.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	c.Write(hello[:len(hello)/2])
-	eventually(t, "timeout", func() bool { return ts.reasonOf(TLSReasonTimeout) == 1 })
+	eventually(t, "timeout", func() bool { return stall.reasonOf(TLSReasonTimeout) == 1 }, stall.logs.String)
+	if !strings.Contains(stall.logs.String(), `"reason":"timeout"`) {
+		t.Errorf("no timeout line:\n%s", stall.logs.String())
+	}
 
 	// A client that does not trust the self-signed certificate.
 	if _, err := tls.Dial("tcp", ts.addr, &tls.Config{}); err == nil {
 		t.Fatal("handshake with an untrusted certificate succeeded")
 	}
-	eventually(t, "bad certificate", func() bool { return ts.reasonOf(TLSReasonBadCertificate) == 1 })
+	eventually(t, "bad certificate", func() bool { return ts.reasonOf(TLSReasonBadCertificate) == 1 }, ts.logs.String)
 
 	// Bytes that are not TLS at all, and plain HTTP to the TLS port.
 	c2, err := net.Dial("tcp", ts.addr)
@@ -153,13 +162,18 @@ func TestTLSHandshakeErrorsByReason(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	for reason, want := range map[string]float64{TLSReasonEOF: 1, TLSReasonTimeout: 1, TLSReasonBadCertificate: 1, TLSReasonOther: 2} {
+	for reason, want := range map[string]float64{TLSReasonEOF: 1, TLSReasonTimeout: 0, TLSReasonBadCertificate: 1, TLSReasonOther: 2} {
 		if got := ts.reasonOf(reason); got != want {
 			t.Errorf("%s = %v, want %v", reason, got, want)
 		}
 	}
+	for reason, want := range map[string]float64{TLSReasonEOF: 0, TLSReasonTimeout: 1, TLSReasonBadCertificate: 0, TLSReasonOther: 0} {
+		if got := stall.reasonOf(reason); got != want {
+			t.Errorf("stalled handshake's server: %s = %v, want %v", reason, got, want)
+		}
+	}
 	logs := ts.logs.String()
-	for _, want := range []string{`"msg":"tls handshake error","reason":"eof","remote_addr":"127.0.0.1:`, `"reason":"timeout"`, `"reason":"bad_certificate"`, `client sent an HTTP request to an HTTPS server`} {
+	for _, want := range []string{`"msg":"tls handshake error","reason":"eof","remote_addr":"127.0.0.1:`, `"reason":"bad_certificate"`, `client sent an HTTP request to an HTTPS server`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("log lacks %s:\n%s", want, logs)
 		}
@@ -168,7 +182,7 @@ func TestTLSHandshakeErrorsByReason(t *testing.T) {
 
 // A handshake flood is counted in full but logged at a bounded rate.
 func TestTLSHandshakeFloodIsRateLimited(t *testing.T) {
-	ts := startTLSServer(t)
+	ts := startTLSServer(t, 10*time.Second)
 	hello := clientHello(t)
 	const n = 80
 	for range n {
