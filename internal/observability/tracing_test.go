@@ -581,12 +581,15 @@ func TestPropagators(t *testing.T) {
 			t.Errorf("default propagators lack %s: %s", f, fields)
 		}
 	}
-	tr2, err := observability.SetupTracing(ctx, func(k string) string {
-		if k == "OTEL_PROPAGATORS" {
-			return "tracecontext"
+	propagators := func(v string) func(string) string {
+		return func(k string) string {
+			if k == "OTEL_PROPAGATORS" {
+				return v
+			}
+			return ""
 		}
-		return ""
-	}, "v1")
+	}
+	tr2, err := observability.SetupTracing(ctx, propagators("tracecontext"), "v1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -598,12 +601,7 @@ func TestPropagators(t *testing.T) {
 	if !trace.SpanContextFromContext(tr.Propagator().Extract(ctx, propagation.HeaderCarrier(h))).IsValid() {
 		t.Errorf("default propagators rejected uber-trace-id")
 	}
-	tr3, err := observability.SetupTracing(ctx, func(k string) string {
-		if k == "OTEL_PROPAGATORS" {
-			return "none"
-		}
-		return ""
-	}, "v1")
+	tr3, err := observability.SetupTracing(ctx, propagators("none"), "v1")
 	if err != nil {
 		t.Fatal(err)
 	}
