@@ -32,22 +32,22 @@ type ClientConfig struct {
 	// Retries.
 	AttemptTimeout   time.Duration // DOWNSTREAM_ATTEMPT_TIMEOUT: one attempt, headers and body; inside the caller's deadline
 	MaxAttempts      int           // DOWNSTREAM_MAX_ATTEMPTS: first try included; 1 disables retries
-	BackoffBase      time.Duration // DOWNSTREAM_BACKOFF_BASE: full-jitter backoff, first retry waits up to this
-	BackoffCap       time.Duration // DOWNSTREAM_BACKOFF_CAP: upper bound of one backoff
-	MaxRetryAfter    time.Duration // DOWNSTREAM_MAX_RETRY_AFTER: a longer Retry-After is not waited for
+	BackoffBase      time.Duration // ClientConfig.BackoffBase: full-jitter backoff, first retry waits up to this
+	BackoffCap       time.Duration // ClientConfig.BackoffCap: upper bound of one backoff
+	MaxRetryAfter    time.Duration // ClientConfig.MaxRetryAfter: a longer Retry-After is not waited for
 	RetryBudgetRatio float64       // DOWNSTREAM_RETRY_BUDGET_RATIO: retries per request, on average, per host
-	RetryBudgetBurst int           // DOWNSTREAM_RETRY_BUDGET_BURST: retries allowed before the ratio applies
+	RetryBudgetBurst int           // ClientConfig.RetryBudgetBurst: retries allowed before the ratio applies
 
 	// Transport.
-	MaxIdleConns          int           // DOWNSTREAM_MAX_IDLE_CONNS: idle connections kept, all hosts
-	MaxIdleConnsPerHost   int           // DOWNSTREAM_MAX_IDLE_CONNS_PER_HOST: well above the stdlib's 2
+	MaxIdleConns          int           // ClientConfig.MaxIdleConns: idle connections kept, all hosts
+	MaxIdleConnsPerHost   int           // ClientConfig.MaxIdleConnsPerHost: well above the stdlib's 2
 	MaxConnsPerHost       int           // DOWNSTREAM_MAX_CONNS_PER_HOST: 0 = unlimited
 	IdleConnTimeout       time.Duration // DOWNSTREAM_IDLE_CONN_TIMEOUT: shorter than the peer's keep-alive timeout
-	DialTimeout           time.Duration // DOWNSTREAM_DIAL_TIMEOUT
-	KeepAlive             time.Duration // DOWNSTREAM_TCP_KEEPALIVE: TCP keep-alive probe interval
-	TLSHandshakeTimeout   time.Duration // DOWNSTREAM_TLS_HANDSHAKE_TIMEOUT
-	ResponseHeaderTimeout time.Duration // DOWNSTREAM_RESPONSE_HEADER_TIMEOUT: transport backstop
-	ExpectContinueTimeout time.Duration // DOWNSTREAM_EXPECT_CONTINUE_TIMEOUT
+	DialTimeout           time.Duration // ClientConfig.DialTimeout
+	KeepAlive             time.Duration // ClientConfig.KeepAlive: TCP keep-alive probe interval
+	TLSHandshakeTimeout   time.Duration // ClientConfig.TLSHandshakeTimeout
+	ResponseHeaderTimeout time.Duration // ClientConfig.ResponseHeaderTimeout: transport backstop
+	ExpectContinueTimeout time.Duration // ClientConfig.ExpectContinueTimeout
 }
 
 // DefaultClientConfig returns defaults sized for a dependency behind a
@@ -77,20 +77,22 @@ func DefaultClientConfig() ClientConfig {
 	}
 }
 
-// Validate reports the first bad setting, naming its environment variable.
+// Validate reports the first bad setting, naming its environment variable
+// for the settings config reads from one (DOWNSTREAM_*), its field for the
+// others, which only code sets.
 func (c ClientConfig) Validate() error {
 	positive := []struct {
 		name string
 		d    time.Duration
 	}{
 		{"DOWNSTREAM_ATTEMPT_TIMEOUT", c.AttemptTimeout},
-		{"DOWNSTREAM_BACKOFF_BASE", c.BackoffBase},
-		{"DOWNSTREAM_BACKOFF_CAP", c.BackoffCap},
+		{"ClientConfig.BackoffBase", c.BackoffBase},
+		{"ClientConfig.BackoffCap", c.BackoffCap},
 		{"DOWNSTREAM_IDLE_CONN_TIMEOUT", c.IdleConnTimeout},
-		{"DOWNSTREAM_DIAL_TIMEOUT", c.DialTimeout},
-		{"DOWNSTREAM_TLS_HANDSHAKE_TIMEOUT", c.TLSHandshakeTimeout},
-		{"DOWNSTREAM_RESPONSE_HEADER_TIMEOUT", c.ResponseHeaderTimeout},
-		{"DOWNSTREAM_EXPECT_CONTINUE_TIMEOUT", c.ExpectContinueTimeout},
+		{"ClientConfig.DialTimeout", c.DialTimeout},
+		{"ClientConfig.TLSHandshakeTimeout", c.TLSHandshakeTimeout},
+		{"ClientConfig.ResponseHeaderTimeout", c.ResponseHeaderTimeout},
+		{"ClientConfig.ExpectContinueTimeout", c.ExpectContinueTimeout},
 	}
 	for _, p := range positive {
 		if p.d <= 0 {
@@ -99,21 +101,21 @@ func (c ClientConfig) Validate() error {
 	}
 	switch {
 	case c.MaxRetryAfter < 0:
-		return fmt.Errorf("DOWNSTREAM_MAX_RETRY_AFTER: must be >= 0, got %s", c.MaxRetryAfter)
+		return fmt.Errorf("ClientConfig.MaxRetryAfter: must be >= 0, got %s", c.MaxRetryAfter)
 	case c.KeepAlive < 0:
-		return fmt.Errorf("DOWNSTREAM_TCP_KEEPALIVE: must be >= 0, got %s", c.KeepAlive)
+		return fmt.Errorf("ClientConfig.KeepAlive: must be >= 0, got %s", c.KeepAlive)
 	case c.BackoffBase > c.BackoffCap:
-		return fmt.Errorf("DOWNSTREAM_BACKOFF_BASE: %s is above DOWNSTREAM_BACKOFF_CAP %s", c.BackoffBase, c.BackoffCap)
+		return fmt.Errorf("ClientConfig.BackoffBase: %s is above ClientConfig.BackoffCap %s", c.BackoffBase, c.BackoffCap)
 	case c.MaxAttempts < 1 || c.MaxAttempts > 10:
 		return fmt.Errorf("DOWNSTREAM_MAX_ATTEMPTS: must be within [1, 10], got %d", c.MaxAttempts)
 	case !(c.RetryBudgetRatio >= 0 && c.RetryBudgetRatio <= 1): // NaN too
 		return fmt.Errorf("DOWNSTREAM_RETRY_BUDGET_RATIO: must be within [0, 1], got %v", c.RetryBudgetRatio)
 	case c.RetryBudgetBurst < 0:
-		return fmt.Errorf("DOWNSTREAM_RETRY_BUDGET_BURST: must be >= 0, got %d", c.RetryBudgetBurst)
+		return fmt.Errorf("ClientConfig.RetryBudgetBurst: must be >= 0, got %d", c.RetryBudgetBurst)
 	case c.MaxIdleConns < 1:
-		return fmt.Errorf("DOWNSTREAM_MAX_IDLE_CONNS: must be >= 1, got %d", c.MaxIdleConns)
+		return fmt.Errorf("ClientConfig.MaxIdleConns: must be >= 1, got %d", c.MaxIdleConns)
 	case c.MaxIdleConnsPerHost < 1 || c.MaxIdleConnsPerHost > c.MaxIdleConns:
-		return fmt.Errorf("DOWNSTREAM_MAX_IDLE_CONNS_PER_HOST: must be within [1, DOWNSTREAM_MAX_IDLE_CONNS=%d], got %d", c.MaxIdleConns, c.MaxIdleConnsPerHost)
+		return fmt.Errorf("ClientConfig.MaxIdleConnsPerHost: must be within [1, ClientConfig.MaxIdleConns=%d], got %d", c.MaxIdleConns, c.MaxIdleConnsPerHost)
 	case c.MaxConnsPerHost < 0:
 		return fmt.Errorf("DOWNSTREAM_MAX_CONNS_PER_HOST: must be >= 0 (0 = unlimited), got %d", c.MaxConnsPerHost)
 	}
