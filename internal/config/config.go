@@ -20,6 +20,8 @@ import (
 
 	"github.com/caarlos0/env/v11"
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/hardenedgo/ginservice/internal/ratelimit"
 )
 
 // Config holds every setting. The env tag names the variable, envDefault its
@@ -216,22 +218,12 @@ func (c Config) Validate() error {
 		return bad("LOG_FORMAT", "want json or text, got %q", c.LogFormat)
 	}
 	if c.RedisURL != "" {
-		u, err := url.Parse(c.RedisURL)
-		if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
-			return bad("REDIS_URL", "want redis://host:port/db or rediss://..., got %q", MaskURL(c.RedisURL))
-		}
-		// Every node's port (the URL's own and a cluster's addr=
-		// parameters): go-redis accepts redis://h:99999 and would only
-		// fail to dial, leaving the limiter on its fallback for good.
-		addrs := append([]string{u.Host}, u.Query()["addr"]...)
-		for _, a := range addrs {
-			_, port, err := net.SplitHostPort(a)
-			if err != nil && strings.Contains(err.Error(), "missing port") && a == u.Host {
-				continue // redis://host: go-redis uses 6379
-			}
-			if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 {
-				return bad("REDIS_URL", "node %q: want host:port with a port from 1 to 65535", a)
-			}
+		// The limiter's own parser: every node's port (the URL's own and a
+		// cluster's addr= parameters) is checked, since go-redis accepts
+		// redis://h:99999 and would only fail to dial, leaving the limiter
+		// on its fallback for good.
+		if err := ratelimit.CheckRedisURL(c.RedisURL); err != nil {
+			return bad("REDIS_URL", "%v", err)
 		}
 	}
 	if c.RateLimitRate <= 0 {

@@ -182,6 +182,13 @@ type redisOptions struct {
 	cluster *redis.ClusterOptions
 }
 
+// CheckRedisURL reports what is wrong with a REDIS_URL value, as New would,
+// without connecting: config refuses it at start with the same words.
+func CheckRedisURL(raw string) error {
+	_, err := parseRedisURL(raw)
+	return err
+}
+
 // parseRedisURL accepts the single-node form (go-redis ParseURL) and the
 // cluster form with addr= parameters (go-redis ParseClusterURL). The
 // password never appears in the error.
