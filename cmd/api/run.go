@@ -209,10 +209,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		adminSim = nil
 	}
 	admin := server.NewHTTPServer(server.NewAdmin(server.AdminDeps{
-		Logger:   logger,
-		Gatherer: reg,
-		Pprof:    cfg.PprofEnabled,
-		Faults:   adminSim,
+		Logger:     logger,
+		Gatherer:   reg,
+		Registerer: reg,
+		Pprof:      cfg.PprofEnabled,
+		Faults:     adminSim,
 	}), server.Timeouts{ReadHeader: 5 * time.Second, Read: 30 * time.Second, Write: 60 * time.Second, Idle: 120 * time.Second}, 1<<16, logger)
 
 	if cfg.TLSCertFile != "" {

@@ -20,20 +20,46 @@ import (
 type AdminDeps struct {
 	Logger   *slog.Logger
 	Gatherer prometheus.Gatherer
-	Pprof    bool
+	// Registerer takes the /metrics handler's own metrics
+	// (promhttp_metric_handler_requests_total, _requests_in_flight and
+	// _errors_total); nil: none.
+	Registerer prometheus.Registerer
+	Pprof      bool
 	// Faults is the simulated dependency; nil when DOWNSTREAM_URL is set
 	// (then PUT /debug/faults answers 409).
 	Faults *items.Simulated
+}
+
+// MaxConcurrentScrapes is how many /metrics requests are served at once;
+// more get 503 instead of piling up (a scrape loop, a misconfigured pair of
+// Prometheus servers).
+const MaxConcurrentScrapes = 4
+
+// metricsHandler serves d.Gatherer in the Prometheus text or OpenMetrics
+// format (exemplars are only exposed in OpenMetrics). A collector that fails,
+// one of the service's or one a team adds, does not blank out every other
+// series in the middle of an incident: what could be gathered is served,
+// and the error is logged and counted in
+// promhttp_metric_handler_errors_total{cause="gathering"}.
+func metricsHandler(d AdminDeps) http.Handler {
+	h := promhttp.HandlerFor(d.Gatherer, promhttp.HandlerOpts{
+		EnableOpenMetrics:   true,
+		ErrorLog:            slog.NewLogLogger(d.Logger.Handler(), slog.LevelError),
+		ErrorHandling:       promhttp.ContinueOnError,
+		Registry:            d.Registerer,
+		MaxRequestsInFlight: MaxConcurrentScrapes,
+	})
+	if d.Registerer == nil {
+		return h
+	}
+	return promhttp.InstrumentMetricHandler(d.Registerer, h)
 }
 
 // NewAdmin returns the admin handler on its own mux: it is never exposed on
 // the public port, and it is not traced, logged or rate limited.
 func NewAdmin(d AdminDeps) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(d.Gatherer, promhttp.HandlerOpts{
-		EnableOpenMetrics: true, // exemplars are only exposed in OpenMetrics
-		ErrorLog:          slog.NewLogLogger(d.Logger.Handler(), slog.LevelError),
-	}))
+	mux.Handle("GET /metrics", metricsHandler(d))
 	if d.Pprof {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)

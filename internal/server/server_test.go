@@ -494,6 +494,99 @@ func TestAdmin(t *testing.T) {
 	}
 }
 
+// failingCollector is a collector that errors on every scrape, like a
+// team's own collector whose backend is down.
+type failingCollector struct{ desc *prometheus.Desc }
+
+func (f failingCollector) Describe(ch chan<- *prometheus.Desc) { ch <- f.desc }
+func (f failingCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.NewInvalidMetric(f.desc, errors.New("backend unreachable"))
+}
+
+// blockingCollector holds every scrape until release is closed.
+type blockingCollector struct {
+	desc             *prometheus.Desc
+	entered, release chan struct{}
+}
+
+func (b blockingCollector) Describe(ch chan<- *prometheus.Desc) { ch <- b.desc }
+func (b blockingCollector) Collect(ch chan<- prometheus.Metric) {
+	b.entered <- struct{}{}
+	<-b.release
+	ch <- prometheus.MustNewConstMetric(b.desc, prometheus.GaugeValue, 1)
+}
+
+// A failing collector costs its own series only: /metrics still answers 200
+// with every other series, logs the error and counts it.
+func TestMetricsSurviveAFailingCollector(t *testing.T) {
+	logs := &testkit.SyncBuffer{}
+	reg := prometheus.NewRegistry()
+	observability.NewHTTPMetrics(reg)
+	reg.MustRegister(failingCollector{prometheus.NewDesc("team_backend_up", "a team's collector", nil, nil)})
+	h := NewAdmin(AdminDeps{Logger: slog.New(slog.NewJSONHandler(logs, nil)), Gatherer: reg, Registerer: reg})
+	for i := 1; i <= 2; i++ {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		body := rec.Body.String()
+		if rec.Code != 200 || !strings.Contains(body, "http_server_requests_in_flight") {
+			t.Fatalf("scrape %d with a failing collector: %d\n%.300s", i, rec.Code, body)
+		}
+		if strings.Contains(body, "team_backend_up") {
+			t.Errorf("the failing collector's series was served")
+		}
+		if i == 2 {
+			// The first scrape's outcome, as the handler's own metrics.
+			for _, want := range []string{`promhttp_metric_handler_errors_total{cause="gathering"} 1`, `promhttp_metric_handler_requests_total{code="200"} 1`} {
+				if !strings.Contains(body, want) {
+					t.Errorf("second scrape lacks %s", want)
+				}
+			}
+		}
+	}
+	if !strings.Contains(logs.String(), "backend unreachable") {
+		t.Errorf("the collector's error was not logged: %s", logs.String())
+	}
+}
+
+// More concurrent scrapes than MaxConcurrentScrapes get 503 at once instead
+// of piling up behind a slow collector.
+func TestMetricsScrapesAreBounded(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	bc := blockingCollector{prometheus.NewDesc("slow_collector", "blocks", nil, nil), make(chan struct{}, MaxConcurrentScrapes+1), make(chan struct{})}
+	reg.MustRegister(bc)
+	h := NewAdmin(AdminDeps{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Gatherer: reg})
+	codes := make(chan int, MaxConcurrentScrapes)
+	for range MaxConcurrentScrapes {
+		go func() {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+			codes <- rec.Code
+		}()
+		<-bc.entered
+	}
+	extra := make(chan int, 1)
+	go func() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		extra <- rec.Code
+	}()
+	select {
+	case code := <-extra:
+		if code != http.StatusServiceUnavailable {
+			t.Errorf("scrape %d while %d are in flight: %d, want 503", MaxConcurrentScrapes+1, MaxConcurrentScrapes, code)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("scrape %d waited behind the %d in flight instead of getting a 503", MaxConcurrentScrapes+1, MaxConcurrentScrapes)
+		defer func() { <-extra }()
+	}
+	close(bc.release)
+	for range MaxConcurrentScrapes {
+		if code := <-codes; code != 200 {
+			t.Errorf("a held scrape ended %d, want 200", code)
+		}
+	}
+}
+
 func TestGeneratedRequestIDsAreUniqueAndValid(t *testing.T) {
 	seen := make(map[string]bool, 10000)
 	for range 10000 {
