@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -606,12 +607,8 @@ func TestRedisClusterAllMastersKilled(t *testing.T) {
 			t.Fatalf("%v decisions by Redis with every master down", got)
 		}
 		failing := map[string]bool{}
-		for _, line := range strings.Split(rl.logs.String(), "\n") {
-			if _, rest, ok := strings.Cut(line, "master failing"); ok {
-				_, node, _ := strings.Cut(rest, " node=")
-				node, _, _ = strings.Cut(node, " ")
-				failing[node] = true
-			}
+		for _, node := range failingMasters(rl.logs.String()) {
+			failing[node] = true
 		}
 		if len(failing) != 3 {
 			t.Errorf("%d masters logged as failing, want 3:\n%s", len(failing), rl.logs.String())
@@ -802,9 +799,9 @@ func otherMastersDecide(t *testing.T, rl *testLimiter, down string) {
 			break
 		}
 		if attempt == 5 {
-			t.Fatalf("healthy masters on the fallback in each of 5 windows:\n%s", strings.Join(trips, "\n"))
+			t.Fatalf("healthy masters on the fallback in each of 5 windows (tripped: %v):\n%s", trips, rl.logs.String())
 		}
-		t.Logf("a healthy master was on the fallback in the window (%v masters at its start), measuring again:\n%s", mastersBefore, strings.Join(trips, "\n"))
+		t.Logf("a healthy master was on the fallback in the window (%v masters at its start; tripped: %v), measuring again", mastersBefore, trips)
 	}
 	if onRedis == 0 || onLocal == 0 {
 		t.Fatalf("want both: the other masters' keys on Redis, the down master's on the fallback")
@@ -825,16 +822,23 @@ func otherMastersDecide(t *testing.T, rl *testLimiter, down string) {
 	}
 }
 
-// othersTripped returns the log lines of masters other than down sending
-// their keys to the fallback.
+// othersTripped lists, one per log line, the masters other than down that
+// sent their keys to the fallback.
 func othersTripped(logs, down string) []string {
-	var out []string
+	return slices.DeleteFunc(failingMasters(logs), func(node string) bool { return node == down })
+}
+
+// failingMasters lists the node of every "master failing" log line, in order.
+func failingMasters(logs string) []string {
+	var nodes []string
 	for _, line := range strings.Split(logs, "\n") {
-		if strings.Contains(line, "master failing") && !strings.Contains(line, "node="+down+" ") {
-			out = append(out, line)
+		if _, rest, ok := strings.Cut(line, "master failing"); ok {
+			_, node, _ := strings.Cut(rest, " node=")
+			node, _, _ = strings.Cut(node, " ")
+			nodes = append(nodes, node)
 		}
 	}
-	return out
+	return nodes
 }
 
 // TestRedisClusterFailover: a master of a Cluster with replicas crashes and
