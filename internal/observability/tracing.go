@@ -562,7 +562,6 @@ func parseSampler(name, arg string) (sdktrace.Sampler, rootRule, string, error) 
 	if arg != "" && strings.HasSuffix(name, "traceidratio") {
 		f, err := strconv.ParseFloat(arg, 64)
 		if err != nil || !(f >= 0 && f <= 1) { // also NaN
-
 			return nil, rootRule{}, "", fmt.Errorf("OTEL_TRACES_SAMPLER_ARG: %q is not a ratio between 0 and 1", arg)
 		}
 		ratio = f
