@@ -118,6 +118,18 @@ func (cs *connServer) scraped(name, state string) float64 {
 	return -1
 }
 
+// dial connects to the server; the connection is closed when the test ends
+// if the test has not closed it itself.
+func (cs *connServer) dial(t *testing.T) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", cs.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func (cs *connServer) closedCount(reason, state string) float64 {
 	return testutil.ToFloat64(cs.m.closed.WithLabelValues(reason, state))
 }
@@ -158,10 +170,7 @@ func readResponse(t *testing.T, br *bufio.Reader) {
 
 func TestConnStatesAndPeerClose(t *testing.T) {
 	cs := startConnServer(t, true, nil)
-	c, err := net.Dial("tcp", cs.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := cs.dial(t)
 	eventually(t, "new", func() bool { return cs.gauge(http.StateNew) == 1 })
 	br := bufio.NewReader(c)
 	sendRequest(t, c, "/slow", "")
@@ -196,11 +205,7 @@ func TestConnCloseReasons(t *testing.T) {
 	t.Run("idle timeout", func(t *testing.T) {
 		t.Parallel()
 		cs := startConnServer(t, true, func(s *http.Server) { s.IdleTimeout = 150 * time.Millisecond })
-		c, err := net.Dial("tcp", cs.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := cs.dial(t)
 		sendRequest(t, c, "/fast", "")
 		readResponse(t, bufio.NewReader(c))
 		eventually(t, "idle timeout", func() bool { return cs.closedCount(CloseReasonIdleTimeout, "idle") == 1 })
@@ -211,21 +216,13 @@ func TestConnCloseReasons(t *testing.T) {
 	t.Run("silent client cut off by read-header timeout", func(t *testing.T) {
 		t.Parallel()
 		cs := startConnServer(t, true, func(s *http.Server) { s.ReadHeaderTimeout = 150 * time.Millisecond })
-		c, err := net.Dial("tcp", cs.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		cs.dial(t) // connects and says nothing
 		eventually(t, "read timeout in state new", func() bool { return cs.closedCount(CloseReasonReadTimeout, "new") == 1 })
 	})
 	t.Run("slowloris cut off mid-header", func(t *testing.T) {
 		t.Parallel()
 		cs := startConnServer(t, true, func(s *http.Server) { s.ReadHeaderTimeout = 150 * time.Millisecond })
-		c, err := net.Dial("tcp", cs.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := cs.dial(t)
 		io.WriteString(c, "GET /fast HTTP/1.1\r\nHost: x\r\nX-Slow: a")
 		eventually(t, "read timeout in state active", func() bool { return cs.closedCount(CloseReasonReadTimeout, "active") == 1 })
 		if !strings.Contains(cs.logs.String(), `"level":"INFO","msg":"connection closed","reason":"read_timeout","state":"active"`) {
@@ -235,10 +232,7 @@ func TestConnCloseReasons(t *testing.T) {
 	t.Run("peer reset", func(t *testing.T) {
 		t.Parallel()
 		cs := startConnServer(t, true, nil)
-		c, err := net.Dial("tcp", cs.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := cs.dial(t)
 		sendRequest(t, c, "/fast", "")
 		readResponse(t, bufio.NewReader(c))
 		eventually(t, "idle", func() bool { return cs.gauge(http.StateIdle) == 1 })
@@ -249,10 +243,7 @@ func TestConnCloseReasons(t *testing.T) {
 	t.Run("client leaves mid-request", func(t *testing.T) {
 		t.Parallel()
 		cs := startConnServer(t, true, nil)
-		c, err := net.Dial("tcp", cs.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := cs.dial(t)
 		sendRequest(t, c, "/slow", "")
 		eventually(t, "active", func() bool { return cs.gauge(http.StateActive) == 1 })
 		c.Close()
@@ -261,11 +252,7 @@ func TestConnCloseReasons(t *testing.T) {
 	t.Run("server closes after Connection: close", func(t *testing.T) {
 		t.Parallel()
 		cs := startConnServer(t, true, nil)
-		c, err := net.Dial("tcp", cs.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := cs.dial(t)
 		sendRequest(t, c, "/fast", "Connection: close\r\n")
 		readResponse(t, bufio.NewReader(c))
 		eventually(t, "server close", func() bool { return cs.closedCount(CloseReasonServer, "active") == 1 })
@@ -277,11 +264,7 @@ func TestConnCloseReasons(t *testing.T) {
 	t.Run("shutdown closes idle connections", func(t *testing.T) {
 		t.Parallel()
 		cs := startConnServer(t, true, nil)
-		c, err := net.Dial("tcp", cs.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := cs.dial(t)
 		sendRequest(t, c, "/fast", "")
 		readResponse(t, bufio.NewReader(c))
 		eventually(t, "idle", func() bool { return cs.gauge(http.StateIdle) == 1 })
@@ -295,11 +278,7 @@ func TestConnCloseReasons(t *testing.T) {
 	t.Run("hijacked connection leaves the gauge when closed", func(t *testing.T) {
 		t.Parallel()
 		cs := startConnServer(t, true, nil)
-		c, err := net.Dial("tcp", cs.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := cs.dial(t)
 		sendRequest(t, c, "/hijack", "")
 		eventually(t, "hijacked", func() bool { return cs.gauge(http.StateHijacked) == 1 && cs.gauge(http.StateActive) == 0 })
 		readResponse(t, bufio.NewReader(c))
@@ -308,10 +287,7 @@ func TestConnCloseReasons(t *testing.T) {
 	t.Run("without the listener wrapper", func(t *testing.T) {
 		t.Parallel()
 		cs := startConnServer(t, false, nil)
-		c, err := net.Dial("tcp", cs.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := cs.dial(t)
 		sendRequest(t, c, "/fast", "")
 		readResponse(t, bufio.NewReader(c))
 		eventually(t, "idle", func() bool { return cs.gauge(http.StateIdle) == 1 })
@@ -331,10 +307,7 @@ func TestConnLogIsRateLimited(t *testing.T) {
 	cs := startConnServer(t, true, nil)
 	const n = 60
 	for range n {
-		c, err := net.Dial("tcp", cs.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := cs.dial(t)
 		c.(*net.TCPConn).SetLinger(0)
 		c.Close()
 	}
@@ -346,7 +319,7 @@ func TestConnLogIsRateLimited(t *testing.T) {
 		t.Fatalf("%d of %d closes logged, want the burst of 10 and a few more", lines, n)
 	}
 	time.Sleep(250 * time.Millisecond) // one token
-	c, _ := net.Dial("tcp", cs.addr)
+	c := cs.dial(t)
 	c.Close()
 	eventually(t, "suppressed count", func() bool { return strings.Contains(cs.logs.String(), `"suppressed":`) })
 }
@@ -388,11 +361,7 @@ func TestRejectedRequestsGetProblemAndRequestID(t *testing.T) {
 	want := map[string]float64{}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := net.Dial("tcp", cs.addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := cs.dial(t)
 			c.SetDeadline(time.Now().Add(5 * time.Second))
 			// The server may answer and close before a large request is
 			// all written: write from another goroutine, read here.
@@ -490,11 +459,7 @@ func TestParseRejectionLeavesOtherBytesAlone(t *testing.T) {
 // gets a 408 problem.
 func TestStalledHeadersGet408(t *testing.T) {
 	cs := startConnServer(t, true, func(s *http.Server) { s.ReadHeaderTimeout = 200 * time.Millisecond })
-	c, err := net.Dial("tcp", cs.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := cs.dial(t)
 	io.WriteString(c, "GET /fast HTTP/1.1\r\nHo")
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
