@@ -177,6 +177,60 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// service is the built binary running as a child process.
+type service struct {
+	cmd    *exec.Cmd
+	logs   *strings.Builder // stdout and stderr; read it only after exited
+	exited chan error       // the process's exit, once its output is drained
+}
+
+// startService runs bin with env and waits until it answers /healthz on
+// httpAddr. The process is killed when the test ends if it is still running.
+func startService(t *testing.T, bin string, env []string, httpAddr string) *service {
+	t.Helper()
+	srv := exec.Command(bin)
+	srv.Env = env
+	stdout, err := srv.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Stderr = srv.Stdout
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	svc := &service{cmd: srv, logs: &strings.Builder{}, exited: make(chan error, 1)}
+	logsDone := make(chan struct{})
+	go func() {
+		defer close(logsDone)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			svc.logs.WriteString(sc.Text() + "\n")
+		}
+	}()
+	go func() { <-logsDone; svc.exited <- srv.Wait() }()
+	t.Cleanup(func() {
+		if srv.ProcessState == nil {
+			_ = srv.Process.Kill()
+			<-svc.exited
+		}
+	})
+
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get("http://" + httpAddr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return svc
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("service did not answer /healthz on %s: %v", httpAddr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func TestImageHealthcheckAndVersionStamp(t *testing.T) {
 	bin := buildWithDockerfileLine(t)
 	httpAddr, adminAddr := freePort(t), freePort(t)
@@ -198,48 +252,7 @@ func TestImageHealthcheckAndVersionStamp(t *testing.T) {
 		t.Fatal("api healthcheck succeeded with no server running")
 	}
 
-	srv := exec.Command(bin)
-	srv.Env = env
-	stdout, err := srv.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Stderr = srv.Stdout
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var logs strings.Builder
-	logsDone := make(chan struct{})
-	go func() {
-		defer close(logsDone)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			logs.WriteString(sc.Text() + "\n")
-		}
-	}()
-	exited := make(chan error, 1)
-	go func() { <-logsDone; exited <- srv.Wait() }()
-	t.Cleanup(func() {
-		if srv.ProcessState == nil {
-			_ = srv.Process.Kill()
-			<-exited
-		}
-	})
-
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		resp, err := http.Get("http://" + httpAddr + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("service did not answer /healthz on %s: %v", httpAddr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	svc := startService(t, bin, env, httpAddr)
 	if err := healthcheck(); err != nil {
 		t.Fatalf("api healthcheck against a running service: %v", err)
 	}
@@ -262,13 +275,13 @@ func TestImageHealthcheckAndVersionStamp(t *testing.T) {
 	}
 
 	// SIGTERM: the service drains and exits cleanly; then the check fails.
-	if err := srv.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := svc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-exited:
+	case err := <-svc.exited:
 		if err != nil {
-			t.Errorf("service exited with %v after SIGTERM\n%s", err, logs.String())
+			t.Errorf("service exited with %v after SIGTERM\n%s", err, svc.logs.String())
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("service did not exit within 15s of SIGTERM")

@@ -76,7 +76,8 @@ type ServiceMonitor struct {
 			Any        bool     `json:"any,omitempty"`
 			MatchNames []string `json:"matchNames,omitempty"`
 		} `json:"namespaceSelector,omitempty"`
-		Endpoints []struct {
+		ScrapeClassicHistograms *bool `json:"scrapeClassicHistograms,omitempty"`
+		Endpoints               []struct {
 			Port          string `json:"port"`
 			Path          string `json:"path,omitempty"`
 			Interval      string `json:"interval,omitempty"`
