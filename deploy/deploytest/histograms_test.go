@@ -96,23 +96,12 @@ func bucketQueries(t *testing.T) map[string]string {
 			}
 		}
 	}
-	for _, g := range baseRuleGroups(t) {
-		for _, r := range g.Rules {
-			note("alert "+r.Alert+r.Record, r.Expr)
-		}
-	}
 	exprs, _, _ := dashboardExprs(t)
 	for where, e := range exprs {
 		note("dashboard panel "+where, e)
 	}
-	for _, e := range chaosEngines(t) {
-		for _, x := range e.Spec.Experiments {
-			for _, p := range x.Spec.Probe {
-				if p.PromProbeInputs != nil {
-					note("chaos "+e.Name+"/"+p.Name, p.PromProbeInputs.Query)
-				}
-			}
-		}
+	for where, e := range alertAndChaosQueries(t) {
+		note(where, e)
 	}
 	return out
 }
