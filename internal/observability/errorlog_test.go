@@ -38,7 +38,6 @@ func clientHello(t *testing.T) []byte {
 
 type tlsServer struct {
 	addr     string
-	errors   *prometheus.CounterVec
 	reg      *prometheus.Registry
 	conns    *ConnMetrics
 	logs     *testkit.SyncBuffer

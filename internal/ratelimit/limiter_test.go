@@ -208,7 +208,7 @@ func TestSpanEvent(t *testing.T) {
 	}
 	got := map[string]string{}
 	for _, a := range ev[1].Attributes {
-		got[string(a.Key)] = a.Value.Emit()
+		got[string(a.Key)] = a.Value.String()
 	}
 	if got["ratelimit.allowed"] != "false" || got["ratelimit.backend"] != "local" || got["ratelimit.limit"] != "1" {
 		t.Fatalf("attributes %v", got)
