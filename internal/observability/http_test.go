@@ -195,6 +195,7 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 		"http_server_connection_transitions_total", "http_server_connections_closed_total", "http_server_tls_handshake_errors_total",
 		"kernel_tcp_listen_overflows_total", "kernel_tcp_abort_on_timeout_total", "kernel_tcp_sockets", "kernel_sysctl{name=\"net.core.somaxconn\"}",
 		"service_build_info{", "go_goroutines", "process_open_fds",
+		"go_sched_latencies_seconds_bucket", "go_sched_pauses_total_gc_seconds_bucket",
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("scrape lacks %s", want)
