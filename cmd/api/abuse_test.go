@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -12,6 +13,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/hardenedgo/ginservice/internal/testkit"
 )
@@ -279,7 +283,74 @@ func tlsAbuses(hello []byte) []abuse {
 				tcpOf(c).Close()
 			}
 		}},
+		{"HTTP/2 preface, then garbage", func(t *testing.T, tg target) {
+			if c := tg.dialH2(t); c != nil {
+				defer c.Close()
+				io.WriteString(c, http2.ClientPreface+"\x00\x00\x04\xff\xff\xff\xff\xff\xff\x01\x02\x03\x04")
+				_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				_, _ = io.Copy(io.Discard, c)
+			}
+		}},
+		{"HTTP/2 rapid reset: 100 streams opened and cancelled at once", func(t *testing.T, tg target) {
+			c := tg.dialH2(t)
+			if c == nil {
+				return
+			}
+			defer c.Close()
+			io.WriteString(c, http2.ClientPreface)
+			fr := http2.NewFramer(c, c)
+			fr.WriteSettings()
+			var hb bytes.Buffer
+			enc := hpack.NewEncoder(&hb)
+			for i := range 100 {
+				hb.Reset()
+				for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "x"}, {":path", "/api/v1/items/" + strconv.Itoa(i)}} {
+					enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+				}
+				id := uint32(2*i + 1)
+				if fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}) != nil ||
+					fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
+					break
+				}
+			}
+			_ = c.SetReadDeadline(time.Now().Add(time.Second))
+			_, _ = io.Copy(io.Discard, c)
+		}},
+		{"HTTP/2 request body announced, never sent, connection dropped", func(t *testing.T, tg target) {
+			c := tg.dialH2(t)
+			if c == nil {
+				return
+			}
+			io.WriteString(c, http2.ClientPreface)
+			fr := http2.NewFramer(c, c)
+			fr.WriteSettings()
+			var hb bytes.Buffer
+			enc := hpack.NewEncoder(&hb)
+			for _, f := range [][2]string{{":method", "POST"}, {":scheme", "https"}, {":authority", "x"}, {":path", "/api/v1/echo"}, {"content-type", "application/json"}, {"content-length", "100"}} {
+				enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+			}
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true})
+			time.Sleep(50 * time.Millisecond)
+			c.Close()
+		}},
 	}
+}
+
+// dialH2 shakes hands offering only h2; nil (and an error) if the server
+// does not choose it.
+func (tg target) dialH2(t *testing.T) net.Conn {
+	t.Helper()
+	c, _ := tg.dialTCP(t)
+	if c == nil {
+		return nil
+	}
+	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, ServerName: "localhost", NextProtos: []string{"h2"}})
+	if err := tc.Handshake(); err != nil || tc.ConnectionState().NegotiatedProtocol != "h2" {
+		t.Errorf("h2 handshake: %v, protocol %q", err, tc.ConnectionState().NegotiatedProtocol)
+		c.Close()
+		return nil
+	}
+	return tc
 }
 
 // Misbehaving clients, many at once, each kind many times: afterwards the
@@ -298,7 +369,8 @@ func TestMisbehavingClientsLeakNothing(t *testing.T) {
 	})
 }
 
-// The same over TLS, with the handshake's own misbehaviours added.
+// The same over TLS, with the handshake's and HTTP/2's own misbehaviours
+// added (among them HTTP/2 rapid reset, CVE-2023-44487).
 func TestMisbehavingTLSClientsLeakNothing(t *testing.T) {
 	const rounds = 8
 	cert, key := testkit.WriteSelfSignedCert(t)
@@ -308,6 +380,9 @@ func TestMisbehavingTLSClientsLeakNothing(t *testing.T) {
 		// half a ClientHello; a ClientHello and silence
 		`http_server_tls_handshake_errors_total{reason="eof"}`:     rounds,
 		`http_server_tls_handshake_errors_total{reason="timeout"}`: rounds,
+		// the rapid resets reached the handlers (800 in a run here; net/http
+		// may skip handlers of streams reset before they start)
+		`http_server_requests_total{code="499",method="GET",route="/api/v1/items/:id"}`: 10 * rounds,
 	})
 }
 
@@ -383,13 +458,18 @@ func abuseAndSettle(t *testing.T, p *proc, client *http.Client, scheme string, k
 	default:
 	}
 	put(t, "http://"+p.admin+"/debug/faults", `{"latency":"0s"}`)
+	// A leak of one kind of connection would leave at least `rounds` of
+	// goroutines and descriptors; the slack of 2 absorbs the ones that come
+	// and go on their own (a timer's, a scrape's connection just closed),
+	// which made a run under load miss the baseline by one.
+	const slack = 2
 	var got []float64
 	settled := func() bool {
 		if openConnections(t, p.admin) != 0 {
 			return false
 		}
 		got = scrapeNoKeepAlive(t, p.admin, "go_goroutines", "process_open_fds")
-		return got[0] <= base[0] && got[1] <= base[1]
+		return got[0] <= base[0]+slack && got[1] <= base[1]+slack
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for !settled() {
