@@ -382,7 +382,7 @@ func (st *serverTracer) finish(c *gin.Context, span trace.Span) {
 		span.SetStatus(codes.Error, http.StatusText(status))
 	}
 	if len(c.Errors) > 0 {
-		span.SetStatus(codes.Error, c.Errors.String())
+		span.SetStatus(codes.Error, spanText(c.Errors.String()))
 	}
 }
 
@@ -451,6 +451,14 @@ func (h headerCarrier) Set(key, value string) { http.Header(h).Set(key, value) }
 
 func (h headerCarrier) Keys() []string { return propagation.HeaderCarrier(h).Keys() }
 
+// spanText is a client-supplied string as a span keeps it: cut like the
+// access line's path, and valid UTF-8. The path is percent-decoded and a
+// header may hold any byte, and protobuf refuses a string that is not
+// UTF-8: one such attribute failed the OTLP export of its whole batch.
+func spanText(s string) string {
+	return strings.ToValidUTF8(cutLong(s), "\uFFFD")
+}
+
 func requestAttrs(c *gin.Context, method, route string) []attribute.KeyValue {
 	r := c.Request
 	scheme := "http"
@@ -460,7 +468,7 @@ func requestAttrs(c *gin.Context, method, route string) []attribute.KeyValue {
 	attrs := make([]attribute.KeyValue, 0, 8)
 	attrs = append(attrs,
 		semconv.HTTPRequestMethodKey.String(method),
-		semconv.URLPath(cutLong(r.URL.Path)),
+		semconv.URLPath(spanText(r.URL.Path)),
 		semconv.URLScheme(scheme),
 		semconv.ClientAddress(clientip.Of(c)),
 		semconv.NetworkProtocolVersion(strings.TrimPrefix(r.Proto, "HTTP/")),
@@ -469,10 +477,10 @@ func requestAttrs(c *gin.Context, method, route string) []attribute.KeyValue {
 		attrs = append(attrs, semconv.HTTPRoute(route))
 	}
 	if ua := r.UserAgent(); ua != "" {
-		attrs = append(attrs, semconv.UserAgentOriginal(cutLong(ua)))
+		attrs = append(attrs, semconv.UserAgentOriginal(spanText(ua)))
 	}
 	if r.Host != "" {
-		attrs = append(attrs, semconv.ServerAddress(r.Host))
+		attrs = append(attrs, semconv.ServerAddress(spanText(r.Host)))
 	}
 	return attrs
 }

@@ -160,6 +160,14 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 		return false
 	})
 
+	// 7. A path and a User-Agent that are not UTF-8 (%ff decodes to the
+	// byte 0xff): protobuf refuses such strings, and one of them would
+	// have failed the export of the whole batch, these spans included.
+	const badTrace = "99999999999999999999999999999999"
+	if code, _ := do(t, base+"/no/such/%ff", map[string]string{"traceparent": "00-" + badTrace + "-aaaaaaaaaaaaaaaa-01", "User-Agent": "ua/\xff\xfe"}); code != 404 {
+		t.Fatalf("non-UTF-8 path = %d", code)
+	}
+
 	flush(t, s)
 	spans := rc.Spans()
 	byTrace := map[string][]*tracepb.Span{}
@@ -238,6 +246,18 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 		t.Errorf("unmatched user_agent.original attribute of %d bytes, want the header cut to %d", len(v.GetStringValue()), observability.MaxLoggedPath)
 	}
 
+	// 7: exported, with the invalid bytes replaced.
+	bad := byTrace[badTrace]
+	if len(bad) != 1 {
+		t.Fatalf("want 1 span for the non-UTF-8 path, got %d", len(bad))
+	}
+	if v, _ := attr(bad[0].GetAttributes(), "url.path"); v.GetStringValue() != "/no/such/\uFFFD" {
+		t.Errorf("non-UTF-8 url.path attribute = %q", v.GetStringValue())
+	}
+	if v, _ := attr(bad[0].GetAttributes(), "user_agent.original"); v.GetStringValue() != "ua/\uFFFD" {
+		t.Errorf("non-UTF-8 user_agent.original attribute = %q", v.GetStringValue())
+	}
+
 	// 4, 5: nothing for probes, unsampled callers or unsampled roots.
 	if n := len(byTrace[probeTrace]); n != 0 {
 		t.Errorf("%d probe spans exported", n)
@@ -261,7 +281,7 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 	// Every exported span belongs to a trace a caller sampled.
 	for tr := range byTrace {
 		switch tr {
-		case w3cTrace, padded, nfTrace, abortTrace:
+		case w3cTrace, padded, nfTrace, abortTrace, badTrace:
 		default:
 			t.Errorf("unexpected trace %s exported", tr)
 		}
