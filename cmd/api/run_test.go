@@ -748,6 +748,22 @@ func TestBrokenConnectionsNameTheirRequest(t *testing.T) {
 		t.Fatalf("a response past the write timeout reached the client: %d", resp.StatusCode)
 	}
 
+	// The same with a response larger than net/http's 4 KB buffer: the
+	// handler's own write fails at the deadline and net/http cancels the
+	// request's context, which is still the server's timeout, not a
+	// client that left.
+	c2, err := net.Dial("tcp", r.public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	big := `{"a":"` + strings.Repeat("x", 16<<10) + `"}`
+	fmt.Fprintf(c2, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\nX-Request-ID: write-timeout-2\r\n\r\n", len(big))
+	time.Sleep(500 * time.Millisecond) // past the write deadline
+	fmt.Fprint(c2, big)
+	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _ = io.Copy(io.Discard, c2)
+
 	// A client that leaves while the dependency is slow: a run with the
 	// default timeouts, so the client is surely gone before the breaker
 	// answers.
@@ -773,6 +789,7 @@ func TestBrokenConnectionsNameTheirRequest(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "access and close lines of both requests", func() bool {
 		return find("request", "write-timeout-1") != nil && find("connection closed", "write-timeout-1") != nil &&
+			find("request", "write-timeout-2") != nil && find("connection closed", "write-timeout-2") != nil &&
 			find("request", "gone-2") != nil && find("connection closed", "gone-2") != nil
 	})
 	if l := find("request", "write-timeout-1"); l["status"] != float64(200) {
@@ -782,6 +799,15 @@ func TestBrokenConnectionsNameTheirRequest(t *testing.T) {
 		l["route"] != "/api/v1/echo" || l["logged_status"] != float64(200) {
 		t.Errorf("close line of the timed-out write: %v", l)
 	}
+	if l := find("request", "write-timeout-2"); l["status"] != float64(200) {
+		t.Errorf("access line of the write that timed out in the handler: %v", l)
+	}
+	if l := find("connection closed", "write-timeout-2"); l["reason"] != "write_timeout" || l["logged_status"] != float64(200) {
+		t.Errorf("close line of the write that timed out in the handler: %v", l)
+	}
+	if n := metric(t, r.admin, `http_server_client_aborts_total{route="/api/v1/echo"}`); n != 0 {
+		t.Errorf("the server's write timeouts counted as %v client aborts", n)
+	}
 	if l := find("request", "gone-2"); l["status"] != float64(499) {
 		t.Errorf("access line of the client that left: %v", l)
 	}
@@ -789,8 +815,8 @@ func TestBrokenConnectionsNameTheirRequest(t *testing.T) {
 		l["route"] != "/api/v1/items/:id" || l["logged_status"] != float64(499) {
 		t.Errorf("close line of the client that left: %v", l)
 	}
-	if n := metric(t, r.admin, `http_server_connections_closed_total{reason="write_timeout",state="active"}`); n != 1 {
-		t.Errorf("write_timeout closes = %v, want 1", n)
+	if n := metric(t, r.admin, `http_server_connections_closed_total{reason="write_timeout",state="active"}`); n != 2 {
+		t.Errorf("write_timeout closes = %v, want 2", n)
 	}
 }
 

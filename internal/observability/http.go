@@ -387,9 +387,13 @@ func connOf(c *gin.Context) *trackedConn {
 // clientAborted reports whether the client went away before the response:
 // a handler said so, or the request context was cancelled (net/http cancels
 // it when the connection closes; BaseContext keeps shutdown from doing so).
-// net/http also cancels it when a read runs into the server's own deadline
-// (HTTP_READ_TIMEOUT: a body too slow); the tracked connection tc, when
-// known, tells that apart, and the handler's answer (408) stands.
+// net/http also cancels it when a read or a write runs into the server's
+// own deadline (HTTP_READ_TIMEOUT: a body too slow; HTTP_WRITE_TIMEOUT: a
+// response past it, once it outgrows net/http's buffer); the tracked
+// connection tc, when known, tells those apart, and the handler's answer
+// stands (the connection's close line says which deadline cut it). On
+// HTTP/2 there is no such record: a stream its write deadline reset
+// counts as a client that left.
 func clientAborted(c *gin.Context, tc *trackedConn) bool {
 	if c.GetBool(keyClientAbort) {
 		return true
@@ -397,7 +401,11 @@ func clientAborted(c *gin.Context, tc *trackedConn) bool {
 	if c.Request.Context().Err() == nil {
 		return false
 	}
-	return tc == nil || tc.cause.Load() != causeReadTimeout
+	if tc == nil {
+		return true
+	}
+	cause := tc.cause.Load()
+	return cause != causeReadTimeout && cause != causeWriteTimeout
 }
 
 // methodLabel bounds the method label: net/http accepts any token as a
