@@ -414,21 +414,41 @@ func (c *Client) backoff(attempt int) time.Duration {
 }
 
 // parseRetryAfter reads delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+// delay-seconds is digits only; a value too large for a Duration is the
+// longest one (a server that asks to wait that long is not retried), not
+// one that wraps around to a negative wait and a retry at once.
 func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
 	if v == "" {
 		return 0, false
 	}
-	if s, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
-		if s < 0 {
-			return 0, false
-		}
-		return time.Duration(s) * time.Second, true
+	if d, ok := delaySeconds(v); ok {
+		return d, true
 	}
 	t, err := http.ParseTime(v)
 	if err != nil {
 		return 0, false
 	}
 	return max(t.Sub(now), 0), true
+}
+
+// delaySeconds parses 1*DIGIT as seconds, saturating at the longest
+// Duration.
+func delaySeconds(v string) (time.Duration, bool) {
+	const maxSeconds = int64(math.MaxInt64 / time.Second)
+	var s int64
+	for i := 0; i < len(v); i++ {
+		if v[i] < '0' || v[i] > '9' {
+			return 0, false
+		}
+		if s = s*10 + int64(v[i]-'0'); s > maxSeconds {
+			s = maxSeconds + 1
+		}
+	}
+	if s > maxSeconds {
+		return time.Duration(math.MaxInt64), true
+	}
+	return time.Duration(s) * time.Second, true
 }
 
 func (c *Client) budget(host string) *retryBudget {

@@ -257,20 +257,22 @@ func TestClientRetryAfter(t *testing.T) {
 			t.Fatalf("status %d, %d attempts, %s; want the 429 at once", resp.StatusCode, ds.hits.Load(), time.Since(start))
 		}
 	})
-	t.Run("above MaxRetryAfter", func(t *testing.T) {
-		t.Parallel()
-		ds := newDownstream(t, 0)
-		c := newTestClient(t, testClientConfig(), prometheus.NewRegistry())
-		ds.setMode(mode{kind: modeStatus, status: http.StatusServiceUnavailable, retryAfter: "30"})
-		resp, err := mustGet(t, context.Background(), c, ds.URL()+"/items/1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		readAll(t, resp)
-		if resp.StatusCode != http.StatusServiceUnavailable || ds.hits.Load() != 1 {
-			t.Fatalf("status %d after %d attempts; want the 503 at once", resp.StatusCode, ds.hits.Load())
-		}
-	})
+	for _, ra := range []string{"30", "10000000000"} { // the second overflows a Duration
+		t.Run("above MaxRetryAfter: "+ra, func(t *testing.T) {
+			t.Parallel()
+			ds := newDownstream(t, 0)
+			c := newTestClient(t, testClientConfig(), prometheus.NewRegistry())
+			ds.setMode(mode{kind: modeStatus, status: http.StatusServiceUnavailable, retryAfter: ra})
+			resp, err := mustGet(t, context.Background(), c, ds.URL()+"/items/1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			readAll(t, resp)
+			if resp.StatusCode != http.StatusServiceUnavailable || ds.hits.Load() != 1 {
+				t.Fatalf("status %d after %d attempts; want the 503 at once", resp.StatusCode, ds.hits.Load())
+			}
+		})
+	}
 }
 
 func TestParseRetryAfter(t *testing.T) {
@@ -284,7 +286,16 @@ func TestParseRetryAfter(t *testing.T) {
 		{"3", 3 * time.Second, true},
 		{" 0 ", 0, true},
 		{"-1", 0, false},
+		{"+5", 0, false},
+		{"5s", 0, false},
+		{"1.5", 0, false},
 		{"soon", 0, false},
+		{"9223372036", 9223372036 * time.Second, true},
+		// Past what a Duration holds: the longest wait, never a wrapped,
+		// negative one that would retry at once.
+		{"9223372037", time.Duration(math.MaxInt64), true},
+		{"10000000000", time.Duration(math.MaxInt64), true},
+		{"99999999999999999999999", time.Duration(math.MaxInt64), true},
 		{now.Add(10 * time.Second).Format(http.TimeFormat), 10 * time.Second, true},
 		{now.Add(-time.Minute).Format(http.TimeFormat), 0, true},
 	}
