@@ -154,8 +154,11 @@ func (c Config) Validate() error {
 		{"HTTP_WRITE_TIMEOUT", c.WriteTimeout, time.Millisecond},
 		{"HTTP_IDLE_TIMEOUT", c.IdleTimeout, time.Millisecond},
 		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout, time.Millisecond},
-		{"RATELIMIT_REDIS_TIMEOUT", c.RateLimitTimeout, 1},
-		{"BREAKER_TIMEOUT", c.BreakerTimeout, 1},
+		// Under a millisecond every Redis decision or dependency call runs
+		// out of time: the limiter stays on its fallback, every item is
+		// degraded (20us for 20ms is a unit typo).
+		{"RATELIMIT_REDIS_TIMEOUT", c.RateLimitTimeout, time.Millisecond},
+		{"BREAKER_TIMEOUT", c.BreakerTimeout, time.Millisecond},
 		{"BREAKER_SLEEP_WINDOW", c.BreakerSleepWindow, 1},
 	}
 	for _, p := range positive {
@@ -185,6 +188,10 @@ func (c Config) Validate() error {
 	}
 	if c.RateLimitTimeout >= c.WriteTimeout {
 		return bad("RATELIMIT_REDIS_TIMEOUT", "%s must be shorter than HTTP_WRITE_TIMEOUT %s: it is how long a request may wait on a slow Redis before the fallback decides", c.RateLimitTimeout, c.WriteTimeout)
+	}
+	if c.RateLimitEnabled && c.RateLimitTimeout+c.BreakerTimeout >= c.WriteTimeout {
+		// An item request may wait for both, one after the other.
+		return bad("BREAKER_TIMEOUT", "%s plus RATELIMIT_REDIS_TIMEOUT %s must be shorter than HTTP_WRITE_TIMEOUT %s: an item request can wait on a slow Redis and then on the dependency, and would answer after the write deadline", c.BreakerTimeout, c.RateLimitTimeout, c.WriteTimeout)
 	}
 	if err := checkListenAddr("HTTP_ADDR", c.HTTPAddr); err != nil {
 		return err
@@ -246,9 +253,14 @@ func (c Config) Validate() error {
 		return bad("RATELIMIT_KEY_HEADER", "%q is not a header name", c.RateLimitKeyHeader)
 	}
 	if c.DownstreamURL != "" {
+		// The URL may carry a password (sent as basic auth): errors show it
+		// masked, like the start-up line.
 		u, err := url.Parse(c.DownstreamURL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return bad("DOWNSTREAM_URL", "want an absolute http(s) URL, got %q", c.DownstreamURL)
+		switch {
+		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+			return bad("DOWNSTREAM_URL", "want an absolute http(s) URL, got %q", MaskURL(c.DownstreamURL))
+		case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
+			return bad("DOWNSTREAM_URL", "must not have a query or fragment (item paths are appended to it), got %q", MaskURL(c.DownstreamURL))
 		}
 	}
 	if c.DownstreamAttemptTimeout <= 0 {
@@ -310,6 +322,9 @@ func (c Config) Warnings() []string {
 	if c.RateLimitEnabled && c.RedisURL != "" && c.RateLimitTimeout > slowRedisBudget {
 		w = append(w, fmt.Sprintf("RATELIMIT_REDIS_TIMEOUT %s: while Redis is slow (not down) every rate-limited request waits up to this long before the fallback decides; "+
 			"a Redis decision takes about a millisecond, the default budget is 20ms", c.RateLimitTimeout))
+	}
+	if c.DownstreamAttemptTimeout >= c.BreakerTimeout {
+		w = append(w, fmt.Sprintf("DOWNSTREAM_ATTEMPT_TIMEOUT %s is not shorter than BREAKER_TIMEOUT %s: an attempt that times out is never retried, the breaker gives up first", c.DownstreamAttemptTimeout, c.BreakerTimeout))
 	}
 	if c.IdleTimeout > 0 && c.IdleTimeout <= proxyKeepAlive {
 		w = append(w, fmt.Sprintf("HTTP_IDLE_TIMEOUT %s does not outlive the %s upstream keep-alive of nginx, ingress-nginx and AWS ALB: "+

@@ -49,6 +49,14 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"RATELIMIT_BURST": "0"},
 		{"RATELIMIT_INSTANCES": "0"},
 		{"DOWNSTREAM_URL": "ftp://x"},
+		{"DOWNSTREAM_URL": "ftp://u:pw@x/"},
+		{"DOWNSTREAM_URL": "http://u:pw@x/?q=1"},
+		{"DOWNSTREAM_URL": "http://u:pw@x/#f"},
+		{"DOWNSTREAM_URL": "http://u:pw@x/?"},
+		{"DOWNSTREAM_URL": "http://u:pw@[::1"},
+		{"RATELIMIT_REDIS_TIMEOUT": "20us"},
+		{"BREAKER_TIMEOUT": "999us"},
+		{"BREAKER_TIMEOUT": "29s", "RATELIMIT_REDIS_TIMEOUT": "1s"}, // together past the 30s write timeout
 		{"BREAKER_ERROR_PERCENT": "101"},
 		{"BREAKER_SLEEP_WINDOW": "0s"},
 		{"HTTP_ADDR": ":1", "ADMIN_ADDR": ":1"},
@@ -79,7 +87,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		if !named || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%v: %q must be one line naming the variable", kv, err)
 		}
-		if strings.Contains(err.Error(), ":pw@") {
+		if strings.Contains(err.Error(), ":pw@") || strings.Contains(err.Error(), "u:pw") {
 			t.Errorf("%v: %q shows the password", kv, err)
 		}
 	}
@@ -140,6 +148,11 @@ func TestWarnings(t *testing.T) {
 		if w := c.Warnings(); len(w) != 1 || !strings.HasPrefix(w[0], "HTTP_IDLE_TIMEOUT "+shown+" ") {
 			t.Errorf("HTTP_IDLE_TIMEOUT=%s: warnings %q", idle, w)
 		}
+	}
+	// An attempt timeout the breaker always cuts first.
+	c, _ = Load(envOf(map[string]string{"DOWNSTREAM_ATTEMPT_TIMEOUT": "1s"}))
+	if w := c.Warnings(); len(w) != 1 || !strings.HasPrefix(w[0], "DOWNSTREAM_ATTEMPT_TIMEOUT 1s is not shorter than BREAKER_TIMEOUT 1s") {
+		t.Errorf("DOWNSTREAM_ATTEMPT_TIMEOUT=1s: warnings %q", w)
 	}
 	c, _ = Load(envOf(map[string]string{"HTTP_IDLE_TIMEOUT": "61s"}))
 	if w := c.Warnings(); len(w) != 0 {

@@ -34,15 +34,20 @@ var _ Source = (*HTTPSource)(nil)
 // NewHTTPSource returns a Source for the dependency at baseURL (absolute
 // http or https URL, optionally with a path prefix).
 func NewHTTPSource(baseURL string, client Doer) (*HTTPSource, error) {
+	// Errors name the URL with its password masked: it may carry one.
 	u, err := url.Parse(baseURL)
 	if err != nil {
-		return nil, fmt.Errorf("items: base URL %q: %w", baseURL, err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URL it quotes
+		}
+		return nil, fmt.Errorf("items: base URL: %w", err)
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("items: base URL %q: want an absolute http(s) URL", baseURL)
+		return nil, fmt.Errorf("items: base URL %q: want an absolute http(s) URL", u.Redacted())
 	}
-	if u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("items: base URL %q: must not have a query or fragment", baseURL)
+	if u.RawQuery != "" || u.Fragment != "" || u.ForceQuery {
+		return nil, fmt.Errorf("items: base URL %q: must not have a query or fragment", u.Redacted())
 	}
 	if client == nil {
 		return nil, errors.New("items: nil HTTP client")

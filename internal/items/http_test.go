@@ -139,9 +139,13 @@ func TestHTTPSourceLimitsBody(t *testing.T) {
 }
 
 func TestNewHTTPSourceValidates(t *testing.T) {
-	for _, u := range []string{"", "localhost:8080", "ftp://h/", "http://", "http://h/?q=1", "://x"} {
-		if _, err := NewHTTPSource(u, http.DefaultClient); err == nil {
+	for _, u := range []string{"", "localhost:8080", "ftp://h/", "http://", "http://h/?q=1", "://x",
+		"ftp://u:s3cret@h/", "http://u:s3cret@h/?q=1", "http://u:s3cret@h/?", "http://u:s3cret@[::1"} {
+		_, err := NewHTTPSource(u, http.DefaultClient)
+		if err == nil {
 			t.Errorf("NewHTTPSource(%q) accepted", u)
+		} else if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("NewHTTPSource(%q): %q shows the password", u, err)
 		}
 	}
 	if _, err := NewHTTPSource("http://127.0.0.1:1", nil); err == nil {
