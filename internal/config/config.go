@@ -34,7 +34,7 @@ type Config struct {
 	ReadTimeout       time.Duration `env:"HTTP_READ_TIMEOUT" envDefault:"30s" help:"time to read a whole request, body included"`
 	WriteTimeout      time.Duration `env:"HTTP_WRITE_TIMEOUT" envDefault:"30s" help:"time from the end of the request headers to the end of the response"`
 	IdleTimeout       time.Duration `env:"HTTP_IDLE_TIMEOUT" envDefault:"75s" help:"keep-alive idle timeout; must outlive the proxy's upstream keep-alive (nginx/ingress-nginx 60s, AWS ALB 60s; GCP LB 600s: set 620s there)"`
-	MaxHeaderBytes    int           `env:"HTTP_MAX_HEADER_BYTES" envDefault:"65536" help:"largest request header block; larger gets 431 (at most 65536)"`
+	MaxHeaderBytes    int           `env:"HTTP_MAX_HEADER_BYTES" envDefault:"65536" help:"largest request line and header block, in bytes (8192 to 65536); larger gets 431"`
 	MaxBodyBytes      int64         `env:"MAX_BODY_BYTES" envDefault:"1048576" help:"largest request body; larger gets 413"`
 	TLSCertFile       string        `env:"TLS_CERT_FILE" help:"serve the public listener over TLS with this certificate (PEM); needs TLS_KEY_FILE. Renewed files (cert-manager) are picked up within 10s, no restart"`
 	TLSKeyFile        string        `env:"TLS_KEY_FILE" help:"private key (PEM) for TLS_CERT_FILE"`
@@ -202,8 +202,8 @@ func (c Config) Validate() error {
 	if c.HTTPAddr == c.AdminAddr && !strings.HasSuffix(c.HTTPAddr, ":0") {
 		return bad("ADMIN_ADDR", "must differ from HTTP_ADDR (%s)", c.HTTPAddr)
 	}
-	if c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 65536 {
-		return bad("HTTP_MAX_HEADER_BYTES", "must be within [1024, 65536], got %d", c.MaxHeaderBytes)
+	if c.MaxHeaderBytes < 8192 || c.MaxHeaderBytes > 65536 {
+		return bad("HTTP_MAX_HEADER_BYTES", "must be within [8192, 65536], got %d", c.MaxHeaderBytes)
 	}
 	if c.MaxBodyBytes < 1 {
 		return bad("MAX_BODY_BYTES", "must be >= 1, got %d", c.MaxBodyBytes)

@@ -16,10 +16,19 @@ type Timeouts struct {
 	Idle       time.Duration
 }
 
+// headerSlack is what net/http reads past MaxHeaderBytes before it answers
+// 431 (its bufio slack, 4096 bytes).
+const headerSlack = 4096
+
 // NewHTTPServer returns an http.Server with every timeout and the header
 // limit set, and net/http's own error log routed into slog. The zero-value
 // http.Server has no timeouts at all: one slow client can hold a connection
 // (and a goroutine) forever.
+//
+// maxHeaderBytes (more than headerSlack) is the most an HTTP/1 request line
+// and headers may take: net/http allows MaxHeaderBytes plus headerSlack, so
+// the server gets the difference. HTTP/2 advertises its own header list
+// limit from the same field.
 func NewHTTPServer(h http.Handler, t Timeouts, maxHeaderBytes int, logger *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler:           h,
@@ -27,7 +36,7 @@ func NewHTTPServer(h http.Handler, t Timeouts, maxHeaderBytes int, logger *slog.
 		ReadTimeout:       t.Read,
 		WriteTimeout:      t.Write,
 		IdleTimeout:       t.Idle,
-		MaxHeaderBytes:    maxHeaderBytes,
+		MaxHeaderBytes:    maxHeaderBytes - headerSlack,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 		// Requests get a context that is not cancelled by shutdown: in-flight
 		// work drains instead of failing.
