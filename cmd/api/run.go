@@ -149,6 +149,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		rateLimit = ratelimit.Middleware(limiter, ratelimit.MiddlewareOptions{KeyHeader: cfg.RateLimitKeyHeader, Logger: logger})
 	} else {
 		logger.Info("ratelimit: off (RATELIMIT_ENABLED=false)")
+		// /readyz always names its redis check; with no limiter nothing
+		// uses Redis.
+		readiness.Register("redis", func(context.Context) health.Status { return health.StatusDisabled })
 	}
 
 	// --- The items dependency: simulated, or DOWNSTREAM_URL through the
