@@ -178,6 +178,9 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 			tc.requests.Add(1)
 			tc.route, tc.requestID, tc.status, tc.routed = "", "", 0, false
 		}
+		if _, isTLS := c.(*tls.Conn); isTLS && s == http.StateNew {
+			tc.records.Store(&tlsRecords{})
+		}
 		since := now - time.Duration(tc.changed.Swap(int64(now)))
 		if s == http.StateClosed {
 			// On TLS net/http's own rejections cannot be read on the way
@@ -350,6 +353,10 @@ type trackedConn struct {
 	status    int
 	// routed: the current request reached the access middleware.
 	routed bool
+	// records, on a TLS connection, follows the peer's TLS records (set by
+	// the first state hook, which gets the *tls.Conn, before the
+	// handshake's first read).
+	records atomic.Pointer[tlsRecords]
 }
 
 // routing marks the current request as handed to the handlers (the access
@@ -383,6 +390,9 @@ func trackedFrom(ctx context.Context) *trackedConn {
 
 func (c *trackedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
+	if r := c.records.Load(); r != nil {
+		r.feed(b[:n])
+	}
 	if err != nil {
 		c.note(err, true)
 	}
@@ -403,11 +413,71 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 			}
 		}
 	}
+	if r := c.records.Load(); r != nil && isTLSAlert(b) && !r.sentAlert.Swap(true) {
+		// The server's first alert, usually its close_notify on the way
+		// out: if the peer's last record before it was an alert, the
+		// peer closed. Decided now, not at Close: when the server is the
+		// one closing, its alert makes the client answer with one, which
+		// may be read before Close.
+		if r.alert.Load() && c.cause.Load() == causeNone {
+			c.note(io.EOF, true)
+		}
+	}
 	n, err := c.Conn.Write(b)
 	if err != nil {
 		c.note(err, false)
 	}
 	return n, err
+}
+
+// isTLSAlert reports whether b starts with an alert record as crypto/tls
+// writes it (see tlsRecords).
+func isTLSAlert(b []byte) bool {
+	if len(b) < 5 {
+		return false
+	}
+	n := int(b[3])<<8 | int(b[4])
+	return b[0] == 0x15 || (b[0] == 0x17 && n == 19)
+}
+
+// tlsRecords follows the record boundaries of what a TLS peer sends, to
+// tell whether the last record was an alert: a TLS peer that closes
+// politely sends close_notify, which crypto/tls turns into net/http's end
+// of the connection with no read under it failing. An alert is a record of
+// content type alert (TLS 1.2) or, in TLS 1.3, where it travels as
+// encrypted application data, a record of 19 bytes (a 2-byte alert, its
+// inner type byte and a 16-byte AEAD tag): no HTTP/1 request or HTTP/2
+// frame a client sends is that small unless it writes 2 bytes at a time,
+// and the next record clears it. Only the connection's reading goroutine
+// feeds it.
+type tlsRecords struct {
+	hdr    [5]byte
+	nhdr   int
+	remain int
+	alert  atomic.Bool // the last record the peer sent was an alert
+	// sentAlert: the server has sent an alert (its close_notify, or a
+	// handshake failure).
+	sentAlert atomic.Bool
+}
+
+func (r *tlsRecords) feed(b []byte) {
+	for len(b) > 0 {
+		if r.remain > 0 {
+			k := min(r.remain, len(b))
+			r.remain -= k
+			b = b[k:]
+			continue
+		}
+		k := copy(r.hdr[r.nhdr:], b)
+		r.nhdr += k
+		b = b[k:]
+		if r.nhdr < len(r.hdr) {
+			return
+		}
+		r.nhdr = 0
+		r.remain = int(r.hdr[3])<<8 | int(r.hdr[4])
+		r.alert.Store(r.hdr[0] == 0x15 || (r.hdr[0] == 0x17 && r.remain == 19))
+	}
 }
 
 func (c *trackedConn) note(err error, read bool) {
@@ -473,6 +543,12 @@ func (c *trackedConn) CloseWrite() error {
 }
 
 func (c *trackedConn) Close() error {
+	if r := c.records.Load(); r != nil && !r.sentAlert.Load() && r.alert.Load() && c.cause.Load() == causeNone {
+		// Closed without an alert of the server's (crypto/tls sends
+		// close_notify only after a complete handshake): the peer's last
+		// word was an alert, so the peer ended it.
+		c.note(io.EOF, true)
+	}
 	if c.closed.CompareAndSwap(false, true) {
 		// A hijacked connection leaves the gauge when its owner closes it.
 		if c.state.CompareAndSwap(int32(http.StateHijacked)+1, int32(http.StateClosed)+1) {

@@ -2,6 +2,7 @@ package observability
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"io"
 	"log/slog"
@@ -139,5 +140,70 @@ func TestRejectedOnTLSListenerCounted(t *testing.T) {
 	eventually(t, "both connections closed", func() bool { return closes() >= before+2 }, logs.String)
 	if n := rejected(); n != 2 {
 		t.Fatalf("rejected{unknown} = %v after a forced close of requests in handlers, want 2\n%s", n, logs)
+	}
+}
+
+// A TLS client that closes politely sends close_notify before its FIN, and
+// net/http reads that as the end of the connection without an error the
+// wrapper under TLS could see: the close still counts as the peer's, over
+// HTTP/1 and HTTP/2. The server's own close of an idle connection (at
+// shutdown) still counts as the server's.
+func TestTLSPeerCloseCountsAsPeerClosed(t *testing.T) {
+	logs := &testkit.SyncBuffer{}
+	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	reg := prometheus.NewRegistry()
+	m := NewConnMetrics(reg, logger)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/fast", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "fast") })
+	srv := &http.Server{
+		Handler:     mux,
+		ConnState:   m.ConnState,
+		ConnContext: m.ConnContext,
+		ErrorLog:    slog.NewLogLogger(slog.DiscardHandler, slog.LevelError),
+		TLSConfig:   &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}},
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	go srv.ServeTLS(m.Listener(ln), "", "")
+	t.Cleanup(func() { srv.Close() })
+	closed := func(reason string) float64 {
+		return testutil.ToFloat64(m.closed.WithLabelValues(reason, "idle"))
+	}
+	get := func(proto string) *http.Client {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{proto}}, ForceAttemptHTTP2: proto == "h2"}
+		c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+		resp, err := c.Get("https://" + addr + "/fast")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if want := map[string]int{"http/1.1": 1, "h2": 2}[proto]; resp.ProtoMajor != want {
+			t.Fatalf("%s: served over HTTP/%d", proto, resp.ProtoMajor)
+		}
+		return c
+	}
+	for i, proto := range []string{"http/1.1", "h2"} {
+		c := get(proto)
+		c.CloseIdleConnections() // close_notify, then FIN
+		eventually(t, proto+" client close", func() bool { return closed(CloseReasonPeerClosed) == float64(i+1) })
+		if n := closed(CloseReasonServer); n != 0 {
+			t.Fatalf("%s: a client's close counted %v times as the server's\n%s", proto, n, logs)
+		}
+	}
+	// The server closes an idle connection: still the server's.
+	c := get("http/1.1")
+	defer c.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "server close", func() bool { return closed(CloseReasonServer) == 1 })
+	if n := closed(CloseReasonPeerClosed); n != 2 {
+		t.Errorf("peer closes = %v after the server's close, want 2", n)
 	}
 }
