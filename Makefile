@@ -1,5 +1,8 @@
 # Run `make help` for the targets.
 SHELL := /bin/bash
+# A recipe line fails when any command of a pipeline fails, not only the
+# last: `go test ... | grep ...` (make drills) must fail with the test.
+.SHELLFLAGS := -eo pipefail -c
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
