@@ -41,9 +41,33 @@ echo "ci-deps: installing ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 # policy-rc.d keeps the packages from starting system services (port 80,
-# 6379) during the install; the tests start their own instances.
-printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
-$sudo chmod +x /usr/sbin/policy-rc.d
-trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
+# 6379, 9090) during the install; the tests start their own instances.
+# Debian and Ubuntu container images ship their own policy-rc.d: it is set
+# aside and put back afterwards, and ours removed. A copy already set aside
+# (a run that was killed) is the original and is kept.
+policy=/usr/sbin/policy-rc.d
+saved="$policy.ci-deps-saved"
+restore_policy() {
+  $sudo rm -f "$policy"
+  if [ -e "$saved" ] || [ -L "$saved" ]; then
+    $sudo mv -f "$saved" "$policy"
+  fi
+}
+if { [ -e "$policy" ] || [ -L "$policy" ]; } && ! { [ -e "$saved" ] || [ -L "$saved" ]; }; then
+  $sudo mv -f "$policy" "$saved"
+fi
+trap restore_policy EXIT
+printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+$sudo chmod +x "$policy"
 $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The prometheus package (installed for promtool) enables its server for the
+# next boot, on :9090, the service's admin port. Off, and masked so nothing
+# starts it; without systemd there is nothing to start it.
+if [[ " ${need[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+  $sudo systemctl disable prometheus.service >/dev/null 2>&1 || true
+  $sudo systemctl mask prometheus.service >/dev/null 2>&1 || true
+  if [ -d /run/systemd/system ]; then
+    $sudo systemctl stop prometheus.service >/dev/null 2>&1 || true
+  fi
+fi
 echo "ci-deps: done"
