@@ -30,8 +30,14 @@ EOF
 
 root=${SYSCTL_ROOT:-/proc/sys}
 
+# Ports a Kubernetes node listens on that the ephemeral port range must not
+# hand out: kubelet and kube-proxy (10248-10259: 10250 kubelet API, 10256
+# kube-proxy health) and the default NodePort range.
+node_ports=("10248 10259" "30000 32767")
+
 # key|recommended|rule|scope|why
-# rule: min = at least, max = at most, eq = exactly, range = at least as wide.
+# rule: min = at least, max = at most, eq = exactly, range = at least as wide
+# and clear of the ports in node_ports (unless reserved).
 settings=(
 	"net.core.somaxconn|65535|min|netns|Caps every listen() backlog: the service asks for a large accept queue but gets min(backlog, somaxconn). When the queue is full the kernel drops the handshake's last ACK (ListenOverflows): clients see connect timeouts, resets and EOFs under bursts."
 	"net.ipv4.tcp_max_syn_backlog|65535|min|netns|Queue of half-open connections (SYN-RECV). Too small drops SYNs during bursts; clients retry after 1s, 3s... and time out."
@@ -39,7 +45,7 @@ settings=(
 	"net.ipv4.tcp_syncookies|1|eq|netns|When the SYN queue is full, answer with SYN cookies instead of dropping new connections."
 	"net.ipv4.tcp_fin_timeout|30|max|netns|How long an orphaned connection waits in FIN-WAIT-2 for the peer's FIN. Shorter frees sockets whose peer vanished."
 	"net.ipv4.tcp_tw_reuse|1|eq|netns|Lets new outbound connections reuse TIME-WAIT ports (safe with TCP timestamps). Without it a busy client side (nginx to the service, the service to Redis) runs out of ephemeral ports: connect fails with EADDRNOTAVAIL. 2 (the kernel default) enables it for loopback only."
-	"net.ipv4.ip_local_port_range|10240 65535|range|netns|Ephemeral ports for outbound connections. Each closed connection holds its port for 60s in TIME-WAIT, so 28k ports allow about 470 new connections per second to one destination."
+	"net.ipv4.ip_local_port_range|32768 65535|range|netns|Ephemeral ports for outbound connections. Each closed connection holds its port for 60s in TIME-WAIT, so 32k ports allow about 540 new connections per second to one destination. On a Kubernetes node the range must stay clear of the kubelet and kube-proxy ports (10248-10259) and the NodePort range (30000-32767), or list them in net.ipv4.ip_local_reserved_ports: an outbound connection that takes one of them as its source port makes the kubelet fail to bind it, or collides with the NodePort rules."
 	"net.ipv4.tcp_keepalive_time|600|max|netns|Idle time before the first keep-alive probe. The default 2h outlives every NAT, firewall and LB idle timeout, so dead peers go unnoticed for hours (lower it below 350s behind an AWS NLB). Go programs set their own per-socket keep-alive (15s); this matters for everything else (nginx, Redis, databases)."
 	"net.ipv4.tcp_keepalive_intvl|15|max|netns|Gap between keep-alive probes once probing started."
 	"net.ipv4.tcp_keepalive_probes|5|max|netns|Unanswered probes before the connection is declared dead: with the values above a dead peer is found after 600+15*5 = 675s instead of 2h11m."
@@ -88,7 +94,42 @@ read_key() {
 	tr -s ' \t' '  ' <"$p" | tr -d '\n'
 }
 
-# judge prints ok, low, high, differs or missing.
+# unreserved counts the ports of lo..hi that net.ipv4.ip_local_reserved_ports
+# does not list (the kernel never picks a reserved port as a source port).
+unreserved() {
+	local lo=$1 hi=$2 list item a b p ok n=0
+	list=$(read_key net.ipv4.ip_local_reserved_ports)
+	local -a items=()
+	IFS=',' read -r -a items <<<"${list// /}"
+	for ((p = lo; p <= hi; p++)); do
+		ok=false
+		for item in "${items[@]}"; do
+			[[ -n $item ]] || continue
+			a=${item%-*}
+			b=${item#*-}
+			if ((p >= a && p <= b)); then
+				ok=true
+				break
+			fi
+		done
+		$ok || n=$((n + 1))
+	done
+	echo "$n"
+}
+
+# overlaps succeeds when the range clo..chi hands out a port of node_ports
+# that is not reserved.
+overlaps() {
+	local clo=$1 chi=$2 r lo hi
+	for r in "${node_ports[@]}"; do
+		read -r lo hi <<<"$r"
+		((clo > hi || chi < lo)) && continue
+		(($(unreserved $((clo > lo ? clo : lo)) $((chi < hi ? chi : hi))) > 0)) && return 0
+	done
+	return 1
+}
+
+# judge prints ok, low, high, differs, narrow, overlaps or missing.
 judge() {
 	local cur=$1 rec=$2 rule=$3
 	if [[ -z $cur ]]; then
@@ -103,7 +144,13 @@ judge() {
 		local clo chi rlo rhi
 		read -r clo chi <<<"$cur"
 		read -r rlo rhi <<<"$rec"
-		((chi - clo >= rhi - rlo)) && echo ok || echo narrow
+		if ((chi - clo < rhi - rlo)); then
+			echo narrow
+		elif overlaps "$clo" "$chi"; then
+			echo overlaps
+		else
+			echo ok
+		fi
 		;;
 	esac
 }

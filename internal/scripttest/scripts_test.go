@@ -213,7 +213,7 @@ func TestSysctlTuneDryRun(t *testing.T) {
 			mustMatch(t, k, out, `(?m)^`+regexp.QuoteMeta(k)+`\s+-\s+.*missing`)
 			continue
 		}
-		row := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(k) + `\s+` + regexp.QuoteMeta(cur) + `\s+\S.*\s(ok|low|high|differs|narrow)\s+(netns|host)$`)
+		row := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(k) + `\s+` + regexp.QuoteMeta(cur) + `\s+\S.*\s(ok|low|high|differs|narrow|overlaps)\s+(netns|host)$`)
 		m := row.FindStringSubmatch(out)
 		if m == nil {
 			t.Errorf("no row for %s with current value %q:\n%s", k, cur, out)
@@ -295,7 +295,7 @@ func TestSysctlTuneApplyFakeTree(t *testing.T) {
 	mustContain(t, "apply", out, "written: net.core.somaxconn = 65535 (was 128)", "9 written, 0 failed")
 	for k, want := range map[string]string{
 		"net.core.somaxconn": "65535", "net.ipv4.tcp_max_syn_backlog": "100000",
-		"net.ipv4.ip_local_port_range": "10240 65535", "net.ipv4.tcp_tw_reuse": "1",
+		"net.ipv4.ip_local_port_range": "32768 65535", "net.ipv4.tcp_tw_reuse": "1",
 		"net.ipv4.tcp_keepalive_time": "600", "net.ipv4.tcp_keepalive_probes": "5",
 	} {
 		if got := readSysctl(dir, k); got != want {
@@ -319,6 +319,44 @@ func TestSysctlTuneApplyFakeTree(t *testing.T) {
 		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(k) + ` = \S`).Match(b) {
 			t.Errorf("drop-in lacks %s:\n%s", k, b)
 		}
+	}
+}
+
+// TestSysctlTunePortRangeClearOfNodePorts: on a Kubernetes node the
+// ephemeral port range must not hand out the kubelet and kube-proxy ports
+// (10248-10259) or NodePorts (30000-32767), unless they are reserved; the
+// recommended range itself stays clear of them.
+func TestSysctlTunePortRangeClearOfNodePorts(t *testing.T) {
+	for _, c := range []struct {
+		name, portRange, reserved, want string
+	}{
+		{"the recommended range", "32768 65535", "", "ok"},
+		{"wide but over the kubelet and NodePorts", "10240 65535", "", "overlaps"},
+		{"wide, the NodePorts only", "20000 65535", "", "overlaps"},
+		{"wide, both reserved", "10240 65535", "10248-10259,30000-32767", "ok"},
+		{"wide, only the two kubelet ports reserved", "10240 65535", "10250,10256", "overlaps"},
+		{"wide, reserved as single ports and ranges", "1024 65535", "10248-10250,10251-10259,30000-32767", "ok"},
+		{"narrow and clear", "40000 50000", "", "narrow"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			write := func(key, v string) {
+				p := filepath.Join(dir, strings.ReplaceAll(key, ".", "/"))
+				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(p, []byte(v+"\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			write("net.ipv4.ip_local_port_range", strings.ReplaceAll(c.portRange, " ", "\t"))
+			write("net.ipv4.ip_local_reserved_ports", c.reserved)
+			out, _ := script(t, []string{"SYSCTL_ROOT=" + dir}, "sysctl-tune.sh")
+			mustMatch(t, c.name, out, `(?m)^net\.ipv4\.ip_local_port_range\s+`+regexp.QuoteMeta(c.portRange)+`\s+32768 65535\s+`+c.want+`\s+netns$`)
+			if c.want == "overlaps" {
+				mustContain(t, c.name, out, "net.ipv4.ip_local_port_range: overlaps ("+c.portRange+", recommended 32768 65535)", "NodePort range (30000-32767)")
+			}
+		})
 	}
 }
 
