@@ -76,6 +76,39 @@ func TestEveryAlertRoutesToWeCom(t *testing.T) {
 	}
 }
 
+func TestDevAlertsDoNotPage(t *testing.T) {
+	// The dev overlay's namespace is where the chaos experiments fail pods,
+	// add latency and burn CPU on purpose: none of its alerts pages.
+	amtool := tool(t, "amtool", "prometheus-alertmanager")
+	dev := loadApp(t, "deploy/k8s/overlays/dev").namespace
+	prod := loadApp(t, "deploy/k8s/overlays/prod").namespace
+	n := 0
+	for _, g := range baseRuleGroups(t) {
+		for _, r := range g.Rules {
+			if r.Alert == "" {
+				continue
+			}
+			for _, ns := range []string{dev, prod} {
+				labels := map[string]string{"alertname": r.Alert, "namespace": ns, "job": "api-metrics"}
+				for k, v := range r.Labels {
+					labels[k] = v
+				}
+				got := routeOf(t, amtool, labels)
+				switch {
+				case ns == dev && got == "wecom-oncall":
+					t.Errorf("%s (severity %s) in the dev namespace %s pages wecom-oncall", r.Alert, r.Labels["severity"], ns)
+				case ns == prod && got != "wecom-oncall":
+					t.Errorf("%s (severity %s) in the prod namespace %s routes to %q, want wecom-oncall", r.Alert, r.Labels["severity"], ns, got)
+				}
+			}
+			n++
+		}
+	}
+	if n == 0 {
+		t.Fatal("no alerts")
+	}
+}
+
 func TestWeComReceiver(t *testing.T) {
 	data, err := os.ReadFile(alertmanagerConfig(t))
 	if err != nil {

@@ -19,6 +19,8 @@ var requiredAlerts = []string{
 	"ApiRateLimiterFallbackActive", // limiter fallback active
 	"ApiListenQueueOverflows",      // listen overflows rising
 	"ApiPodRestarting",             // pod restarts
+	"ApiTargetDown",                // a pod's scrape failing
+	"ApiTargetMissing",             // no scrape target at all: every other alert is blind
 }
 
 // baseRuleGroups are the rule groups of the base PrometheusRule.
