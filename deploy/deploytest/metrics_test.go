@@ -3,6 +3,7 @@ package deploytest
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -362,5 +363,71 @@ func TestAlertAndChaosQueriesUseDocumentedMetrics(t *testing.T) {
 				t.Errorf("%s: metric %q is not in docs/metrics.md", where, m)
 			}
 		}
+	}
+}
+
+// panelExprs returns the queries of the panel titled title, with the
+// dashboard's variables replaced (plain PromQL).
+func panelExprs(t *testing.T, title string) []string {
+	t.Helper()
+	exprs, _, _ := dashboardExprs(t)
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(exprs)) {
+		if strings.HasPrefix(k, title+" [") {
+			out = append(out, grafanaVars.Replace(exprs[k]))
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("no panel %q", title)
+	}
+	return out
+}
+
+func TestDashboardShowsFailuresAndQuietTimes(t *testing.T) {
+	// Evaluated by promtool on series of known values: the panels must show
+	// what they are there for, not only parse.
+	promtool := tool(t, "promtool", "prometheus")
+	var b strings.Builder
+	b.WriteString("rule_files: []\nevaluation_interval: 1m\ntests:\n")
+
+	// Error rate: traffic and no 5xx yet is 0%, not an empty panel.
+	errRate := panelExprs(t, "Error rate (5xx / all)")
+	b.WriteString("  - name: no 5xx yet reads 0\n    interval: 1m\n    input_series:\n")
+	b.WriteString("      - series: 'http_server_requests_total{namespace=\"api\",job=\"api-metrics\",pod=\"api-a\",route=\"/api/v1/ping\",code=\"200\"}'\n        values: '0+60x20'\n")
+	b.WriteString("    promql_expr_test:\n")
+	for _, e := range errRate {
+		q, _ := json.Marshal(e)
+		fmt.Fprintf(&b, "      - expr: %s\n        eval_time: 10m\n        exp_samples:\n          - labels: '{}'\n            value: 0\n", q)
+	}
+
+	// Effective sysctls: one pod tuned, one that kept the kernel defaults.
+	// For every sysctl, some column of the table shows the untuned value.
+	untuned := map[string]string{
+		"net.core.somaxconn": "4096", "net.ipv4.tcp_max_syn_backlog": "1024", "net.ipv4.tcp_fin_timeout": "60",
+		"net.ipv4.tcp_tw_reuse": "2", "net.ipv4.tcp_keepalive_time": "7200", "net.ipv4.tcp_keepalive_intvl": "75",
+		"net.ipv4.tcp_keepalive_probes": "9",
+	}
+	b.WriteString("  - name: an untuned pod shows in the sysctl table\n    interval: 1m\n    input_series:\n")
+	for _, name := range slices.Sorted(maps.Keys(recommendedSysctls)) {
+		fmt.Fprintf(&b, "      - series: 'kernel_sysctl{namespace=\"api\",job=\"api-metrics\",pod=\"api-tuned\",name=\"%s\"}'\n        values: '%sx10'\n", name, recommendedSysctls[name])
+		fmt.Fprintf(&b, "      - series: 'kernel_sysctl{namespace=\"api\",job=\"api-metrics\",pod=\"api-untuned\",name=\"%s\"}'\n        values: '%sx10'\n", name, untuned[name])
+	}
+	var shown []string
+	for _, e := range panelExprs(t, "Effective sysctls") {
+		shown = append(shown, fmt.Sprintf(`((%s) == on (name) kernel_sysctl{pod="api-untuned"})`, e))
+	}
+	q, _ := json.Marshal(fmt.Sprintf("count by (name) (%s)", strings.Join(shown, " or ")))
+	fmt.Fprintf(&b, "    promql_expr_test:\n      - expr: %s\n        eval_time: 5m\n        exp_samples:\n", q)
+	for _, name := range slices.Sorted(maps.Keys(recommendedSysctls)) {
+		fmt.Fprintf(&b, "          - labels: '{name=\"%s\"}'\n            value: 1\n", name)
+	}
+
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "dashboard_test.yaml"), []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, dir, promtool, "test", "rules", "dashboard_test.yaml")
+	if err != nil || !strings.Contains(out, "SUCCESS") {
+		t.Fatalf("promtool test rules: %v\n%s\n%s", err, out, b.String())
 	}
 }
