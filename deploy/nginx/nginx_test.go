@@ -23,6 +23,8 @@ import (
 	"testing"
 	"text/template"
 	"time"
+
+	"github.com/hardenedgo/ginservice/internal/config"
 )
 
 var update = flag.Bool("update", false, "rewrite nginx.conf from nginx.conf.tmpl")
@@ -131,6 +133,11 @@ func TestReferenceConfig(t *testing.T) {
 	if regexp.MustCompile(`(?m)^\s*proxy_next_upstream[^;]*non_idempotent`).Match(got) {
 		t.Error("nginx.conf retries non-idempotent requests")
 	}
+	// nginx's body cap sits above the service's, so the service answers the
+	// bodies it refuses (problem+json 413), not nginx (an HTML page).
+	if limit, maxBody := clientMaxBodySize(t, got), defaultMaxBodyBytes(t); limit <= maxBody {
+		t.Errorf("client_max_body_size %d <= MAX_BODY_BYTES %d: nginx answers 413 itself, as HTML", limit, maxBody)
+	}
 
 	// nginx -t on the reference, with paths moved under a temp prefix so it
 	// runs unprivileged; everything else is byte-for-byte the reference.
@@ -150,6 +157,63 @@ func TestReferenceConfig(t *testing.T) {
 	out, err := exec.Command(bin, "-t", "-q", "-p", dir, "-c", path, "-e", filepath.Join(dir, "error.log")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("nginx -t rejects the reference config: %v\n%s", err, out)
+	}
+}
+
+// clientMaxBodySize reads client_max_body_size (bytes) from an nginx config.
+func clientMaxBodySize(t *testing.T, conf []byte) int64 {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^\s*client_max_body_size\s+(\d+)([kKmMgG]?);`).FindSubmatch(conf)
+	if m == nil {
+		t.Fatal("nginx config sets no client_max_body_size (the default, 1m, equals MAX_BODY_BYTES)")
+	}
+	n, err := strconv.ParseInt(string(m[1]), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch strings.ToLower(string(m[2])) {
+	case "k":
+		n <<= 10
+	case "m":
+		n <<= 20
+	case "g":
+		n <<= 30
+	}
+	if n == 0 {
+		t.Fatal("client_max_body_size 0: nginx would accept and buffer bodies of any size")
+	}
+	return n
+}
+
+// defaultMaxBodyBytes is the service's MAX_BODY_BYTES default.
+func defaultMaxBodyBytes(t *testing.T) int64 {
+	t.Helper()
+	cfg, err := config.Load(func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg.MaxBodyBytes
+}
+
+// TestOversizedBodyAnsweredByService sends a body just over MAX_BODY_BYTES
+// through real nginx: the 413 must be the service's problem+json, which
+// needs nginx's client_max_body_size above the service's limit.
+func TestOversizedBodyAnsweredByService(t *testing.T) {
+	api := startAPI(t, longIdle)
+	px := startNginx(t, api, shortIdle)
+	waitHTTP(t, px.url+"/healthz", 5*time.Second)
+	maxBody := defaultMaxBodyBytes(t)
+	body := `{"pad":"` + strings.Repeat("x", int(maxBody)) + `"}`
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Post(px.url+"/api/v1/echo", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || resp.Header.Get("Content-Type") != "application/problem+json" {
+		t.Errorf("POST of %d bytes (MAX_BODY_BYTES %d): %d %s, want the service's 413 problem+json\n%.300s",
+			len(body), maxBody, resp.StatusCode, resp.Header.Get("Content-Type"), b)
 	}
 }
 
