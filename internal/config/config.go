@@ -29,7 +29,7 @@ import (
 type Config struct {
 	// Listeners and http.Server tuning.
 	HTTPAddr          string        `env:"HTTP_ADDR" envDefault:":8080" help:"public listener address"`
-	AdminAddr         string        `env:"ADMIN_ADDR" envDefault:":9090" help:"admin listener: /metrics, /debug/pprof/ (with PPROF_ENABLED), PUT /debug/faults"`
+	AdminAddr         string        `env:"ADMIN_ADDR" envDefault:":9090" help:"admin listener: /metrics, /healthz (liveness), /debug/pprof/ (with PPROF_ENABLED), PUT /debug/faults"`
 	ReadHeaderTimeout time.Duration `env:"HTTP_READ_HEADER_TIMEOUT" envDefault:"5s" help:"time to read request headers; slower clients are cut off"`
 	ReadTimeout       time.Duration `env:"HTTP_READ_TIMEOUT" envDefault:"30s" help:"time to read a whole request, body included"`
 	WriteTimeout      time.Duration `env:"HTTP_WRITE_TIMEOUT" envDefault:"30s" help:"time from the end of the request headers to the end of the response"`

@@ -59,6 +59,13 @@ func metricsHandler(d AdminDeps) http.Handler {
 // the public port, and it is not traced, logged or rate limited.
 func NewAdmin(d AdminDeps) http.Handler {
 	mux := http.NewServeMux()
+	// Liveness, as on the public port: 200 while the process runs. The
+	// kubelet probes it here, where a full public accept queue (overload)
+	// cannot make it fail and restart a pod that is only busy.
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		_, _ = w.Write([]byte(`{"status":"ok"}`))
+	})
 	mux.Handle("GET /metrics", metricsHandler(d))
 	if d.Pprof {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
@@ -92,7 +99,7 @@ func NewAdmin(d AdminDeps) http.Handler {
 	})
 	// The catch-all below matches every method, so the mux's own 405 never
 	// happens: each route's other methods get a 405 problem here.
-	methods := map[string]string{"/metrics": "GET, HEAD", "/debug/faults": "GET, HEAD, PUT"}
+	methods := map[string]string{"/healthz": "GET, HEAD", "/metrics": "GET, HEAD", "/debug/faults": "GET, HEAD, PUT"}
 	if d.Pprof {
 		methods["/debug/pprof/"] = "GET, HEAD"
 	}

@@ -494,6 +494,33 @@ func TestAdmin(t *testing.T) {
 	}
 }
 
+// The admin listener answers liveness like the public one (the kubelet's
+// liveness probe goes there): same status, body and content type.
+func TestAdminHealthz(t *testing.T) {
+	f := newFixture(t, nil)
+	pub := f.do(httptest.NewRequest("GET", "/healthz", nil))
+	if pub.Code != 200 {
+		t.Fatalf("public /healthz = %d", pub.Code)
+	}
+	h := NewAdmin(AdminDeps{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Gatherer: prometheus.NewRegistry()})
+	do := func(method string) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(method, "/healthz", nil))
+		return rec
+	}
+	rec := do("GET")
+	if rec.Code != 200 || rec.Body.String() != pub.Body.String() || rec.Header().Get("Content-Type") != pub.Header().Get("Content-Type") {
+		t.Errorf("admin /healthz = %d %q %q, want the public %d %q %q", rec.Code, rec.Header().Get("Content-Type"), rec.Body,
+			pub.Code, pub.Header().Get("Content-Type"), pub.Body)
+	}
+	if rec := do("HEAD"); rec.Code != 200 {
+		t.Errorf("HEAD admin /healthz = %d", rec.Code)
+	}
+	if rec := do("POST"); rec.Code != 405 || rec.Header().Get("Allow") != "GET, HEAD" || rec.Header().Get("Content-Type") != problem.ContentType {
+		t.Errorf("POST admin /healthz = %d Allow %q, want a 405 problem allowing GET, HEAD", rec.Code, rec.Header().Get("Allow"))
+	}
+}
+
 // failingCollector is a collector that errors on every scrape, like a
 // team's own collector whose backend is down.
 type failingCollector struct{ desc *prometheus.Desc }
