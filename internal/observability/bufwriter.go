@@ -40,6 +40,7 @@ type BufferedWriter struct {
 
 	w          io.Writer
 	stallAfter time.Duration
+	closeWait  time.Duration // how long Close waits for the last lines
 	epoch      time.Time
 	writeStart atomic.Int64 // when the write in progress began (ns since epoch, +1); 0: none
 	dropped    atomic.Int64
@@ -75,6 +76,7 @@ func NewBufferedWriter(w io.Writer, size int, interval time.Duration) *BufferedW
 		queue:      make(chan chunk, queuedBuffers),
 		free:       make(chan []byte, queuedBuffers+2),
 		stallAfter: stallAfter,
+		closeWait:  5 * time.Second,
 		epoch:      time.Now(),
 		stop:       make(chan struct{}),
 		tickDone:   make(chan struct{}),
@@ -252,6 +254,18 @@ func (b *BufferedWriter) Dropped() int64 { return b.dropped.Load() }
 
 // Close stops the flusher and writes out what is buffered, waiting up to
 // 5 s for a slow consumer. Writes after Close go straight to w.
+// dropQueued empties the queue, counting its lines as dropped.
+func (b *BufferedWriter) dropQueued() {
+	for {
+		select {
+		case c := <-b.queue:
+			b.dropped.Add(int64(bytes.Count(c.b, []byte{'\n'})))
+		default:
+			return
+		}
+	}
+}
+
 func (b *BufferedWriter) Close() error {
 	b.once.Do(func() {
 		close(b.stop)
@@ -262,18 +276,23 @@ func (b *BufferedWriter) Close() error {
 		b.buf = nil
 		b.sendMu.Lock()
 		b.mu.Unlock()
-		// The last lines wait up to 5 s for a slow or just-recovered
-		// stdout: the process is exiting, nothing else waits on them.
+		// The last lines wait up to closeWait (5 s) for a slow or
+		// just-recovered stdout: the process is exiting, nothing else waits
+		// on them. Past that, what is still queued is counted as dropped:
+		// the writer may leave it behind once quit is closed. (The buffer
+		// it is writing, if stdout is stuck, is neither: it may yet go.)
 		done := make(chan struct{})
-		t := time.NewTimer(5 * time.Second)
+		t := time.NewTimer(b.closeWait)
 		select {
 		case b.queue <- chunk{b: data, done: done}:
 			select {
 			case <-done:
 			case <-t.C:
+				b.dropQueued()
 			}
 		case <-t.C:
 			b.dropped.Add(int64(bytes.Count(data, []byte{'\n'})))
+			b.dropQueued()
 		}
 		t.Stop()
 		b.sendMu.Unlock()

@@ -264,3 +264,42 @@ func writeLines(w io.Writer, writers, lines int, line func(g, i int) string) {
 	}
 	wg.Wait()
 }
+
+// A stdout still stuck when the process exits: Close gives up after
+// closeWait, and every line it leaves behind is counted as dropped. Once
+// stdout takes bytes again, the one buffer that was being written arrives,
+// and written plus dropped is every line.
+func TestBufferedWriterCloseCountsWhatItLeaves(t *testing.T) {
+	sink := &gateSink{open: make(chan struct{})}
+	w := NewBufferedWriter(sink, 1024, time.Hour)
+	w.stallAfter = time.Hour // queue up to the limit, drop nothing while writing
+	w.closeWait = 100 * time.Millisecond
+	const lines = 200 // 41 bytes each: about 8 buffers, all queued behind the stuck one
+	for i := range lines {
+		fmt.Fprintf(w, "%04d %s\n", i, strings.Repeat("x", 35))
+	}
+	closed := make(chan struct{})
+	go func() { _ = w.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		close(sink.open)
+		t.Fatal("Close waited past closeWait on a stuck stdout")
+	}
+	if w.Dropped() == 0 {
+		t.Fatal("Close left queued lines behind without counting them")
+	}
+	close(sink.open)
+	written := func() int {
+		s, _ := sink.snapshot()
+		return strings.Count(s, "\n")
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for written()+int(w.Dropped()) != lines && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := written() + int(w.Dropped()); n != lines {
+		t.Fatalf("%d written + %d dropped = %d, want %d", written(), w.Dropped(), n, lines)
+	}
+	t.Logf("stdout stuck at exit: %d lines written after it recovered, %d counted as dropped", written(), w.Dropped())
+}
