@@ -57,7 +57,7 @@ func NewHTTPSource(baseURL string, client Doer) (*HTTPSource, error) {
 	return &HTTPSource{base: strings.TrimRight(u.String(), "/"), shown: strings.TrimRight(u.Redacted(), "/"), client: client}, nil
 }
 
-// StatusError is a non-2xx answer other than 404.
+// StatusError is a non-2xx answer other than 404 and 410.
 type StatusError struct {
 	StatusCode int
 	URL        string
@@ -68,15 +68,22 @@ func (e *StatusError) Error() string {
 }
 
 // CallerError reports whether the status blames the request rather than
-// the dependency's health: 4xx except 408 (timeout) and 429 (overload). A
-// circuit breaker must not open on these.
+// the dependency's health: 4xx except 408 (timeout), 429 (overload) and
+// 401, 403, 407, which blame this service's own credentials or
+// configuration: every call fails the same way, and the circuit should
+// open and readiness say degraded. A circuit breaker must not open on the
+// others.
 func (e *StatusError) CallerError() bool {
-	return e.StatusCode >= 400 && e.StatusCode < 500 &&
-		e.StatusCode != http.StatusRequestTimeout && e.StatusCode != http.StatusTooManyRequests
+	switch e.StatusCode {
+	case http.StatusRequestTimeout, http.StatusTooManyRequests,
+		http.StatusUnauthorized, http.StatusForbidden, http.StatusProxyAuthRequired:
+		return false
+	}
+	return e.StatusCode >= 400 && e.StatusCode < 500
 }
 
-// Get implements Source: 200 -> the item, 404 -> ErrNotFound, other
-// non-2xx -> *StatusError, transport and decoding errors wrapped.
+// Get implements Source: 200 -> the item, 404 and 410 -> ErrNotFound,
+// other non-2xx -> *StatusError, transport and decoding errors wrapped.
 func (s *HTTPSource) Get(ctx context.Context, id string) (Item, error) {
 	path := "/items/" + url.PathEscape(id)
 	u := s.shown + path
@@ -95,7 +102,7 @@ func (s *HTTPSource) Get(ctx context.Context, id string) (Item, error) {
 		_ = resp.Body.Close()
 	}()
 	switch {
-	case resp.StatusCode == http.StatusNotFound:
+	case resp.StatusCode == http.StatusNotFound, resp.StatusCode == http.StatusGone:
 		return Item{}, ErrNotFound
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
 		return Item{}, &StatusError{StatusCode: resp.StatusCode, URL: u}

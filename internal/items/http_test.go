@@ -47,6 +47,12 @@ func TestHTTPSourceGet(t *testing.T) {
 			http.NotFound(w, r)
 		case "/prefix/items/bad-request":
 			http.Error(w, "no", http.StatusBadRequest)
+		case "/prefix/items/forbidden":
+			http.Error(w, "no", http.StatusForbidden)
+		case "/prefix/items/unauthorized":
+			http.Error(w, "who", http.StatusUnauthorized)
+		case "/prefix/items/gone":
+			http.Error(w, "gone", http.StatusGone)
 		case "/prefix/items/throttled":
 			http.Error(w, "slow down", http.StatusTooManyRequests)
 		case "/prefix/items/broken":
@@ -79,14 +85,20 @@ func TestHTTPSourceGet(t *testing.T) {
 	if _, err := src.Get(ctx, "missing"); err != ErrNotFound {
 		t.Fatalf("404: %v, want ErrNotFound itself", err)
 	}
+	if _, err := src.Get(ctx, "gone"); err != ErrNotFound {
+		t.Fatalf("410: %v, want ErrNotFound", err)
+	}
 	var se *StatusError
 	for id, want := range map[string]struct {
 		code   int
 		caller bool
 	}{
 		"bad-request": {400, true},
-		"throttled":   {429, false},
-		"broken":      {500, false},
+		// This service's credentials: every call fails alike, a failure.
+		"forbidden":    {403, false},
+		"unauthorized": {401, false},
+		"throttled":    {429, false},
+		"broken":       {500, false},
 	} {
 		_, err := src.Get(ctx, id)
 		if !errors.As(err, &se) || se.StatusCode != want.code || se.CallerError() != want.caller {

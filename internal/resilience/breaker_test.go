@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -284,6 +285,32 @@ func TestBreakerCallerErrorsAreNotFailures(t *testing.T) {
 	}
 	if got := metric(t, s.reg, "items_fallbacks_total", map[string]string{"reason": "caller_error"}); got != 10 {
 		t.Fatalf("items_fallbacks_total{reason=caller_error} = %v, want 10", got)
+	}
+}
+
+// A 401 or 403 blames this service's credentials, not the caller: every
+// call fails alike, so they are failures and open the circuit (and so show
+// in readiness), instead of a fallback that hides them.
+func TestBreakerOpensOnRejectedCredentials(t *testing.T) {
+	t.Parallel()
+	for _, code := range []int{401, 403} {
+		t.Run(strconv.Itoa(code), func(t *testing.T) {
+			t.Parallel()
+			bcfg := BreakerConfig{Timeout: time.Second, MaxConcurrent: 10, ErrorPercent: 10, RequestVolume: 3, SleepWindow: time.Minute}
+			s := newStack(t, bcfg, testClientConfig(), discardLogger())
+			ctx := ctxTimeout(t, 10*time.Second)
+			s.ds.setMode(mode{kind: modeStatus, status: code})
+			eventually(t, 5*time.Second, func() bool {
+				it, err := s.src.Get(ctx, "7")
+				if err != nil || !it.Degraded {
+					t.Fatalf("Get = %+v, %v; want the fallback", it, err)
+				}
+				return s.br.Open()
+			}, "the circuit opens")
+			if got := metric(t, s.reg, "items_fallbacks_total", map[string]string{"reason": "caller_error"}); got != 0 {
+				t.Errorf("%d answered as %v caller errors", code, got)
+			}
+		})
 	}
 }
 
