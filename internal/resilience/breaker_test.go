@@ -499,7 +499,11 @@ func TestIsFailure(t *testing.T) {
 		{context.Canceled, false},
 		{items.ErrNotFound, false},
 		{&items.StatusError{StatusCode: 400}, false},
-		{&items.StatusError{StatusCode: 403}, false},
+		{&items.StatusError{StatusCode: 409}, false},
+		// This service's credentials, not the caller's request.
+		{&items.StatusError{StatusCode: 401}, true},
+		{&items.StatusError{StatusCode: 403}, true},
+		{&items.StatusError{StatusCode: 407}, true},
 		{&items.StatusError{StatusCode: 408}, true},
 		{&items.StatusError{StatusCode: 429}, true},
 		{&items.StatusError{StatusCode: 500}, true},
