@@ -169,7 +169,11 @@ func TestRunServes(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("metrics = %d", code)
 	}
-	for _, want := range []string{`http_server_requests_total{code="200",method="GET",route="/api/v1/ping"}`, "service_build_info{", "go_goroutines", "process_open_fds"} {
+	for _, want := range []string{`http_server_requests_total{code="200",method="GET",route="/api/v1/ping"}`, "service_build_info{", "go_goroutines", "process_open_fds",
+		// Zero series before the first event, for every route and for
+		// unmatched requests: rate() and alerts see 0, not no data.
+		`http_server_client_aborts_total{route="/api/v1/echo"} 0`, `http_server_client_aborts_total{route="unmatched"} 0`,
+		`http_server_truncated_bodies_total{route="unmatched"} 0`, `http_server_panics_total{route="unmatched"} 0`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s", want)
 		}

@@ -177,16 +177,21 @@ func NewHTTPMetrics(reg prometheus.Registerer) *HTTPMetrics {
 }
 
 // InitRoutes creates the zero series of the per-route counters (aborts,
-// truncated bodies, panics, fallbacks) for every route template, so rate()
-// and alerts see 0 instead of no data before the first event.
+// truncated bodies, panics, fallbacks) for every route template and for
+// unmatched requests, so rate() and alerts see 0 instead of no data before
+// the first event.
 func (m *HTTPMetrics) InitRoutes(routes ...string) {
 	for _, r := range routes {
-		r = routeLabel(r)
-		m.aborts.WithLabelValues(r)
-		m.truncated.WithLabelValues(r)
-		m.panics.WithLabelValues(r)
-		m.degraded.WithLabelValues(r)
+		m.initRoute(routeLabel(r))
 	}
+	m.initRoute(RouteUnmatched)
+}
+
+func (m *HTTPMetrics) initRoute(r string) {
+	m.aborts.WithLabelValues(r)
+	m.truncated.WithLabelValues(r)
+	m.panics.WithLabelValues(r)
+	m.degraded.WithLabelValues(r)
 }
 
 // Panic counts a recovered panic on route.

@@ -15,6 +15,8 @@ import (
 
 // NewLogger returns a slog logger writing JSON (or text) to w at level. Every
 // record logged with a context that carries a span gets trace_id and span_id.
+// w must take concurrent writes (a *BufferedWriter, an *os.File): the access
+// line is written to it directly, next to slog's handler and its lock.
 func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(strings.ToLower(level))); err != nil {
