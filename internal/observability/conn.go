@@ -445,8 +445,8 @@ func isTLSAlert(b []byte) bool {
 // politely sends close_notify, which crypto/tls turns into net/http's end
 // of the connection with no read under it failing. An alert is a record of
 // content type alert (TLS 1.2) or, in TLS 1.3, where it travels as
-// encrypted application data, a record of 19 bytes (a 2-byte alert, its
-// inner type byte and a 16-byte AEAD tag): no HTTP/1 request or HTTP/2
+// encrypted application data, a record with a 19-byte payload (a 2-byte
+// alert, its inner type byte and a 16-byte AEAD tag): no HTTP/1 request or HTTP/2
 // frame a client sends is that small unless it writes 2 bytes at a time,
 // and the next record clears it. Only the connection's reading goroutine
 // feeds it.

@@ -2,6 +2,7 @@ package observability
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"io"
@@ -205,5 +206,41 @@ func TestTLSPeerCloseCountsAsPeerClosed(t *testing.T) {
 	eventually(t, "server close", func() bool { return closed(CloseReasonServer) == 1 })
 	if n := closed(CloseReasonPeerClosed); n != 2 {
 		t.Errorf("peer closes = %v after the server's close, want 2", n)
+	}
+}
+
+// tlsRecords finds record boundaries however the bytes arrive: a record
+// split anywhere, headers split, several records in one read.
+func TestTLSRecordsFollowBoundaries(t *testing.T) {
+	rec := func(typ byte, n int) []byte {
+		return append([]byte{typ, 3, 3, byte(n >> 8), byte(n)}, make([]byte, n)...)
+	}
+	appData, alert13, alert12, small := rec(0x17, 300), rec(0x17, 19), rec(0x15, 26), rec(0x17, 20)
+	stream := func(rs ...[]byte) []byte { return bytes.Join(rs, nil) }
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		want bool
+	}{
+		{"application data", stream(appData), false},
+		{"TLS 1.3 close_notify last", stream(appData, alert13), true},
+		{"TLS 1.2 alert last", stream(appData, alert12), true},
+		{"data after an alert-sized record", stream(alert13, appData), false},
+		{"a 20-byte payload is data", stream(appData, small), false},
+	} {
+		for chunk := 1; chunk <= len(tc.in); chunk++ { // every way of cutting it into equal reads
+			var r tlsRecords
+			for b := tc.in; len(b) > 0; {
+				k := min(chunk, len(b))
+				r.feed(b[:k])
+				b = b[k:]
+			}
+			if r.alert.Load() != tc.want || r.remain != 0 || r.nhdr != 0 {
+				t.Fatalf("%s in reads of %d: alert %v (want %v), remain %d, nhdr %d", tc.name, chunk, r.alert.Load(), tc.want, r.remain, r.nhdr)
+			}
+		}
+	}
+	if !isTLSAlert(alert13) || !isTLSAlert(alert12) || isTLSAlert(appData) || isTLSAlert(small) || isTLSAlert([]byte{0x15}) {
+		t.Error("isTLSAlert misreads a record")
 	}
 }
