@@ -20,6 +20,23 @@ import (
 	"github.com/hardenedgo/ginservice/internal/testkit"
 )
 
+// serveTLSTracked runs srv (its handler set; ConnState, ConnContext, error
+// log and certificate filled in here) over TLS on loopback behind m's
+// listener, and returns its address.
+func serveTLSTracked(t *testing.T, m *ConnMetrics, srv *http.Server) string {
+	t.Helper()
+	srv.ConnState, srv.ConnContext = m.ConnState, m.ConnContext
+	srv.ErrorLog = slog.NewLogLogger(slog.DiscardHandler, slog.LevelError)
+	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.ServeTLS(m.Listener(ln), "", "")
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
 // TestRejectedOnTLSListenerCounted: on the TLS listener net/http's own
 // answer to a request it cannot read is encrypted before the connection
 // wrapper sees it, so it cannot be rewritten; it is still counted
@@ -41,21 +58,8 @@ func TestRejectedOnTLSListenerCounted(t *testing.T) {
 		inSlow <- c.Request.ProtoMajor
 		<-c.Request.Context().Done() // until the server closes the connection
 	})
-	srv := &http.Server{
-		Handler:        e,
-		ConnState:      m.ConnState,
-		ConnContext:    m.ConnContext,
-		MaxHeaderBytes: 1 << 10,
-		ErrorLog:       slog.NewLogLogger(slog.DiscardHandler, slog.LevelError),
-		TLSConfig:      &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}},
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	go srv.ServeTLS(m.Listener(ln), "", "")
-	t.Cleanup(func() { srv.Close() })
+	srv := &http.Server{Handler: e, MaxHeaderBytes: 1 << 10}
+	addr := serveTLSTracked(t, m, srv)
 
 	rejected := func() float64 { return testutil.ToFloat64(m.rejected.WithLabelValues(rejectedUnknown)) }
 	closes := func() int { return strings.Count(logs.String(), `"msg":"connection closed"`) }
@@ -156,20 +160,8 @@ func TestTLSPeerCloseCountsAsPeerClosed(t *testing.T) {
 	m := NewConnMetrics(reg, logger)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/fast", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "fast") })
-	srv := &http.Server{
-		Handler:     mux,
-		ConnState:   m.ConnState,
-		ConnContext: m.ConnContext,
-		ErrorLog:    slog.NewLogLogger(slog.DiscardHandler, slog.LevelError),
-		TLSConfig:   &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}},
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	go srv.ServeTLS(m.Listener(ln), "", "")
-	t.Cleanup(func() { srv.Close() })
+	srv := &http.Server{Handler: mux}
+	addr := serveTLSTracked(t, m, srv)
 	closed := func(reason string) float64 {
 		return testutil.ToFloat64(m.closed.WithLabelValues(reason, "idle"))
 	}
