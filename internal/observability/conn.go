@@ -332,7 +332,7 @@ type trackedConn struct {
 	start    time.Duration // accepted, on the ConnMetrics clock (since epoch)
 	changed  atomic.Int64  // last state change, on the same clock
 	state    atomic.Int32  // http.ConnState + 1; 0 before the first
-	requests atomic.Int64 // HTTP/1: requests served; HTTP/2: times it went from idle to busy
+	requests atomic.Int64  // HTTP/1: requests served; HTTP/2: times it went from idle to busy
 	cause    atomic.Int32
 	// causeState is state's value when cause was recorded.
 	causeState atomic.Int32
