@@ -259,6 +259,15 @@ func (r *RateLimiter) decide(ctx context.Context, key string, cost int) (Decisio
 		if a.denied {
 			return a.d, backendCache
 		}
+		if a.wait == nil && timer != nil && deadline-now < r.cfg.RedisTimeout/2 {
+			// This call waited for another call of its key and has less
+			// than half its budget left: sent now, it would likely run out
+			// on a Redis that is only a little slow, and hold a pipeline
+			// for nothing. The fallback decides this request; Redis stays
+			// in use.
+			r.cache.done(key, a.entry, cost, r.cfg.Burst, nil)
+			return r.fallbackDecision(key, cost)
+		}
 		if a.wait != nil {
 			// Another call for this key is in flight and may take what is
 			// left: wait for its answer (within this call's own budget),
@@ -311,6 +320,14 @@ func (r *RateLimiter) askRedis(ctx context.Context, key string, cost int, e *key
 			// The caller went away: not Redis's fault, and nobody reads the answer.
 			return r.fallbackDecision(key, cost)
 		}
+		if deadline-start < r.cfg.RedisTimeout && outOfTime(err) {
+			// This call spent part of its budget waiting for another
+			// call of the same key, and what was left ran out: not
+			// Redis being slow (a call that had the whole budget says
+			// that). This request is decided by the fallback; Redis
+			// stays in use.
+			return r.fallbackDecision(key, cost)
+		}
 		if isTimeout(err) {
 			r.m.redisErrors[errTimeout].Inc()
 		} else {
@@ -354,6 +371,16 @@ func (r *RateLimiter) probeAll(ctx context.Context) error {
 func isMissingDB(err error) bool {
 	var re redis.Error // a reply from the server, not a network error
 	return errors.As(err, &re) && strings.Contains(re.Error(), "DB index")
+}
+
+// outOfTime reports whether err is a call's budget running out (not a
+// full queue or a failure of Redis).
+func outOfTime(err error) bool {
+	if errors.Is(err, errBudget) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func isTimeout(err error) bool {

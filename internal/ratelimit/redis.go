@@ -276,11 +276,13 @@ func (b *redisBackend) worker() {
 }
 
 func (b *redisBackend) exec(batch []*call) {
-	// The earliest deadline in the batch bounds the whole round trip: past
-	// it callers start to give up on the answer, and a Redis that slow is
-	// about to be bypassed anyway. Calls already past their deadline are not
-	// sent. The first call's context (minus its cancellation) parents the
-	// Redis span when tracing is on.
+	// The latest deadline in the batch bounds the whole round trip: each
+	// caller gives up at its own deadline (its timer in allow), and a call
+	// with little budget left, one that waited for another call of its key,
+	// must not cut the round trip short for the others, which would then
+	// fail with a timeout Redis did not cause. Calls already past their
+	// deadline are not sent. The first call's context (minus its
+	// cancellation) parents the Redis span when tracing is on.
 	now := b.now()
 	live := batch[:0]
 	for _, c := range batch {
@@ -294,11 +296,11 @@ func (b *redisBackend) exec(batch []*call) {
 		return
 	}
 	batch = live
-	first := batch[0].deadline
+	last := batch[0].deadline
 	for _, c := range batch[1:] {
-		first = min(first, c.deadline)
+		last = max(last, c.deadline)
 	}
-	left := first - now
+	left := last - now
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(batch[0].ctx), left)
 	defer cancel()
 

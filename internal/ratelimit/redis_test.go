@@ -913,3 +913,45 @@ func TestRedisMissingDatabase(t *testing.T) {
 		t.Fatalf("error shows the password: %v", err)
 	}
 }
+
+// Callers of one key that arrive together wait for each other's answer
+// (the key cache) and so come to Redis with part of their budget spent.
+// That is not Redis being slow: with Redis answering well within the
+// budget, such calls must not trip the limiter to its fallback.
+func TestRedisConcurrentCallersOfOneKeyDoNotTrip(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy := redistest.NewProxy(t, srv.Addr)
+	rl := newTestLimiter(t, Config{RedisURL: proxy.URL(), Rate: 1000, Burst: 1000,
+		RedisTimeout: 20 * time.Millisecond, ProbeInterval: 5 * time.Second})
+	// Warm the pool, then make every round trip take about 13 ms of the
+	// 20 ms budget: a second caller of the same key waits one round trip
+	// and comes to Redis with 7 ms left.
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 20 {
+				_, _ = rl.Allow(context.Background(), fmt.Sprintf("warm-%d-%d", g, j), 1)
+			}
+		}()
+	}
+	wg.Wait()
+	proxy.SetDelay(6 * time.Millisecond) // each way
+	for i := range 3 {
+		if _, err := rl.Allow(context.Background(), "alone", 1); err != nil || rl.FallbackActive() {
+			t.Fatalf("sequential call %d: err %v, fallback %v: Redis answers within its budget", i, err, rl.FallbackActive())
+		}
+	}
+	for round := range 5 {
+		for range 3 {
+			wg.Add(1)
+			go func() { defer wg.Done(); _, _ = rl.Allow(context.Background(), fmt.Sprintf("hot-%d", round), 1) }()
+		}
+		wg.Wait()
+	}
+	if rl.FallbackActive() || strings.Contains(rl.logs.String(), "Redis failing") {
+		t.Fatalf("concurrent callers of one key tripped the fallback (fallback %v, timeouts %v):\n%s",
+			rl.FallbackActive(), metric(t, rl.reg, "ratelimit_redis_errors_total", "kind", "timeout"), rl.logs)
+	}
+}
