@@ -30,6 +30,8 @@ func TestConfigValidate(t *testing.T) {
 		{"rate negative", func(c *Config) { c.Rate = -1 }, "RATELIMIT_RATE"},
 		{"rate huge", func(c *Config) { c.Rate = 1e12 }, "RATELIMIT_RATE"},
 		{"burst zero", func(c *Config) { c.Burst = 0 }, "RATELIMIT_BURST"},
+		// A refill of 1e10 s would overflow RateLimit-Reset's Duration.
+		{"refill past a Duration", func(c *Config) { c.Burst = 1_000_000_000; c.Rate = 0.1 }, "RATELIMIT_BURST"},
 		{"mode", func(c *Config) { c.OnRedisError = "ignore" }, "RATELIMIT_ON_REDIS_ERROR"},
 		{"instances", func(c *Config) { c.Instances = -2 }, "RATELIMIT_INSTANCES"},
 		{"share too small", func(c *Config) { c.Rate = 0.002; c.Instances = 3 }, "RATELIMIT_INSTANCES"},
@@ -50,6 +52,13 @@ func TestConfigValidate(t *testing.T) {
 		c.RedisURL = u
 		if err := c.Validate(); err != nil {
 			t.Errorf("%s: %v", u, err)
+		}
+	}
+	// The refill is the rate rounded down to 0.001 token/s: never more
+	// than configured (rounded to the nearest, 0.0015/s was 0.002/s).
+	for rate, want := range map[float64]int64{0.001: 1, 0.0015: 1, 0.0025: 2, 0.3: 300, 0.7: 700, 1.001: 1001, 100: 100000, 1e9: 1e12} {
+		if got := ratePerMs(rate); got != want {
+			t.Errorf("ratePerMs(%v) = %d, want %d", rate, got, want)
 		}
 	}
 	c := ok

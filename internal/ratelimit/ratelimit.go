@@ -53,6 +53,7 @@ const (
 	minRate       = 0.001
 	maxRate       = 1e9
 	maxBurst      = 1_000_000_000
+	maxRefill     = 1e9 * time.Second // a full refill, so Reset and Retry-After fit a Duration
 )
 
 // ErrInvalidCost is returned by Allow for a cost below 0 or above the burst:
@@ -150,6 +151,11 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("RATELIMIT_ON_REDIS_ERROR=%q: must be local, allow or deny", c.OnRedisError)
 	}
+	if float64(c.Burst)/c.Rate > maxRefill.Seconds() {
+		// RateLimit-Reset and Retry-After are Durations: a bucket that
+		// takes longer to refill would overflow them into nonsense.
+		return fmt.Errorf("RATELIMIT_BURST=%d at RATELIMIT_RATE=%v takes %.3g s to refill: at most %.0f s (about 31 years)", c.Burst, c.Rate, float64(c.Burst)/c.Rate, maxRefill.Seconds())
+	}
 	if c.Instances < 1 {
 		return fmt.Errorf("RATELIMIT_INSTANCES=%d: must be >= 1", c.Instances)
 	}
@@ -171,9 +177,12 @@ func (c Config) Validate() error {
 }
 
 // ratePerMs is the refill in units (1e-6 token) per millisecond, the integer
-// the script and the local bucket work with.
+// the script and the local bucket work with: RATE to 0.001 token/s, rounded
+// down, so a rate between two steps never admits more than configured
+// (0.0015/s rounded to the nearest would be 0.002/s, a third more). The
+// 1e-6 absorbs float error (1.001*1000 is 1000.9999999999999).
 func ratePerMs(rate float64) int64 {
-	return max(1, int64(math.Round(rate*1000)))
+	return max(1, int64(math.Floor(rate*1000+1e-6)))
 }
 
 // redisOptions is what REDIS_URL parses to: one node or a cluster.
