@@ -293,6 +293,14 @@ else
 		"See 'man curl' (EXIT CODES) for exit $rc." ;;
 	esac
 
+	# curl's exit status is the last transfer's: a request that died in
+	# the middle of the run shows only as a row without a status.
+	failed=$((n - ok))
+	if [[ $failed -gt 0 && $rc -eq 0 ]]; then
+		finding WARN "$failed of $n requests got no response, though the last one did" \
+			"curl reports the error of its last transfer only: an earlier request died without a status line (an EOF, a reset or a timeout on its connection)." \
+			"Run again (a few times) or capture (-c) to see which side closed it; a reused keep-alive connection the server had just closed as idle is the classic cause."
+	fi
 	if [[ $ok -gt 0 ]]; then
 		if [[ $statuses == *502* || $statuses == *504* ]]; then
 			finding WARN "the URL answered 502/504: a proxy in front could not get a response" \
@@ -302,7 +310,7 @@ else
 			finding WARN "the URL answered a 5xx status ($statuses)" \
 				"The server answered, so the connection is fine: this is an application error." \
 				"Read the service's logs for these requests."
-		elif [[ $rc -eq 0 ]]; then
+		elif [[ $rc -eq 0 && $failed -eq 0 ]]; then
 			finding OK "the URL answered ($statuses) with no transport error"
 		fi
 		if awk -v a="$max_connect" 'BEGIN { exit !(a >= 1) }'; then
@@ -315,7 +323,9 @@ else
 				"Time from the request sent to the first response byte: handler, dependency or queueing time." \
 				"If clients time out at this level they give up first: nginx logs 499, the service logs status 499."
 		fi
-		if [[ $ok -gt 1 && $new_conns -ge $ok ]]; then
+		if [[ $failed -gt 0 ]]; then
+			: # connection reuse cannot be judged from a run with failures
+		elif [[ $ok -gt 1 && $new_conns -ge $ok ]]; then
 			finding NOTE "every request opened a new connection (no keep-alive reuse)" \
 				"The server (or proxy) closes the connection after each response (Connection: close), which costs a handshake per request and leaves TIME-WAIT sockets behind." \
 				"Behind nginx: upstream keepalive + proxy_http_version 1.1 + proxy_set_header Connection \"\" (see deploy/nginx). During a graceful shutdown this is expected."
@@ -420,9 +430,13 @@ elif [[ ! -r $error_log ]]; then
 	skip "cannot read $error_log"
 else
 	count() { grep -c -- "$1" "$error_log" || true; }
+	# Resets and broken pipes towards the upstream only: "while reading
+	# client request line" or "while sending to client" is the client's
+	# side (such lines may still carry an upstream: "..." field).
+	upstream_side() { grep -cE -- "$1\) while [^,]*upstream" "$error_log" || true; }
 	premature=$(count "upstream prematurely closed")
-	reset=$(count "reset by peer")
-	pipe=$(count "Broken pipe")
+	reset=$(upstream_side "reset by peer")
+	pipe=$(upstream_side "Broken pipe")
 	refused=$(count "(111: Connection refused)")
 	timedout=$(count "upstream timed out")
 	nolive=$(count "no live upstreams")
