@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -130,9 +131,10 @@ func (o Options) Validate() error {
 }
 
 // IsLoopbackHost reports whether host (a URL's Hostname) is a loopback IP
-// literal or "localhost". Other names are not resolved: a name that
-// resolves to loopback today may not tomorrow, and the check must hold for
-// every request sent.
+// literal or "localhost" (which Attack sends to 127.0.0.1 itself, see
+// pinLocalhost). Other names are not resolved: a name that resolves to
+// loopback today may not tomorrow, and the check must hold for every
+// request sent.
 func IsLoopbackHost(host string) bool {
 	if strings.EqualFold(host, "localhost") {
 		return true
@@ -142,6 +144,35 @@ func IsLoopbackHost(host string) bool {
 		return false
 	}
 	return a.Unmap().IsLoopback()
+}
+
+// pinLocalhost sends the targets named localhost to 127.0.0.1, with the
+// name kept in the Host header. The name is not resolved: Go looks it up in
+// /etc/hosts and then in DNS with the search domains, so where /etc/hosts
+// lacks it (a bare container) it could name a remote host.
+func pinLocalhost(targets []vegeta.Target) []vegeta.Target {
+	out := make([]vegeta.Target, len(targets))
+	for i, t := range targets {
+		out[i] = t
+		u, err := url.Parse(t.URL)
+		if err != nil || !strings.EqualFold(u.Hostname(), "localhost") {
+			continue
+		}
+		host, port := u.Host, u.Port()
+		u.Host = "127.0.0.1"
+		if port != "" {
+			u.Host = net.JoinHostPort("127.0.0.1", port)
+		}
+		out[i].URL = u.String()
+		out[i].Header = t.Header.Clone()
+		if out[i].Header == nil {
+			out[i].Header = http.Header{}
+		}
+		if out[i].Header.Get("Host") == "" {
+			out[i].Header.Set("Host", host)
+		}
+	}
+	return out
 }
 
 // maxPacer stops the attack after max hits.
@@ -202,7 +233,11 @@ func Attack(ctx context.Context, o Options, observe func(*vegeta.Result) error) 
 		examples = map[string]string{}
 		obsErr   error
 	)
-	for res := range atk.Attack(vegeta.NewStaticTargeter(o.Targets...), pacer, o.Duration, o.Name) {
+	targets := o.Targets
+	if !o.AllowRemote {
+		targets = pinLocalhost(targets)
+	}
+	for res := range atk.Attack(vegeta.NewStaticTargeter(targets...), pacer, o.Duration, o.Name) {
 		m.Add(res)
 		codes[int(res.Code)]++
 		if res.Code == 0 {

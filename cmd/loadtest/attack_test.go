@@ -400,3 +400,33 @@ func TestRunRefusesRemoteAndDocumentsIt(t *testing.T) {
 		}
 	}
 }
+
+// A target named localhost goes to 127.0.0.1 whatever the resolver says of
+// the name (a container without /etc/hosts would ask DNS, with its search
+// domains), and the server still sees the name in Host.
+func TestLocalhostIsPinnedToLoopback(t *testing.T) {
+	hosts := make(chan string, 10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case hosts <- r.Host:
+		default:
+		}
+	}))
+	t.Cleanup(srv.Close)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	targets := get("http://LocalHost:" + port + "/x")
+	pinned := pinLocalhost(targets)
+	if pinned[0].URL != "http://127.0.0.1:"+port+"/x" || pinned[0].Header.Get("Host") != "LocalHost:"+port {
+		t.Fatalf("pinned target %s, Host %q", pinned[0].URL, pinned[0].Header.Get("Host"))
+	}
+	if targets[0].URL != "http://LocalHost:"+port+"/x" || targets[0].Header.Get("Host") != "" {
+		t.Fatalf("the caller's target was changed: %+v", targets[0])
+	}
+	sum, err := Attack(context.Background(), Options{Targets: targets, Rate: 0, Workers: 1, MaxRequests: 3, Timeout: time.Second, KeepAlive: true}, nil)
+	if err != nil || sum.Requests != 3 || sum.StatusCodes[200] != 3 {
+		t.Fatalf("attack: %+v, %v", sum, err)
+	}
+	if h := <-hosts; h != "LocalHost:"+port {
+		t.Errorf("server saw Host %q", h)
+	}
+}
