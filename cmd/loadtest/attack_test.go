@@ -376,6 +376,22 @@ func TestRunCommandLine(t *testing.T) {
 	if n != 20 {
 		t.Errorf("results file holds %d results, want 20", n)
 	}
+
+	// -json -: stdout is the JSON alone (it parses); the human summary
+	// goes to stderr.
+	stdout.Reset()
+	stderr.Reset()
+	if err := run(context.Background(), []string{"loadtest", "-rate", "0", "-workers", "1", "-max-requests", "3", "-timeout", "1s",
+		"-plot", "", "-json", "-", srv.URL + "/ok"}, &stdout, &stderr); err != nil {
+		t.Fatalf("run -json -: %v\n%s", err, stderr.String())
+	}
+	js.Requests = 0
+	if err := json.Unmarshal(stdout.Bytes(), &js); err != nil || js.Requests != 3 {
+		t.Errorf("-json - stdout is not the JSON summary (%v):\n%s", err, stdout.String())
+	}
+	if !regexp.MustCompile(`(?m)^status codes +200: 3$`).MatchString(stderr.String()) {
+		t.Errorf("-json -: the human summary is not on stderr:\n%s", stderr.String())
+	}
 }
 
 func TestRunRefusesRemoteAndDocumentsIt(t *testing.T) {

@@ -107,7 +107,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		name        = fs.String("name", "", "attack name (labels the plot and raw results)")
 		plotFile    = fs.String("plot", "loadtest-plot.html", "write the latency-over-time HTML plot here (empty: no plot)")
 		resultsFile = fs.String("results", "", "write raw results here in vegeta's binary format (vegeta report/plot read it)")
-		jsonFile    = fs.String("json", "", "write the summary as JSON here (- for stdout)")
+		jsonFile    = fs.String("json", "", "write the summary as JSON here (- for stdout, with the text summary on stderr)")
 	)
 	fs.Var(&urls, "url", "target `URL` (repeatable)")
 	fs.Var(&headers, "H", "request header `Name: value` (repeatable)")
@@ -209,6 +209,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 
+	// With -json - the JSON is stdout's only content, so that it parses;
+	// the human summary goes to stderr.
+	human := stdout
+	if *jsonFile == "-" {
+		human = stderr
+	}
 	fmt.Fprintf(stderr, "%s: %s\n", prog, describe(opts))
 	sum, err := Attack(ctx, opts, observe)
 	if err != nil {
@@ -217,13 +223,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if ctx.Err() != nil {
 		fmt.Fprintf(stderr, "%s: interrupted; summary of the requests sent so far\n", prog)
 	}
-	PrintSummary(stdout, opts, sum)
+	PrintSummary(human, opts, sum)
 
 	if p != nil {
 		if err := writePlot(*plotFile, p); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "%-*s%s\n", labelWidth, "plot", *plotFile)
+		fmt.Fprintf(human, "%-*s%s\n", labelWidth, "plot", *plotFile)
 	}
 	if results != nil {
 		if err := resultsBuf.Flush(); err != nil {
@@ -232,7 +238,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err := results.Close(); err != nil {
 			return fmt.Errorf("-results: %w", err)
 		}
-		fmt.Fprintf(stdout, "%-*s%s (vegeta report %s)\n", labelWidth, "results", *resultsFile, *resultsFile)
+		fmt.Fprintf(human, "%-*s%s (vegeta report %s)\n", labelWidth, "results", *resultsFile, *resultsFile)
 	}
 	if *jsonFile != "" {
 		b, err := json.MarshalIndent(JSONSummary(opts, sum), "", "  ")
