@@ -29,6 +29,10 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first Ctrl-C stops the attack and still prints the summary of
+	// what was sent; requests in flight may take up to -timeout. A second
+	// one ends the program at once: the handler is released after the first.
+	context.AfterFunc(ctx, stop)
 	err := run(ctx, os.Args, os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
