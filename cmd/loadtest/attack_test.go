@@ -446,3 +446,22 @@ func TestLocalhostIsPinnedToLoopback(t *testing.T) {
 		t.Errorf("server saw Host %q", h)
 	}
 }
+
+// A sink that fails during the attack (here -results on a full device)
+// does not lose the summary of the attack that ran: it is printed, then
+// the error is returned.
+func TestRunPrintsTheSummaryWhenASinkFails(t *testing.T) {
+	if _, err := os.Stat("/dev/full"); err != nil {
+		t.Skip("no /dev/full on this system")
+	}
+	srv, _ := faultServer(t)
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"loadtest", "-rate", "0", "-workers", "2", "-max-requests", "300", "-timeout", "1s",
+		"-plot", "", "-results", "/dev/full", srv.URL + "/ok"}, &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("run with -results /dev/full: %v, want the write error", err)
+	}
+	if !regexp.MustCompile(`(?m)^status codes +200: 300$`).MatchString(stdout.String()) {
+		t.Errorf("no summary of the 300 requests sent:\n%s", stdout.String())
+	}
+}

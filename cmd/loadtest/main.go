@@ -221,9 +221,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stderr, "%s: %s\n", prog, describe(opts))
 	sum, err := Attack(ctx, opts, observe)
-	if err != nil {
+	if err != nil && sum.Requests == 0 {
 		return err
 	}
+	// A sink that failed (say -results on a full disk) stopped recording;
+	// the attack ran on, and its summary is still printed before the error.
+	sinkErr := err
 	if ctx.Err() != nil {
 		fmt.Fprintf(stderr, "%s: interrupted; summary of the requests sent so far\n", prog)
 	}
@@ -259,7 +262,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("-json: %w", err)
 		}
 	}
-	return nil
+	return sinkErr
 }
 
 func writePlot(path string, p *plot.Plot) error {
