@@ -529,9 +529,9 @@ echo "-- socket states${port:+ (port $port)}"
 states_file="$work/states"
 if have ss; then
 	if [[ -n $port ]]; then
-		ss -tanH "( sport = :$port or dport = :$port )" 2>/dev/null | awk '{ print $1 }' >"$states_file" || true
+		ss -tanH "( sport = :$port or dport = :$port )" 2>/dev/null | awk '{ n = split($4, a, ":"); print $1, a[n] }' >"$states_file" || true
 	else
-		ss -tanH 2>/dev/null | awk '{ print $1 }' >"$states_file" || true
+		ss -tanH 2>/dev/null | awk '{ n = split($4, a, ":"); print $1, a[n] }' >"$states_file" || true
 	fi
 	state_src="ss -tan"
 elif [[ -r /proc/net/tcp ]]; then
@@ -541,7 +541,7 @@ elif [[ -r /proc/net/tcp ]]; then
 		$1 ~ /:$/ {
 			nl = split($2, l, ":"); nr = split($3, r, ":")
 			if (p != "" && hex(l[nl]) != p && hex(r[nr]) != p) next
-			print n[hex($4)]
+			print n[hex($4)], hex(l[nl])
 		}' >"$states_file" 2>/dev/null || : >"$states_file"
 	state_src="/proc/net/tcp (ss not installed)"
 else
@@ -550,10 +550,12 @@ fi
 if [[ -z $state_src ]]; then
 	skip "neither ss (iproute2) nor /proc/net/tcp is available"
 else
-	sort "$states_file" | uniq -c | sort -rn | awk -v src="$state_src" 'BEGIN { printf "  from %s:", src } { printf " %s %d,", $2, $1 } END { print "" }'
-	cw=$(grep -cx 'CLOSE-WAIT' "$states_file" || true)
-	tw=$(grep -cx 'TIME-WAIT' "$states_file" || true)
-	sr=$(grep -cx 'SYN-RECV' "$states_file" || true)
+	# Lines are "STATE LOCAL-PORT".
+	awk '{ print $1 }' "$states_file" | sort | uniq -c | sort -rn | awk -v src="$state_src" 'BEGIN { printf "  from %s:", src } { printf " %s %d,", $2, $1 } END { print "" }'
+	in_state() { awk -v s="$1" '$1 == s { n++ } END { print n + 0 }' "$states_file"; }
+	cw=$(in_state CLOSE-WAIT)
+	tw=$(in_state TIME-WAIT)
+	sr=$(in_state SYN-RECV)
 	echo "  CLOSE-WAIT: $cw, TIME-WAIT: $tw, SYN-RECV: $sr"
 	if ((cw > 0)); then
 		level=NOTE
@@ -573,8 +575,11 @@ else
 	range=$(tr -s ' \t' '  ' </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo "32768 60999")
 	read -r plo phi <<<"$range"
 	ports=$((phi - plo + 1))
-	if ((tw > ports / 2)); then
-		finding WARN "$tw sockets in TIME-WAIT, over half of the $ports ephemeral ports ($range)" \
+	# Only this host's client side holds ephemeral ports: a server's
+	# TIME-WAIT sockets sit on its listening port.
+	tw_eph=$(awk -v lo="$plo" -v hi="$phi" '$1 == "TIME-WAIT" && $2 >= lo && $2 <= hi { n++ } END { print n + 0 }' "$states_file")
+	if ((tw_eph > ports / 2)); then
+		finding WARN "$tw_eph client sockets in TIME-WAIT, over half of the $ports ephemeral ports ($range)" \
 			"Every connection closed by this side waits 60s in TIME-WAIT holding its port. Clients that open a connection per request run out of ports towards one destination: connect fails (EADDRNOTAVAIL), seen as errors or timeouts." \
 			"Reuse connections (keep-alive; nginx upstream keepalive), enable net.ipv4.tcp_tw_reuse=1 and widen ip_local_port_range (sysctl-tune.sh)."
 	elif ((tw > 0)); then
