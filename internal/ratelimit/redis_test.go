@@ -922,10 +922,11 @@ func TestRedisConcurrentCallersOfOneKeyDoNotTrip(t *testing.T) {
 	srv := redistest.Start(t)
 	proxy := redistest.NewProxy(t, srv.Addr)
 	rl := newTestLimiter(t, Config{RedisURL: proxy.URL(), Rate: 1000, Burst: 1000,
-		RedisTimeout: 20 * time.Millisecond, ProbeInterval: 5 * time.Second})
-	// Warm the pool, then make every round trip take about 13 ms of the
-	// 20 ms budget: a second caller of the same key waits one round trip
-	// and comes to Redis with 7 ms left.
+		RedisTimeout: 200 * time.Millisecond, ProbeInterval: 5 * time.Second})
+	// Warm the pool, then make every round trip take about 120 ms of the
+	// 200 ms budget (wide margins: a loaded machine adds its own delays):
+	// a second caller of the same key waits one round trip and comes to
+	// Redis with about 80 ms left.
 	var wg sync.WaitGroup
 	for g := range 8 {
 		wg.Add(1)
@@ -937,7 +938,7 @@ func TestRedisConcurrentCallersOfOneKeyDoNotTrip(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	proxy.SetDelay(6 * time.Millisecond) // each way
+	proxy.SetDelay(60 * time.Millisecond) // each way
 	for i := range 3 {
 		if _, err := rl.Allow(context.Background(), "alone", 1); err != nil || rl.FallbackActive() {
 			t.Fatalf("sequential call %d: err %v, fallback %v: Redis answers within its budget", i, err, rl.FallbackActive())
