@@ -284,61 +284,51 @@ func tlsAbuses(hello []byte) []abuse {
 			}
 		}},
 		{"HTTP/2 preface, then garbage", func(t *testing.T, tg target) {
-			if c := tg.dialH2(t); c != nil {
-				defer c.Close()
-				io.WriteString(c, http2.ClientPreface+"\x00\x00\x04\xff\xff\xff\xff\xff\xff\x01\x02\x03\x04")
-				_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-				_, _ = io.Copy(io.Discard, c)
+			if h := tg.dialH2(t); h != nil {
+				defer h.c.Close()
+				io.WriteString(h.c, "\x00\x00\x04\xff\xff\xff\xff\xff\xff\x01\x02\x03\x04") // a frame of unknown type and bad length
+				_ = h.c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				_, _ = io.Copy(io.Discard, h.c)
 			}
 		}},
 		{"HTTP/2 rapid reset: 100 streams opened and cancelled at once", func(t *testing.T, tg target) {
-			c := tg.dialH2(t)
-			if c == nil {
+			h := tg.dialH2(t)
+			if h == nil {
 				return
 			}
-			defer c.Close()
-			io.WriteString(c, http2.ClientPreface)
-			fr := http2.NewFramer(c, c)
-			fr.WriteSettings()
-			var hb bytes.Buffer
-			enc := hpack.NewEncoder(&hb)
+			defer h.c.Close()
 			for i := range 100 {
-				hb.Reset()
-				for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "x"}, {":path", "/api/v1/items/" + strconv.Itoa(i)}} {
-					enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-				}
 				id := uint32(2*i + 1)
-				if fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}) != nil ||
-					fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
+				if h.headers(id, true, ":method", "GET", ":path", "/api/v1/items/"+strconv.Itoa(i)) != nil ||
+					h.fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
 					break
 				}
 			}
-			_ = c.SetReadDeadline(time.Now().Add(time.Second))
-			_, _ = io.Copy(io.Discard, c)
+			_ = h.c.SetReadDeadline(time.Now().Add(time.Second))
+			_, _ = io.Copy(io.Discard, h.c)
 		}},
 		{"HTTP/2 request body announced, never sent, connection dropped", func(t *testing.T, tg target) {
-			c := tg.dialH2(t)
-			if c == nil {
+			h := tg.dialH2(t)
+			if h == nil {
 				return
 			}
-			io.WriteString(c, http2.ClientPreface)
-			fr := http2.NewFramer(c, c)
-			fr.WriteSettings()
-			var hb bytes.Buffer
-			enc := hpack.NewEncoder(&hb)
-			for _, f := range [][2]string{{":method", "POST"}, {":scheme", "https"}, {":authority", "x"}, {":path", "/api/v1/echo"}, {"content-type", "application/json"}, {"content-length", "100"}} {
-				enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-			}
-			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true})
+			h.headers(1, false, ":method", "POST", ":path", "/api/v1/echo", "content-type", "application/json", "content-length", "100")
 			time.Sleep(50 * time.Millisecond)
-			c.Close()
+			h.c.Close()
 		}},
 	}
 }
 
-// dialH2 shakes hands offering only h2; nil (and an error) if the server
-// does not choose it.
-func (tg target) dialH2(t *testing.T) net.Conn {
+// h2conn is an HTTP/2 connection spoken frame by frame, past its preface
+// and SETTINGS.
+type h2conn struct {
+	c  net.Conn
+	fr *http2.Framer
+}
+
+// dialH2 shakes hands offering only h2 and sends the client preface; nil
+// (and an error) if the server does not choose h2.
+func (tg target) dialH2(t *testing.T) *h2conn {
 	t.Helper()
 	c, _ := tg.dialTCP(t)
 	if c == nil {
@@ -350,7 +340,22 @@ func (tg target) dialH2(t *testing.T) net.Conn {
 		c.Close()
 		return nil
 	}
-	return tc
+	io.WriteString(tc, http2.ClientPreface)
+	h := &h2conn{c: tc, fr: http2.NewFramer(tc, tc)}
+	h.fr.WriteSettings()
+	return h
+}
+
+// headers opens stream id with the given header fields (name, value, ...)
+// after :scheme and :authority.
+func (h *h2conn) headers(id uint32, endStream bool, kv ...string) error {
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	kv = append([]string{":scheme", "https", ":authority", "x"}, kv...)
+	for i := 0; i+1 < len(kv); i += 2 {
+		enc.WriteField(hpack.HeaderField{Name: kv[i], Value: kv[i+1]})
+	}
+	return h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: endStream, EndHeaders: true})
 }
 
 // Misbehaving clients, many at once, each kind many times: afterwards the
