@@ -441,7 +441,7 @@ var otelVars = [][3]string{
 	{"OTEL_EXPORTER_OTLP_ENDPOINT", "(empty)", "OTLP endpoint (e.g. http://jaeger:4318); tracing is off unless this or OTEL_TRACES_EXPORTER=otlp is set"},
 	{"OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", "http/protobuf, http/json or grpc"},
 	{"OTEL_TRACES_EXPORTER", "(empty)", "otlp to enable tracing, none to disable it"},
-	{"OTEL_SERVICE_NAME", "api", "service.name of the traces"},
+	{"OTEL_SERVICE_NAME", "api", "service.name of the traces (else a service.name in OTEL_RESOURCE_ATTRIBUTES)"},
 	{"OTEL_TRACES_SAMPLER", "parentbased_traceidratio", "sampler; with OTEL_TRACES_SAMPLER_ARG (default 0.01)"},
 	{"OTEL_PROPAGATORS", "tracecontext,baggage,jaeger", "incoming/outgoing trace headers; none for neither, on its own"},
 	{"OTEL_RESOURCE_ATTRIBUTES", "(empty)", "extra resource attributes, k=v,k2=v2"},

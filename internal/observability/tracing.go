@@ -94,10 +94,15 @@ func SetupTracing(ctx context.Context, getenv func(string) string, serviceVersio
 	if err != nil {
 		return nil, err
 	}
-	t := &Tracing{propagator: prop, serviceName: env("OTEL_SERVICE_NAME")}
-	if t.serviceName == "" {
-		t.serviceName = DefaultServiceName
+	attrs, err := parseHeaders(env("OTEL_RESOURCE_ATTRIBUTES"))
+	if err != nil {
+		return nil, fmt.Errorf("OTEL_RESOURCE_ATTRIBUTES: %w", err)
 	}
+	// OTEL_SERVICE_NAME wins over a service.name in
+	// OTEL_RESOURCE_ATTRIBUTES, which wins over the default (as the SDK's
+	// own resource detection orders them).
+	t := &Tracing{propagator: prop, serviceName: firstNonEmpty(
+		env("OTEL_SERVICE_NAME"), attrs[string(semconv.ServiceNameKey)], DefaultServiceName)}
 
 	disabled, err := parseBoolVar("OTEL_SDK_DISABLED", env("OTEL_SDK_DISABLED"))
 	if err != nil {
@@ -121,7 +126,7 @@ func SetupTracing(ctx context.Context, getenv func(string) string, serviceVersio
 		return nil, fmt.Errorf("OTEL_TRACES_EXPORTER: %q is not supported (want otlp or none)", exp)
 	}
 
-	res, err := buildResource(ctx, t.serviceName, serviceVersion, env("OTEL_RESOURCE_ATTRIBUTES"))
+	res, err := buildResource(ctx, t.serviceName, serviceVersion, attrs)
 	if err != nil {
 		return nil, err
 	}
@@ -902,22 +907,18 @@ func checkSpanLimits(env func(string) string) error {
 
 // buildResource describes the service without resource.Default, which
 // reads the process environment behind getenv's back.
-func buildResource(ctx context.Context, name, version, attrs string) (*resource.Resource, error) {
+// name is the service name as resolved from OTEL_SERVICE_NAME and attrs
+// (OTEL_RESOURCE_ATTRIBUTES).
+func buildResource(ctx context.Context, name, version string, attrs map[string]string) (*resource.Resource, error) {
 	kvs := []attribute.KeyValue{semconv.ServiceName(name)}
 	if version != "" {
 		kvs = append(kvs, semconv.ServiceVersion(version))
 	}
-	if attrs != "" {
-		m, err := parseHeaders(attrs)
-		if err != nil {
-			return nil, fmt.Errorf("OTEL_RESOURCE_ATTRIBUTES: %w", err)
+	for k, v := range attrs {
+		if k == string(semconv.ServiceNameKey) {
+			continue // resolved into name
 		}
-		for k, v := range m {
-			if k == string(semconv.ServiceNameKey) {
-				continue // OTEL_SERVICE_NAME (or its default) wins
-			}
-			kvs = append(kvs, attribute.String(k, v))
-		}
+		kvs = append(kvs, attribute.String(k, v))
 	}
 	res, err := resource.New(ctx,
 		resource.WithSchemaURL(semconv.SchemaURL),
@@ -931,15 +932,18 @@ func buildResource(ctx context.Context, name, version, attrs string) (*resource.
 	return res, nil
 }
 
+// parseBoolVar reads an OTEL_* boolean: "true" or "false" in any case, as
+// the specification has them. Anything else is refused: the SDK would
+// take "1" or "yes" for false, and Go's ParseBool "1" and "t" for true;
+// neither reading of such a value can be trusted.
 func parseBoolVar(name, v string) (bool, error) {
-	if v == "" {
+	switch {
+	case v == "", strings.EqualFold(v, "false"):
 		return false, nil
+	case strings.EqualFold(v, "true"):
+		return true, nil
 	}
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		return false, fmt.Errorf("%s: %q is not true or false", name, v)
-	}
-	return b, nil
+	return false, fmt.Errorf("%s: %q is not true or false", name, v)
 }
 
 func firstNonEmpty(vs ...string) string {

@@ -20,6 +20,8 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 
@@ -495,6 +497,8 @@ func TestSetupTracingFromEnv(t *testing.T) {
 		"exporter otlp, no endpoint": {map[string]string{"OTEL_TRACES_EXPORTER": "otlp"}, true, "localhost:4318"},
 		"exporter none wins":         {map[string]string{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, false, "off"},
 		"sdk disabled":               {map[string]string{"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, false, "disabled"},
+		"sdk disabled, any case":     {map[string]string{"OTEL_SDK_DISABLED": "TRUE", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, false, "disabled"},
+		"sdk not disabled":           {map[string]string{"OTEL_SDK_DISABLED": "False", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, true, "sampler"},
 		"grpc":                       {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, true, "OTLP grpc to http://j:4317"},
 		"sampler and ratio":          {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}, true, "sampler traceidratio(0.5)"},
 		"always_on":                  {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_TRACES_SAMPLER": "always_on"}, true, "sampler always_on"},
@@ -578,12 +582,61 @@ func TestSetupTracingFromEnv(t *testing.T) {
 		{"OTEL_EXPORTER_OTLP_TIMEOUT", "9999999999999", ""},
 		{"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0", ""},
 		{"OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2049", `OTEL_BSP_MAX_EXPORT_BATCH_SIZE: 2049 is larger than the span queue (OTEL_BSP_MAX_QUEUE_SIZE, 2048)`},
+		// Booleans are "true" or "false" (any case), as the specification
+		// has them: the SDK reads "1" as false and Go's ParseBool as true.
+		{"OTEL_SDK_DISABLED", "1", `OTEL_SDK_DISABLED: "1" is not true or false`},
+		{"OTEL_SDK_DISABLED", "t", ""},
+		{"OTEL_EXPORTER_OTLP_INSECURE", "1", ""},
+		{"OTEL_EXPORTER_OTLP_TRACES_INSECURE", "yes", ""},
 	} {
 		e := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", c.v: c.val}
 		_, err := observability.SetupTracing(ctx, env(e), "v1")
 		if err == nil || !strings.HasPrefix(err.Error(), c.v+":") || (c.want != "" && err.Error() != c.want) {
 			t.Errorf("%s=%q: error %v, want one naming the variable %s", c.v, c.val, err, c.want)
 		}
+	}
+}
+
+// The service name comes from OTEL_SERVICE_NAME, else from service.name in
+// OTEL_RESOURCE_ATTRIBUTES, else the default; the spans' resource and the
+// start-up log agree.
+func TestServiceName(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		name, attrs, want string
+	}{
+		{"", "", observability.DefaultServiceName},
+		{"", "team=a,service.name=checkout", "checkout"},
+		{"orders", "service.name=checkout", "orders"},
+	} {
+		e := map[string]string{"OTEL_SERVICE_NAME": c.name, "OTEL_RESOURCE_ATTRIBUTES": c.attrs}
+		tr, err := observability.SetupTracing(ctx, func(k string) string { return e[k] }, "v1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := tracetest.NewSpanRecorder()
+		tr.Provider().(*sdktrace.TracerProvider).RegisterSpanProcessor(rec)
+		// Not exporting: a sampled caller's span is continued and recorded.
+		parent := trace.ContextWithRemoteSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
+			TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}, TraceFlags: trace.FlagsSampled, Remote: true}))
+		_, span := tr.Provider().Tracer("test").Start(parent, "s")
+		span.End()
+		var got string
+		for _, kv := range rec.Ended()[0].Resource().Attributes() {
+			if kv.Key == "service.name" {
+				got = kv.Value.AsString()
+			}
+		}
+		logged := ""
+		for _, a := range tr.LogValue().Group() {
+			if a.Key == "service_name" {
+				logged = a.Value.String()
+			}
+		}
+		if got != c.want || logged != c.want {
+			t.Errorf("OTEL_SERVICE_NAME=%q OTEL_RESOURCE_ATTRIBUTES=%q: resource %q, logged %q, want %q", c.name, c.attrs, got, logged, c.want)
+		}
+		_ = tr.Shutdown(ctx)
 	}
 }
 
