@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -449,5 +450,94 @@ func TestRunShutdownReachesLateHTTP2Connections(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Error("the late HTTP/2 connection is still open after the drain")
+	}
+}
+
+// A collector that takes connections and never answers (overloaded, or a
+// half-dead proxy in front of it) costs the shutdown its 5 s flush budget
+// and the spans, logged, but the shutdown stays clean: run returns nil and
+// the process exits 0.
+func TestShutdownWithHungCollectorIsClean(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var held []net.Conn
+	var mu sync.Mutex
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // read nothing, answer nothing
+			mu.Unlock()
+		}
+	}()
+	r := startRun(t, map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + ln.Addr().String(),
+		"OTEL_TRACES_SAMPLER":         "always_on",
+		"OTEL_BSP_SCHEDULE_DELAY":     "600000", // the spans wait for the shutdown's flush
+	})
+	if code, _ := get(t, "http://"+r.public+"/api/v1/ping"); code != 200 {
+		t.Fatalf("ping = %d", code)
+	}
+	r.cancel()
+	var runErr error
+	select {
+	case runErr = <-r.done:
+		r.done <- runErr // for startRun's cleanup
+	case <-time.After(20 * time.Second):
+		t.Fatalf("run did not return:\n%s", r.logs)
+	}
+	if runErr != nil {
+		t.Errorf("run = %v after a shutdown whose only trouble was the collector, want nil (exit 0)", runErr)
+	}
+	warned := false
+	for _, l := range r.logs.lines() {
+		if l["level"] == "WARN" && l["msg"] == "spans not flushed at exit" {
+			warned = true
+		}
+	}
+	if !warned {
+		t.Errorf("no warning that the spans were not flushed:\n%s", r.logs)
+	}
+}
+
+// A start-up that fails after tracing is set up (here the admin port is
+// taken) stops the span exporter's goroutines: run leaves nothing behind.
+func TestFailedStartStopsTheExporter(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	env := baseEnv(map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1",
+		"ADMIN_ADDR":                  busy.Addr().String(),
+	})
+	if err := run(t.Context(), []string{"api"}, envFunc(env), io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "ADMIN_ADDR") {
+		t.Fatalf("run = %v, want the ADMIN_ADDR error", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		if !strings.Contains(stacks, "batchSpanProcessor).processQueue") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the span processor still runs after run returned")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -115,6 +115,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return exitError{2, fmt.Errorf("config: OTEL_*: %w", err)}
 	}
+	// The exporter's goroutines end with run: a start-up that fails below
+	// stops them here (the normal exit flushes them in the shutdown).
+	defer func() {
+		tctx, tcancel := context.WithTimeout(context.Background(), time.Second)
+		defer tcancel()
+		_ = tracing.Shutdown(tctx) // a no-op once shut down
+	}()
 	tracing.InstallGlobal(logger)
 	reg.MustRegister(tracing.Collectors()...)
 	logger.Info("tracing", slog.Any("tracing", tracing))
@@ -269,10 +276,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	g.Go(func() error {
 		<-gctx.Done()
 		err := shutdown(ctx.Err() != nil, stop, cfg, logger, readiness, public, admin)
-		// Spans of the drained requests are flushed before the exit.
+		// Spans of the drained requests are flushed before the exit. Best
+		// effort: a collector that is down or hangs costs at most 5s and
+		// the spans, and is logged; it does not fail a clean shutdown.
 		tctx, tcancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer tcancel()
-		return errors.Join(err, tracing.Shutdown(tctx))
+		if terr := tracing.Shutdown(tctx); terr != nil {
+			logger.Warn("spans not flushed at exit", slog.String("error", terr.Error()))
+		}
+		return err
 	})
 
 	readiness.SetReady()
