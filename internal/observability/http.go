@@ -2,6 +2,7 @@ package observability
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -12,6 +13,9 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hardenedgo/ginservice/internal/clientip"
@@ -31,6 +35,15 @@ const (
 	keyClientAbort = "observability.client_abort"
 	keyTruncated   = "observability.truncated_body"
 )
+
+// MarkPanic records on the request's span, when it is recorded, that a
+// handler panicked with v (the recovery's 500, or the cut response when
+// the status line was already out, would otherwise not say why).
+func MarkPanic(c *gin.Context, v any) {
+	if span := trace.SpanFromContext(c.Request.Context()); span.IsRecording() {
+		span.SetStatus(codes.Error, spanText("panic: "+fmt.Sprint(v)))
+	}
+}
 
 // MarkTruncatedBody records that the request body ended early (the client
 // sent fewer bytes than announced and went away): the request is logged as
@@ -245,16 +258,44 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 	return func(c *gin.Context) {
 		start := time.Now()
 		stripe := m.inFlight.Add(1)
-		// Deferred: http.ErrAbortHandler panics through every middleware on
-		// purpose and must not leak an in-flight request.
-		defer m.inFlight.AddAt(stripe, -1)
 		tc := connOf(c)
 		if tc != nil {
 			tc.routing()
 		}
+		// Deferred: http.ErrAbortHandler panics through every middleware on
+		// purpose (net/http then cuts the response: the connection on
+		// HTTP/1, the stream on HTTP/2). Such a request must not leak an
+		// in-flight request, and is measured and logged on its way out.
+		defer func() {
+			m.inFlight.AddAt(stripe, -1)
+			if v := recover(); v != nil {
+				a.cut(c, tc, start, time.Since(start))
+				panic(v)
+			}
+		}()
 		c.Next()
-		a.done(c, tc, start, time.Since(start))
+		a.done(c, tc, start, time.Since(start), 0)
 	}
+}
+
+// cut measures and logs a request whose response net/http cuts off (a
+// panic of http.ErrAbortHandler went through): 499 if the client had
+// left, else 500, whatever status line had gone out. The client sees a
+// broken response, never a complete-looking one.
+func (a *accessLogger) cut(c *gin.Context, tc *trackedConn, start time.Time, elapsed time.Duration) {
+	// The tracing middleware's own completion does not run on a panic.
+	if span := trace.SpanFromContext(c.Request.Context()); span.IsRecording() {
+		if clientAborted(c, tc) {
+			span.SetAttributes(semconv.HTTPResponseStatusCode(StatusClientClosedRequest))
+			span.SetStatus(codes.Error, "client went away before the response")
+		} else {
+			span.SetAttributes(semconv.HTTPResponseStatusCode(http.StatusInternalServerError))
+			if !spanHasError(span) {
+				span.SetStatus(codes.Error, "response cut off")
+			}
+		}
+	}
+	a.done(c, tc, start, elapsed, http.StatusInternalServerError)
 }
 
 // accessLogger is the access middleware's work after the handlers.
@@ -270,12 +311,16 @@ type accessLogger struct {
 // pushes a connection goroutine's stack past 8 KB, which the GC shrinks
 // between requests and the next request grows again by copying it.
 //
+// A non-zero status replaces the handlers' (unless the client left).
+//
 //go:noinline
-func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, elapsed time.Duration) {
+func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, elapsed time.Duration, status int) {
 	logger, m, quiet := a.logger, a.m, a.quiet
 
 	route := routeLabel(c.FullPath())
-	status := c.Writer.Status()
+	if status == 0 {
+		status = c.Writer.Status()
+	}
 	if clientAborted(c, tc) {
 		status = StatusClientClosedRequest
 		m.aborts.WithLabelValues(route).Inc()
@@ -444,4 +489,11 @@ func (m *HTTPMetrics) TruncatedCounter(route string) prometheus.Counter {
 // PanicsCounter returns the panic series of route.
 func (m *HTTPMetrics) PanicsCounter(route string) prometheus.Counter {
 	return m.panics.WithLabelValues(route)
+}
+
+// spanHasError reports whether span (an SDK span) already has an error
+// status, e.g. the panic's own.
+func spanHasError(span trace.Span) bool {
+	ro, ok := span.(sdktrace.ReadOnlySpan)
+	return ok && ro.Status().Code == codes.Error
 }

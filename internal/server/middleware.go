@@ -83,15 +83,20 @@ func recovery(logger *slog.Logger, m *observability.HTTPMetrics) gin.HandlerFunc
 				panic(v)
 			}
 			m.Panic(c.FullPath())
+			observability.MarkPanic(c, v)
 			logger.ErrorContext(c.Request.Context(), "panic recovered",
 				slog.String("panic", fmt.Sprint(v)),
 				slog.String("route", c.FullPath()),
 				slog.String("request_id", problem.RequestID(c.Writer.Header())),
 				slog.String("stack", string(debug.Stack())))
 			if c.Writer.Written() {
-				// Headers are gone; the best we can do is stop here.
-				c.Abort()
-				return
+				// The status line (and maybe part of the body) is out: a
+				// 500 cannot be sent. Finishing the response would hand
+				// the client a complete-looking one (a chunked body gets
+				// its last chunk); instead net/http cuts it, the
+				// connection on HTTP/1, the stream on HTTP/2, so the
+				// client sees it broken. Logged and counted as 500.
+				panic(http.ErrAbortHandler)
 			}
 			problem.Abort(c, http.StatusInternalServerError, "internal error")
 		}()

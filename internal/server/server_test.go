@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -217,6 +218,86 @@ func TestPanicIsRecovered(t *testing.T) {
 	// The server still serves.
 	if rec := f.do(httptest.NewRequest("GET", "/api/v1/ping", nil)); rec.Code != 200 {
 		t.Fatalf("after panics: %d", rec.Code)
+	}
+}
+
+// A handler that panics after its status line is out cannot get a 500:
+// the response is cut (the connection on HTTP/1, the stream on HTTP/2),
+// so the client sees it broken instead of a complete-looking 200, and the
+// request is logged and counted as 500. So is a handler that aborts its
+// response on purpose (http.ErrAbortHandler), which no line used to
+// record. Over real connections: an in-process recorder cannot show what
+// the client reads.
+func TestPanicAfterTheFirstWriteCutsTheResponse(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "http1", true: "http2"}[h2], func(t *testing.T) {
+			logs := &testkit.SyncBuffer{}
+			logger, err := observability.NewLogger(logs, "info", "json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := observability.NewHTTPMetrics(prometheus.NewRegistry())
+			e := gin.New()
+			e.Use(middlewares(Deps{Logger: logger, Metrics: m, MaxBodyBytes: 1 << 20})...)
+			e.GET("/stream", func(c *gin.Context) {
+				c.Status(http.StatusOK)
+				_, _ = c.Writer.WriteString(`{"items":[1,2,`)
+				c.Writer.Flush()
+				panic("boom")
+			})
+			e.GET("/abort", func(c *gin.Context) { panic(http.ErrAbortHandler) })
+			e.GET("/ok", func(c *gin.Context) { c.String(http.StatusOK, "ok") })
+			srv := httptest.NewUnstartedServer(e)
+			srv.Config.ErrorLog = log.New(io.Discard, "", 0) // HTTP/2 logs the abort
+			if h2 {
+				srv.EnableHTTP2 = true
+				srv.StartTLS()
+			} else {
+				srv.Start()
+			}
+			defer srv.Close()
+			client := srv.Client()
+
+			for _, path := range []string{"/stream", "/abort"} {
+				resp, err := client.Get(srv.URL + path)
+				if err == nil {
+					body, rerr := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if rerr == nil {
+						t.Errorf("%s: status %d, body %q read without an error: a cut response looks complete", path, resp.StatusCode, body)
+					}
+				}
+			}
+			if n := testutil.ToFloat64(m.RequestsCounter("GET", "/stream", "500")); n != 1 {
+				t.Errorf("/stream counted %v times as 500, want 1", n)
+			}
+			if n := testutil.ToFloat64(m.RequestsCounter("GET", "/stream", "200")); n != 0 {
+				t.Errorf("/stream counted %v times as 200, want 0", n)
+			}
+			if n := testutil.ToFloat64(m.RequestsCounter("GET", "/abort", "500")); n != 1 {
+				t.Errorf("/abort counted %v times as 500, want 1", n)
+			}
+			if n := testutil.ToFloat64(m.PanicsCounter("/stream")); n != 1 {
+				t.Errorf("panics on /stream: %v, want 1", n)
+			}
+			var lines int
+			for _, l := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(l, `"msg":"request"`) && (strings.Contains(l, `"route":"/stream"`) || strings.Contains(l, `"route":"/abort"`)) {
+					lines++
+					if !strings.Contains(l, `"status":500`) || !strings.Contains(l, `"level":"ERROR"`) {
+						t.Errorf("access line of a cut response: %s", l)
+					}
+				}
+			}
+			if lines != 2 {
+				t.Errorf("%d access lines for the two cut responses, want 2:\n%s", lines, logs)
+			}
+			if resp, err := client.Get(srv.URL + "/ok"); err != nil || resp.StatusCode != 200 {
+				t.Fatalf("after the cut responses: %v", err)
+			} else {
+				resp.Body.Close()
+			}
+		})
 	}
 }
 
