@@ -99,12 +99,12 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 		}, []string{"reason", "state"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "http_server_rejected_requests_total",
-			Help: "Requests net/http answered itself, before routing, by status code: 400 malformed request line or headers (also plain HTTP on the TLS port), 408 request line or headers cut off by the read-header timeout, 431 headers over HTTP_MAX_HEADER_BYTES, 501 unsupported transfer encoding, 505 unsupported HTTP version; unknown: one of these on the TLS listener, where the answer is encrypted before the service can read its status. They have no access line.",
+			Help: "Requests net/http answered itself, before routing, by status code: 400 malformed request line or headers (also plain HTTP on the TLS port), 408 request line or headers cut off by the read-header timeout, 417 an Expect header other than 100-continue, 431 headers over HTTP_MAX_HEADER_BYTES, 501 unsupported transfer encoding, 505 unsupported HTTP version; unknown: one of these on the TLS listener, where the answer is encrypted before the service can read its status. They have no access line.",
 		}, []string{"code"}),
 		log:   newLimitedLog(logger, 5, 10),
 		epoch: time.Now(),
 	}
-	for _, code := range []string{"400", "408", "431", "501", "505", rejectedUnknown} {
+	for _, code := range []string{"400", "408", "417", "431", "501", "505", rejectedUnknown} {
 		m.rejected.WithLabelValues(code)
 	}
 	// Series exist from the start, so rate() works on the first increment.
@@ -259,7 +259,7 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 		// before it closes, whatever ended it (a protocol error, a forced
 		// close): it never gets here as active.
 		m.log.Log(context.Background(), slog.LevelInfo, "request rejected",
-			slog.String("detail", "net/http answered a request on the TLS listener itself and closed the connection: a malformed request line or header (400), headers over HTTP_MAX_HEADER_BYTES (431), an unsupported transfer encoding (501) or HTTP version (505)"),
+			slog.String("detail", "net/http answered a request on the TLS listener itself and closed the connection: a malformed request line or header (400), an Expect header other than 100-continue (417), headers over HTTP_MAX_HEADER_BYTES (431), an unsupported transfer encoding (501) or HTTP version (505)"),
 			slog.String("remote_addr", remoteAddr(tc.Conn)),
 		)
 		// After the line: whoever sees the count can find the line.
@@ -582,6 +582,10 @@ type rejection struct {
 const (
 	netHTTPErrorHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
 	netHTTPPlainOnTLS   = "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server."
+	// net/http's answer to an Expect other than 100-continue, without a
+	// body; a handler's response would have X-Request-Id (sorted after
+	// Connection) before Date.
+	netHTTPExpectationFailed = " 417 Expectation Failed\r\nConnection: close\r\nDate: "
 )
 
 // parseRejection recognises net/http's rejection forms:
@@ -590,10 +594,15 @@ const (
 //	HTTP/1.1 400 Bad Request<errorHeaders>400 Bad Request
 //	HTTP/1.1 400 Bad Request: missing required Host header<errorHeaders>...
 //	HTTP/1.1 501 Not Implemented<errorHeaders>Unsupported transfer encoding
+//	HTTP/1.1 417 Expectation Failed\r\nConnection: close\r\nDate: ...\r\nContent-Length: 0\r\n\r\n
 //	HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n
 func parseRejection(b []byte) (rejection, bool) {
 	if bytes.HasPrefix(b, []byte(netHTTPPlainOnTLS)) {
 		return rejection{proto: "HTTP/1.0", code: http.StatusBadRequest, detail: "plain HTTP request sent to the TLS port", tls: true}, true
+	}
+	if (bytes.HasPrefix(b, []byte("HTTP/1.1")) || bytes.HasPrefix(b, []byte("HTTP/1.0"))) && bytes.HasPrefix(b[8:], []byte(netHTTPExpectationFailed)) &&
+		len(b) == 8+len(netHTTPExpectationFailed)+len(http.TimeFormat)+len("\r\nContent-Length: 0\r\n\r\n") && bytes.HasSuffix(b, []byte("\r\nContent-Length: 0\r\n\r\n")) {
+		return rejection{proto: string(b[:8]), code: http.StatusExpectationFailed, detail: "unsupported Expect header (only 100-continue is)"}, true
 	}
 	if !bytes.HasPrefix(b, []byte("HTTP/1.1 ")) || b[12] != ' ' {
 		return rejection{}, false
