@@ -138,6 +138,10 @@ func (b *BufferedWriter) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	if b.closed.Load() {
 		b.mu.Unlock()
+		// After the lines Close is still writing out (it holds sendMu
+		// until they are written or given up on), not ahead of them.
+		b.sendMu.Lock()
+		defer b.sendMu.Unlock()
 		return b.w.Write(p)
 	}
 	if len(b.buf)+len(p) <= b.size {
@@ -252,8 +256,6 @@ func (b *BufferedWriter) Flush() error {
 // Dropped is the number of lines dropped because stdout was stalled.
 func (b *BufferedWriter) Dropped() int64 { return b.dropped.Load() }
 
-// Close stops the flusher and writes out what is buffered, waiting up to
-// 5 s for a slow consumer. Writes after Close go straight to w.
 // dropQueued empties the queue, counting its lines as dropped.
 func (b *BufferedWriter) dropQueued() {
 	for {
@@ -266,6 +268,9 @@ func (b *BufferedWriter) dropQueued() {
 	}
 }
 
+// Close stops the flusher and writes out what is buffered, waiting up to
+// 5 s for a slow consumer. Writes after Close go straight to w, after the
+// lines Close writes out.
 func (b *BufferedWriter) Close() error {
 	b.once.Do(func() {
 		close(b.stop)

@@ -303,3 +303,31 @@ func TestBufferedWriterCloseCountsWhatItLeaves(t *testing.T) {
 	}
 	t.Logf("stdout stuck at exit: %d lines written after it recovered, %d counted as dropped", written(), w.Dropped())
 }
+
+// A line written while Close is still writing out the queue (a handler
+// past the drain, the span exporter's error) comes after the queued lines,
+// not ahead of them.
+func TestBufferedWriterWriteDuringCloseKeepsOrder(t *testing.T) {
+	sink := &slowSink{delay: 30 * time.Millisecond}
+	b := NewBufferedWriter(sink, 64, time.Hour)
+	for i := range 10 {
+		fmt.Fprintf(b, "early line number %d xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n", i)
+	}
+	closed := make(chan struct{})
+	go func() {
+		b.Close()
+		close(closed)
+	}()
+	for !b.closed.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	io.WriteString(b, "late line\n")
+	<-closed
+	sink.mu.Lock()
+	got := sink.b.String()
+	sink.mu.Unlock()
+	lines := strings.Split(strings.TrimSuffix(got, "\n"), "\n")
+	if len(lines) != 11 || lines[10] != "late line" {
+		t.Fatalf("lines out of order:\n%s", got)
+	}
+}
