@@ -167,6 +167,44 @@ func TestBreakerOpensProbesAndCloses(t *testing.T) {
 	}
 }
 
+// A call admitted before the circuit opened that ends well after it did (a
+// slow success amid failures, or a caller error) leaves the circuit open:
+// hystrix-go alone closes an open circuit on any success and cuts the
+// sleep window short. Only the probe's success closes it. The slow caller
+// still gets its own result.
+func TestBreakerLateSuccessKeepsTheCircuitOpen(t *testing.T) {
+	t.Parallel()
+	for _, slow := range []error{nil, items.ErrNotFound} {
+		b := newTestBreaker(t, BreakerConfig{Timeout: 5 * time.Second, MaxConcurrent: 50, ErrorPercent: 50, RequestVolume: 5, SleepWindow: time.Minute}, prometheus.NewRegistry())
+		ctx := ctxTimeout(t, 30*time.Second)
+		fb := func(context.Context, error) error { return errors.New("fallback") }
+		release, slowDone := make(chan struct{}), make(chan error, 1)
+		started := make(chan struct{})
+		go func() {
+			slowDone <- b.Do(ctx, func(context.Context) error { close(started); <-release; return slow }, fb)
+		}()
+		<-started
+		boom := errors.New("boom")
+		for i := 0; i < 500 && !b.Open(); i++ {
+			_ = b.Do(ctx, func(context.Context) error { return boom }, fb)
+			time.Sleep(2 * time.Millisecond) // hystrix counts asynchronously
+		}
+		if !b.Open() {
+			t.Fatal("circuit never opened")
+		}
+		close(release)
+		if err := <-slowDone; !errors.Is(err, slow) && err != slow {
+			t.Errorf("slow call = %v, want its own result %v", err, slow)
+		}
+		time.Sleep(50 * time.Millisecond) // hystrix's report of the slow call
+		reached := false
+		_ = b.Do(ctx, func(context.Context) error { reached = true; return boom }, fb)
+		if !b.Open() || reached {
+			t.Errorf("slow call ending with %v: circuit open=%v, next call reached the dependency=%v; want open and short-circuited for the sleep window", slow, b.Open(), reached)
+		}
+	}
+}
+
 // A slow downstream: the caller gets the fallback within the timeout plus a
 // small margin, and the downstream sees its request cancelled.
 func TestBreakerSlowDownstreamIsCancelled(t *testing.T) {

@@ -230,7 +230,9 @@ func (b *HystrixBreaker) Do(ctx context.Context, run func(ctx context.Context) e
 	select {
 	case err := <-c.result:
 		if err == nil || !b.isFailure(err) && !isPanic(err) && ctx.Err() == nil {
-			if err == nil && b.open.CompareAndSwap(true, false) {
+			// A success closes the circuit only if it was the probe's:
+			// a call admitted before the circuit opened leaves it open.
+			if err == nil && b.open.Load() && !b.circuit.IsOpen() && b.open.CompareAndSwap(true, false) {
 				b.logger.InfoContext(ctx, "circuit closed")
 			}
 			return err
@@ -255,12 +257,16 @@ func (c *call) exec(hctx context.Context) error {
 	}
 	defer func() { <-c.b.slots }()
 	defer c.cancel()
+	// While the circuit is open only its half-open probe is let through
+	// (hystrix's AllowRequest), so a call that starts with it open is the
+	// probe.
+	probe := c.b.circuit.IsOpen()
 	rctx := c.ctx
 	err := c.safeRun(rctx)
 	c.result <- err
 	switch {
 	case err == nil:
-		return nil
+		return c.succeeded(probe)
 	case isPanic(err):
 		return err
 	case hctx.Err() != nil:
@@ -273,10 +279,25 @@ func (c *call) exec(hctx context.Context) error {
 		// hystrix would not count at all).
 		return hystrix.ErrTimeout
 	case !c.b.isFailure(err):
-		return nil
+		return c.succeeded(probe)
 	default:
 		return err
 	}
+}
+
+// succeeded is what a call that went well reports to hystrix. hystrix-go
+// closes an open circuit on any success it is told of, and forgets the
+// errors that opened it: a call admitted before the circuit opened that
+// ends well after it did (a slow success amid failures, or a caller
+// error) would cut the sleep window short and send the traffic back to a
+// dependency that is still failing. Such a call reports context_canceled,
+// which counts neither way; only the probe's success closes the circuit.
+// The caller gets the real result either way (Do reads c.result).
+func (c *call) succeeded(probe bool) error {
+	if !probe && c.b.circuit.IsOpen() {
+		return context.Canceled
+	}
+	return nil
 }
 
 func (c *call) safeRun(ctx context.Context) (err error) {
