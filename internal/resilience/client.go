@@ -260,6 +260,9 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 	budget.deposit()
 	for attempt := 1; ; attempt++ {
 		resp, cancel, err := c.attempt(req, attempt, host)
+		if cancel == nil {
+			return nil, err // the body could not be rewound: nothing was sent
+		}
 		reason := retryReason(ctx, resp, err)
 		if reason == "" || !replayable || attempt >= c.cfg.MaxAttempts {
 			return finish(resp, cancel, err)
@@ -462,38 +465,43 @@ func (c *Client) budget(host string) *retryBudget {
 // retryBudget is a token bucket filled by requests, not by time: each
 // request deposits ratio tokens (up to the burst), each retry takes one.
 // During a total outage retries are at most burst + ratio*requests. Tokens
-// are counted in thousandths so that ten deposits of 0.1 make exactly one.
+// are counted in millionths so that ten deposits of 0.1 make exactly one,
+// and a ratio as small as 0.0004 still refills.
 type retryBudget struct {
 	mu       sync.Mutex
-	milli    int64
+	micro    int64
 	deposit1 int64
 	capacity int64
 }
 
-const milliToken = 1000
+const microToken = 1_000_000
 
 func newRetryBudget(ratio float64, burst int) *retryBudget {
+	deposit := int64(math.Round(ratio * microToken))
+	if ratio > 0 {
+		deposit = max(deposit, 1) // a ratio under a millionth still refills
+	}
 	return &retryBudget{
-		milli:    int64(burst) * milliToken,
-		deposit1: int64(math.Round(ratio * milliToken)),
+		micro:    int64(burst) * microToken,
+		deposit1: deposit,
 		// At least one token, or a zero burst would never let a retry through.
-		capacity: int64(max(burst, 1)) * milliToken,
+		capacity: int64(max(burst, 1)) * microToken,
 	}
 }
 
 func (b *retryBudget) deposit() {
 	b.mu.Lock()
-	b.milli = min(b.capacity, b.milli+b.deposit1)
+	b.micro = min(b.capacity, b.micro+b.deposit1)
 	b.mu.Unlock()
 }
 
 func (b *retryBudget) withdraw() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.milli < milliToken {
+	if b.micro < microToken {
 		return false
 	}
-	b.milli -= milliToken
+	b.micro -= microToken
 	return true
 }
 

@@ -214,6 +214,26 @@ func TestClientRetriesOnlyIdempotentRequests(t *testing.T) {
 			t.Fatalf("a body that cannot be rewound was sent %d times", ds.hits.Load())
 		}
 	})
+	t.Run("GetBody fails", func(t *testing.T) {
+		t.Parallel()
+		ds := newDownstream(t, 0)
+		c := newTestClient(t, testClientConfig(), prometheus.NewRegistry())
+		ds.setMode(mode{kind: modeStatus, status: http.StatusServiceUnavailable})
+		req, _ := http.NewRequestWithContext(ctxTimeout(t, 5*time.Second), http.MethodPut, ds.URL()+"/x", strings.NewReader("v"))
+		// A rewind that fails with an error a transport failure could
+		// also give: the retry is not sent, and the caller gets the error.
+		req.GetBody = func() (io.ReadCloser, error) { return nil, io.ErrUnexpectedEOF }
+		resp, err := c.Do(req)
+		if err == nil || !strings.Contains(err.Error(), "rewind") {
+			if resp != nil {
+				readAll(t, resp)
+			}
+			t.Fatalf("err = %v, want the rewind error", err)
+		}
+		if ds.hits.Load() != 1 {
+			t.Fatalf("%d attempts reached the dependency, want 1", ds.hits.Load())
+		}
+	})
 }
 
 // Retry-After is honoured, but not past the caller's deadline nor above
@@ -591,5 +611,17 @@ func TestRetryBudget(t *testing.T) {
 	}
 	if !zero.withdraw() {
 		t.Fatal("burst 0: ten requests at 10% did not earn one retry")
+	}
+	// Small ratios refill too: 0.0004 is 4 retries per 10 000 requests.
+	small := newRetryBudget(0.0004, 0)
+	n = 0
+	for range 100_000 {
+		small.deposit()
+		if small.withdraw() {
+			n++
+		}
+	}
+	if n != 40 {
+		t.Fatalf("ratio 0.0004 over 100 000 requests allowed %d retries, want 40", n)
 	}
 }
