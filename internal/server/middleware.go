@@ -21,10 +21,13 @@ import (
 //  3. access         - metrics + one log line with the final status (499 for
 //     clients that left), after recovery has turned panics into 500s
 //  4. recovery       - panics become 500 problem responses; the process lives
-//  5. body limit     - 413 before any handler reads an oversized body
 //
-// Rate limiting is not global: it guards the /api/v1 group (routes.go), so
-// probes are never limited.
+// Then, on the /api/v1 group only (routes.go):
+//
+//  5. rate limiter   - probes are never limited; every response of a
+//     limited route, a 413 included, carries the RateLimit-* headers
+//  6. body limit     - 413 before any handler reads an oversized body (the
+//     other routes read no body)
 func middlewares(d Deps) []gin.HandlerFunc {
 	chain := []gin.HandlerFunc{requestID()}
 	if d.Tracing != nil {
@@ -33,9 +36,17 @@ func middlewares(d Deps) []gin.HandlerFunc {
 	chain = append(chain,
 		observability.Access(d.Logger, d.Metrics, observability.AccessOptions{Quiet: []string{"/healthz", "/readyz"}}),
 		recovery(d.Logger, d.Metrics),
-		bodyLimit(d.MaxBodyBytes),
 	)
 	return chain
+}
+
+// apiMiddlewares is the /api/v1 group's part of the chain.
+func apiMiddlewares(d Deps) []gin.HandlerFunc {
+	var chain []gin.HandlerFunc
+	if d.RateLimit != nil {
+		chain = append(chain, d.RateLimit)
+	}
+	return append(chain, bodyLimit(d.MaxBodyBytes))
 }
 
 // validRequestID accepts 1-128 characters of [A-Za-z0-9._:-], so a client

@@ -16,10 +16,7 @@ func routes(e *gin.Engine, d Deps) {
 	get(e, "/healthz", healthz)
 	get(e, "/readyz", readyz(d.Readiness))
 
-	api := e.Group("/api/v1")
-	if d.RateLimit != nil {
-		api.Use(d.RateLimit)
-	}
+	api := e.Group("/api/v1", apiMiddlewares(d)...)
 	get(api, "/ping", ping)
 	get(api, "/items/:id", getItem(d))
 	api.POST("/echo", echo)

@@ -511,6 +511,20 @@ func TestRateLimitOnlyOnAPI(t *testing.T) {
 	}
 }
 
+// The limiter runs before the body limit: a body announced too large gets
+// its 413 with the RateLimit-* headers, like every response of a limited
+// route (a limited client gets its 429 first).
+func TestBodyLimitAnswersAfterTheRateLimiter(t *testing.T) {
+	f := newFixture(t, func(d *Deps) {
+		d.RateLimit = func(c *gin.Context) { c.Header("RateLimit-Limit", "10"); c.Next() }
+	})
+	req := httptest.NewRequest("POST", "/api/v1/echo", strings.NewReader(strings.Repeat("x", 100)))
+	rec := f.do(req)
+	if rec.Code != 413 || rec.Header().Get("RateLimit-Limit") != "10" {
+		t.Errorf("oversized body: %d, RateLimit-Limit %q; want 413 with the header", rec.Code, rec.Header().Get("RateLimit-Limit"))
+	}
+}
+
 func TestAdmin(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	reg := prometheus.NewRegistry()
