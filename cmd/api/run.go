@@ -74,6 +74,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return exitError{2, err}
 	}
+	// Tracing from the standard OTEL_* variables, checked here too, before
+	// anything is logged: exporting only when an OTLP endpoint is
+	// configured; incoming trace context is continued either way so logs
+	// carry the caller's trace_id.
+	tracing, err := observability.SetupTracing(ctx, getenv, version)
+	if err != nil {
+		return exitError{2, fmt.Errorf("config: OTEL_*: %w", err)}
+	}
+	// The exporter's goroutines end with run: a start-up that fails below
+	// stops them here (the normal exit flushes them in the shutdown).
+	defer func() {
+		tctx, tcancel := context.WithTimeout(context.Background(), time.Second)
+		defer tcancel()
+		_ = tracing.Shutdown(tctx) // a no-op once shut down
+	}()
 	logOut := stdout
 	var logBuf *observability.BufferedWriter
 	if cfg.LogFlushInterval > 0 {
@@ -108,20 +123,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	connMetrics := observability.NewConnMetrics(reg, logger)
 	readiness := health.NewReadiness()
 
-	// Tracing from the standard OTEL_* variables: exporting only when an
-	// OTLP endpoint is configured; incoming trace context is continued
-	// either way so logs carry the caller's trace_id.
-	tracing, err := observability.SetupTracing(ctx, getenv, version)
-	if err != nil {
-		return exitError{2, fmt.Errorf("config: OTEL_*: %w", err)}
-	}
-	// The exporter's goroutines end with run: a start-up that fails below
-	// stops them here (the normal exit flushes them in the shutdown).
-	defer func() {
-		tctx, tcancel := context.WithTimeout(context.Background(), time.Second)
-		defer tcancel()
-		_ = tracing.Shutdown(tctx) // a no-op once shut down
-	}()
 	tracing.InstallGlobal(logger)
 	reg.MustRegister(tracing.Collectors()...)
 	logger.Info("tracing", slog.Any("tracing", tracing))

@@ -197,6 +197,9 @@ func TestRunBadConfig(t *testing.T) {
 		{"REDIS_URL", "redis://:s3cret@redis:99999"},
 		{"REDIS_URL", "redis://redis:6379?addr=redis-2:0"},
 		{"RATELIMIT_REDIS_TIMEOUT", "1h"},
+		// OpenTelemetry's variables too: checked before anything is logged.
+		{"OTEL_TRACES_SAMPLER", "bogus"},
+		{"OTEL_SDK_DISABLED", "1"},
 	}
 	for _, c := range cases {
 		name, val := c[0], c[1]
