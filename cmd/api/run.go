@@ -162,25 +162,46 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		readiness.Register("redis", func(context.Context) health.Status { return health.StatusDisabled })
 	}
 
-	// --- The items dependency: simulated, or DOWNSTREAM_URL through the
-	// resilient client; either way behind the circuit breaker and fallback.
+	// --- The items dependency: DOWNSTREAM_URL, or the built-in simulated
+	// one served on loopback; either way through the resilient client
+	// (pool, timeouts, retries, outbound metrics and spans), behind the
+	// circuit breaker and fallback. PUT /debug/faults drives the simulated
+	// one.
 	sim := items.NewSimulated()
-	var base items.Source = sim
-	if cfg.DownstreamURL != "" {
-		ccfg := resilience.DefaultClientConfig()
-		ccfg.AttemptTimeout = cfg.DownstreamAttemptTimeout
-		ccfg.MaxAttempts = cfg.DownstreamMaxAttempts
-		ccfg.RetryBudgetRatio = cfg.DownstreamRetryBudget
-		ccfg.IdleConnTimeout = cfg.DownstreamIdleTimeout
-		ccfg.MaxConnsPerHost = cfg.DownstreamMaxConns
-		client, err := resilience.NewClient(ccfg, logger, reg, tracing.Provider(), resilience.WithPropagator(tracing.Propagator()))
+	downstream := cfg.DownstreamURL
+	if downstream == "" {
+		simLn, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			return exitError{2, fmt.Errorf("config: downstream client: %w", err)}
+			return fmt.Errorf("simulated dependency: %w", err)
 		}
-		defer client.CloseIdleConnections()
-		if base, err = items.NewHTTPSource(cfg.DownstreamURL, client); err != nil {
-			return exitError{2, fmt.Errorf("config: DOWNSTREAM_URL: %w", err)}
+		simSrv := &http.Server{
+			Handler:           sim.Handler(),
+			ReadHeaderTimeout: 5 * time.Second,
+			// Longer than the client's idle timeout, as a dependency's
+			// keep-alive must be: the client closes idle connections first.
+			IdleTimeout: cfg.DownstreamIdleTimeout + 30*time.Second,
+			ErrorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 		}
+		go func() { _ = simSrv.Serve(simLn) }()
+		// Closed last: the public server's drain still calls it.
+		defer simSrv.Close()
+		downstream = "http://" + simLn.Addr().String()
+		logger.Info("items: built-in simulated dependency (DOWNSTREAM_URL unset)", slog.String("url", downstream))
+	}
+	ccfg := resilience.DefaultClientConfig()
+	ccfg.AttemptTimeout = cfg.DownstreamAttemptTimeout
+	ccfg.MaxAttempts = cfg.DownstreamMaxAttempts
+	ccfg.RetryBudgetRatio = cfg.DownstreamRetryBudget
+	ccfg.IdleConnTimeout = cfg.DownstreamIdleTimeout
+	ccfg.MaxConnsPerHost = cfg.DownstreamMaxConns
+	client, err := resilience.NewClient(ccfg, logger, reg, tracing.Provider(), resilience.WithPropagator(tracing.Propagator()))
+	if err != nil {
+		return exitError{2, fmt.Errorf("config: downstream client: %w", err)}
+	}
+	defer client.CloseIdleConnections()
+	base, err := items.NewHTTPSource(downstream, client)
+	if err != nil {
+		return exitError{2, fmt.Errorf("config: DOWNSTREAM_URL: %w", err)}
 	}
 	breaker, err := resilience.NewHystrixBreaker("items", resilience.BreakerConfig{
 		Timeout:       cfg.BreakerTimeout,

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -940,5 +941,56 @@ func TestRunRedisMissingDatabase(t *testing.T) {
 	}
 	if strings.Contains(msg, "s3cret") {
 		t.Errorf("message %q shows the password", msg)
+	}
+}
+
+// sumMetric sums the series of name whose labels contain every fragment
+// (e.g. `code="200"`), or returns -1 when there is none.
+func sumMetric(t *testing.T, admin, name string, fragments ...string) float64 {
+	t.Helper()
+	_, body := get(t, "http://"+admin+"/metrics")
+	sum, found := 0.0, false
+next:
+	for _, m := range metricLine.FindAllStringSubmatch(body, -1) {
+		if m[1] != name && !strings.HasPrefix(m[1], name+"{") {
+			continue
+		}
+		for _, f := range fragments {
+			if !strings.Contains(m[1], f) {
+				continue next
+			}
+		}
+		v, _ := strconv.ParseFloat(m[2], 64)
+		sum, found = sum+v, true
+	}
+	if !found {
+		return -1
+	}
+	return sum
+}
+
+// With no DOWNSTREAM_URL the built-in simulated dependency is reached over
+// loopback HTTP through the resilient client, like a real one: the default
+// service exercises the outbound pool, timeouts and retries, and reports
+// them.
+func TestSimulatedDependencyGoesThroughTheResilientClient(t *testing.T) {
+	r := startRun(t, nil)
+	if code, body := get(t, "http://"+r.public+"/api/v1/items/7"); code != 200 || !strings.Contains(body, `"source":"simulated"`) || strings.Contains(body, `"degraded":true`) {
+		t.Fatalf("items = %d %s", code, body)
+	}
+	if n := sumMetric(t, r.admin, "http_client_requests_total", `code="200"`, `host="127.0.0.1:`, `method="GET"`); n != 1 {
+		t.Errorf("http_client_requests_total{code=200} = %v, want 1", n)
+	}
+	// Failing attempts are retried (GET is idempotent), then the breaker's
+	// fallback answers.
+	put(t, "http://"+r.admin+"/debug/faults", `{"error_rate":1}`)
+	if code, body := get(t, "http://"+r.public+"/api/v1/items/7"); code != 200 || !strings.Contains(body, `"degraded":true`) {
+		t.Fatalf("items with a failing dependency = %d %s", code, body)
+	}
+	if n := sumMetric(t, r.admin, "http_client_retries_total", `reason="status_503"`); n < 1 {
+		t.Errorf("http_client_retries_total{reason=status_503} = %v, want >= 1", n)
+	}
+	if n := sumMetric(t, r.admin, "http_client_requests_total", `code="503"`); n < 2 {
+		t.Errorf("http_client_requests_total{code=503} = %v, want the attempt and its retries (>= 2)", n)
 	}
 }

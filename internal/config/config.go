@@ -62,7 +62,7 @@ type Config struct {
 	RateLimitKeyHeader string        `env:"RATELIMIT_KEY_HEADER" help:"optional request header (e.g. X-API-Key) added to the client IP to form the limiter key; clients choose its value, so set it only behind a gateway that authenticates that header"`
 
 	// The dependency behind /api/v1/items/:id.
-	DownstreamURL string `env:"DOWNSTREAM_URL" help:"base URL of the items dependency (GET {url}/items/{id}); empty: the built-in simulated dependency"`
+	DownstreamURL string `env:"DOWNSTREAM_URL" help:"base URL of the items dependency (GET {url}/items/{id}); empty: the built-in simulated dependency, served on a loopback port and called through the same resilient client"`
 
 	// Outbound client to DOWNSTREAM_URL (the rest keeps the tuned defaults of
 	// resilience.DefaultClientConfig).

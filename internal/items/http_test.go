@@ -196,3 +196,44 @@ func TestHTTPSourceCredentialsStayOutOfErrors(t *testing.T) {
 		t.Errorf("transport error %v: want one, with the password masked", err)
 	}
 }
+
+// The simulated dependency over HTTP, read by the HTTP source: items as
+// the in-process Get makes them, 503 at the injected error rate (a
+// dependency failure, not a caller error), and the latency bounded by the
+// caller's context.
+func TestSimulatedHandler(t *testing.T) {
+	sim := NewSimulated()
+	srv := httptest.NewServer(sim.Handler())
+	t.Cleanup(srv.Close)
+	src, err := NewHTTPSource(srv.URL, srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	want, _ := sim.Get(ctx, "a b")
+	got, err := src.Get(ctx, "a b")
+	if err != nil || got != want {
+		t.Fatalf("Get = %+v, %v; want %+v", got, err, want)
+	}
+	if err := sim.SetFaults(Faults{ErrorRate: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var se *StatusError
+	if _, err := src.Get(ctx, "1"); !errors.As(err, &se) || se.StatusCode != http.StatusServiceUnavailable || se.CallerError() {
+		t.Fatalf("injected failure = %v, want a 503 that is not a caller error", err)
+	}
+	if err := sim.SetFaults(Faults{Latency: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := src.Get(cctx, "1"); !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 5*time.Second {
+		t.Fatalf("slow dependency: %v after %s, want the caller's deadline", err, time.Since(start))
+	}
+	if r, err := http.Post(srv.URL+"/items/1", "application/json", nil); err != nil || r.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("POST = %v %v, want 405", r, err)
+	} else {
+		r.Body.Close()
+	}
+}

@@ -5,9 +5,11 @@ package items
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"sync"
 	"time"
 )
@@ -94,4 +96,30 @@ func (s *Simulated) Get(ctx context.Context, id string) (Item, error) {
 		sum = -sum
 	}
 	return Item{ID: id, Name: "item " + id, Price: 100 + sum%9900, Source: "simulated"}, nil
+}
+
+// Handler serves the simulated dependency over HTTP, as a real one would
+// be reached: GET /items/{id} answers the item as JSON, 503 at the
+// configured error rate (after the configured latency), and nothing to a
+// caller that went away meanwhile. The service serves it on loopback when
+// DOWNSTREAM_URL is unset, so its default calls go through the resilient
+// client, its pool, timeouts and retries, like calls to a real dependency.
+func (s *Simulated) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /items/{id}", func(w http.ResponseWriter, r *http.Request) {
+		it, err := s.Get(r.Context(), r.PathValue("id"))
+		switch {
+		case r.Context().Err() != nil:
+			return // the caller gave up (its attempt timeout): nobody reads an answer
+		case errors.Is(err, ErrInjected):
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		case err != nil:
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(it)
+	})
+	return mux
 }
