@@ -543,11 +543,24 @@ func (c *trackedConn) CloseWrite() error {
 }
 
 func (c *trackedConn) Close() error {
-	if r := c.records.Load(); r != nil && !r.sentAlert.Load() && r.alert.Load() && c.cause.Load() == causeNone {
+	r := c.records.Load()
+	if r != nil && !r.sentAlert.Load() && r.alert.Load() && c.cause.Load() == causeNone {
 		// Closed without an alert of the server's (crypto/tls sends
 		// close_notify only after a complete handshake): the peer's last
 		// word was an alert, so the peer ended it.
 		c.note(io.EOF, true)
+	}
+	if r == nil && c.cause.Load() == causeReadTimeout && c.state.Load() == int32(http.StateActive)+1 &&
+		!c.wrote.Load() && !c.closed.Load() {
+		// A request whose headers the read-header deadline cut off after
+		// a complete request line: net/http closes without a word (it
+		// answers 400 only when the request line itself is cut, which
+		// reject turns into 408). The client, still there, gets the same
+		// 408 problem either way. (A request that reached a handler has
+		// an answer written, or is the handler's to answer.)
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = c.reject(nil, rejection{proto: "HTTP/1.1", code: http.StatusRequestTimeout,
+			detail: "request line and headers not received within the read-header timeout"})
 	}
 	if c.closed.CompareAndSwap(false, true) {
 		// A hijacked connection leaves the gauge when its owner closes it.

@@ -461,9 +461,19 @@ func TestParseRejectionLeavesOtherBytesAlone(t *testing.T) {
 // answers 400 as if the request were malformed; the client was too slow, and
 // gets a 408 problem.
 func TestStalledHeadersGet408(t *testing.T) {
+	for _, stalled := range []string{
+		"GET /fast HTTP/1.1\r\nHo",                // net/http answers 400
+		"GET /fast HTTP/1.1\r\nHost: x\r\nX-A: b", // net/http closes without a word
+		"GET /fa", // the request line itself
+	} {
+		t.Run(strconv.Quote(stalled), func(t *testing.T) { stalledHeadersGet408(t, stalled) })
+	}
+}
+
+func stalledHeadersGet408(t *testing.T, stalled string) {
 	cs := startConnServer(t, true, func(s *http.Server) { s.ReadHeaderTimeout = 200 * time.Millisecond })
 	c := cs.dial(t)
-	io.WriteString(c, "GET /fast HTTP/1.1\r\nHo")
+	io.WriteString(c, stalled)
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
