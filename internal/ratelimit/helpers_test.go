@@ -168,12 +168,13 @@ func (l *latencies) len() int {
 }
 
 // checkWithinBudget fails the test unless the recorded calls kept to
-// budget (plus slack for the scheduler): the p99, and every call but two
-// stragglers, which may take up to ten times that. A loaded 2-core machine
-// under -race preempts a test goroutine for tens of milliseconds now and
-// then (94 ms seen once in 1169 calls, p99 25 ms), which says nothing of
-// the limiter; calls that wait for Redis past their budget come in
-// numbers (a 200 ms wait where 20 ms was the budget: 10 of 3500 calls).
+// budget (plus slack for the scheduler): the p99, and every call but a few
+// stragglers (two, or one in a thousand), which may take up to ten times
+// that. A loaded 2-core machine under -race preempts a test goroutine for
+// tens of milliseconds now and then (94 ms seen once in 1169 calls, p99
+// 25 ms; 4 calls of 8535 over 50 ms), which says nothing of the limiter;
+// calls that wait for Redis past their budget come in numbers (a 200 ms
+// wait where 20 ms was the budget: 10 of 3500 calls).
 func checkWithinBudget(t *testing.T, lat *latencies, budget time.Duration, what string) {
 	t.Helper()
 	lat.mu.Lock()
@@ -187,7 +188,7 @@ func checkWithinBudget(t *testing.T, lat *latencies, budget time.Duration, what 
 		}
 	}
 	p99, worst := quantile(d, 0.99), quantile(d, 1)
-	if p99 > limit || over > 2 || worst > 10*limit {
+	if p99 > limit || over > max(2, len(d)/1000) || worst > 10*limit {
 		t.Fatalf("%s: %d calls, p99 %s, max %s, %d over %s; budget %s", what, len(d), p99, worst, over, limit, budget)
 	}
 }
