@@ -205,6 +205,64 @@ func TestBreakerLateSuccessKeepsTheCircuitOpen(t *testing.T) {
 	}
 }
 
+// The same under concurrent load: with half the calls failing and a sleep
+// window of an hour (so no probe ever runs), once the circuit has opened
+// no call reaches the dependency but those already admitted. Successes
+// that end while it is open (reported to hystrix a little later, on its
+// own goroutines) must not close it.
+func TestBreakerStaysOpenUnderConcurrentSuccesses(t *testing.T) {
+	t.Parallel()
+	const workers = 64
+	b := newTestBreaker(t, BreakerConfig{Timeout: 5 * time.Second, MaxConcurrent: 200, ErrorPercent: 50, RequestVolume: 20, SleepWindow: time.Hour}, prometheus.NewRegistry())
+	ctx := ctxTimeout(t, 30*time.Second)
+	fb := func(context.Context, error) error { return nil }
+	boom := errors.New("boom")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var n, ran, ranAfterOpen atomic.Int64
+	var opened atomic.Bool
+	for range workers {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				i := n.Add(1)
+				_ = b.Do(ctx, func(context.Context) error {
+					ran.Add(1)
+					if opened.Load() {
+						ranAfterOpen.Add(1)
+					}
+					if i%2 == 0 {
+						return boom
+					}
+					return nil
+				}, fb)
+			}
+		})
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) && !opened.Load() {
+		opened.Store(b.Open())
+		time.Sleep(100 * time.Microsecond)
+	}
+	time.Sleep(time.Second) // the circuit is open: nothing new should run
+	close(stop)
+	wg.Wait()
+	if !opened.Load() {
+		t.Fatalf("the circuit never opened in %d calls", n.Load())
+	}
+	// Calls admitted just before it opened may start just after.
+	if got := ranAfterOpen.Load(); got > workers {
+		t.Errorf("%d calls reached the dependency after the circuit opened (sleep window 1h, %d workers): it was closed without a probe", got, workers)
+	}
+	if !b.Open() {
+		t.Error("the circuit is closed at the end, with no probe possible")
+	}
+}
+
 // A slow downstream: the caller gets the fallback within the timeout plus a
 // small margin, and the downstream sees its request cancelled.
 func TestBreakerSlowDownstreamIsCancelled(t *testing.T) {

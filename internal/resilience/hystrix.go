@@ -82,7 +82,7 @@ func NewHystrixBreaker(name string, cfg BreakerConfig, logger *slog.Logger, reg 
 	}
 	events, err := registerCounterVec(reg, prometheus.CounterOpts{
 		Name: "breaker_events_total",
-		Help: "Circuit breaker events by command: success, failure, timeout, rejected, short_circuited, fallback_success, fallback_failure. success/failure/timeout/short_circuited are what hystrix recorded (it drops samples when its metrics queue is full, at tens of thousands of calls per second); rejected and fallback_* are exact.",
+		Help: "Circuit breaker events by command: success, failure, timeout, rejected, short_circuited, fallback_success, fallback_failure. failure/timeout/short_circuited are what hystrix recorded (it drops samples when its metrics queue is full, at tens of thousands of calls per second); success (the dependency answered, caller errors included), rejected and fallback_* are exact.",
 	}, []string{"command", "event"})
 	if err != nil {
 		return nil, err
@@ -201,6 +201,12 @@ type call struct {
 	cancel context.CancelFunc
 	state  atomic.Int32
 	result chan error // run's own error, sent once
+	// openAtStart: the circuit was open when Do began. A call that finds it
+	// still open when it runs was let through as the half-open probe.
+	openAtStart bool
+	// probeOK: this call was the probe and the dependency answered; hystrix
+	// closes the circuit on it. Written before result is sent.
+	probeOK bool
 }
 
 // Do implements Breaker.
@@ -217,7 +223,7 @@ func (b *HystrixBreaker) Do(ctx context.Context, run func(ctx context.Context) e
 	// The work's deadline is made here rather than on hystrix's goroutine,
 	// whose small fresh stack would have to grow for it on every call.
 	rctx, cancel := context.WithTimeout(ctx, b.timeout)
-	c := &call{b: b, run: run, ctx: rctx, cancel: cancel, result: make(chan error, 1)}
+	c := &call{b: b, run: run, ctx: rctx, cancel: cancel, result: make(chan error, 1), openAtStart: b.circuit.IsOpen()}
 	// The caller's ctx goes to hystrix so that a caller who leaves is
 	// reported as context_canceled, not as a failure.
 	herr := hystrix.DoC(ctx, b.command, c.exec, nil)
@@ -230,9 +236,10 @@ func (b *HystrixBreaker) Do(ctx context.Context, run func(ctx context.Context) e
 	select {
 	case err := <-c.result:
 		if err == nil || !b.isFailure(err) && !isPanic(err) && ctx.Err() == nil {
-			// A success closes the circuit only if it was the probe's:
-			// a call admitted before the circuit opened leaves it open.
-			if err == nil && b.open.Load() && !b.circuit.IsOpen() && b.open.CompareAndSwap(true, false) {
+			// Counted here: hystrix is told of the probe's success only
+			// (see succeeded).
+			b.events.WithLabelValues(eventSuccess).Inc()
+			if c.probeOK && b.open.CompareAndSwap(true, false) {
 				b.logger.InfoContext(ctx, "circuit closed")
 			}
 			return err
@@ -258,12 +265,18 @@ func (c *call) exec(hctx context.Context) error {
 	defer func() { <-c.b.slots }()
 	defer c.cancel()
 	// While the circuit is open only its half-open probe is let through
-	// (hystrix's AllowRequest), so a call that starts with it open is the
-	// probe.
-	probe := c.b.circuit.IsOpen()
-	rctx := c.ctx
-	err := c.safeRun(rctx)
+	// (hystrix's AllowRequest): a call that saw it open before hystrix
+	// admitted it and still sees it open now is the probe. (One that saw
+	// it closed was admitted as an ordinary call, even if it opened since.)
+	probe := c.openAtStart && c.b.circuit.IsOpen()
+	err := c.safeRun(c.ctx)
+	report := c.report(hctx, err, probe) // before result: Do reads probeOK after it
 	c.result <- err
+	return report
+}
+
+// report is what hystrix is told of a run that returned err.
+func (c *call) report(hctx context.Context, err error, probe bool) error {
 	switch {
 	case err == nil:
 		return c.succeeded(probe)
@@ -273,7 +286,7 @@ func (c *call) exec(hctx context.Context) error {
 		// The caller left: hystrix records context_canceled or
 		// context_deadline_exceeded, neither of which is a failure.
 		return hctx.Err()
-	case errors.Is(rctx.Err(), context.DeadlineExceeded):
+	case errors.Is(c.ctx.Err(), context.DeadlineExceeded):
 		// Our deadline fired before hystrix's timer: still a timeout, not a
 		// failure of some other kind (nor a context_deadline_exceeded, which
 		// hystrix would not count at all).
@@ -290,14 +303,19 @@ func (c *call) exec(hctx context.Context) error {
 // errors that opened it: a call admitted before the circuit opened that
 // ends well after it did (a slow success amid failures, or a caller
 // error) would cut the sleep window short and send the traffic back to a
-// dependency that is still failing. Such a call reports context_canceled,
-// which counts neither way; only the probe's success closes the circuit.
-// The caller gets the real result either way (Do reads c.result).
+// dependency that is still failing. Whether the circuit is open when
+// hystrix reads the report cannot be known here (it reads it later, on
+// its own goroutines), so every call but the probe reports
+// context_canceled, which hystrix counts as a request and not as an
+// error: the error percentage is the same, and only the probe's success
+// closes the circuit. The caller gets the real result either way (Do
+// reads c.result), and Do counts the success.
 func (c *call) succeeded(probe bool) error {
-	if !probe && c.b.circuit.IsOpen() {
-		return context.Canceled
+	if probe {
+		c.probeOK = true
+		return nil
 	}
-	return nil
+	return context.Canceled
 }
 
 func (c *call) safeRun(ctx context.Context) (err error) {
@@ -409,7 +427,6 @@ func (s *collectorSink) Update(r metricCollector.MetricResult) {
 		name string
 		n    float64
 	}{
-		{eventSuccess, r.Successes},
 		{eventFailure, r.Failures},
 		{eventTimeout, r.Timeouts},
 		{eventRejected, r.Rejects},
