@@ -176,7 +176,8 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 		if s == http.StateActive {
 			tc.wrote.Store(false)
 			tc.requests.Add(1)
-			tc.route, tc.requestID, tc.status, tc.routed = "", "", 0, false
+			tc.route, tc.requestID, tc.status = "", "", 0
+			tc.routed.Store(false)
 		}
 		if _, isTLS := c.(*tls.Conn); isTLS && s == http.StateNew {
 			tc.records.Store(&tlsRecords{})
@@ -248,7 +249,7 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 	}
 	state := connStates[prev]
 	defer m.closed.WithLabelValues(reason, state).Inc() // after the log line, for the same reason
-	if isTLS && cause == causeNone && prev == http.StateActive && !tc.routed {
+	if isTLS && cause == causeNone && prev == http.StateActive && !tc.routed.Load() {
 		// The server closed a TLS connection in the middle of a request
 		// that never reached the handlers: net/http answered it itself
 		// (its only other way out before routing, a read error, would
@@ -351,8 +352,9 @@ type trackedConn struct {
 	route     string
 	requestID string
 	status    int
-	// routed: the current request reached the access middleware.
-	routed bool
+	// routed: the current request reached the access middleware (atomic:
+	// Close may read it from another goroutine, Server.Close's).
+	routed atomic.Bool
 	// records, on a TLS connection, follows the peer's TLS records (set by
 	// the first state hook, which gets the *tls.Conn, before the
 	// handshake's first read).
@@ -361,7 +363,7 @@ type trackedConn struct {
 
 // routing marks the current request as handed to the handlers (the access
 // middleware, first thing).
-func (c *trackedConn) routing() { c.routed = true }
+func (c *trackedConn) routing() { c.routed.Store(true) }
 
 // served records the request the access middleware has just logged.
 func (c *trackedConn) served(route, requestID string, status int) {
@@ -550,19 +552,20 @@ func (c *trackedConn) Close() error {
 		// word was an alert, so the peer ended it.
 		c.note(io.EOF, true)
 	}
-	if r == nil && c.cause.Load() == causeReadTimeout && c.state.Load() == int32(http.StateActive)+1 &&
-		!c.wrote.Load() && !c.closed.Load() {
+	first := c.closed.CompareAndSwap(false, true)
+	if first && r == nil && c.cause.Load() == causeReadTimeout && c.state.Load() == int32(http.StateActive)+1 &&
+		!c.routed.Load() && !c.wrote.Load() {
 		// A request whose headers the read-header deadline cut off after
 		// a complete request line: net/http closes without a word (it
 		// answers 400 only when the request line itself is cut, which
 		// reject turns into 408). The client, still there, gets the same
-		// 408 problem either way. (A request that reached a handler has
-		// an answer written, or is the handler's to answer.)
+		// 408 problem either way. A request that reached the handlers
+		// is theirs to answer (or to cut), whatever deadline hit it.
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 		_, _ = c.reject(nil, rejection{proto: "HTTP/1.1", code: http.StatusRequestTimeout,
 			detail: "request line and headers not received within the read-header timeout"})
 	}
-	if c.closed.CompareAndSwap(false, true) {
+	if first {
 		// A hijacked connection leaves the gauge when its owner closes it.
 		if c.state.CompareAndSwap(int32(http.StateHijacked)+1, int32(http.StateClosed)+1) {
 			c.m.gauges[http.StateHijacked].AddAt(c.stripe, -1)

@@ -384,7 +384,9 @@ func (st *serverTracer) finish(c *gin.Context, span trace.Span) {
 	}
 	if status >= 500 {
 		span.SetAttributes(semconv.ErrorTypeKey.String(codeLabel(status)))
-		span.SetStatus(codes.Error, http.StatusText(status))
+		if !spanHasError(span) { // a panic's own description says more
+			span.SetStatus(codes.Error, http.StatusText(status))
+		}
 	}
 	if len(c.Errors) > 0 {
 		span.SetStatus(codes.Error, spanText(c.Errors.String()))

@@ -24,6 +24,9 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/hardenedgo/ginservice/internal/health"
 	"github.com/hardenedgo/ginservice/internal/items"
@@ -298,6 +301,84 @@ func TestPanicAfterTheFirstWriteCutsTheResponse(t *testing.T) {
 				resp.Body.Close()
 			}
 		})
+	}
+}
+
+// A handler that ran into HTTP_READ_TIMEOUT on its body, wrote part of a
+// response and panicked: the response is cut, counted once as 500. The
+// connection wrapper's 408 for headers cut off by a deadline is not sent
+// on top of it: this request reached the handlers.
+func TestCutResponseAfterBodyTimeoutGetsNo408(t *testing.T) {
+	logs := &testkit.SyncBuffer{}
+	logger, err := observability.NewLogger(logs, "info", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	m := observability.NewHTTPMetrics(reg)
+	cm := observability.NewConnMetrics(reg, logger)
+	e := gin.New()
+	e.Use(middlewares(Deps{Logger: logger, Metrics: m, MaxBodyBytes: 1 << 20})...)
+	e.POST("/upload", func(c *gin.Context) {
+		_, _ = io.ReadAll(c.Request.Body) // runs into the read timeout
+		c.Status(http.StatusOK)
+		_, _ = c.Writer.WriteString(`{"items":[1,2,`)
+		panic("boom")
+	})
+	srv := &http.Server{Handler: e, ReadTimeout: 300 * time.Millisecond, ConnState: cm.ConnState, ConnContext: cm.ConnContext,
+		ErrorLog: log.New(io.Discard, "", 0)}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(cm.Listener(ln))
+	defer srv.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	raw, _ := io.ReadAll(c)
+	if strings.Contains(string(raw), " 408 ") {
+		t.Errorf("a 408 was sent for a request the handler had taken: %q", raw)
+	}
+	if n := testutil.ToFloat64(m.RequestsCounter("POST", "/upload", "500")); n != 1 {
+		t.Errorf("counted %v times as 500, want 1", n)
+	}
+	if strings.Contains(logs.String(), `"msg":"request rejected"`) {
+		t.Errorf("also logged as rejected:\n%s", logs)
+	}
+}
+
+// A recorded span of a request that panicked says why, whether the
+// recovery answered 500 or had to cut a response already begun.
+func TestPanicSpanSaysWhy(t *testing.T) {
+	tr, err := observability.SetupTracing(context.Background(), func(string) string { return "" }, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Shutdown(context.Background())
+	rec := tracetest.NewSpanRecorder()
+	tr.Provider().(*sdktrace.TracerProvider).RegisterSpanProcessor(rec)
+	f := newFixture(t, func(d *Deps) {
+		d.Tracing = tr.Middleware()
+		d.Items = itemsFunc(func(context.Context, string) (items.Item, error) { panic("boom") })
+	})
+	// Tracing does not export here: a sampled caller's span is continued
+	// and recorded.
+	req := httptest.NewRequest("GET", "/api/v1/items/1", nil)
+	req.Header.Set("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	if rec := f.do(req); rec.Code != 500 {
+		t.Fatalf("status %d", rec.Code)
+	}
+	spans := rec.Ended()
+	if len(spans) != 1 {
+		t.Fatalf("%d spans", len(spans))
+	}
+	if st := spans[0].Status(); st.Code != codes.Error || !strings.Contains(st.Description, "panic: boom") {
+		t.Errorf("span status %+v, want an error saying panic: boom", st)
 	}
 }
 
