@@ -258,11 +258,9 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 	replayable := isReplayable(req)
 	budget := c.budget(host)
 	budget.deposit()
+	var body io.ReadCloser // the rewound request body of the next attempt
 	for attempt := 1; ; attempt++ {
-		resp, cancel, err := c.attempt(req, attempt, host)
-		if cancel == nil {
-			return nil, err // the body could not be rewound: nothing was sent
-		}
+		resp, cancel, err := c.attempt(req, body, host)
 		reason := retryReason(ctx, resp, err)
 		if reason == "" || !replayable || attempt >= c.cfg.MaxAttempts {
 			return finish(resp, cancel, err)
@@ -280,8 +278,20 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 			// Waiting would outlive the caller: give them the answer we have.
 			return finish(resp, cancel, err)
 		}
+		// The body is rewound before the answer in hand is let go: if it
+		// cannot be, the caller gets that answer.
+		body = nil
+		if req.Body != nil && req.Body != http.NoBody {
+			b, gerr := req.GetBody()
+			if gerr != nil {
+				c.logger.DebugContext(ctx, "request body not rewound, not retried", slog.String("host", host), slog.String("error", gerr.Error()))
+				return finish(resp, cancel, err)
+			}
+			body = b
+		}
 		if !budget.withdraw() {
 			c.logger.DebugContext(ctx, "retry budget exhausted", slog.String("host", host), slog.String("reason", reason))
+			closeBody(body)
 			return finish(resp, cancel, err)
 		}
 		if resp != nil {
@@ -297,6 +307,7 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 			select {
 			case <-ctx.Done():
 				t.Stop()
+				closeBody(body)
 				return nil, &url.Error{Op: urlOp(req.Method), URL: redact(req.URL), Err: ctx.Err()}
 			case <-t.C:
 			}
@@ -304,9 +315,16 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 	}
 }
 
-// attempt sends one attempt under its own timeout. The returned cancel must
-// be called once the response is done with (finish ties it to Body.Close).
-func (c *Client) attempt(req *http.Request, n int, host string) (*http.Response, context.CancelFunc, error) {
+func closeBody(b io.ReadCloser) {
+	if b != nil {
+		_ = b.Close()
+	}
+}
+
+// attempt sends one attempt under its own timeout, with body (a rewound
+// copy of the request's) when it is not nil. The returned cancel must be
+// called once the response is done with (finish ties it to Body.Close).
+func (c *Client) attempt(req *http.Request, body io.ReadCloser, host string) (*http.Response, context.CancelFunc, error) {
 	actx, cancel := context.WithTimeout(req.Context(), c.cfg.AttemptTimeout)
 	actx = httptrace.WithClientTrace(actx, &httptrace.ClientTrace{
 		GotConn: func(info httptrace.GotConnInfo) {
@@ -314,12 +332,7 @@ func (c *Client) attempt(req *http.Request, n int, host string) (*http.Response,
 		},
 	})
 	areq := req.WithContext(actx)
-	if n > 1 && req.Body != nil && req.Body != http.NoBody {
-		body, err := req.GetBody()
-		if err != nil {
-			cancel()
-			return nil, nil, fmt.Errorf("resilience: rewind request body: %w", err)
-		}
+	if body != nil {
 		areq.Body = body
 	}
 	start := time.Now()
