@@ -150,32 +150,7 @@ func TestRunCountsSpanExport(t *testing.T) {
 	t.Run("hanging collector, queue full", func(t *testing.T) {
 		// Accepts connections and never answers: every export waits its
 		// OTEL_BSP_EXPORT_TIMEOUT while the 4-span queue overflows.
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		var mu sync.Mutex
-		var conns []net.Conn
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				mu.Lock()
-				conns = append(conns, c)
-				mu.Unlock()
-			}
-		}()
-		t.Cleanup(func() {
-			ln.Close()
-			mu.Lock()
-			defer mu.Unlock()
-			for _, c := range conns {
-				c.Close()
-			}
-		})
-		r := startRun(t, env("http://"+ln.Addr().String(),
+		r := startRun(t, env("http://"+hangingListener(t),
 			"OTEL_BSP_MAX_QUEUE_SIZE", "4", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2", "OTEL_BSP_EXPORT_TIMEOUT", "2000"))
 		pings(r, 50)
 		// A span ends after its response is written: wait for the last.
@@ -458,33 +433,8 @@ func TestRunShutdownReachesLateHTTP2Connections(t *testing.T) {
 // and the spans, logged, but the shutdown stays clean: run returns nil and
 // the process exits 0.
 func TestShutdownWithHungCollectorIsClean(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	var held []net.Conn
-	var mu sync.Mutex
-	defer func() {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range held {
-			c.Close()
-		}
-	}()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			held = append(held, c) // read nothing, answer nothing
-			mu.Unlock()
-		}
-	}()
 	r := startRun(t, map[string]string{
-		"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + ln.Addr().String(),
+		"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + hangingListener(t),
 		"OTEL_TRACES_SAMPLER":         "always_on",
 		"OTEL_BSP_SCHEDULE_DELAY":     "600000", // the spans wait for the shutdown's flush
 	})
@@ -540,4 +490,37 @@ func TestFailedStartStopsTheExporter(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// hangingListener listens on loopback, accepts connections and never reads
+// or answers (a collector that hangs, a half-dead proxy in front of it);
+// it returns its address. Everything is closed when the test ends.
+func hangingListener(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
 }
