@@ -994,3 +994,25 @@ func TestSimulatedDependencyGoesThroughTheResilientClient(t *testing.T) {
 		t.Errorf("http_client_requests_total{code=503} = %v, want the attempt and its retries (>= 2)", n)
 	}
 }
+
+// Every response of a limited route carries the RateLimit-* headers, a 413
+// for a body announced too large included (the body limit runs after the
+// limiter).
+func TestTooLargeBodyCarriesRateLimitHeaders(t *testing.T) {
+	r := startRun(t, map[string]string{"MAX_BODY_BYTES": "1024"})
+	req, _ := http.NewRequest(http.MethodPost, "http://"+r.public+"/api/v1/echo", strings.NewReader(strings.Repeat("x", 2048)))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("status %d, want 413", resp.StatusCode)
+	}
+	for _, h := range []string{"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "X-Request-ID"} {
+		if resp.Header.Get(h) == "" {
+			t.Errorf("413 without %s: %v", h, resp.Header)
+		}
+	}
+}
