@@ -73,6 +73,13 @@ need_int() {
 		exit 2
 	fi
 }
+need_pos() {
+	need_int "$@"
+	if ((10#$2 < 1)); then
+		echo "diagnose-eof: $1 wants at least 1, got '$2'" >&2
+		exit 2
+	fi
+}
 
 while [[ $# -gt 0 ]]; do
 	case $1 in
@@ -81,8 +88,8 @@ while [[ $# -gt 0 ]]; do
 		exit 0
 		;;
 	-u | --url) need_arg "$@" && url=$2 && shift ;;
-	-n | --requests) need_arg "$@" && need_int "$1" "$2" && requests=$2 && shift ;;
-	-t | --timeout) need_arg "$@" && need_int "$1" "$2" && timeout=$2 && shift ;;
+	-n | --requests) need_arg "$@" && need_pos "$1" "$2" && requests=$2 && shift ;;
+	-t | --timeout) need_arg "$@" && need_pos "$1" "$2" && timeout=$2 && shift ;;
 	-c | --capture) need_arg "$@" && need_int "$1" "$2" && capture=$2 && shift ;;
 	-a | --nginx-access) need_arg "$@" && access_log=$2 && shift ;;
 	-e | --nginx-error) need_arg "$@" && error_log=$2 && shift ;;
@@ -246,11 +253,15 @@ else
 	statuses=""
 	while read -r code dns conn app pre start total nconn; do
 		n=$((n + 1))
+		[[ $nconn =~ ^[0-9]+$ ]] || nconn=0
 		if [[ $code == 000 ]]; then
-			printf '  %-3s %-6s (no response)\n' "$n" failed
+			# No response, but the phases it got through still tell a
+			# stuck handshake (tcp) from a stuck server (the rest of total).
+			tcp=$(awk -v a="$conn" -v b="$dns" 'BEGIN { d = a - b; if (a == 0 || d < 0) d = 0; printf "%.3f", d }')
+			tls=$(awk -v a="$app" -v b="$conn" 'BEGIN { d = a - b; if (a == 0 || d < 0) d = 0; printf "%.3f", d }')
+			printf '  %-3s %-6s %-8s %-8s %-8s %-10s %-8s %s (no response)\n' "$n" failed "$dns" "$tcp" "$tls" "-" "$total" "$nconn"
 			continue
 		fi
-		[[ $nconn =~ ^[0-9]+$ ]] || nconn=0
 		ok=$((ok + 1))
 		tcp=$(awk -v a="$conn" -v b="$dns" 'BEGIN { d = a - b; if (a == 0 || d < 0) d = 0; printf "%.3f", d }')
 		tls=$(awk -v a="$app" -v b="$conn" 'BEGIN { d = a - b; if (a == 0 || d < 0) d = 0; printf "%.3f", d }')
@@ -281,7 +292,7 @@ else
 		"If it happens on reused connections, the client's idle timeout must be shorter than the server's (Go: http.Transport.IdleConnTimeout < the server's IdleTimeout). Check the server's logs at that moment." ;;
 	56) finding WARN "curl's connection was reset (exit 56): $curl_err" \
 		"The peer (or something in between) sent RST: the server closed the socket with unread data, its accept queue overflowed with tcp_abort_on_overflow, a firewall or conntrack table dropped state, or a process died." \
-		"Check the kernel section (ListenOverflows, TCPAbortOnData, conntrack), the proxy's error log, and whether the server restarted." ;;
+		"Check the kernel section (ListenOverflows, TCPAbortOnClose, TCPAbortOnData, conntrack), the proxy's error log, and whether the server restarted." ;;
 	18) finding WARN "the response was truncated (exit 18): fewer body bytes than Content-Length" \
 		"The server or a proxy closed the connection in the middle of the body: a write timeout (Go http.Server.WriteTimeout) that fired during a slow transfer, or a crash." \
 		"Make sure the server's write timeout covers the slowest legitimate response, and that proxies buffer responses (proxy_buffering on)." ;;
@@ -335,8 +346,18 @@ else
 	fi
 fi
 
+capture_rc=0
 if [[ -n $capture_pid ]]; then
-	wait "$capture_pid" 2>/dev/null || true
+	wait "$capture_pid" 2>/dev/null || capture_rc=$?
+fi
+# timeout(1) ends a capture that ran its course with 124; anything else
+# but 0 is tcpdump failing (no CAP_NET_RAW in a container, a bad
+# interface): nothing was seen, which says nothing.
+if [[ -n $capture_pid && $capture_rc -ne 0 && $capture_rc -ne 124 ]]; then
+	skip "packet capture failed (tcpdump exit $capture_rc): $(head -n 1 "$work/tcpdump.err" 2>/dev/null)"
+	capture_pid=""
+fi
+if [[ -n $capture_pid ]]; then
 	cport=$(url_port "$url")
 	echo "Packets with FIN or RST on port $cport during ${capture}s:"
 	# Lines look like "IP 10.0.0.1.8080 > 10.0.0.2.5555: Flags [F.], ..."; the
@@ -513,10 +534,15 @@ else
 	else
 		finding OK "no listen queue overflows since boot"
 	fi
+	if ((${d_TCPAbortOnClose:-0} > 0)); then
+		finding NOTE "connections were closed with unread data (+${d_TCPAbortOnClose} TCPAbortOnClose in ${window}s)" \
+			"A program closed a socket that still had unread bytes in its receive queue, so the kernel sent RST instead of FIN. A server that answers or gives up without reading the whole request does this, and so does one that closes an idle keep-alive connection just as a request arrives." \
+			"If the peer is a proxy, order the idle timeouts (client side shorter than server side); a server should read (or drain) the request before it closes."
+	fi
 	if ((${d_TCPAbortOnData:-0} > 0)); then
-		finding NOTE "connections were aborted with unread data (+${d_TCPAbortOnData} TCPAbortOnData in ${window}s)" \
-			"A program closed a socket that still had unread bytes, so the kernel sent RST instead of FIN. An HTTP server that closes an idle keep-alive connection just as a request arrives does exactly this." \
-			"If the peer is a proxy, order the idle timeouts (client side shorter than server side)."
+		finding NOTE "data arrived on connections already closed (+${d_TCPAbortOnData} TCPAbortOnData in ${window}s)" \
+			"A peer kept sending on a connection this host had closed, and the kernel answered with RST: typically a client that sent a request on a keep-alive connection the server had just closed as idle." \
+			"Order the idle timeouts: the client's (or proxy's) keep-alive timeout must be shorter than the server's."
 	fi
 	if ((${d_TCPAbortOnMemory:-0} > 0)); then
 		finding WARN "the kernel aborted connections for lack of socket memory (+${d_TCPAbortOnMemory})" \

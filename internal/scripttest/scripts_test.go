@@ -560,7 +560,7 @@ func TestDiagnoseClientFindings(t *testing.T) {
 				}
 				c.Close()
 			})
-		}, []string{"[WARN] 1 of 3 requests got no response, though the last one did", "failed (no response)"}},
+		}, []string{"[WARN] 1 of 3 requests got no response, though the last one did", "(no response)"}},
 		{"no keep-alive", func(t *testing.T) string {
 			return httpServer(t, func(w http.ResponseWriter, _ *http.Request) { w.Header().Set("Connection", "close") })
 		}, []string{"[NOTE] every request opened a new connection (no keep-alive reuse)", "[OK] the URL answered (200 200 200 )"}},
@@ -699,10 +699,101 @@ func TestDiagnoseCapture(t *testing.T) {
 
 // TestDiagnoseBadArguments: usage errors exit 2 with one line.
 func TestDiagnoseBadArguments(t *testing.T) {
-	for _, args := range [][]string{{"-n", "x"}, {"-u"}, {"-c", "9999"}, {"--frobnicate"}} {
+	for _, args := range [][]string{{"-n", "x"}, {"-u"}, {"-c", "9999"}, {"--frobnicate"}, {"-t", "0"}, {"-n", "0"}} {
 		out, code := script(t, nil, "diagnose-eof.sh", args...)
 		if code != 2 || strings.Count(strings.TrimSpace(out), "\n") != 0 {
 			t.Errorf("%v: exit %d, output %q; want exit 2 and one line", args, code, out)
 		}
 	}
+}
+
+// A capture that fails (tcpdump without CAP_NET_RAW in a container) is a
+// skipped check, not "no connection ended".
+func TestDiagnoseCaptureFails(t *testing.T) {
+	need(t, "curl")
+	if os.Geteuid() != 0 {
+		t.Skip("the capture is only tried as root")
+	}
+	bin := t.TempDir()
+	fake := "#!/bin/sh\necho 'tcpdump: any: You don'\\''t have permission to capture on that device' >&2\nexit 1\n"
+	if err := os.WriteFile(filepath.Join(bin, "tcpdump"), []byte(fake), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer srv.Close()
+	out, code := script(t, []string{"PATH=" + bin + ":" + os.Getenv("PATH")}, "diagnose-eof.sh", "-u", srv.URL+"/", "-n", "1", "-c", "1", "-i", "0")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	client := section(out, "1. Client")
+	mustContain(t, "failed capture", client, "[SKIP] packet capture failed (tcpdump exit 1)")
+	if strings.Contains(client, "no connection ended") {
+		t.Errorf("a failed capture reported as clean:\n%s", client)
+	}
+}
+
+// A request that times out still shows the phases it got through: here the
+// handshake was quick and the server never answered.
+func TestDiagnoseTimeoutShowsPhases(t *testing.T) {
+	need(t, "curl")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never answered
+		}
+	}()
+	out, code := script(t, nil, "diagnose-eof.sh", "-u", "http://"+l.Addr().String()+"/", "-n", "1", "-t", "1", "-i", "0")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	client := section(out, "1. Client")
+	mustContain(t, "timeout", client, "[WARN] curl timed out (exit 28)")
+	m := regexp.MustCompile(`(?m)^\s+1\s+failed\s+\S+\s+(\S+)\s+\S+\s+-\s+(\S+)\s+\d+ \(no response\)`).FindStringSubmatch(client)
+	if m == nil {
+		t.Fatalf("no phases for the failed request:\n%s", client)
+	}
+	if tcp, _ := strconv.ParseFloat(m[1], 64); tcp > 0.5 {
+		t.Errorf("tcp phase %s, want a quick handshake", m[1])
+	}
+	if total, _ := strconv.ParseFloat(m[2], 64); total < 0.9 {
+		t.Errorf("total %s, want about the 1 s timeout", m[2])
+	}
+}
+
+// A server that closes without reading the request makes the kernel reset
+// the connection (TCPAbortOnClose): the kernel section says so.
+func TestDiagnoseAbortOnClose(t *testing.T) {
+	need(t, "curl")
+	if _, err := os.Stat("/proc/net/netstat"); err != nil {
+		t.Skip("no /proc/net/netstat")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond) // the request arrives, unread
+			c.Close()
+		}
+	}()
+	// -i 1: the counters are read again a second after the first read.
+	out, code := script(t, nil, "diagnose-eof.sh", "-u", "http://"+l.Addr().String()+"/", "-n", "1", "-t", "5", "-i", "1")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	mustContain(t, "abort on close", out, "[NOTE] connections were closed with unread data", "TCPAbortOnClose in")
 }
