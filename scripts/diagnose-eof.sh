@@ -645,6 +645,7 @@ else
 	3) finding WARN "$(grep -oE '^[0-9]+ of [0-9]+ settings differ' "$work/sysctl.out" || echo 'some settings differ') from the recommended values" \
 		"Small accept/SYN queues drop connections under bursts; without tw_reuse and a wide port range busy clients run out of ports; long keep-alive timers keep dead peers around for hours." \
 		"Review 'bash scripts/sysctl-tune.sh' (it explains each one), then 'sudo bash scripts/sysctl-tune.sh --apply'; in Kubernetes the sysctl init container of deploy/k8s sets the per-namespace ones." ;;
+	4) skip "kernel settings: none could be read here ($(grep -m1 '^none of' "$work/sysctl.out"))" ;;
 	*) skip "sysctl-tune.sh failed (exit $src): $(head -n 1 "$work/sysctl.out")" ;;
 	esac
 fi

@@ -12,10 +12,12 @@ EOFs under load, with the current value, the recommended value and why.
 Nothing is changed unless --apply is given (dry run by default).
 
   --apply         write every setting that is not as recommended (root only)
-  --persist FILE  also write all recommended values to FILE as a sysctl.d
-                  drop-in (e.g. /etc/sysctl.d/90-tcp-tuning.conf; root only),
-                  so they survive a reboot
-  --check         exit 3 when any setting differs (for scripts and CI)
+  --persist FILE  also write every setting to FILE as a sysctl.d drop-in
+                  (e.g. /etc/sysctl.d/90-tcp-tuning.conf; root only), so they
+                  survive a reboot: the recommended value, or the current one
+                  where it is already as good or better
+  --check         exit 3 when any setting differs, 4 when none could be read
+                  (for scripts and CI)
   -h, --help      this help
 
 Settings marked "netns" are per network namespace: a container or pod has
@@ -220,14 +222,27 @@ if [[ -n $persist ]]; then
 	{
 		echo "# Written by scripts/sysctl-tune.sh: TCP settings against connection drops and resets."
 		for s in "${settings[@]}"; do
-			IFS='|' read -r key rec _ scope _ <<<"$s"
-			echo "$key = $rec"
+			IFS='|' read -r key rec rule scope _ <<<"$s"
+			cur=$(read_key "$key")
+			val=$rec
+			# A value already as good or better stays: the drop-in must not
+			# lower it at the next boot.
+			if [[ $(judge "$cur" "$rec" "$rule") == ok ]]; then
+				val=$cur
+			fi
+			echo "$key = $val"
 		done
 	} >"$persist"
-	echo "wrote all recommended values to $persist (loaded at boot; now: sysctl --system)"
+	echo "wrote the settings to $persist (loaded at boot; now: sysctl --system)"
 fi
 
-if ((differ == 0)); then
+if ((missing == ${#settings[@]})); then
+	echo "none of the ${#settings[@]} settings could be read under $root: nothing was checked."
+	if $check; then
+		exit 4
+	fi
+	exit 0
+elif ((differ == 0)); then
 	echo "all ${#settings[@]} settings are as recommended or better ($missing not present here)."
 elif $apply; then
 	echo "$differ of ${#settings[@]} settings differed; $((differ - failed)) written, $failed failed."

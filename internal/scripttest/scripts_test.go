@@ -320,6 +320,19 @@ func TestSysctlTuneApplyFakeTree(t *testing.T) {
 			t.Errorf("drop-in lacks %s:\n%s", k, b)
 		}
 	}
+	// A value already better than recommended is kept, not lowered at the
+	// next boot.
+	for k, want := range map[string]string{"net.ipv4.tcp_max_syn_backlog": "100000", "net.core.somaxconn": "65535"} {
+		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(k) + ` = ` + want + `$`).Match(b) {
+			t.Errorf("drop-in: want %s = %s:\n%s", k, want, b)
+		}
+	}
+
+	// Nothing readable (another tree, a sandbox): not an all-clear.
+	out, code = script(t, []string{"SYSCTL_ROOT=" + t.TempDir()}, "sysctl-tune.sh", "--check")
+	if code != 4 || !strings.Contains(out, "none of the 10 settings could be read") || strings.Contains(out, "as recommended or better") {
+		t.Errorf("--check with nothing to read: exit %d, want 4:\n%s", code, out)
+	}
 }
 
 // TestSysctlTunePortRangeClearOfNodePorts: on a Kubernetes node the
