@@ -93,7 +93,13 @@ if [[ $# -gt 0 ]]; then
 	echo "bench-http: unexpected argument $1 (see -h)" >&2
 	exit 2
 fi
-[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench-http: -r wants a positive number" >&2; exit 2; }
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench-http: -r wants a positive number, got '$ROUNDS'" >&2; exit 2; }
+[[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || { echo "bench-http: -t wants a positive number, got '$THREADS'" >&2; exit 2; }
+[[ "$CONNS" =~ ^[1-9][0-9]*$ ]] || { echo "bench-http: -c wants a positive number, got '$CONNS'" >&2; exit 2; }
+((CONNS >= THREADS)) || { echo "bench-http: -c ($CONNS) must be at least -t ($THREADS): wrk gives each thread a connection" >&2; exit 2; }
+# wrk's durations: a number with s, m or h (10s, 2m).
+[[ "$DURATION" =~ ^[1-9][0-9]*[smh]$ ]] || { echo "bench-http: -d wants a duration like 10s or 2m, got '$DURATION'" >&2; exit 2; }
+[[ "$WARMUP" =~ ^[0-9]+[smh]$ ]] || { echo "bench-http: -w wants a duration like 3s, got '$WARMUP'" >&2; exit 2; }
 
 cd "$(dirname "$0")/.."
 

@@ -810,3 +810,14 @@ func TestDiagnoseAbortOnClose(t *testing.T) {
 	}
 	mustContain(t, "abort on close", out, "[NOTE] connections were closed with unread data", "TCPAbortOnClose in")
 }
+
+// TestBenchHTTPBadArguments: bad flags are refused at once, with one line,
+// before anything is built or started.
+func TestBenchHTTPBadArguments(t *testing.T) {
+	for _, args := range [][]string{{"-d", "abc"}, {"-d", "10"}, {"-r", "0"}, {"-t", "x"}, {"-c", "1", "-t", "2"}, {"-w", "2"}, {"-x"}} {
+		out, code := script(t, nil, "bench-http.sh", args...)
+		if code != 2 || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+			t.Errorf("%v: exit %d, output %q; want exit 2 and one line", args, code, out)
+		}
+	}
+}
