@@ -485,27 +485,29 @@ func TestDiagnoseReport(t *testing.T) {
 
 // TestDiagnoseClientFindings puts the client probe in front of real
 // loopback peers that fail in the ways that surface as EOF.
+// serveRaw accepts connections on loopback and hands each to fn, which
+// owns it; it returns the server's URL.
+func serveRaw(t *testing.T, fn func(net.Conn)) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go fn(c)
+		}
+	}()
+	return "http://" + l.Addr().String() + "/"
+}
+
 func TestDiagnoseClientFindings(t *testing.T) {
 	need(t, "curl")
 
-	// serveRaw accepts connections and hands each to fn; fn owns the conn.
-	serveRaw := func(t *testing.T, fn func(net.Conn)) string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				go fn(c)
-			}
-		}()
-		return "http://" + l.Addr().String() + "/"
-	}
 	readRequest := func(c net.Conn) {
 		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		r := bufio.NewReader(c)
@@ -749,21 +751,13 @@ func TestDiagnoseCaptureFails(t *testing.T) {
 // handshake was quick and the server never answered.
 func TestDiagnoseTimeoutShowsPhases(t *testing.T) {
 	need(t, "curl")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close() // held open, never answered
-		}
-	}()
-	out, code := script(t, nil, "diagnose-eof.sh", "-u", "http://"+l.Addr().String()+"/", "-n", "1", "-t", "1", "-i", "0")
+	done := make(chan struct{})
+	defer close(done)
+	url := serveRaw(t, func(c net.Conn) {
+		<-done // held open, never answered
+		c.Close()
+	})
+	out, code := script(t, nil, "diagnose-eof.sh", "-u", url, "-n", "1", "-t", "1", "-i", "0")
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
@@ -788,23 +782,12 @@ func TestDiagnoseAbortOnClose(t *testing.T) {
 	if _, err := os.Stat("/proc/net/netstat"); err != nil {
 		t.Skip("no /proc/net/netstat")
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			time.Sleep(50 * time.Millisecond) // the request arrives, unread
-			c.Close()
-		}
-	}()
+	url := serveRaw(t, func(c net.Conn) {
+		time.Sleep(50 * time.Millisecond) // the request arrives, unread
+		c.Close()
+	})
 	// -i 1: the counters are read again a second after the first read.
-	out, code := script(t, nil, "diagnose-eof.sh", "-u", "http://"+l.Addr().String()+"/", "-n", "1", "-t", "5", "-i", "1")
+	out, code := script(t, nil, "diagnose-eof.sh", "-u", url, "-n", "1", "-t", "5", "-i", "1")
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
