@@ -14,8 +14,6 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/codes"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hardenedgo/ginservice/internal/clientip"
@@ -285,15 +283,7 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 func (a *accessLogger) cut(c *gin.Context, tc *trackedConn, start time.Time, elapsed time.Duration) {
 	// The tracing middleware's own completion does not run on a panic.
 	if span := trace.SpanFromContext(c.Request.Context()); span.IsRecording() {
-		if clientAborted(c, tc) {
-			span.SetAttributes(semconv.HTTPResponseStatusCode(StatusClientClosedRequest))
-			span.SetStatus(codes.Error, "client went away before the response")
-		} else {
-			span.SetAttributes(semconv.HTTPResponseStatusCode(http.StatusInternalServerError))
-			if !spanHasError(span) {
-				span.SetStatus(codes.Error, "response cut off")
-			}
-		}
+		finishSpan(c, span, http.StatusInternalServerError)
 	}
 	a.done(c, tc, start, elapsed, http.StatusInternalServerError)
 }
@@ -489,11 +479,4 @@ func (m *HTTPMetrics) TruncatedCounter(route string) prometheus.Counter {
 // PanicsCounter returns the panic series of route.
 func (m *HTTPMetrics) PanicsCounter(route string) prometheus.Counter {
 	return m.panics.WithLabelValues(route)
-}
-
-// spanHasError reports whether span (an SDK span) already has an error
-// status, e.g. the panic's own.
-func spanHasError(span trace.Span) bool {
-	ro, ok := span.(sdktrace.ReadOnlySpan)
-	return ok && ro.Status().Code == codes.Error
 }

@@ -372,7 +372,14 @@ func (st *serverTracer) begin(c *gin.Context, route string, incoming bool) trace
 //
 //go:noinline
 func (st *serverTracer) finish(c *gin.Context, span trace.Span) {
-	status := c.Writer.Status()
+	finishSpan(c, span, c.Writer.Status())
+}
+
+// finishSpan records the response, with status, on a recorded span: by the
+// tracing middleware, and by the access middleware for a response net/http
+// cut off (a panic went through the tracing middleware, which records
+// nothing then).
+func finishSpan(c *gin.Context, span trace.Span, status int) {
 	if clientAborted(c, connOf(c)) {
 		span.SetAttributes(semconv.HTTPResponseStatusCode(StatusClientClosedRequest), semconv.ErrorTypeKey.String("client_closed_request"))
 		span.SetStatus(codes.Error, "client went away before the response")
@@ -391,6 +398,13 @@ func (st *serverTracer) finish(c *gin.Context, span trace.Span) {
 	if len(c.Errors) > 0 {
 		span.SetStatus(codes.Error, spanText(c.Errors.String()))
 	}
+}
+
+// spanHasError reports whether span (an SDK span) already has an error
+// status, e.g. the panic's own.
+func spanHasError(span trace.Span) bool {
+	ro, ok := span.(sdktrace.ReadOnlySpan)
+	return ok && ro.Status().Code == codes.Error
 }
 
 // idGenerator draws trace and span ids as the SDK's default generator does

@@ -380,6 +380,50 @@ func TestPanicSpanSaysWhy(t *testing.T) {
 	if st := spans[0].Status(); st.Code != codes.Error || !strings.Contains(st.Description, "panic: boom") {
 		t.Errorf("span status %+v, want an error saying panic: boom", st)
 	}
+
+	// A panic after the first write: the response is cut, and the span,
+	// which the tracing middleware does not complete on a panic, still
+	// gets the 500 and the reason.
+	logger, err := observability.NewLogger(io.Discard, "info", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := gin.New()
+	e.Use(middlewares(Deps{Logger: logger, Metrics: observability.NewHTTPMetrics(prometheus.NewRegistry()), Tracing: tr.Middleware(), MaxBodyBytes: 1 << 20})...)
+	e.GET("/stream", func(c *gin.Context) {
+		c.Status(http.StatusOK)
+		_, _ = c.Writer.WriteString(`{"items":[1,`)
+		c.Writer.Flush()
+		panic("boom")
+	})
+	srv := httptest.NewUnstartedServer(e)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.Start()
+	defer srv.Close()
+	req2, _ := http.NewRequest("GET", srv.URL+"/stream", nil)
+	req2.Header.Set("traceparent", "00-0af7651916cd43dd8448eb211c80319d-b7ad6b7169203331-01")
+	if resp, err := http.DefaultClient.Do(req2); err == nil {
+		_, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	var cut sdktrace.ReadOnlySpan
+	for _, sp := range rec.Ended() {
+		if sp.Name() == "GET /stream" {
+			cut = sp
+		}
+	}
+	if cut == nil {
+		t.Fatalf("no span for the cut response")
+	}
+	code := int64(0)
+	for _, kv := range cut.Attributes() {
+		if kv.Key == "http.response.status_code" {
+			code = kv.Value.AsInt64()
+		}
+	}
+	if st := cut.Status(); code != 500 || st.Code != codes.Error || !strings.Contains(st.Description, "panic: boom") {
+		t.Errorf("cut response's span: status code %d, status %+v; want 500 and an error saying panic: boom", code, st)
+	}
 }
 
 func TestReadinessLifecycle(t *testing.T) {
