@@ -126,6 +126,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 awk_hex='function hex(s,  i, v) { v = 0; s = toupper(s); for (i = 1; i <= length(s); i++) v = v * 16 + index("0123456789ABCDEF", substr(s, i, 1)) - 1; return v }'
 
 warnings=()
+proxy_died=0 # upstream connections nginx lost under a request (section 2)
 
 section() { printf '\n== %s ==\n' "$1"; }
 
@@ -464,6 +465,8 @@ else
 	fds=$(count "Too many open files")
 	workers=$(count "worker_connections are not enough")
 	echo "$error_log: upstream prematurely closed: $premature, reset by peer: $reset, broken pipe: $pipe, connection refused: $refused, upstream timed out: $timedout, no live upstreams: $nolive"
+	# Section 4 lines these up with the service's own close reasons.
+	proxy_died=$((premature + reset + pipe))
 	if ((premature + reset + pipe > 0)); then
 		finding WARN "$((premature + reset + pipe)) upstream connections died under a request (prematurely closed: $premature, reset by peer: $reset, broken pipe: $pipe)" \
 			"nginx sent a request on a connection the service was closing. Usually a reused keep-alive connection that the service closed as idle at that instant: nginx's upstream keepalive_timeout is not shorter than the service's idle timeout. Also: the service crashed or was killed mid-request." \
@@ -805,10 +808,20 @@ else
 				"A response took longer than HTTP_WRITE_TIMEOUT to produce or send: the client gets a truncated body or EOF with no status, while the access line may say 200." \
 				"The service's 'connection closed' log lines with reason write_timeout name the request_id and route. Raise HTTP_WRITE_TIMEOUT above the slowest legitimate response, or make the handler's own deadline shorter so it answers with an error in time."
 		fi
-		if ((idle > 0)); then
+		if ((idle > 0 && proxy_died > 0)); then
+			# Both sides of the same race: nginx wrote a request onto an
+			# idle upstream connection the service was closing.
+			finding WARN "keep-alive order: nginx lost $proxy_died upstream connections under a request, and the service closed $idle idle connections by its own idle timeout $span" \
+				"The two layers describe the same race: the service closed a kept-alive connection as idle (HTTP_IDLE_TIMEOUT) at the moment nginx reused it for a request, so nginx logged 'upstream prematurely closed' or 'reset by peer' and answered 502 (POST) or retried (GET). nginx's upstream keepalive_timeout is not shorter than the service's idle timeout." \
+				"Set upstream { keepalive_timeout } below HTTP_IDLE_TIMEOUT (reference: 60s < 75s, deploy/nginx/nginx.conf); on ingress-nginx, upstream-keepalive-timeout; behind a cloud load balancer, its idle timeout below HTTP_IDLE_TIMEOUT."
+		elif ((idle > 0)); then
 			finding NOTE "$idle idle keep-alive connections were closed by the service's idle timeout $span" \
 				"Normal housekeeping. It causes EOF/502 only if a client or proxy sends a request on a connection at the moment the service closes it: their idle timeout must be shorter than the service's HTTP_IDLE_TIMEOUT." \
 				"nginx: upstream keepalive_timeout below HTTP_IDLE_TIMEOUT (deploy/nginx); Go clients: Transport.IdleConnTimeout below it."
+		elif ((proxy_died > 0)); then
+			finding NOTE "the service closed no connection by its idle timeout $span, yet nginx lost $proxy_died upstream connections under a request" \
+				"If nginx's errors fall in that period, the keep-alive order is not their cause: the connections died another way. A restart, crash or OOM kill of the service (its uptime is process_start_time_seconds), connections reset by the peer (above), or another instance behind the same upstream." \
+				"Check the service's restarts and the time of nginx's error lines; read these metrics on every instance of the upstream group."
 		fi
 		if ((reset == 0 && gone == 0 && aborts == 0 && rtimeout == 0 && wtimeout == 0)); then
 			finding OK "no connection was reset, timed out or left mid-request $span"

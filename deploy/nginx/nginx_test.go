@@ -200,7 +200,7 @@ func defaultMaxBodyBytes(t *testing.T) int64 {
 // needs nginx's client_max_body_size above the service's limit.
 func TestOversizedBodyAnsweredByService(t *testing.T) {
 	api := startAPI(t, longIdle)
-	px := startNginx(t, api, shortIdle)
+	px := startNginx(t, api.addr, shortIdle)
 	waitHTTP(t, px.url+"/healthz", 5*time.Second)
 	maxBody := defaultMaxBodyBytes(t)
 	body := `{"pad":"` + strings.Repeat("x", int(maxBody)) + `"}`
@@ -296,14 +296,17 @@ func startProcess(t *testing.T, cmd *exec.Cmd, sig syscall.Signal) {
 	t.Cleanup(func() { stop(cmd, sig, 10*time.Second, done) })
 }
 
-// startAPI runs the service with the given keep-alive idle timeout and
-// returns its public address.
-func startAPI(t *testing.T, idle time.Duration) string {
+// service is a running cmd/api: its public and admin addresses.
+type service struct{ addr, admin string }
+
+// startAPI runs the service with the given keep-alive idle timeout.
+func startAPI(t *testing.T, idle time.Duration) service {
 	t.Helper()
 	if apiBinary == "" {
 		t.Fatal("api binary not built")
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	logPath := filepath.Join(t.TempDir(), "api.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -314,7 +317,7 @@ func startAPI(t *testing.T, idle time.Duration) string {
 	cmd.Env = []string{
 		"PATH=" + os.Getenv("PATH"),
 		"HTTP_ADDR=" + addr,
-		"ADMIN_ADDR=" + fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"ADMIN_ADDR=" + admin,
 		"HTTP_IDLE_TIMEOUT=" + idle.String(),
 		// The limiter must not be what answers here.
 		"RATELIMIT_RATE=1000000",
@@ -332,7 +335,7 @@ func startAPI(t *testing.T, idle time.Duration) string {
 			t.Logf("api log:\n%s", tail(b, 40))
 		}
 	})
-	return addr
+	return service{addr: addr, admin: admin}
 }
 
 type proxy struct {
@@ -532,15 +535,16 @@ func (o *outcome) readLogs(t *testing.T, px proxy) {
 	}
 }
 
-// diagnose runs scripts/diagnose-eof.sh on the logs nginx wrote and returns
-// its proxy section: the script must read real nginx output, not only the
+// diagnose runs scripts/diagnose-eof.sh on the logs nginx wrote and on the
+// service's metrics, and returns its proxy and service sections: the script
+// must read real nginx output and the real service's metrics, not only the
 // samples of its own tests.
-func diagnose(t *testing.T, px proxy) string {
+func diagnose(t *testing.T, px proxy, api service) (proxySection, serviceSection string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", filepath.Join("scripts", "diagnose-eof.sh"),
-		"-a", px.accessLog, "-e", px.errorLog, "-i", "0")
+		"-a", px.accessLog, "-e", px.errorLog, "-m", "http://"+api.admin+"/metrics", "-i", "0")
 	cmd.Dir = filepath.Join("..", "..")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -549,10 +553,15 @@ func diagnose(t *testing.T, px proxy) string {
 	s := string(out)
 	i := strings.Index(s, "== 2. Proxy")
 	j := strings.Index(s, "== 3. Kernel")
-	if i < 0 || j < i {
-		t.Fatalf("diagnose-eof.sh printed no proxy section:\n%s", s)
+	k := strings.Index(s, "== 4. Service")
+	l := strings.Index(s, "== Summary")
+	if i < 0 || j < i || k < j || l < k {
+		t.Fatalf("diagnose-eof.sh printed no proxy or service section:\n%s", s)
 	}
-	return s[i:j]
+	if !strings.Contains(s[k:l], "closed by (state)") {
+		t.Fatalf("diagnose-eof.sh did not read the service's metrics:\n%s", s[k:l])
+	}
+	return s[i:j], s[k:l]
 }
 
 // sweep returns idle gaps from t+from to t+to in steps. The client starts
@@ -589,7 +598,7 @@ func TestKeepaliveOrder(t *testing.T) {
 	t.Run("nginx-shorter-than-service", func(t *testing.T) {
 		t.Parallel()
 		api := startAPI(t, longIdle)
-		px := startNginx(t, api, shortIdle)
+		px := startNginx(t, api.addr, shortIdle)
 		waitHTTP(t, px.url+"/healthz", 5*time.Second)
 		o := &outcome{status: map[int]int{}}
 		load(t, px, o, gaps)
@@ -601,18 +610,26 @@ func TestKeepaliveOrder(t *testing.T) {
 		if o.status[200] != o.requests {
 			t.Errorf("want every request 200, got %s", o)
 		}
-		report := diagnose(t, px)
+		report, svc := diagnose(t, px, api)
 		for _, want := range []string{"[OK] no 499, 502, 503 or 504 among", "[OK] no upstream connection errors in the error log"} {
 			if !strings.Contains(report, want) {
 				t.Errorf("diagnose-eof.sh on the clean logs: missing %q in\n%s", want, report)
 			}
+		}
+		// In this order nginx closes every idle upstream connection
+		// first: the service sees its peer leave, and never times one out.
+		if !regexp.MustCompile(`(?m)^  peer_closed \(idle\)\s+[1-9]`).MatchString(svc) {
+			t.Errorf("the service counted no idle connection closed by nginx:\n%s", svc)
+		}
+		if strings.Contains(svc, "idle_timeout") || strings.Contains(svc, "keep-alive order") {
+			t.Errorf("the service timed out idle connections nginx should have closed first:\n%s", svc)
 		}
 	})
 
 	t.Run("nginx-longer-than-service", func(t *testing.T) {
 		t.Parallel()
 		api := startAPI(t, shortIdle)
-		px := startNginx(t, api, longIdle)
+		px := startNginx(t, api.addr, longIdle)
 		waitHTTP(t, px.url+"/healthz", 5*time.Second)
 		o := &outcome{status: map[int]int{}}
 		// The failure is a race (a request written onto a connection the
@@ -636,10 +653,19 @@ func TestKeepaliveOrder(t *testing.T) {
 		if len(o.transport) != 0 {
 			t.Errorf("client transport errors: %v", o.transport)
 		}
-		report := diagnose(t, px)
+		report, svc := diagnose(t, px, api)
 		want := fmt.Sprintf("upstream connections died under a request (prematurely closed: %d, reset by peer: ", o.premature)
 		if o.premature+o.reset > 0 && !strings.Contains(report, want) {
 			t.Errorf("diagnose-eof.sh missed the premature closes: want %q in\n%s", want, report)
+		}
+		// The service's own metrics name the other side of the race: it
+		// closed idle connections nginx was about to reuse, and the
+		// report joins the two layers into one finding.
+		if !regexp.MustCompile(`(?m)^  idle_timeout \(idle\)\s+[1-9]`).MatchString(svc) {
+			t.Errorf("the service counted no idle timeout of its own:\n%s", svc)
+		}
+		if o.premature+o.reset > 0 && !strings.Contains(svc, "[WARN] keep-alive order: nginx lost ") {
+			t.Errorf("diagnose-eof.sh did not join nginx's premature closes to the service's idle timeouts:\n%s", svc)
 		}
 		if n := o.status[502]; n > 0 && !strings.Contains(report, fmt.Sprintf("[WARN] %d requests ended with 502", n)) {
 			t.Errorf("diagnose-eof.sh did not count %d 502s:\n%s", n, report)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -84,6 +85,20 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 	svc := section(out, "4. Service")
 	mustContain(t, "service, clean", svc,
 		"[OK] no connection was reset, timed out or left mid-request since the service started")
+	// nginx's error log says upstream connections died, the service closed
+	// none as idle: the keep-alive order is ruled out, and said so.
+	errlog := filepath.Join(t.TempDir(), "error.log")
+	if err := os.WriteFile(errlog, []byte(errorSample), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", metricsURL, "-e", errlog)
+	checkFindings(t, out)
+	svc = section(out, "4. Service")
+	mustContain(t, "service, proxy errors without idle closes", svc,
+		"[NOTE] the service closed no connection by its idle timeout since the service started, yet nginx lost 7 upstream connections under a request")
+	if strings.Contains(svc, "[WARN] keep-alive order") {
+		t.Errorf("keep-alive order blamed with no idle close:\n%s", svc)
+	}
 
 	// A client that gives up on a slow request: the dependency answers in 2 s.
 	req, _ := http.NewRequest(http.MethodPut, "http://"+admin+"/debug/faults", strings.NewReader(`{"latency":"2s"}`))
@@ -169,6 +184,21 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 		"[WARN] the service rejected requests before routing since the service started (408: 1, 431: 1)")
 	mustMatch(t, "service", svc, `(?m)^  peer_reset \(idle\)\s+1$`, `(?m)^  idle_timeout \(idle\)\s+1$`, `(?m)^  read_timeout \((new|active)\)\s+1$`)
 	mustContain(t, "summary", section(out, "Summary"), "clients left in the middle of a request", "rejected requests before routing")
+	if strings.Contains(out, "[WARN] keep-alive order") {
+		t.Errorf("keep-alive order blamed without the proxy's logs:\n%s", svc)
+	}
+
+	// The same idle close next to nginx's premature closes: the two layers
+	// are joined into one finding.
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", metricsURL, "-e", errlog)
+	checkFindings(t, out)
+	svc = section(out, "4. Service")
+	mustContain(t, "service, proxy errors and idle closes", svc,
+		"[WARN] keep-alive order: nginx lost 7 upstream connections under a request, and the service closed 1 idle connections by its own idle timeout since the service started")
+	if strings.Contains(svc, "[NOTE] 1 idle keep-alive connections") || strings.Contains(svc, "closed no connection by its idle timeout") {
+		t.Errorf("the joined finding should replace the idle-close notes:\n%s", svc)
+	}
+	mustContain(t, "summary, keep-alive order", section(out, "Summary"), "keep-alive order: nginx lost 7")
 
 	// Over an interval, only what happens meanwhile counts.
 	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "1", "-m", metricsURL)
