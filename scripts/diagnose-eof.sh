@@ -13,7 +13,8 @@ layers and prints what it found, what it means and what to do:
   1. client  - curl timing phases against a URL, and (root + tcpdump) who
                sends FIN/RST on that port
   2. proxy   - 499/502/504 and "upstream prematurely closed" / "reset by
-               peer" in nginx's access and error logs
+               peer" in nginx's access and error logs; nginx's upstream
+               keep-alive and read timeouts against the service's own
   3. kernel  - listen queue overflows, socket states (CLOSE-WAIT, TIME-WAIT),
                sysctls against the recommended values, NIC and softnet drops
 
@@ -34,10 +35,19 @@ Options:
                          seconds while probing (root and tcpdump needed)
   -a, --nginx-access F   nginx access log (combined or deploy/nginx format)
   -e, --nginx-error F    nginx error log
+  -N, --nginx-conf F     nginx configuration: best the output of nginx -T
+                         (includes expanded); a single file's includes are
+                         not followed. Its upstream keepalive_timeout and
+                         proxy_read_timeout are checked against the
+                         service's idle and write timeouts (read from
+                         --metrics, else the service's defaults);
+                         ingress-nginx proxies through one upstream_balancer
+                         with no port: leave -p out there
   -m, --metrics URL      the service's metrics (its admin port), e.g.
                          http://127.0.0.1:9090/metrics; read at the start and
                          at the end, like the kernel counters
   -p, --port PORT        only count sockets on this local or remote port
+                         (and only check nginx upstreams with a server on it)
   -i, --interval SEC     seconds between two readings of the kernel counters
                          and the service's metrics,
                          to tell "rising now" from "since boot" (default 2; 0:
@@ -48,6 +58,7 @@ Example:
   bash scripts/diagnose-eof.sh -u http://127.0.0.1:8080/api/v1/ping \
     -a /var/log/nginx/access.log -e /var/log/nginx/error.log -p 8080 \
     -m http://127.0.0.1:9090/metrics
+  nginx -T > /tmp/nginx-T.txt && bash scripts/diagnose-eof.sh -N /tmp/nginx-T.txt -p 8080
 EOF
 }
 
@@ -57,6 +68,7 @@ timeout=10
 capture=0
 access_log=""
 error_log=""
+nginx_conf=""
 port=""
 metrics_url=""
 interval=2
@@ -93,6 +105,7 @@ while [[ $# -gt 0 ]]; do
 	-c | --capture) need_arg "$@" && need_int "$1" "$2" && capture=$2 && shift ;;
 	-a | --nginx-access) need_arg "$@" && access_log=$2 && shift ;;
 	-e | --nginx-error) need_arg "$@" && error_log=$2 && shift ;;
+	-N | --nginx-conf) need_arg "$@" && nginx_conf=$2 && shift ;;
 	-p | --port) need_arg "$@" && need_int "$1" "$2" && port=$2 && shift ;;
 	-m | --metrics) need_arg "$@" && metrics_url=$2 && shift ;;
 	-i | --interval) need_arg "$@" && need_int "$1" "$2" && interval=$2 && shift ;;
@@ -398,7 +411,7 @@ if [[ -n $capture_pid ]]; then
 fi
 
 # ---------------------------------------------------------------- proxy
-section "2. Proxy: nginx logs"
+section "2. Proxy: nginx logs and configuration"
 
 if [[ -z $access_log ]]; then
 	skip "no --nginx-access given: 499/502/504 not counted"
@@ -494,6 +507,133 @@ else
 	fi
 	if ((premature + reset + pipe + refused + timedout + nolive + fds + workers == 0)); then
 		finding OK "no upstream connection errors in the error log"
+	fi
+fi
+
+# nginx's configuration: the keep-alive race is decided by two settings on
+# two sides, nginx's upstream keepalive_timeout and the service's idle
+# timeout. Checked here before any request has to fail on it.
+if [[ -z $nginx_conf ]]; then
+	skip "no --nginx-conf given: nginx's upstream timeouts not checked (nginx -T > file; -N file)"
+elif [[ ! -r $nginx_conf ]]; then
+	skip "cannot read $nginx_conf"
+else
+	# The service's timeouts: its own metrics if given, else its defaults.
+	svc_idle=75 svc_write=30 svc_src="the service's defaults (pass --metrics to read the instance's)"
+	if [[ -s $work/metrics.1 ]] && grep -q '^http_server_timeout_seconds{' "$work/metrics.1"; then
+		svc_idle=$(awk '/^http_server_timeout_seconds\{.*timeout="idle"/ { print $2 }' "$work/metrics.1")
+		svc_write=$(awk '/^http_server_timeout_seconds\{.*timeout="write"/ { print $2 }' "$work/metrics.1")
+		svc_src="$metrics_url"
+	fi
+	# One line per upstream ("U name keepalive timeout-seconds servers"),
+	# then "H11 n" (proxy_http_version 1.1 directives), "CONN n" (proxy_set_header
+	# Connection "" directives), "PRT seconds" (the shortest proxy_read_timeout,
+	# nginx's 60s default when none is set) and "INC n" (include directives).
+	# Quote-aware: a ';' or '{' inside a quoted header value is not syntax.
+	awk -v port="$port" '
+		function secs(t,   total, n, u) {
+			if (t !~ /^([0-9]+(ms|s|m|h|d|w|M|y)?)+$/) return -1
+			total = 0
+			while (match(t, /^[0-9]+/)) {
+				n = substr(t, 1, RLENGTH) + 0; t = substr(t, RLENGTH + 1)
+				u = ""
+				if (match(t, /^(ms|s|m|h|d|w|M|y)/)) { u = substr(t, 1, RLENGTH); t = substr(t, RLENGTH + 1) }
+				if (u == "ms") total += n / 1000
+				else if (u == "" || u == "s") total += n
+				else if (u == "m") total += n * 60
+				else if (u == "h") total += n * 3600
+				else if (u == "d") total += n * 86400
+				else if (u == "w") total += n * 604800
+				else if (u == "M") total += n * 2592000
+				else total += n * 31536000
+			}
+			return total
+		}
+		function word(w) { if (w != "" || quoted) { words[++nw] = w; quoted = 0 } }
+		function statement(end,   i, name) {
+			if (nw == 0) return
+			if (end == "{") {
+				stack[++depth] = words[1]
+				if (words[1] == "upstream") { up = words[2]; ups[up] = 1; order[++nups] = up; timeout[up] = 60 }
+			} else if (depth > 0 && stack[depth] == "upstream") {
+				if (words[1] == "keepalive") keep[up] = words[2]
+				else if (words[1] == "keepalive_timeout") timeout[up] = secs(words[2])
+				else if (words[1] == "server") servers[up] = servers[up] (servers[up] == "" ? "" : ",") words[2]
+			} else if (words[1] == "proxy_http_version" && words[2] == "1.1") h11++
+			else if (words[1] == "proxy_set_header" && tolower(words[2]) == "connection" && words[3] == "") conn++
+			else if (words[1] == "proxy_read_timeout") { t = secs(words[2]); if (t >= 0 && (prt == "" || t < prt)) prt = t }
+			else if (words[1] == "include") inc++
+			nw = 0
+		}
+		{
+			line = $0 "\n"
+			for (i = 1; i <= length(line); i++) {
+				c = substr(line, i, 1)
+				if (q != "") {
+					if (c == "\\") { cur = cur substr(line, i + 1, 1); i++ }
+					else if (c == q) { q = "" }
+					else cur = cur c
+					continue
+				}
+				if (c == "#" && cur == "") { word(cur); cur = ""; break }
+				if (c == "\"" || c == "\047") { q = c; quoted = 1; continue }
+				if (c == " " || c == "\t" || c == "\n" || c == "\r") { word(cur); cur = ""; continue }
+				if (c == ";" || c == "{") { word(cur); cur = ""; statement(c); nw = 0; continue }
+				if (c == "}") { word(cur); cur = ""; nw = 0; if (depth > 0) depth--; continue }
+				cur = cur c
+			}
+		}
+		END {
+			for (i = 1; i <= nups; i++) {
+				u = order[i]
+				if (port != "" && servers[u] !~ (":" port "($|[ ,])")) continue
+				printf "U %s %s %s %s\n", u, (u in keep) ? keep[u] : "none", timeout[u], servers[u] == "" ? "-" : servers[u]
+			}
+			printf "H11 %d\nCONN %d\nPRT %s\nINC %d\n", h11, conn, prt == "" ? 60 : prt, inc
+		}' "$nginx_conf" >"$work/nginx-conf"
+	h11=$(awk '$1 == "H11" { print $2 }' "$work/nginx-conf")
+	conn_cleared=$(awk '$1 == "CONN" { print $2 }' "$work/nginx-conf")
+	prt=$(awk '$1 == "PRT" { print $2 }' "$work/nginx-conf")
+	includes=$(awk '$1 == "INC" { print $2 }' "$work/nginx-conf")
+	nups=$(grep -c '^U ' "$work/nginx-conf" || true)
+	echo "-- $nginx_conf: $nups upstream(s)${port:+ with a server on port $port}; the service's idle timeout ${svc_idle}s, write timeout ${svc_write}s, from $svc_src"
+	# lt A B: A < B for decimal seconds.
+	lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 < b + 0) }'; }
+	keepalive_ups=0
+	while read -r _ name keepalive kt servers; do
+		if [[ $keepalive == none ]]; then
+			finding NOTE "upstream $name ($servers) keeps no connections alive" \
+				"Without a keepalive directive nginx opens a new connection to the service for every request: no keep-alive race, but a TCP handshake per request and TIME_WAIT sockets piling up on nginx's side (port exhaustion under load)." \
+				"Add keepalive N (e.g. 64) to the upstream, with keepalive_timeout below the service's idle timeout (deploy/nginx/nginx.conf)."
+			continue
+		fi
+		keepalive_ups=$((keepalive_ups + 1))
+		if [[ $kt == -1 ]]; then
+			finding NOTE "upstream $name: keepalive_timeout not understood, not checked"
+		elif ! lt "$kt" "$svc_idle"; then
+			finding WARN "upstream $name ($servers) keeps idle connections for ${kt}s, not less than the service's idle timeout ${svc_idle}s" \
+				"The keep-alive race: the service closes a kept-alive connection as idle at the moment nginx reuses it for a request. nginx logs 'upstream prematurely closed' or 'reset by peer'; GETs are retried, POSTs answered 502. The shorter idle timeout must be nginx's." \
+				"Set keepalive_timeout in upstream $name below ${svc_idle}s (reference: 60s against 75s, deploy/nginx/nginx.conf), or raise HTTP_IDLE_TIMEOUT above ${kt}s."
+		else
+			finding OK "upstream $name ($servers): keepalive_timeout ${kt}s is below the service's idle timeout ${svc_idle}s"
+		fi
+	done < <(grep '^U ' "$work/nginx-conf")
+	if ((keepalive_ups > 0 && (h11 == 0 || conn_cleared == 0))); then
+		finding WARN "upstream keep-alive is configured but nginx may not use it (proxy_http_version 1.1: $h11, proxy_set_header Connection \"\": $conn_cleared)" \
+			"nginx talks HTTP/1.0 to upstreams and sends 'Connection: close' unless a location sets proxy_http_version 1.1 and clears the Connection header: every request then costs a new connection, whatever the keepalive directive says." \
+			"In every location that proxies to the service: proxy_http_version 1.1; proxy_set_header Connection \"\"; (deploy/nginx/nginx.conf)."
+	fi
+	if ((nups > 0)) && ! lt "$svc_write" "$prt"; then
+		finding WARN "nginx waits ${prt}s for an upstream response (the shortest proxy_read_timeout), not more than the service's write timeout ${svc_write}s" \
+			"nginx can give up on a request the service is still serving: the caller gets 504 and the service logs 499 (client gone). The service's own timeouts should fire first, so the caller gets its answer (a fallback, a 503) instead." \
+			"Raise proxy_read_timeout above ${svc_write}s, or lower HTTP_WRITE_TIMEOUT and the dependency timeouts below it."
+	fi
+	if ((nups == 0)); then
+		if ((includes > 0)); then
+			skip "no upstream block${port:+ with a server on port $port} in $nginx_conf, which has $includes include(s): pass the output of nginx -T"
+		else
+			skip "no upstream block${port:+ with a server on port $port} in $nginx_conf"
+		fi
 	fi
 fi
 
@@ -808,12 +948,13 @@ else
 				"A response took longer than HTTP_WRITE_TIMEOUT to produce or send: the client gets a truncated body or EOF with no status, while the access line may say 200." \
 				"The service's 'connection closed' log lines with reason write_timeout name the request_id and route. Raise HTTP_WRITE_TIMEOUT above the slowest legitimate response, or make the handler's own deadline shorter so it answers with an error in time."
 		fi
+		idle_s=$(awk '/^http_server_timeout_seconds\{.*timeout="idle"/ { print $2 }' "$work/metrics.2")
 		if ((idle > 0 && proxy_died > 0)); then
 			# Both sides of the same race: nginx wrote a request onto an
 			# idle upstream connection the service was closing.
 			finding WARN "keep-alive order: nginx lost $proxy_died upstream connections under a request, and the service closed $idle idle connections by its own idle timeout $span" \
 				"The two layers describe the same race: the service closed a kept-alive connection as idle (HTTP_IDLE_TIMEOUT) at the moment nginx reused it for a request, so nginx logged 'upstream prematurely closed' or 'reset by peer' and answered 502 (POST) or retried (GET). nginx's upstream keepalive_timeout is not shorter than the service's idle timeout." \
-				"Set upstream { keepalive_timeout } below HTTP_IDLE_TIMEOUT (reference: 60s < 75s, deploy/nginx/nginx.conf); on ingress-nginx, upstream-keepalive-timeout; behind a cloud load balancer, its idle timeout below HTTP_IDLE_TIMEOUT."
+				"Set upstream { keepalive_timeout } below HTTP_IDLE_TIMEOUT (${idle_s:-?}s on this instance; reference: 60s < 75s, deploy/nginx/nginx.conf); on ingress-nginx, upstream-keepalive-timeout; behind a cloud load balancer, its idle timeout below HTTP_IDLE_TIMEOUT. --nginx-conf checks the setting."
 		elif ((idle > 0)); then
 			finding NOTE "$idle idle keep-alive connections were closed by the service's idle timeout $span" \
 				"Normal housekeeping. It causes EOF/502 only if a client or proxy sends a request on a connection at the moment the service closes it: their idle timeout must be shorter than the service's HTTP_IDLE_TIMEOUT." \

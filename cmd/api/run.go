@@ -269,6 +269,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// counters and rate-limited structured lines; connection states and who
 	// closed each connection are measured on the listener.
 	public.ErrorLog = observability.ServerErrorLog(logger, reg)
+	observability.ServerTimeouts(reg, public)
 	public.ConnState = connMetrics.ConnState
 	public.ConnContext = connMetrics.ConnContext // close lines name the request a connection broke on
 	rawLn, err := net.Listen("tcp", cfg.HTTPAddr)

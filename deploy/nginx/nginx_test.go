@@ -340,6 +340,7 @@ func startAPI(t *testing.T, idle time.Duration) service {
 
 type proxy struct {
 	url       string
+	conf      string
 	errorLog  string
 	accessLog string
 }
@@ -402,7 +403,7 @@ func startNginx(t *testing.T, upstream string, upstreamKeepalive time.Duration) 
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return proxy{url: "http://" + p.Listen, errorLog: p.ErrorLog, accessLog: p.AccessLog}
+	return proxy{url: "http://" + p.Listen, conf: conf, errorLog: p.ErrorLog, accessLog: p.AccessLog}
 }
 
 func ms(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) + "ms" }
@@ -535,16 +536,16 @@ func (o *outcome) readLogs(t *testing.T, px proxy) {
 	}
 }
 
-// diagnose runs scripts/diagnose-eof.sh on the logs nginx wrote and on the
-// service's metrics, and returns its proxy and service sections: the script
-// must read real nginx output and the real service's metrics, not only the
-// samples of its own tests.
+// diagnose runs scripts/diagnose-eof.sh on the configuration and logs of
+// nginx and on the service's metrics, and returns its proxy and service
+// sections: the script must read real nginx input and output and the real
+// service's metrics, not only the samples of its own tests.
 func diagnose(t *testing.T, px proxy, api service) (proxySection, serviceSection string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", filepath.Join("scripts", "diagnose-eof.sh"),
-		"-a", px.accessLog, "-e", px.errorLog, "-m", "http://"+api.admin+"/metrics", "-i", "0")
+		"-a", px.accessLog, "-e", px.errorLog, "-N", px.conf, "-m", "http://"+api.admin+"/metrics", "-i", "0")
 	cmd.Dir = filepath.Join("..", "..")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -616,6 +617,9 @@ func TestKeepaliveOrder(t *testing.T) {
 				t.Errorf("diagnose-eof.sh on the clean logs: missing %q in\n%s", want, report)
 			}
 		}
+		if !strings.Contains(report, "keepalive_timeout 0.5s is below the service's idle timeout 0.75s") {
+			t.Errorf("diagnose-eof.sh did not pass the keep-alive order of the configurations:\n%s", report)
+		}
 		// In this order nginx closes every idle upstream connection
 		// first: the service sees its peer leave, and never times one out.
 		if !regexp.MustCompile(`(?m)^  peer_closed \(idle\)\s+[1-9]`).MatchString(svc) {
@@ -657,6 +661,9 @@ func TestKeepaliveOrder(t *testing.T) {
 		want := fmt.Sprintf("upstream connections died under a request (prematurely closed: %d, reset by peer: ", o.premature)
 		if o.premature+o.reset > 0 && !strings.Contains(report, want) {
 			t.Errorf("diagnose-eof.sh missed the premature closes: want %q in\n%s", want, report)
+		}
+		if !strings.Contains(report, "keeps idle connections for 0.75s, not less than the service's idle timeout 0.5s") {
+			t.Errorf("diagnose-eof.sh did not flag the keep-alive order of the configurations:\n%s", report)
 		}
 		// The service's own metrics name the other side of the race: it
 		// closed idle connections nginx was about to reuse, and the

@@ -118,6 +118,36 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 	return m
 }
 
+// ServerTimeouts registers http_server_timeout_seconds{timeout}: the read
+// header, read, write and idle timeouts srv enforces (0: none), as set when
+// it is called. The EOF diagnosis compares them with the timeouts of the
+// proxy in front (scripts/diagnose-eof.sh): its upstream keep-alive must
+// end before the idle timeout, its read timeout after the write timeout.
+func ServerTimeouts(reg prometheus.Registerer, srv *http.Server) {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "http_server_timeout_seconds",
+		Help: "The public server's timeouts in force: read_header, read, write and idle (the keep-alive idle timeout); 0 means none.",
+	}, []string{"timeout"})
+	// net/http falls back to the read timeout for these two when they are 0.
+	header, idle := srv.ReadHeaderTimeout, srv.IdleTimeout
+	if header == 0 {
+		header = srv.ReadTimeout
+	}
+	if idle == 0 {
+		idle = srv.ReadTimeout
+	}
+	for _, t := range []struct {
+		name string
+		d    time.Duration
+	}{
+		{"read_header", header}, {"read", srv.ReadTimeout},
+		{"write", srv.WriteTimeout}, {"idle", idle},
+	} {
+		g.WithLabelValues(t.name).Set(max(t.d, 0).Seconds())
+	}
+	reg.MustRegister(g)
+}
+
 // Connections returns the number of open connections in state s (New,
 // Active, Idle or Hijacked).
 func (m *ConnMetrics) Connections(s http.ConnState) int64 { return m.gauges[s].Load() }

@@ -490,3 +490,41 @@ func stalledHeadersGet408(t *testing.T, stalled string) {
 			testutil.ToFloat64(cs.m.rejected.WithLabelValues("400")) == 0
 	}, cs.dump)
 }
+
+// TestServerTimeouts exports the timeouts net/http enforces, its fallbacks
+// included: a zero read-header or idle timeout means the read timeout.
+func TestServerTimeouts(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		srv  *http.Server
+		want string
+	}{
+		{"all set", &http.Server{ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 45 * time.Second, IdleTimeout: 75 * time.Second},
+			`idle 75 read 30 read_header 5 write 45`},
+		{"fallbacks", &http.Server{ReadTimeout: 30 * time.Second, WriteTimeout: 1500 * time.Millisecond},
+			`idle 30 read 30 read_header 30 write 1.5`},
+		{"none", &http.Server{IdleTimeout: -1},
+			`idle 0 read 0 read_header 0 write 0`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			ServerTimeouts(reg, tc.srv)
+			mfs, err := reg.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, mf := range mfs {
+				if mf.GetName() != "http_server_timeout_seconds" {
+					continue
+				}
+				for _, m := range mf.GetMetric() {
+					got = append(got, m.GetLabel()[0].GetValue(), strconv.FormatFloat(m.GetGauge().GetValue(), 'f', -1, 64))
+				}
+			}
+			if s := strings.Join(got, " "); s != tc.want {
+				t.Errorf("got %q, want %q", s, tc.want)
+			}
+		})
+	}
+}

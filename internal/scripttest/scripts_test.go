@@ -804,3 +804,88 @@ func TestBenchHTTPBadArguments(t *testing.T) {
 		}
 	}
 }
+
+// confSample is an nginx -T excerpt with what the configuration check must
+// read through: comments, quoted values holding ';' and '{', nested blocks,
+// combined time units, an upstream without keep-alive, and an http-level
+// keepalive_timeout (the clients' side, not an upstream's).
+const confSample = `# configuration file /etc/nginx/nginx.conf:
+http {
+    keepalive_timeout 30s; # clients, not upstreams
+    add_header Content-Security-Policy "default-src 'self'; frame-ancestors {none}" always;
+    upstream slow_to_close {
+        server 10.0.0.1:8080 max_fails=3;
+        server 10.0.0.2:8080;
+        keepalive 32;
+        keepalive_timeout 1m30s;
+    }
+    upstream fresh_each_time {
+        server 10.0.0.3:9000;
+    }
+    upstream quick {
+        server 10.0.0.4:7000; keepalive 8; keepalive_timeout 2500ms;
+    }
+    server {
+        listen 80;
+        location / { proxy_pass http://slow_to_close; proxy_read_timeout 20s; }
+        location /b { proxy_pass http://quick; }
+    }
+}
+`
+
+// TestDiagnoseNginxConf checks nginx's upstream timeouts against the
+// service's: the reference configuration passes, the sample's mistakes are
+// each named, and -p narrows the check to the service's upstreams.
+func TestDiagnoseNginxConf(t *testing.T) {
+	out, code := script(t, nil, "diagnose-eof.sh", "-i", "0", "-N", filepath.Join(repoRoot(t), "deploy", "nginx", "nginx.conf"))
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	checkFindings(t, out)
+	proxy := section(out, "2. Proxy")
+	mustContain(t, "reference", proxy,
+		"1 upstream(s); the service's idle timeout 75s, write timeout 30s, from the service's defaults",
+		"[OK] upstream api (127.0.0.1:8080): keepalive_timeout 60s is below the service's idle timeout 75s")
+	if strings.Contains(proxy, "[WARN]") || strings.Contains(proxy, "[NOTE]") {
+		t.Errorf("the reference configuration has findings:\n%s", proxy)
+	}
+
+	conf := filepath.Join(t.TempDir(), "nginx-T.txt")
+	if err := os.WriteFile(conf, []byte(confSample), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code = script(t, nil, "diagnose-eof.sh", "-i", "0", "-N", conf)
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	checkFindings(t, out)
+	proxy = section(out, "2. Proxy")
+	mustContain(t, "sample", proxy,
+		"3 upstream(s);",
+		"[WARN] upstream slow_to_close (10.0.0.1:8080,10.0.0.2:8080) keeps idle connections for 90s, not less than the service's idle timeout 75s",
+		"[NOTE] upstream fresh_each_time (10.0.0.3:9000) keeps no connections alive",
+		"[OK] upstream quick (10.0.0.4:7000): keepalive_timeout 2.5s is below the service's idle timeout 75s",
+		`[WARN] upstream keep-alive is configured but nginx may not use it (proxy_http_version 1.1: 0, proxy_set_header Connection "": 0)`,
+		"[WARN] nginx waits 20s for an upstream response (the shortest proxy_read_timeout), not more than the service's write timeout 30s")
+	mustContain(t, "summary", section(out, "Summary"), "keeps idle connections for 90s")
+
+	// Only the upstreams with a server on the given port.
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-N", conf, "-p", "7000")
+	proxy = section(out, "2. Proxy")
+	mustContain(t, "port", proxy, "1 upstream(s) with a server on port 7000;", "[OK] upstream quick")
+	if strings.Contains(proxy, "slow_to_close") || strings.Contains(proxy, "fresh_each_time") {
+		t.Errorf("-p 7000 checked other upstreams:\n%s", proxy)
+	}
+
+	// A file that only includes others, and one that cannot be read.
+	inc := filepath.Join(t.TempDir(), "nginx.conf")
+	if err := os.WriteFile(inc, []byte("http {\n    include /etc/nginx/conf.d/*.conf;\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-N", inc)
+	mustContain(t, "includes", section(out, "2. Proxy"), "[SKIP] no upstream block in "+inc+", which has 1 include(s): pass the output of nginx -T")
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-N", inc+".missing")
+	mustContain(t, "missing", section(out, "2. Proxy"), "[SKIP] cannot read "+inc+".missing")
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0")
+	mustContain(t, "not given", section(out, "2. Proxy"), "[SKIP] no --nginx-conf given")
+}

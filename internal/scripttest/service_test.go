@@ -85,6 +85,14 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 	svc := section(out, "4. Service")
 	mustContain(t, "service, clean", svc,
 		"[OK] no connection was reset, timed out or left mid-request since the service started")
+	// The reference nginx configuration against this instance's timeouts,
+	// read from its metrics: its 300ms idle timeout loses the race.
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", metricsURL, "-N", filepath.Join(repoRoot(t), "deploy", "nginx", "nginx.conf"))
+	checkFindings(t, out)
+	mustContain(t, "proxy conf against the instance", section(out, "2. Proxy"),
+		"the service's idle timeout 0.3s, write timeout 30s, from "+metricsURL,
+		"[WARN] upstream api (127.0.0.1:8080) keeps idle connections for 60s, not less than the service's idle timeout 0.3s")
+
 	// nginx's error log says upstream connections died, the service closed
 	// none as idle: the keep-alive order is ruled out, and said so.
 	errlog := filepath.Join(t.TempDir(), "error.log")
