@@ -554,6 +554,7 @@ else
 			if (nw == 0) return
 			if (end == "{") {
 				stack[++depth] = words[1]
+				if (words[1] ~ /_by_lua_block$/) lua++
 				if (words[1] == "upstream") { up = words[2]; ups[up] = 1; order[++nups] = up; timeout[up] = 60 }
 			} else if (depth > 0 && stack[depth] == "upstream") {
 				if (words[1] == "keepalive") keep[up] = words[2]
@@ -575,11 +576,14 @@ else
 					else cur = cur c
 					continue
 				}
-				if (c == "#" && cur == "") { word(cur); cur = ""; break }
+				# Lua (ingress-nginx *_by_lua_block): "--" starts a comment and
+				# "#" is an operator; elsewhere "#" starts one.
+				if (lua > 0 && c == "-" && substr(line, i + 1, 1) == "-") { word(cur); cur = ""; break }
+				if (lua == 0 && c == "#" && cur == "") { word(cur); cur = ""; break }
 				if (c == "\"" || c == "\047") { q = c; quoted = 1; continue }
 				if (c == " " || c == "\t" || c == "\n" || c == "\r") { word(cur); cur = ""; continue }
 				if (c == ";" || c == "{") { word(cur); cur = ""; statement(c); nw = 0; continue }
-				if (c == "}") { word(cur); cur = ""; nw = 0; if (depth > 0) depth--; continue }
+				if (c == "}") { word(cur); cur = ""; nw = 0; if (depth > 0) { if (stack[depth] ~ /_by_lua_block$/) lua--; depth-- }; continue }
 				cur = cur c
 			}
 		}

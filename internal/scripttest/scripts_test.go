@@ -829,6 +829,20 @@ http {
         listen 80;
         location / { proxy_pass http://slow_to_close; proxy_read_timeout 20s; }
         location /b { proxy_pass http://quick; }
+        location /lua {
+            # ingress-nginx renders Lua like this: "--" comments that may
+            # hold quotes or braces, and "#" as Lua's length operator.
+            rewrite_by_lua_block {
+                -- don't count { this
+                local t = { "a", "b" }
+                if #t > 1 then ngx.var.x = "}" end
+            }
+            proxy_pass http://quick;
+        }
+    }
+    upstream after_lua {
+        server 10.0.0.5:6000;
+        keepalive 4;
     }
 }
 `
@@ -861,10 +875,11 @@ func TestDiagnoseNginxConf(t *testing.T) {
 	checkFindings(t, out)
 	proxy = section(out, "2. Proxy")
 	mustContain(t, "sample", proxy,
-		"3 upstream(s);",
+		"4 upstream(s);",
 		"[WARN] upstream slow_to_close (10.0.0.1:8080,10.0.0.2:8080) keeps idle connections for 90s, not less than the service's idle timeout 75s",
 		"[NOTE] upstream fresh_each_time (10.0.0.3:9000) keeps no connections alive",
 		"[OK] upstream quick (10.0.0.4:7000): keepalive_timeout 2.5s is below the service's idle timeout 75s",
+		"[OK] upstream after_lua (10.0.0.5:6000): keepalive_timeout 60s is below the service's idle timeout 75s",
 		`[WARN] upstream keep-alive is configured but nginx may not use it (proxy_http_version 1.1: 0, proxy_set_header Connection "": 0)`,
 		"[WARN] nginx waits 20s for an upstream response (the shortest proxy_read_timeout), not more than the service's write timeout 30s")
 	mustContain(t, "summary", section(out, "Summary"), "keeps idle connections for 90s")
