@@ -521,17 +521,25 @@ else
 	# The service's timeouts: its own metrics if given, else its defaults.
 	svc_idle=75 svc_write=30 svc_src="the service's defaults (pass --metrics to read the instance's)"
 	if [[ -s $work/metrics.1 ]] && grep -q '^http_server_timeout_seconds{' "$work/metrics.1"; then
-		svc_idle=$(awk '/^http_server_timeout_seconds\{.*timeout="idle"/ { print $2 }' "$work/metrics.1")
-		svc_write=$(awk '/^http_server_timeout_seconds\{.*timeout="write"/ { print $2 }' "$work/metrics.1")
+		svc_idle=$(awk '/^http_server_timeout_seconds\{.*timeout="idle"/ { print $2 + 0 }' "$work/metrics.1")
+		svc_write=$(awk '/^http_server_timeout_seconds\{.*timeout="write"/ { print $2 + 0 }' "$work/metrics.1")
+		svc_idle=${svc_idle:-75} svc_write=${svc_write:-30}
 		svc_src="$metrics_url"
 	fi
-	# One line per upstream ("U name keepalive timeout-seconds servers"),
-	# then "H11 n" (proxy_http_version 1.1 directives), "CONN n" (proxy_set_header
-	# Connection "" directives), "PRT seconds" (the shortest proxy_read_timeout,
-	# nginx's 60s default when none is set) and "INC n" (include directives).
-	# Quote-aware: a ';' or '{' inside a quoted header value is not syntax.
+	# The configuration as nginx reads it: an nginx -T dump is split into
+	# its files and each include is expanded where it stands; stream {}
+	# (TCP) is left out; Lua blocks (ingress-nginx) are skipped. Then, for
+	# every location that proxy_passes, the settings in force there, with
+	# nginx's inheritance (a level that sets any proxy_set_header inherits
+	# none). Output, tab-separated:
+	#   U name keepalive overridden-by timeout servers locations not-kept
+	#     first-not-kept shortest-read-timeout its-location
+	#   D address locations shortest-read-timeout its-location
+	#   META includes is-dump
+	# Quote-aware: a ';' or '{' inside a quoted value is not syntax.
 	awk -v port="$port" '
 		function secs(t,   total, n, u) {
+			gsub(/[ \t]+/, "", t) # nginx takes "1m 30s" too
 			if (t !~ /^([0-9]+(ms|s|m|h|d|w|M|y)?)+$/) return -1
 			total = 0
 			while (match(t, /^[0-9]+/)) {
@@ -549,94 +557,254 @@ else
 			}
 			return total
 		}
+		# glob2re: an include pattern (fnmatch: * ? [...]) as an anchored regex.
+		function glob2re(g,   r, i, c) {
+			r = "^"
+			for (i = 1; i <= length(g); i++) {
+				c = substr(g, i, 1)
+				if (c == "*") r = r "[^/]*"
+				else if (c == "?") r = r "[^/]"
+				else if (c == "[" || c == "]") r = r c
+				else if (index("\\^$.|+(){}", c)) r = r "\\" c
+				else r = r c
+			}
+			return r "$"
+		}
+		# portof: the port of a server or proxy_pass address ("" for unix:).
+		function portof(a, dflt) {
+			if (a ~ /^unix:/) return ""
+			if (a ~ /^\[/) return match(a, /\]:[0-9]+$/) ? substr(a, RSTART + 2) + 0 : dflt
+			return match(a, /:[0-9]+$/) ? substr(a, RSTART + 1) + 0 : dflt
+		}
+		function in_stream(   f) { for (f = cf; f > 0; f = parent[f]) if (name[f] == "stream") return 1; return 0 }
 		function word(w) { if (w != "" || quoted) { words[++nw] = w; quoted = 0 } }
-		function statement(end,   i, name) {
-			if (nw == 0) return
-			if (end == "{") {
-				stack[++depth] = words[1]
-				if (words[1] ~ /_by_lua_block$/) lua++
-				if (words[1] == "upstream") { up = words[2]; ups[up] = 1; order[++nups] = up; timeout[up] = 60 }
-			} else if (depth > 0 && stack[depth] == "upstream") {
-				if (words[1] == "keepalive") keep[up] = words[2]
-				else if (words[1] == "keepalive_timeout") timeout[up] = secs(words[2])
-				else if (words[1] == "server") servers[up] = servers[up] (servers[up] == "" ? "" : ",") words[2]
-			} else if (words[1] == "proxy_http_version" && words[2] == "1.1") h11++
-			else if (words[1] == "proxy_set_header" && tolower(words[2]) == "connection" && words[3] == "") conn++
-			else if (words[1] == "proxy_read_timeout") { t = secs(words[2]); if (t >= 0 && (prt == "" || t < prt)) prt = t }
-			else if (words[1] == "include") inc++
+		function open_block(   f) {
+			# Every "{" opens a frame, even an empty statement (Lua "{{"),
+			# so every "}" closes its own.
+			f = ++nf; parent[f] = cf; name[f] = nw ? words[1] : ""
+			if (name[f] ~ /_by_lua_block$/) {
+				if (lua == 0 && name[f] == "balancer_by_lua_block" && up != "" && (up in keep)) lbafter[up] = name[f]
+				lua++
+			} else if (lua == 0 && name[f] == "upstream") {
+				up = ""
+				if (!in_stream()) { up = words[2]; if (!(up in ups)) { ups[up] = 1; order[++nups] = up; timeout[up] = 60 } }
+			} else if (lua == 0 && name[f] == "map" && nw >= 3) mapvar[f] = words[3]
+			else if (lua == 0 && name[f] == "location") locpath[f] = words[nw]
+			cf = f
 			nw = 0
 		}
-		{
-			line = $0 "\n"
+		function close_block() {
+			nw = 0
+			if (cf == 0) return
+			if (name[cf] ~ /_by_lua_block$/) lua--
+			else if (name[cf] == "upstream") up = ""
+			cf = parent[cf]
+		}
+		function directive(   d, t, pat, re, n, f) {
+			if (nw == 0 || lua > 0) { nw = 0; return }
+			d = words[1]
+			if (d == "include") {
+				inc++
+				if (nparts > 1) {
+					# An nginx -T dump: expand the include from the files
+					# it holds (absolute paths; relative ones are relative
+					# to the main file'"'"'s directory).
+					pat = words[2]; nw = 0
+					if (pat !~ /^\//) pat = confdir "/" pat
+					re = glob2re(pat)
+					for (n = 1; n <= nparts; n++) { f = part[n]; if (f ~ re && !(f in feeding)) { feeding[f] = 1; feed(f); delete feeding[f] } }
+				}
+				nw = 0
+				return
+			}
+			if (in_stream()) { nw = 0; return }
+			if (name[cf] == "upstream") {
+				if (up != "") {
+					if (d == "keepalive") { keep[up] = words[2]; delete lbafter[up] }
+					else if (d == "keepalive_timeout") timeout[up] = secs(words[2])
+					else if (d == "server") servers[up] = servers[up] (servers[up] == "" ? "" : " ") words[2]
+					else if (d ~ /^(least_conn|ip_hash|hash|random|least_time|sticky|ntlm|balancer_by_lua_file)$/ && (up in keep)) lbafter[up] = d
+				}
+			} else if (name[cf] == "map") {
+				if (words[1] == "" && nw >= 2 && (cf in mapvar)) { mapset[mapvar[cf]] = 1; mapempty[mapvar[cf]] = words[2] }
+			} else if (d == "proxy_http_version") h11[cf] = words[2]
+			else if (d == "proxy_set_header") {
+				hdr[cf] = 1
+				if (tolower(words[2]) == "connection") connval[cf] = words[3]
+			} else if (d == "proxy_read_timeout") { t = secs(words[2]); if (t >= 0) prt[cf] = t }
+			else if (d == "proxy_pass") pass[cf] = words[2]
+			nw = 0
+		}
+		function scan(line,   i, c, rest) {
+			line = line "\n"
 			for (i = 1; i <= length(line); i++) {
 				c = substr(line, i, 1)
+				if (lbclose != "") {
+					# In a Lua long string or comment: skip to its end.
+					rest = index(substr(line, i), lbclose)
+					if (rest == 0) return
+					i += rest + length(lbclose) - 2; lbclose = ""
+					continue
+				}
 				if (q != "") {
 					if (c == "\\") { cur = cur substr(line, i + 1, 1); i++ }
-					else if (c == q) { q = "" }
+					else if (c == q) q = ""
 					else cur = cur c
 					continue
 				}
-				# Lua (ingress-nginx *_by_lua_block): "--" starts a comment and
-				# "#" is an operator; elsewhere "#" starts one.
-				if (lua > 0 && c == "-" && substr(line, i + 1, 1) == "-") { word(cur); cur = ""; break }
-				if (lua == 0 && c == "#" && cur == "") { word(cur); cur = ""; break }
+				if (lua > 0) {
+					# Lua: [[...]], [==[...]==], --[[...]] and "--" comments;
+					# "#" is an operator there.
+					rest = substr(line, i)
+					if (match(rest, /^(--)?\[=*\[/)) {
+						lbclose = substr(rest, 1, RLENGTH); sub(/^--/, "", lbclose); gsub(/\[/, "]", lbclose)
+						word(cur); cur = ""; i += RLENGTH - 1
+						continue
+					}
+					if (c == "-" && substr(line, i + 1, 1) == "-") { word(cur); cur = ""; return }
+				} else if (c == "#" && cur == "") { word(cur); cur = ""; return }
 				if (c == "\"" || c == "\047") { q = c; quoted = 1; continue }
 				if (c == " " || c == "\t" || c == "\n" || c == "\r") { word(cur); cur = ""; continue }
-				if (c == ";" || c == "{") { word(cur); cur = ""; statement(c); nw = 0; continue }
-				if (c == "}") { word(cur); cur = ""; nw = 0; if (depth > 0) { if (stack[depth] ~ /_by_lua_block$/) lua--; depth-- }; continue }
+				if (c == ";") { word(cur); cur = ""; directive(); continue }
+				if (c == "{") { word(cur); cur = ""; open_block(); continue }
+				if (c == "}") { word(cur); cur = ""; close_block(); continue }
 				cur = cur c
 			}
 		}
+		function feed(f,   n) { for (n = 1; n <= cnt[f]; n++) scan(text[f, n]) }
+		function eff_h11(f) { for (; f > 0; f = parent[f]) if (f in h11) return h11[f]; return "1.0" }
+		function eff_prt(f) { for (; f > 0; f = parent[f]) if (f in prt) return prt[f]; return 60 }
+		# kept: the location sends HTTP/1.1 without "Connection: close".
+		function kept(f,   v) {
+			if (eff_h11(f) != "1.1") return 0
+			for (; f > 0; f = parent[f]) {
+				if (!(f in hdr)) continue
+				if (!(f in connval)) return 0 # this level'"'"'s headers replace the inherited ones: nginx sends "close"
+				v = connval[f]
+				return v == "" || ((v in mapset) && mapempty[v] == "")
+			}
+			return 0 # nginx'"'"'s default: Connection: close
+		}
+		function where(f) { for (; f > 0; f = parent[f]) if (f in locpath) return "location " locpath[f]; return "server" }
+		{
+			# An nginx -T dump: "# configuration file PATH:" starts each file.
+			# What comes before the first (nginx -T 2>&1: its "syntax is
+			# ok" lines) is not configuration.
+			if ($0 ~ /^# configuration file .*:$/) {
+				if (!dump) nparts = 0
+				dump = 1; f = substr($0, 22, length($0) - 22); part[++nparts] = f
+				next
+			}
+			if (!dump && nparts == 0) { f = FILENAME; part[++nparts] = f }
+			if (nparts > 0) text[f, ++cnt[f]] = $0
+		}
 		END {
+			confdir = part[1]; sub(/\/[^\/]*$/, "", confdir)
+			feed(part[1])
+			for (f = 1; f <= nf; f++) {
+				if (!(f in pass)) continue
+				target = pass[f]; scheme = "http"
+				if (match(target, /^[a-z]+:\/\//)) { scheme = substr(target, 1, RLENGTH - 3); target = substr(target, RLENGTH + 1) }
+				if (target ~ /^unix:/) { sub(/:.*$/, "", target); target = "unix:" substr(pass[f], index(pass[f], "unix:") + 5) }
+				else sub(/\/.*$/, "", target)
+				if (target ~ /\$/) continue # a variable: not known before a request
+				p = eff_prt(f)
+				if (target in ups) {
+					u = target; nloc[u]++
+					if (!kept(f)) { nbad[u]++; if (!(u in badloc)) badloc[u] = where(f) }
+					if (!(u in minprt) || p < minprt[u]) { minprt[u] = p; prtloc[u] = where(f) }
+				} else {
+					if (!(target in dloc)) { dorder[++nd] = target; dport[target] = portof(target, scheme == "https" ? 443 : 80) }
+					dloc[target]++
+					if (!(target in dprt) || p < dprt[target]) { dprt[target] = p; dprtloc[target] = where(f) }
+				}
+			}
 			for (i = 1; i <= nups; i++) {
 				u = order[i]
-				if (port != "" && servers[u] !~ (":" port "($|[ ,])")) continue
-				printf "U %s %s %s %s\n", u, (u in keep) ? keep[u] : "none", timeout[u], servers[u] == "" ? "-" : servers[u]
+				if (port != "") {
+					n = split(servers[u], s, " "); hit = 0
+					for (j = 1; j <= n; j++) if (portof(s[j], 80) == port + 0) hit = 1
+					if (!hit) continue
+				}
+				printf "U\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", u, (u in keep) ? keep[u] : "none", (u in lbafter) ? lbafter[u] : "-", \
+					timeout[u], servers[u] == "" ? "-" : servers[u], nloc[u], nbad[u], (u in badloc) ? badloc[u] : "-", \
+					(u in minprt) ? minprt[u] : "-", (u in prtloc) ? prtloc[u] : "-"
 			}
-			printf "H11 %d\nCONN %d\nPRT %s\nINC %d\n", h11, conn, prt == "" ? 60 : prt, inc
+			for (i = 1; i <= nd; i++) {
+				t = dorder[i]
+				if (port != "" && dport[t] != port + 0) continue
+				printf "D\t%s\t%d\t%s\t%s\n", t, dloc[t], dprt[t], dprtloc[t]
+			}
+			printf "META\t%d\t%d\n", inc, dump
 		}' "$nginx_conf" >"$work/nginx-conf"
-	h11=$(awk '$1 == "H11" { print $2 }' "$work/nginx-conf")
-	conn_cleared=$(awk '$1 == "CONN" { print $2 }' "$work/nginx-conf")
-	prt=$(awk '$1 == "PRT" { print $2 }' "$work/nginx-conf")
-	includes=$(awk '$1 == "INC" { print $2 }' "$work/nginx-conf")
-	nups=$(grep -c '^U ' "$work/nginx-conf" || true)
+	IFS=$'\t' read -r _ includes dumped < <(grep '^META' "$work/nginx-conf")
+	nups=$(grep -c '^U' "$work/nginx-conf" || true)
+	ndirect=$(grep -c '^D' "$work/nginx-conf" || true)
 	echo "-- $nginx_conf: $nups upstream(s)${port:+ with a server on port $port}; the service's idle timeout ${svc_idle}s, write timeout ${svc_write}s, from $svc_src"
 	# lt A B: A < B for decimal seconds.
 	lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 < b + 0) }'; }
-	keepalive_ups=0
-	while read -r _ name keepalive kt servers; do
+	# read_timeout WHAT SECONDS WHERE: nginx must wait longer than the
+	# service takes to answer.
+	read_timeout() {
+		lt "$svc_write" "$2" && return 0
+		finding WARN "nginx waits ${2}s for a response from $1 (proxy_read_timeout, $3), not more than the service's write timeout ${svc_write}s" \
+			"nginx can give up on a request the service is still serving: the caller gets 504 and the service logs 499 (client gone). The service's own timeouts should fire first, so the caller gets its answer (a fallback, a 503) instead." \
+			"Raise proxy_read_timeout above ${svc_write}s there, or lower HTTP_WRITE_TIMEOUT and the dependency timeouts below it."
+	}
+	# Every warning and note is shown; of the upstreams in order, ten.
+	oks=0
+	ok() {
+		oks=$((oks + 1))
+		((oks <= 10)) && finding OK "$1"
+		return 0
+	}
+	while IFS=$'\t' read -r kind name keepalive lb kt servers nloc nbad badloc minprt prtloc; do
+		if [[ $kind == D ]]; then
+			# name address, then: locations, shortest read timeout, its location
+			finding NOTE "nginx proxies straight to $name ($kt; $keepalive location(s) in all), with no upstream block: no keep-alive" \
+				"Without an upstream block nginx cannot keep connections to the service: a TCP handshake per request, and TIME_WAIT sockets piling up on nginx's side (port exhaustion under load). No keep-alive race either." \
+				"Declare upstream { server $name; keepalive 64; keepalive_timeout 60s; } and proxy_pass to it (deploy/nginx/nginx.conf)."
+			read_timeout "$name" "$lb" "$kt"
+			continue
+		fi
 		if [[ $keepalive == none ]]; then
 			finding NOTE "upstream $name ($servers) keeps no connections alive" \
 				"Without a keepalive directive nginx opens a new connection to the service for every request: no keep-alive race, but a TCP handshake per request and TIME_WAIT sockets piling up on nginx's side (port exhaustion under load)." \
 				"Add keepalive N (e.g. 64) to the upstream, with keepalive_timeout below the service's idle timeout (deploy/nginx/nginx.conf)."
-			continue
-		fi
-		keepalive_ups=$((keepalive_ups + 1))
-		if [[ $kt == -1 ]]; then
-			finding NOTE "upstream $name: keepalive_timeout not understood, not checked"
+		elif [[ $lb != - ]]; then
+			finding WARN "upstream $name ($servers): $lb after keepalive switches keep-alive off" \
+				"A balancing method replaces what the directives before it set up: after keepalive, it drops the connection cache, and every request opens a new connection (nginx -t says 'load balancing method redefined')." \
+				"Put $lb before keepalive in upstream $name."
+		elif [[ $kt == -1 ]]; then
+			finding NOTE "upstream $name: keepalive_timeout not understood, not checked" \
+				"The value is not an nginx time (e.g. 60s, 1m30s, 500ms)." \
+				"Check it with nginx -t."
+		elif [[ $svc_idle == 0 ]]; then
+			ok "upstream $name ($servers): the service has no idle timeout, nginx's keepalive_timeout ${kt}s ends every idle connection"
 		elif ! lt "$kt" "$svc_idle"; then
 			finding WARN "upstream $name ($servers) keeps idle connections for ${kt}s, not less than the service's idle timeout ${svc_idle}s" \
-				"The keep-alive race: the service closes a kept-alive connection as idle at the moment nginx reuses it for a request. nginx logs 'upstream prematurely closed' or 'reset by peer'; GETs are retried, POSTs answered 502. The shorter idle timeout must be nginx's." \
+				"The keep-alive race: the service closes a kept-alive connection as idle at the moment nginx reuses it for a request. nginx logs 'upstream prematurely closed' or 'reset by peer'; GETs are retried, POSTs answered 502. The shorter idle timeout must be nginx's. (Before nginx 1.15.3 an upstream has no keepalive_timeout: it keeps idle connections until the service closes them.)" \
 				"Set keepalive_timeout in upstream $name below ${svc_idle}s (reference: 60s against 75s, deploy/nginx/nginx.conf), or raise HTTP_IDLE_TIMEOUT above ${kt}s."
 		else
-			finding OK "upstream $name ($servers): keepalive_timeout ${kt}s is below the service's idle timeout ${svc_idle}s"
+			ok "upstream $name ($servers): keepalive_timeout ${kt}s is below the service's idle timeout ${svc_idle}s"
 		fi
-	done < <(grep '^U ' "$work/nginx-conf")
-	if ((keepalive_ups > 0 && (h11 == 0 || conn_cleared == 0))); then
-		finding WARN "upstream keep-alive is configured but nginx may not use it (proxy_http_version 1.1: $h11, proxy_set_header Connection \"\": $conn_cleared)" \
-			"nginx talks HTTP/1.0 to upstreams and sends 'Connection: close' unless a location sets proxy_http_version 1.1 and clears the Connection header: every request then costs a new connection, whatever the keepalive directive says." \
-			"In every location that proxies to the service: proxy_http_version 1.1; proxy_set_header Connection \"\"; (deploy/nginx/nginx.conf)."
+		if [[ $keepalive != none && $lb == - ]] && ((nbad > 0)); then
+			finding WARN "upstream $name: $nbad of $nloc locations that proxy to it do not keep connections alive ($badloc first)" \
+				"nginx talks HTTP/1.0 to upstreams and sends 'Connection: close' unless the location sets proxy_http_version 1.1 and clears the Connection header. A level (http, server, location) that sets any proxy_set_header inherits none from above, so its Connection header falls back to close: every request then costs a new connection, whatever the keepalive directive says." \
+				"In those locations, or the level they inherit from: proxy_http_version 1.1; proxy_set_header Connection \"\"; (deploy/nginx/nginx.conf)."
+		fi
+		if [[ $minprt != - ]]; then
+			read_timeout "upstream $name" "$minprt" "$prtloc"
+		fi
+	done < <(grep -E '^(U|D)' "$work/nginx-conf")
+	if ((oks > 10)); then
+		finding OK "$((oks - 10)) more upstreams keep idle connections for less than the service's idle timeout"
 	fi
-	if ((nups > 0)) && ! lt "$svc_write" "$prt"; then
-		finding WARN "nginx waits ${prt}s for an upstream response (the shortest proxy_read_timeout), not more than the service's write timeout ${svc_write}s" \
-			"nginx can give up on a request the service is still serving: the caller gets 504 and the service logs 499 (client gone). The service's own timeouts should fire first, so the caller gets its answer (a fallback, a 503) instead." \
-			"Raise proxy_read_timeout above ${svc_write}s, or lower HTTP_WRITE_TIMEOUT and the dependency timeouts below it."
-	fi
-	if ((nups == 0)); then
-		if ((includes > 0)); then
-			skip "no upstream block${port:+ with a server on port $port} in $nginx_conf, which has $includes include(s): pass the output of nginx -T"
+	if ((nups + ndirect == 0)); then
+		if ((includes > 0 && dumped == 0)); then
+			skip "nginx proxies nowhere${port:+ on port $port} in $nginx_conf, which has $includes include(s): pass the output of nginx -T"
 		else
-			skip "no upstream block${port:+ with a server on port $port} in $nginx_conf"
+			skip "nginx proxies nowhere${port:+ on port $port} in $nginx_conf"
 		fi
 	fi
 fi

@@ -805,19 +805,27 @@ func TestBenchHTTPBadArguments(t *testing.T) {
 	}
 }
 
-// confSample is an nginx -T excerpt with what the configuration check must
-// read through: comments, quoted values holding ';' and '{', nested blocks,
-// combined time units, an upstream without keep-alive, and an http-level
-// keepalive_timeout (the clients' side, not an upstream's).
-const confSample = `# configuration file /etc/nginx/nginx.conf:
-http {
+// confSample is an nginx configuration with what the check must read
+// through and get right: comments, quoted values holding ';', '{' and '#',
+// combined time units, Lua blocks as ingress-nginx renders them, a stream
+// (TCP) upstream of the same name as an HTTP one, nginx's inheritance of
+// proxy_set_header (a level that sets any inherits none), a Connection
+// header cleared through a map, a balancing method that switches
+// keep-alive off, and a proxy_pass to an address with no upstream block.
+const confSample = `http {
     keepalive_timeout 30s; # clients, not upstreams
-    add_header Content-Security-Policy "default-src 'self'; frame-ancestors {none}" always;
+    add_header Content-Security-Policy "default-src 'self'; frame-ancestors {none} #x" always;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    map $http_upgrade $connection_upgrade {
+        default upgrade;
+        ''      '';
+    }
     upstream slow_to_close {
         server 10.0.0.1:8080 max_fails=3;
         server 10.0.0.2:8080;
         keepalive 32;
-        keepalive_timeout 1m30s;
+        keepalive_timeout "1m 30s";
     }
     upstream fresh_each_time {
         server 10.0.0.3:9000;
@@ -825,31 +833,47 @@ http {
     upstream quick {
         server 10.0.0.4:7000; keepalive 8; keepalive_timeout 2500ms;
     }
+    upstream balanced {
+        server 10.0.0.6;
+        keepalive 16;
+        least_conn;
+    }
     server {
         listen 80;
         location / { proxy_pass http://slow_to_close; proxy_read_timeout 20s; }
-        location /b { proxy_pass http://quick; }
-        location /lua {
-            # ingress-nginx renders Lua like this: "--" comments that may
-            # hold quotes or braces, and "#" as Lua's length operator.
-            rewrite_by_lua_block {
-                -- don't count { this
-                local t = { "a", "b" }
-                if #t > 1 then ngx.var.x = "}" end
-            }
+        location /b {
+            # Sets a header of its own: inherits no Connection "" from http.
+            proxy_set_header Host $host;
             proxy_pass http://quick;
         }
+        location /lua {
+            # ingress-nginx renders Lua like this: "--" comments and long
+            # brackets that may hold quotes or braces, "#" as an operator,
+            # nested table constructors.
+            rewrite_by_lua_block {
+                -- don't count { this
+                --[[ nor 'this'
+                     } ]]
+                local t = {{ "a", "b" }}
+                if #t > 1 then ngx.var.x = [[it's]] end
+            }
+            proxy_set_header Connection $connection_upgrade;
+            proxy_pass http://quick;
+        }
+        location /c { proxy_pass http://balanced/c; }
+        location = /direct { proxy_pass http://10.0.0.9:6000/x; proxy_read_timeout 1m; }
     }
-    upstream after_lua {
-        server 10.0.0.5:6000;
-        keepalive 4;
-    }
+}
+stream {
+    upstream slow_to_close { server 10.0.0.8:5432; }
+    server { listen 5432; proxy_pass slow_to_close; }
 }
 `
 
 // TestDiagnoseNginxConf checks nginx's upstream timeouts against the
 // service's: the reference configuration passes, the sample's mistakes are
-// each named, and -p narrows the check to the service's upstreams.
+// each named, -p narrows the check to the service's upstreams, and the
+// includes of an nginx -T dump are read where they stand.
 func TestDiagnoseNginxConf(t *testing.T) {
 	out, code := script(t, nil, "diagnose-eof.sh", "-i", "0", "-N", filepath.Join(repoRoot(t), "deploy", "nginx", "nginx.conf"))
 	if code != 0 {
@@ -864,7 +888,8 @@ func TestDiagnoseNginxConf(t *testing.T) {
 		t.Errorf("the reference configuration has findings:\n%s", proxy)
 	}
 
-	conf := filepath.Join(t.TempDir(), "nginx-T.txt")
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(conf, []byte(confSample), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -876,29 +901,65 @@ func TestDiagnoseNginxConf(t *testing.T) {
 	proxy = section(out, "2. Proxy")
 	mustContain(t, "sample", proxy,
 		"4 upstream(s);",
-		"[WARN] upstream slow_to_close (10.0.0.1:8080,10.0.0.2:8080) keeps idle connections for 90s, not less than the service's idle timeout 75s",
+		// the stream upstream of the same name is neither merged nor listed
+		"[WARN] upstream slow_to_close (10.0.0.1:8080 10.0.0.2:8080) keeps idle connections for 90s, not less than the service's idle timeout 75s",
+		"[WARN] nginx waits 20s for a response from upstream slow_to_close (proxy_read_timeout, location /), not more than the service's write timeout 30s",
 		"[NOTE] upstream fresh_each_time (10.0.0.3:9000) keeps no connections alive",
 		"[OK] upstream quick (10.0.0.4:7000): keepalive_timeout 2.5s is below the service's idle timeout 75s",
-		"[OK] upstream after_lua (10.0.0.5:6000): keepalive_timeout 60s is below the service's idle timeout 75s",
-		`[WARN] upstream keep-alive is configured but nginx may not use it (proxy_http_version 1.1: 0, proxy_set_header Connection "": 0)`,
-		"[WARN] nginx waits 20s for an upstream response (the shortest proxy_read_timeout), not more than the service's write timeout 30s")
-	mustContain(t, "summary", section(out, "Summary"), "keeps idle connections for 90s")
+		// /b lost the inherited Connection ""; /lua clears it through the map
+		"[WARN] upstream quick: 1 of 2 locations that proxy to it do not keep connections alive (location /b first)",
+		"[WARN] upstream balanced (10.0.0.6): least_conn after keepalive switches keep-alive off",
+		"[NOTE] nginx proxies straight to 10.0.0.9:6000 (location /direct; 1 location(s) in all), with no upstream block: no keep-alive")
+	for _, wrong := range []string{"10.0.0.8", "upstream slow_to_close: ", "upstream balanced: ", "from 10.0.0.9:6000"} {
+		if strings.Contains(proxy, wrong) {
+			t.Errorf("sample: unexpected %q in:\n%s", wrong, proxy)
+		}
+	}
+	mustContain(t, "summary", section(out, "Summary"), "keeps idle connections for 90s", "least_conn after keepalive")
 
-	// Only the upstreams with a server on the given port.
+	// Only the upstreams with a server on the given port; a server with no
+	// port is on 80.
 	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-N", conf, "-p", "7000")
 	proxy = section(out, "2. Proxy")
 	mustContain(t, "port", proxy, "1 upstream(s) with a server on port 7000;", "[OK] upstream quick")
-	if strings.Contains(proxy, "slow_to_close") || strings.Contains(proxy, "fresh_each_time") {
+	if strings.Contains(proxy, "slow_to_close") || strings.Contains(proxy, "fresh_each_time") || strings.Contains(proxy, "10.0.0.9") {
 		t.Errorf("-p 7000 checked other upstreams:\n%s", proxy)
 	}
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-N", conf, "-p", "80")
+	mustContain(t, "port 80", section(out, "2. Proxy"), "1 upstream(s) with a server on port 80;", "[WARN] upstream balanced (10.0.0.6)")
+
+	// An nginx -T dump: the upstream's settings come from a file included
+	// inside its block, printed after the file that includes it.
+	dump := filepath.Join(dir, "nginx-T.txt")
+	if err := os.WriteFile(dump, []byte(`nginx: the configuration file /etc/nginx/nginx.conf syntax is ok
+# configuration file /etc/nginx/nginx.conf:
+http {
+    include mime.types;
+    upstream api { include upstreams.d/*.conf; }
+    server { location / { proxy_pass http://api; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+
+# configuration file /etc/nginx/mime.types:
+types { text/html html; }
+
+# configuration file /etc/nginx/upstreams.d/api.conf:
+server 10.0.0.1:8080;
+keepalive 32;
+keepalive_timeout 120s;
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-N", dump, "-p", "8080")
+	mustContain(t, "nginx -T", section(out, "2. Proxy"),
+		"[WARN] upstream api (10.0.0.1:8080) keeps idle connections for 120s, not less than the service's idle timeout 75s")
 
 	// A file that only includes others, and one that cannot be read.
-	inc := filepath.Join(t.TempDir(), "nginx.conf")
+	inc := filepath.Join(dir, "includes.conf")
 	if err := os.WriteFile(inc, []byte("http {\n    include /etc/nginx/conf.d/*.conf;\n}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-N", inc)
-	mustContain(t, "includes", section(out, "2. Proxy"), "[SKIP] no upstream block in "+inc+", which has 1 include(s): pass the output of nginx -T")
+	mustContain(t, "includes", section(out, "2. Proxy"), "[SKIP] nginx proxies nowhere in "+inc+", which has 1 include(s): pass the output of nginx -T")
 	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-N", inc+".missing")
 	mustContain(t, "missing", section(out, "2. Proxy"), "[SKIP] cannot read "+inc+".missing")
 	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0")
