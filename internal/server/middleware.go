@@ -8,6 +8,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/hardenedgo/ginservice/internal/health"
 	"github.com/hardenedgo/ginservice/internal/observability"
 	"github.com/hardenedgo/ginservice/internal/problem"
 )
@@ -16,6 +17,8 @@ import (
 // piece sees the request after the ones above it and the response before
 // them:
 //
+//  0. drain          - from the first instant of shutdown, HTTP/1 responses
+//     carry "Connection: close"
 //  1. request ID     - every response, even a panic's, carries X-Request-ID
 //  2. tracing        - the server span wraps everything measured below
 //  3. access         - metrics + one log line with the final status (499 for
@@ -29,7 +32,11 @@ import (
 //  6. body limit     - 413 before any handler reads an oversized body (the
 //     other routes read no body)
 func middlewares(d Deps) []gin.HandlerFunc {
-	chain := []gin.HandlerFunc{requestID()}
+	var chain []gin.HandlerFunc
+	if d.Readiness != nil {
+		chain = append(chain, closeWhenDraining(d.Readiness))
+	}
+	chain = append(chain, requestID())
 	if d.Tracing != nil {
 		chain = append(chain, d.Tracing)
 	}
@@ -47,6 +54,24 @@ func apiMiddlewares(d Deps) []gin.HandlerFunc {
 		chain = append(chain, d.RateLimit)
 	}
 	return append(chain, bodyLimit(d.MaxBodyBytes))
+}
+
+// closeWhenDraining makes every HTTP/1 response carry "Connection: close"
+// from the moment the service stops being ready (SIGTERM). Keep-alive
+// clients then leave their connections one response at a time, each told
+// so, during SHUTDOWN_DELAY. Otherwise they would meet the listener's
+// close: http.Server.Shutdown closes idle connections, and a request
+// written onto one at that instant fails with EOF, which clients retry only
+// for idempotent requests (a POST fails). A connection left idle through
+// the whole delay can still meet it. HTTP/2 connections get GOAWAY from
+// Shutdown.
+func closeWhenDraining(r *health.Readiness) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if r.ShuttingDown() && c.Request.ProtoMajor == 1 {
+			c.Writer.Header()["Connection"] = []string{"close"}
+		}
+		c.Next()
+	}
 }
 
 // validRequestID accepts 1-128 characters of [A-Za-z0-9._:-], so a client

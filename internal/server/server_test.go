@@ -983,3 +983,26 @@ func TestEveryAnswerGoesThroughTheChain(t *testing.T) {
 		})
 	}
 }
+
+// TestDrainingClosesHTTP1Connections: once the service is shutting down,
+// every HTTP/1 response tells its client to close the connection (404s and
+// probes included); HTTP/2 forbids the header (GOAWAY does that job).
+func TestDrainingClosesHTTP1Connections(t *testing.T) {
+	f := newFixture(t, nil)
+	for _, path := range []string{"/api/v1/ping", "/nope", "/readyz"} {
+		if got := f.do(httptest.NewRequest(http.MethodGet, path, nil)).Header().Get("Connection"); got != "" {
+			t.Errorf("ready, GET %s: Connection %q, want none", path, got)
+		}
+	}
+	f.ready.SetShuttingDown()
+	for _, path := range []string{"/api/v1/ping", "/nope", "/readyz"} {
+		if got := f.do(httptest.NewRequest(http.MethodGet, path, nil)).Header().Get("Connection"); got != "close" {
+			t.Errorf("shutting down, GET %s: Connection %q, want close", path, got)
+		}
+	}
+	h2 := httptest.NewRequest(http.MethodGet, "/api/v1/ping", nil)
+	h2.Proto, h2.ProtoMajor, h2.ProtoMinor = "HTTP/2.0", 2, 0
+	if got := f.do(h2).Header().Get("Connection"); got != "" {
+		t.Errorf("shutting down, HTTP/2: Connection %q, want none", got)
+	}
+}
