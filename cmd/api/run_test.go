@@ -909,38 +909,46 @@ func TestBrokenConnectionsNameTheirRequest(t *testing.T) {
 // client that left: the client, still there, gets a 408 problem and the
 // access line says 408 (nginx's client_body_timeout answers the same).
 func TestSlowBodyGets408(t *testing.T) {
-	r := startRun(t, map[string]string{"HTTP_READ_HEADER_TIMEOUT": "500ms", "HTTP_READ_TIMEOUT": "1s"})
-	c, err := net.Dial("tcp", r.public)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	start := time.Now()
-	fmt.Fprint(c, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\nX-Request-ID: slow-body-1\r\n\r\n{\"")
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatalf("no response to a stalled body: %v", err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusRequestTimeout || resp.Header.Get("Content-Type") != "application/problem+json" ||
-		resp.Header.Get("X-Request-ID") != "slow-body-1" {
-		t.Fatalf("stalled body: %d %v %s", resp.StatusCode, resp.Header, body)
-	}
-	if d := time.Since(start); d < 900*time.Millisecond || d > 3*time.Second {
-		t.Errorf("answered after %s, want about HTTP_READ_TIMEOUT (1s)", d)
-	}
-	waitFor(t, 3*time.Second, "the access line", func() bool {
-		for _, l := range r.logs.lines() {
-			if l["msg"] == "request" && l["request_id"] == "slow-body-1" {
-				return l["status"] == float64(408)
+	for _, write := range []string{"30s", "1s"} {
+		// HTTP_WRITE_TIMEOUT equal to HTTP_READ_TIMEOUT (as in the
+		// defaults, 30s and 30s): the write deadline, which runs from the
+		// end of the headers, falls a moment after the body's read
+		// deadline, and the 408 must still reach the client.
+		t.Run("write_timeout_"+write, func(t *testing.T) {
+			r := startRun(t, map[string]string{"HTTP_READ_HEADER_TIMEOUT": "500ms", "HTTP_READ_TIMEOUT": "1s", "HTTP_WRITE_TIMEOUT": write, "BREAKER_TIMEOUT": "200ms", "RATELIMIT_REDIS_TIMEOUT": "20ms"})
+			c, err := net.Dial("tcp", r.public)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-		return false
-	})
-	if n := metric(t, r.admin, `http_server_client_aborts_total{route="/api/v1/echo"}`); n != 0 {
-		t.Errorf("a stalled body counted as a client abort: %v", n)
+			defer c.Close()
+			start := time.Now()
+			fmt.Fprint(c, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\nX-Request-ID: slow-body-1\r\n\r\n{\"")
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("no response to a stalled body: %v", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusRequestTimeout || resp.Header.Get("Content-Type") != "application/problem+json" ||
+				resp.Header.Get("X-Request-ID") != "slow-body-1" {
+				t.Fatalf("stalled body: %d %v %s", resp.StatusCode, resp.Header, body)
+			}
+			if d := time.Since(start); d < 900*time.Millisecond || d > 3*time.Second {
+				t.Errorf("answered after %s, want about HTTP_READ_TIMEOUT (1s)", d)
+			}
+			waitFor(t, 3*time.Second, "the access line", func() bool {
+				for _, l := range r.logs.lines() {
+					if l["msg"] == "request" && l["request_id"] == "slow-body-1" {
+						return l["status"] == float64(408)
+					}
+				}
+				return false
+			})
+			if n := metric(t, r.admin, `http_server_client_aborts_total{route="/api/v1/echo"}`); n != 0 {
+				t.Errorf("a stalled body counted as a client abort: %v", n)
+			}
+		})
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/gin-gonic/gin"
 
@@ -87,6 +88,10 @@ func getItem(d Deps) gin.HandlerFunc {
 	}
 }
 
+// timeoutAnswerGrace is how long the 408 for a body that missed the read
+// deadline may take to be written.
+const timeoutAnswerGrace = time.Second
+
 // echo returns the JSON body it was sent. The body is read whole first so a
 // transport failure (truncated body, client gone: 499) is told apart from a
 // body too slow for HTTP_READ_TIMEOUT (408), a malformed document (400) and
@@ -100,8 +105,12 @@ func echo(c *gin.Context) {
 			problem.Abort(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", mbe.Limit))
 		case isTimeout(err):
 			// Our read deadline, not the client leaving: it is still there
-			// and gets an answer (the write deadline runs from the end of
-			// the headers, so it is still ahead), then net/http closes.
+			// and gets an answer, then net/http closes. The write deadline
+			// runs from the end of the headers: with HTTP_WRITE_TIMEOUT no
+			// longer than HTTP_READ_TIMEOUT (the defaults: 30s and 30s) it
+			// falls a moment after the read deadline, and the answer would
+			// be cut to an EOF. It gets a moment of its own to be written.
+			_ = http.NewResponseController(c.Writer).SetWriteDeadline(time.Now().Add(timeoutAnswerGrace))
 			problem.Abort(c, http.StatusRequestTimeout, "request body not received within the read timeout")
 		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, context.Canceled), isConnError(err):
 			observability.MarkTruncatedBody(c)
