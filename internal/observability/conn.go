@@ -79,7 +79,8 @@ type ConnMetrics struct {
 	epoch       time.Time // the clock of connection ages: time.Since(epoch)
 	closed      *prometheus.CounterVec
 	rejected    *prometheus.CounterVec
-	log         *limitedLog
+	log         *limitedLog // "connection closed"
+	rejectLog   *limitedLog // "request rejected": its own budget and suppressed count
 	// untracked holds the state of connections that did not come through
 	// Listener (a net.Conn -> http.ConnState), to move the gauge.
 	untracked sync.Map
@@ -90,7 +91,8 @@ type ConnMetrics struct {
 // http_server_connections_closed_total{reason,state} and
 // http_server_rejected_requests_total{code} on reg. Unusual ends (resets,
 // timeouts before a request) and rejected requests are logged at info, the
-// rest at debug, at most 5 lines a second.
+// rest at debug, at most 5 lines a second of each ("connection closed",
+// "request rejected").
 func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics {
 	m := &ConnMetrics{
 		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -101,8 +103,9 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 			Name: "http_server_rejected_requests_total",
 			Help: "Requests net/http answered itself, before routing, by status code: 400 malformed request line or headers (also plain HTTP on the TLS port), 408 request line or headers cut off by the read-header timeout, 417 an Expect header other than 100-continue, 431 headers over HTTP_MAX_HEADER_BYTES, 501 unsupported transfer encoding, 505 unsupported HTTP version; unknown: one of these on the TLS listener, where the answer is encrypted before the service can read its status. They have no access line.",
 		}, []string{"code"}),
-		log:   newLimitedLog(logger, 5, 10),
-		epoch: time.Now(),
+		log:       newLimitedLog(logger, 5, 10),
+		rejectLog: newLimitedLog(logger, 5, 10),
+		epoch:     time.Now(),
 	}
 	for _, code := range []string{"400", "408", "417", "431", "501", "505", rejectedUnknown} {
 		m.rejected.WithLabelValues(code)
@@ -289,7 +292,7 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 		// but an HTTP/2 connection closes its streams, and so goes idle,
 		// before it closes, whatever ended it (a protocol error, a forced
 		// close): it never gets here as active.
-		m.log.Log(context.Background(), slog.LevelInfo, "request rejected",
+		m.rejectLog.Log(context.Background(), slog.LevelInfo, "request rejected",
 			slog.String("detail", "net/http answered a request on the TLS listener itself and closed the connection: a malformed request line or header (400), an Expect header other than 100-continue (417), headers over HTTP_MAX_HEADER_BYTES (431), an unsupported transfer encoding (501) or HTTP version (505)"),
 			slog.String("remote_addr", remoteAddr(tc.Conn)),
 		)
@@ -713,7 +716,7 @@ func (c *trackedConn) reject(orig []byte, r rejection) (int, error) {
 
 	if !r.tls {
 		c.m.rejected.WithLabelValues(strconv.Itoa(r.code)).Inc()
-		c.m.log.Log(context.Background(), slog.LevelInfo, "request rejected",
+		c.m.rejectLog.Log(context.Background(), slog.LevelInfo, "request rejected",
 			slog.Int("status", r.code),
 			slog.String("detail", r.detail),
 			slog.String("remote_addr", remoteAddr(c.Conn)),

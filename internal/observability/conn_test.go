@@ -528,3 +528,33 @@ func TestServerTimeouts(t *testing.T) {
 		})
 	}
 }
+
+// TestRejectionLinesHaveTheirOwnBudget: a flood of closed connections uses
+// up the "connection closed" lines' budget, not the rejections': the
+// request rejected right after still gets its line, with no suppressed
+// count of closes folded in.
+func TestRejectionLinesHaveTheirOwnBudget(t *testing.T) {
+	cs := startConnServer(t, true, nil)
+	const n = 60
+	for range n {
+		c := cs.dial(t)
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
+	eventually(t, "all closes counted", func() bool {
+		return cs.closedCount(CloseReasonPeerReset, "new")+cs.closedCount(CloseReasonPeerClosed, "new") == n
+	})
+	c := cs.dial(t)
+	defer c.Close()
+	io.WriteString(c, "GET /fast HTTP/1.1\r\nHost: x\r\nExpect: foo\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != 417 {
+		t.Fatalf("Expect: foo: %v %v", resp, err)
+	}
+	eventually(t, "the rejection's line", func() bool { return strings.Contains(cs.logs.String(), `"msg":"request rejected"`) })
+	for _, l := range strings.Split(cs.logs.String(), "\n") {
+		if strings.Contains(l, `"msg":"request rejected"`) && strings.Contains(l, `"suppressed"`) {
+			t.Errorf("the rejection's line counts suppressed lines of another kind: %s", l)
+		}
+	}
+}
