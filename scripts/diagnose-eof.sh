@@ -51,7 +51,10 @@ Options:
   -i, --interval SEC     seconds between two readings of the kernel counters
                          and the service's metrics,
                          to tell "rising now" from "since boot" (default 2; 0:
-                         one reading)
+                         one reading). nginx's logs are read whole (since
+                         their rotation), not over the interval: to look at
+                         an incident after it, use -i 0 (the service's
+                         totals since it started)
   -h, --help             this help
 
 Example:
@@ -520,6 +523,7 @@ elif [[ ! -r $nginx_conf ]]; then
 else
 	# The service's timeouts: its own metrics if given, else its defaults.
 	svc_idle=75 svc_write=30 svc_src="the service's defaults (pass --metrics to read the instance's)"
+	[[ -n $metrics_url ]] && svc_src="the service's defaults (could not read $metrics_url)"
 	if [[ -s $work/metrics.1 ]] && grep -q '^http_server_timeout_seconds{' "$work/metrics.1"; then
 		svc_idle=$(awk '/^http_server_timeout_seconds\{.*timeout="idle"/ { print $2 + 0 }' "$work/metrics.1")
 		svc_write=$(awk '/^http_server_timeout_seconds\{.*timeout="write"/ { print $2 + 0 }' "$work/metrics.1")
@@ -856,8 +860,8 @@ else
 	fi
 	if ((${d_TCPAbortOnData:-0} > 0)); then
 		finding NOTE "data arrived on connections already closed (+${d_TCPAbortOnData} TCPAbortOnData in ${window}s)" \
-			"A peer kept sending on a connection this host had closed, and the kernel answered with RST: typically a client that sent a request on a keep-alive connection the server had just closed as idle." \
-			"Order the idle timeouts: the client's (or proxy's) keep-alive timeout must be shorter than the server's."
+			"A peer kept sending on a connection this host had closed, and the kernel answered with RST. Two usual causes: a client on this host gave up on a slow answer and closed its connection, so the late answer is reset (a timed-out call to a dependency: the service's own outbound client does this at DOWNSTREAM_ATTEMPT_TIMEOUT and BREAKER_TIMEOUT); or a peer sent a request on a keep-alive connection a server here had just closed as idle." \
+			"If the service's metrics (section 4) show outbound timeouts or fallbacks, look at the slow dependency. Otherwise order the idle timeouts: the client's (or proxy's) keep-alive timeout must be shorter than the server's."
 	fi
 	if ((${d_TCPAbortOnMemory:-0} > 0)); then
 		finding WARN "the kernel aborted connections for lack of socket memory (+${d_TCPAbortOnMemory})" \
@@ -1056,7 +1060,9 @@ else
 		[[ -e $work/metrics.1.err ]] && cp "$work/metrics.1.err" "$work/metrics.2.err"
 	fi
 	if [[ ! -s $work/metrics.2 ]]; then
-		skip "could not read $metrics_url: $(head -n 1 "$work/metrics.2.err" 2>/dev/null | tr -d '\n')"
+		finding WARN "could not read the service's metrics at $metrics_url: $(head -n 1 "$work/metrics.2.err" 2>/dev/null | tr -d '\n')" \
+			"The admin port did not answer: the service may be down or restarting (then clients see refused connections, and a proxy 502s), or it listens elsewhere (ADMIN_ADDR)." \
+			"Check that the process runs and its ADMIN_ADDR; curl the URL."
 	elif ! grep -q '^http_server_connections_closed_total' "$work/metrics.2"; then
 		skip "$metrics_url has no http_server_connections_closed_total: not this service's admin port?"
 	else
@@ -1097,7 +1103,7 @@ else
 		read -r _ reset < <(mval http_server_connections_closed_total reason=peer_reset)
 		read -r _ gone < <(mval http_server_connections_closed_total reason=peer_closed state=active)
 		read -r _ aborts < <(mval http_server_client_aborts_total)
-		read -r _ idle < <(mval http_server_connections_closed_total reason=idle_timeout)
+		read -r idle_total idle < <(mval http_server_connections_closed_total reason=idle_timeout)
 		read -r _ rtimeout < <(mval http_server_connections_closed_total reason=read_timeout)
 		read -r _ wtimeout < <(mval http_server_connections_closed_total reason=write_timeout)
 		if ((reset > 0)); then
@@ -1121,18 +1127,21 @@ else
 				"The service's 'connection closed' log lines with reason write_timeout name the request_id and route. Raise HTTP_WRITE_TIMEOUT above the slowest legitimate response, or make the handler's own deadline shorter so it answers with an error in time."
 		fi
 		idle_s=$(awk '/^http_server_timeout_seconds\{.*timeout="idle"/ { print $2 }' "$work/metrics.2")
-		if ((idle > 0 && proxy_died > 0)); then
+		# nginx's error log is read whole (since its rotation), the metrics
+		# over the interval: the two are lined up on the service's totals
+		# since it started, not on the interval's.
+		if ((idle_total > 0 && proxy_died > 0)); then
 			# Both sides of the same race: nginx wrote a request onto an
 			# idle upstream connection the service was closing.
-			finding WARN "keep-alive order: nginx lost $proxy_died upstream connections under a request, and the service closed $idle idle connections by its own idle timeout $span" \
+			finding WARN "keep-alive order: nginx lost $proxy_died upstream connections under a request, and the service closed $idle_total idle connections by its own idle timeout since the service started" \
 				"The two layers describe the same race: the service closed a kept-alive connection as idle (HTTP_IDLE_TIMEOUT) at the moment nginx reused it for a request, so nginx logged 'upstream prematurely closed' or 'reset by peer' and answered 502 (POST) or retried (GET). nginx's upstream keepalive_timeout is not shorter than the service's idle timeout." \
 				"Set upstream { keepalive_timeout } below HTTP_IDLE_TIMEOUT (${idle_s:-?}s on this instance; reference: 60s < 75s, deploy/nginx/nginx.conf); on ingress-nginx, upstream-keepalive-timeout; behind a cloud load balancer, its idle timeout below HTTP_IDLE_TIMEOUT. --nginx-conf checks the setting."
-		elif ((idle > 0)); then
+		elif ((idle > 0 && proxy_died == 0)); then
 			finding NOTE "$idle idle keep-alive connections were closed by the service's idle timeout $span" \
 				"Normal housekeeping. It causes EOF/502 only if a client or proxy sends a request on a connection at the moment the service closes it: their idle timeout must be shorter than the service's HTTP_IDLE_TIMEOUT." \
 				"nginx: upstream keepalive_timeout below HTTP_IDLE_TIMEOUT (deploy/nginx); Go clients: Transport.IdleConnTimeout below it."
 		elif ((proxy_died > 0)); then
-			finding NOTE "the service closed no connection by its idle timeout $span, yet nginx lost $proxy_died upstream connections under a request" \
+			finding NOTE "the service closed no connection by its idle timeout since the service started, yet nginx lost $proxy_died upstream connections under a request" \
 				"If nginx's errors fall in that period, the keep-alive order is not their cause: the connections died another way. A restart, crash or OOM kill of the service (its uptime is process_start_time_seconds), connections reset by the peer (above), or another instance behind the same upstream." \
 				"Check the service's restarts and the time of nginx's error lines; read these metrics on every instance of the upstream group."
 		fi
@@ -1142,13 +1151,13 @@ else
 
 		echo "-- requests net/http rejected, TLS handshakes, kernel, protections"
 		rejected=""
-		for code in 400 408 431 501 505 unknown; do
+		for code in 400 408 417 431 501 505 unknown; do
 			read -r _ d < <(mval http_server_rejected_requests_total code=$code)
 			((d > 0)) && rejected+="${rejected:+, }$code: $d"
 		done
 		if [[ -n $rejected ]]; then
 			finding WARN "the service rejected requests before routing $span ($rejected)" \
-				"net/http could not read them: 431 headers larger than HTTP_MAX_HEADER_BYTES (big cookies or tokens), 400 a malformed request line or header, 408 one cut off by the read-header timeout, 501/505 an unsupported transfer encoding or HTTP version; unknown: one of these on the TLS listener, where the status is not readable. They have no access line; each has a 'request rejected' log line." \
+				"net/http could not read them: 431 headers larger than HTTP_MAX_HEADER_BYTES (big cookies or tokens), 400 a malformed request line or header, 408 one cut off by the read-header timeout, 417 an Expect header other than 100-continue, 501/505 an unsupported transfer encoding or HTTP version; unknown: one of these on the TLS listener, where the status is not readable. They have no access line; each has a 'request rejected' log line." \
 				"Look up the 'request rejected' lines for the client addresses; raise HTTP_MAX_HEADER_BYTES for legitimate large headers."
 		fi
 		tls=""
@@ -1166,8 +1175,10 @@ else
 		read -r _ overflows < <(mval kernel_tcp_listen_overflows_total)
 		kspan=$span
 		((interval > 0)) || kspan="since the network namespace (the pod, or the host) was created"
+		overflow_level=WARN
+		((interval > 0)) || overflow_level=NOTE # a total since the namespace began: maybe long ago
 		if ((overflows > 0)); then
-			finding WARN "the service's network namespace counted $overflows listen queue overflows $kspan" \
+			finding $overflow_level "the service's network namespace counted $overflows listen queue overflows $kspan" \
 				"The pod's accept queue was full: the kernel dropped handshakes. Clients see connect timeouts and resets before the service ever sees them." \
 				"Raise net.core.somaxconn in the pod (the sysctl init container of deploy/k8s), add replicas, check CPU throttling."
 		fi
@@ -1182,8 +1193,28 @@ else
 				"Decisions come from RATELIMIT_ON_REDIS_ERROR (local bucket, allow or deny) until Redis answers again; /readyz says degraded." \
 				"Check Redis (redis-cli ping, latency) and ratelimit_redis_errors_total{kind}."
 		fi
-		if [[ -z $rejected$tls && $overflows -eq 0 && -z $open ]]; then
-			finding OK "no rejected requests, TLS handshake errors, listen overflows or open circuits $span"
+		fallbacks=""
+		for reason in open timeout rejected panic failure caller_error; do
+			read -r _ d < <(mval items_fallbacks_total reason=$reason)
+			((d > 0)) && fallbacks+="${fallbacks:+, }$reason: $d"
+		done
+		if [[ -n $fallbacks ]]; then
+			finding WARN "responses were served from the fallback $span ($fallbacks)" \
+				"The dependency behind /api/v1/items failed, was slow, or its circuit was open: callers got 200 with X-Degraded: true. timeout: it did not answer within BREAKER_TIMEOUT, so those requests took that long, and a proxy or client with a shorter timeout gave up first (504 at nginx, 499 here)." \
+				"Look at the dependency: http_client_request_duration_seconds and http_client_requests_total{code} by host, breaker_events_total; the traces show where the time went."
+		fi
+		retries=""
+		for reason in eof reset refused timeout status_429 status_502 status_503 status_504; do
+			read -r _ d < <(mval http_client_retries_total reason=$reason)
+			((d > 0)) && retries+="${retries:+, }$reason: $d"
+		done
+		if [[ -n $retries ]]; then
+			finding NOTE "the service retried calls to its dependencies $span ($retries)" \
+				"The service is the client here. eof, reset: the dependency (or a proxy in front of it) closed kept-alive connections as the service reused them, the same race as in front of the service the other way round; refused: it was down or restarting; timeout: it was slower than DOWNSTREAM_ATTEMPT_TIMEOUT; status_*: it answered with that error. The retry budget bounds them." \
+				"eof, reset: keep DOWNSTREAM_IDLE_CONN_TIMEOUT below the dependency's keep-alive timeout. Otherwise, look at the dependency."
+		fi
+		if [[ -z $rejected$tls$open$fallbacks && $overflows -eq 0 ]]; then
+			finding OK "no rejected requests, TLS handshake errors, listen overflows, open circuits or fallbacks $span"
 		fi
 	fi
 fi

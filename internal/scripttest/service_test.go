@@ -115,6 +115,14 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+	// A patient one gets the fallback at BREAKER_TIMEOUT (1s), after the
+	// client's attempts timed out (400ms) and were retried.
+	patient := &http.Client{Timeout: 5 * time.Second}
+	if resp, err := patient.Get("http://" + public + "/api/v1/items/2"); err != nil || resp.Header.Get("X-Degraded") != "true" {
+		t.Fatalf("a 2 s dependency did not give the fallback: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	impatient := &http.Client{Timeout: 200 * time.Millisecond}
 	if _, err := impatient.Get("http://" + public + "/api/v1/items/1"); err == nil {
 		t.Fatal("a 2 s request answered within 200 ms")
@@ -190,6 +198,9 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 		"[WARN] 1 connections were cut by the read-header/read timeout since the service started",
 		"[NOTE] 1 idle keep-alive connections were closed by the service's idle timeout since the service started",
 		"[WARN] the service rejected requests before routing since the service started (408: 1, 431: 1)")
+	mustContain(t, "service, dependency", svc,
+		"[WARN] responses were served from the fallback since the service started (timeout: 1)",
+		"[NOTE] the service retried calls to its dependencies since the service started (timeout: ")
 	mustMatch(t, "service", svc, `(?m)^  peer_reset \(idle\)\s+1$`, `(?m)^  idle_timeout \(idle\)\s+1$`, `(?m)^  read_timeout \((new|active)\)\s+1$`)
 	mustContain(t, "summary", section(out, "Summary"), "clients left in the middle of a request", "rejected requests before routing")
 	if strings.Contains(out, "[WARN] keep-alive order") {
@@ -227,7 +238,10 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
-	mustContain(t, "unreachable", section(out, "4. Service"), "[SKIP] could not read http://"+dead+"/metrics")
+	mustContain(t, "unreachable", section(out, "4. Service"), "[WARN] could not read the service's metrics at http://"+dead+"/metrics")
+	mustContain(t, "unreachable, summary", section(out, "Summary"), "could not read the service's metrics")
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", "http://"+dead+"/metrics", "-N", filepath.Join(repoRoot(t), "deploy", "nginx", "nginx.conf"))
+	mustContain(t, "unreachable, nginx conf", section(out, "2. Proxy"), "from the service's defaults (could not read http://"+dead+"/metrics)")
 	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0")
 	mustContain(t, "no --metrics", section(out, "4. Service"), "[SKIP] no --metrics given")
 }
