@@ -221,21 +221,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	// --- Handlers and servers.
 	trusted, _ := cfg.TrustedPrefixes() // validated by config.Load
+	timeouts := server.Timeouts{
+		ReadHeader: cfg.ReadHeaderTimeout,
+		Read:       cfg.ReadTimeout,
+		Write:      cfg.WriteTimeout,
+		Idle:       cfg.IdleTimeout,
+	}
 	public := server.NewHTTPServer(server.NewServer(server.Deps{
 		Logger:         logger,
 		Metrics:        httpMetrics,
 		Readiness:      readiness,
 		Items:          src,
 		MaxBodyBytes:   cfg.MaxBodyBytes,
+		Timeouts:       timeouts,
 		TrustedProxies: trusted,
 		Tracing:        tracing.Middleware(),
 		RateLimit:      rateLimit,
-	}), server.Timeouts{
-		ReadHeader: cfg.ReadHeaderTimeout,
-		Read:       cfg.ReadTimeout,
-		Write:      cfg.WriteTimeout,
-		Idle:       cfg.IdleTimeout,
-	}, cfg.MaxHeaderBytes, logger)
+	}), timeouts, cfg.MaxHeaderBytes, logger)
 	adminSim := sim
 	if cfg.DownstreamURL != "" {
 		adminSim = nil

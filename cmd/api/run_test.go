@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hardenedgo/ginservice/internal/testkit"
 	"github.com/hardenedgo/ginservice/internal/testkit/redistest"
 )
 
@@ -950,6 +952,32 @@ func TestSlowBodyGets408(t *testing.T) {
 			}
 		})
 	}
+	// HTTP/2 over TLS, equal timeouts: its write timer starts with the
+	// stream, before the read timer, and cannot be moved once it fired.
+	t.Run("http2_write_timeout_1s", func(t *testing.T) {
+		cert, key := testkit.WriteSelfSignedCert(t)
+		r := startRun(t, map[string]string{"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key,
+			"HTTP_READ_HEADER_TIMEOUT": "500ms", "HTTP_READ_TIMEOUT": "1s", "HTTP_WRITE_TIMEOUT": "1s", "BREAKER_TIMEOUT": "200ms", "RATELIMIT_REDIS_TIMEOUT": "20ms"})
+		tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}
+		defer tr.CloseIdleConnections()
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		go func() { _, _ = io.WriteString(pw, `{"`) }() // then nothing: the body stalls
+		req, _ := http.NewRequest(http.MethodPost, "https://"+r.public+"/api/v1/echo", pr)
+		req.ContentLength = 10
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Request-ID", "slow-body-h2")
+		c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("no response to a stalled body: %v", err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.ProtoMajor != 2 || resp.StatusCode != http.StatusRequestTimeout || resp.Header.Get("Content-Type") != "application/problem+json" {
+			t.Fatalf("stalled body over HTTP/2: %s %d %v %q, read error %v", resp.Proto, resp.StatusCode, resp.Header, body, err)
+		}
+	})
 }
 
 // A REDIS_URL database the server does not have is bad configuration: exit 2

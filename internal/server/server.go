@@ -24,6 +24,9 @@ type Deps struct {
 
 	// MaxBodyBytes caps request bodies (413 above it).
 	MaxBodyBytes int64
+	// Timeouts are the http.Server's (NewHTTPServer): handlers that read a
+	// body need them to answer one that misses the read deadline.
+	Timeouts Timeouts
 	// TrustedProxies are the peers whose X-Forwarded-For is believed.
 	TrustedProxies []netip.Prefix
 
