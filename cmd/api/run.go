@@ -351,13 +351,16 @@ func serveErr(name string, err error) error {
 // listener closes and in-flight requests drain for up to SHUTDOWN_TIMEOUT.
 // The admin listener closes last so the drain can be watched.
 //
-// Keep-alives stay on during the delay on purpose: turning them off makes
-// every client open a new connection per request, and connections still
-// queued in the kernel's accept backlog when the listener closes are reset
-// (the client sees EOF or ECONNRESET for a request it did send). With
-// keep-alives on, no new connections queue up; Shutdown then closes only
-// idle connections, and responses written while draining carry
-// "Connection: close".
+// During the delay every HTTP/1 response carries "Connection: close"
+// (server.closeWhenDraining): the pod's endpoint is gone by then (preStop
+// waits for it), but connections already open to it are not moved by
+// kube-proxy or a proxy's keep-alive pool. Each leaves after its next
+// response, told so, and reconnects to a pod still in the endpoints;
+// otherwise it would meet Shutdown's close of idle connections, and a
+// request written at that instant fails (clients retry only idempotent
+// ones). The price: a client still routed here opens a connection per
+// request until the listener closes, and one still in the kernel's accept
+// queue at that moment is reset. With the endpoint removed first, few are.
 func shutdown(signalled bool, stopSignals func(), cfg config.Config, logger *slog.Logger, readiness *health.Readiness, public, admin *http.Server) error {
 	stopSignals() // a second SIGTERM/SIGINT now kills the process at once
 	readiness.SetShuttingDown()

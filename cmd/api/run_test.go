@@ -554,7 +554,7 @@ func TestBinaryVersionAndHealthcheck(t *testing.T) {
 // already open stay on A (kube-proxy does not move them). A gets SIGTERM
 // under that load, and no request may fail: A must let its keep-alive
 // connections go itself, each after a response that says so, before its
-// listener closes, and finish the calls in flight.
+// listener closes, and finish the calls still in flight when it closes.
 func TestGracefulShutdownUnderLoad(t *testing.T) {
 	env := map[string]string{
 		"SHUTDOWN_DELAY":   "1s",
@@ -562,10 +562,15 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 		"RATELIMIT_RATE":   "1000000",
 		"RATELIMIT_BURST":  "1000000",
 		"BREAKER_TIMEOUT":  "10s",
+		// One attempt waits out the slow dependency below (the default
+		// 400ms would give up and serve the fallback early).
+		"DOWNSTREAM_ATTEMPT_TIMEOUT": "5s",
 	}
 	p := startBinary(t, env)
 	next := startBinary(t, env)
-	put(t, "http://"+p.admin+"/debug/faults", `{"latency":"1500ms"}`)
+	// The slow calls start 0.7s before SIGTERM and end 0.8s after the
+	// listener closes (SHUTDOWN_DELAY 1s): the drain must wait for them.
+	put(t, "http://"+p.admin+"/debug/faults", `{"latency":"2500ms"}`)
 
 	var endpoint atomic.Value // where new connections go
 	endpoint.Store(p.public)
@@ -670,6 +675,7 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("process did not exit after SIGTERM")
 	}
+	exitedAfter := time.Since(sigAt)
 	time.Sleep(200 * time.Millisecond) // the load goes on, on the other instance
 	close(stop)
 	wg.Wait()
@@ -681,10 +687,28 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 	// the request each kept-alive connection was carrying: every response
 	// told its client to go (Connection: close).
 	var lingering, servedByNext int
+	var closedAt time.Time
+	var slowEnds []time.Time
 	for _, l := range p.logs.lines() {
-		at, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(l["time"]))
-		if route := fmt.Sprint(l["route"]); l["msg"] == "request" && route != "/api/v1/items/:id" && at.After(removedAt.Add(100*time.Millisecond)) {
+		at, err := time.Parse(time.RFC3339Nano, fmt.Sprint(l["time"]))
+		if err != nil {
+			t.Fatalf("log line without a readable time: %v %v", l, err)
+		}
+		switch route := fmt.Sprint(l["route"]); {
+		case l["msg"] == "shutdown: closing listener, draining":
+			closedAt = at
+		case l["msg"] == "request" && route == "/api/v1/items/:id":
+			slowEnds = append(slowEnds, at)
+		case l["msg"] == "request" && at.After(removedAt.Add(100*time.Millisecond)):
 			lingering++
+		}
+	}
+	if closedAt.IsZero() {
+		t.Fatalf("no 'closing listener' line:\n%s", p.logs)
+	}
+	for _, end := range slowEnds {
+		if !end.After(closedAt) {
+			t.Errorf("a slow call ended %s before the listener closed: the drain's wait was not tested", closedAt.Sub(end))
 		}
 	}
 	for _, l := range next.logs.lines() {
@@ -693,7 +717,7 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 		}
 	}
 	t.Logf("shutdown under load: %d ok, %d failed; not ready %s after SIGTERM; exited %s after SIGTERM; after the endpoint's removal the draining instance served %d requests on old connections, the other %d",
-		ok.Load(), failed.Load(), notReadyAfter, time.Since(sigAt).Round(time.Millisecond), lingering, servedByNext)
+		ok.Load(), failed.Load(), notReadyAfter, exitedAfter.Round(time.Millisecond), lingering, servedByNext)
 	if failed.Load() != 0 {
 		var msgs []string
 		failures.Range(func(k, _ any) bool { msgs = append(msgs, k.(string)); return true })
