@@ -481,8 +481,14 @@ else
 	fds=$(count "Too many open files")
 	workers=$(count "worker_connections are not enough")
 	echo "$error_log: upstream prematurely closed: $premature, reset by peer: $reset, broken pipe: $pipe, connection refused: $refused, upstream timed out: $timedout, no live upstreams: $nolive"
-	# Section 4 lines these up with the service's own close reasons.
+	# Section 4 lines these up with the service's own close reasons: with
+	# -p, only the lines of upstreams on that port (one nginx may proxy to
+	# several services).
 	proxy_died=$((premature + reset + pipe))
+	if [[ -n $port ]]; then
+		proxy_died=$(grep -E -- "upstream prematurely closed|(reset by peer|Broken pipe)\) while [^,]*upstream" "$error_log" |
+			grep -cE -- "upstream: \"[a-z]+://[^\"]*:$port(/|\")" || true)
+	fi
 	if ((premature + reset + pipe > 0)); then
 		finding WARN "$((premature + reset + pipe)) upstream connections died under a request (prematurely closed: $premature, reset by peer: $reset, broken pipe: $pipe)" \
 			"nginx sent a request on a connection the service was closing. Usually a reused keep-alive connection that the service closed as idle at that instant: nginx's upstream keepalive_timeout is not shorter than the service's idle timeout. Also: the service crashed or was killed mid-request." \
@@ -523,7 +529,12 @@ elif [[ ! -r $nginx_conf ]]; then
 else
 	# The service's timeouts: its own metrics if given, else its defaults.
 	svc_idle=75 svc_write=30 svc_src="the service's defaults (pass --metrics to read the instance's)"
-	[[ -n $metrics_url ]] && svc_src="the service's defaults (could not read $metrics_url)"
+	conf_err=""
+	if [[ -s $work/metrics.1 ]] && ! grep -q '^http_server_timeout_seconds{' "$work/metrics.1"; then
+		svc_src="the service's defaults ($metrics_url has no http_server_timeout_seconds: an older build?)"
+	elif [[ -n $metrics_url ]]; then
+		svc_src="the service's defaults (could not read $metrics_url)"
+	fi
 	if [[ -s $work/metrics.1 ]] && grep -q '^http_server_timeout_seconds{' "$work/metrics.1"; then
 		svc_idle=$(awk '/^http_server_timeout_seconds\{.*timeout="idle"/ { print $2 + 0 }' "$work/metrics.1")
 		svc_write=$(awk '/^http_server_timeout_seconds\{.*timeout="write"/ { print $2 + 0 }' "$work/metrics.1")
@@ -538,7 +549,7 @@ else
 	# none). Output, tab-separated:
 	#   U name keepalive overridden-by timeout servers locations not-kept
 	#     first-not-kept shortest-read-timeout its-location
-	#   D address locations shortest-read-timeout its-location
+	#   D address locations first-location shortest-read-timeout its-location
 	#   META includes is-dump
 	# Quote-aware: a ';' or '{' inside a quoted value is not syntax.
 	awk -v port="$port" '
@@ -562,14 +573,18 @@ else
 			return total
 		}
 		# glob2re: an include pattern (fnmatch: * ? [...]) as an anchored regex.
-		function glob2re(g,   r, i, c) {
+		function glob2re(g,   r, i, c, cls) {
 			r = "^"
 			for (i = 1; i <= length(g); i++) {
 				c = substr(g, i, 1)
 				if (c == "*") r = r "[^/]*"
 				else if (c == "?") r = r "[^/]"
-				else if (c == "[" || c == "]") r = r c
-				else if (index("\\^$.|+(){}", c)) r = r "\\" c
+				else if (c == "[" && match(substr(g, i + 1), /^!?[^]\/]+]/)) {
+					# a class: [abc], [!abc] (fnmatch) is [^abc]
+					cls = substr(g, i + 1, RLENGTH - 1); sub(/^!/, "^", cls)
+					gsub(/\\/, "\\\\", cls)
+					r = r "[" cls "]"; i += RLENGTH
+				} else if (index("\\^$.|+(){}[]", c)) r = r "\\" c
 				else r = r c
 			}
 			return r "$"
@@ -718,7 +733,7 @@ else
 					if (!kept(f)) { nbad[u]++; if (!(u in badloc)) badloc[u] = where(f) }
 					if (!(u in minprt) || p < minprt[u]) { minprt[u] = p; prtloc[u] = where(f) }
 				} else {
-					if (!(target in dloc)) { dorder[++nd] = target; dport[target] = portof(target, scheme == "https" ? 443 : 80) }
+					if (!(target in dloc)) { dorder[++nd] = target; dport[target] = portof(target, scheme == "https" ? 443 : 80); dfirst[target] = where(f) }
 					dloc[target]++
 					if (!(target in dprt) || p < dprt[target]) { dprt[target] = p; dprtloc[target] = where(f) }
 				}
@@ -737,10 +752,13 @@ else
 			for (i = 1; i <= nd; i++) {
 				t = dorder[i]
 				if (port != "" && dport[t] != port + 0) continue
-				printf "D\t%s\t%d\t%s\t%s\n", t, dloc[t], dprt[t], dprtloc[t]
+				printf "D\t%s\t%d\t%s\t%s\t%s\n", t, dloc[t], dfirst[t], dprt[t], dprtloc[t]
 			}
 			printf "META\t%d\t%d\n", inc, dump
-		}' "$nginx_conf" >"$work/nginx-conf"
+		}' "$nginx_conf" >"$work/nginx-conf" 2>"$work/nginx-conf.err" || {
+		conf_err=$(head -n 1 "$work/nginx-conf.err")
+		printf 'META\t0\t0\n' >"$work/nginx-conf"
+	}
 	IFS=$'\t' read -r _ includes dumped < <(grep '^META' "$work/nginx-conf")
 	nups=$(grep -c '^U' "$work/nginx-conf" || true)
 	ndirect=$(grep -c '^D' "$work/nginx-conf" || true)
@@ -764,11 +782,12 @@ else
 	}
 	while IFS=$'\t' read -r kind name keepalive lb kt servers nloc nbad badloc minprt prtloc; do
 		if [[ $kind == D ]]; then
-			# name address, then: locations, shortest read timeout, its location
-			finding NOTE "nginx proxies straight to $name ($kt; $keepalive location(s) in all), with no upstream block: no keep-alive" \
+			# name: the address; then locations, the first, the shortest
+			# read timeout and its location
+			finding NOTE "nginx proxies straight to $name ($lb; $keepalive location(s) in all), with no upstream block: no keep-alive" \
 				"Without an upstream block nginx cannot keep connections to the service: a TCP handshake per request, and TIME_WAIT sockets piling up on nginx's side (port exhaustion under load). No keep-alive race either." \
 				"Declare upstream { server $name; keepalive 64; keepalive_timeout 60s; } and proxy_pass to it (deploy/nginx/nginx.conf)."
-			read_timeout "$name" "$lb" "$kt"
+			read_timeout "$name" "$kt" "$servers"
 			continue
 		fi
 		if [[ $keepalive == none ]]; then
@@ -802,14 +821,20 @@ else
 		fi
 	done < <(grep -E '^(U|D)' "$work/nginx-conf")
 	if ((oks > 10)); then
-		finding OK "$((oks - 10)) more upstreams keep idle connections for less than the service's idle timeout"
+		finding OK "$((oks - 10)) more upstreams checked, all as above"
 	fi
-	if ((nups + ndirect == 0)); then
+	if [[ -n ${conf_err:-} ]]; then
+		skip "could not parse $nginx_conf: $conf_err"
+	elif ((nups + ndirect == 0)); then
 		if ((includes > 0 && dumped == 0)); then
 			skip "nginx proxies nowhere${port:+ on port $port} in $nginx_conf, which has $includes include(s): pass the output of nginx -T"
 		else
 			skip "nginx proxies nowhere${port:+ on port $port} in $nginx_conf"
 		fi
+	elif ((includes > 0 && dumped == 0)); then
+		finding NOTE "$nginx_conf has $includes include(s) this check did not follow: what they set is not in the findings above" \
+			"Included files (snippets, conf.d) can hold keepalive, keepalive_timeout, proxy_http_version, proxy_set_header or proxy_read_timeout, and change the answer." \
+			"Pass the output of nginx -T: every file, each include where it stands."
 	fi
 fi
 
@@ -1134,7 +1159,7 @@ else
 			# Both sides of the same race: nginx wrote a request onto an
 			# idle upstream connection the service was closing.
 			finding WARN "keep-alive order: nginx lost $proxy_died upstream connections under a request, and the service closed $idle_total idle connections by its own idle timeout since the service started" \
-				"The two layers describe the same race: the service closed a kept-alive connection as idle (HTTP_IDLE_TIMEOUT) at the moment nginx reused it for a request, so nginx logged 'upstream prematurely closed' or 'reset by peer' and answered 502 (POST) or retried (GET). nginx's upstream keepalive_timeout is not shorter than the service's idle timeout." \
+				"Most likely the two layers describe the same race: the service closed a kept-alive connection as idle (HTTP_IDLE_TIMEOUT) at the moment nginx reused it for a request, so nginx logged 'upstream prematurely closed' or 'reset by peer' and answered 502 (POST) or retried (GET): nginx's upstream keepalive_timeout is not shorter than the service's idle timeout. If --nginx-conf found that order right, look for another instance or service behind the same nginx (-p narrows the error log to one port)." \
 				"Set upstream { keepalive_timeout } below HTTP_IDLE_TIMEOUT (${idle_s:-?}s on this instance; reference: 60s < 75s, deploy/nginx/nginx.conf); on ingress-nginx, upstream-keepalive-timeout; behind a cloud load balancer, its idle timeout below HTTP_IDLE_TIMEOUT. --nginx-conf checks the setting."
 		elif ((idle > 0 && proxy_died == 0)); then
 			finding NOTE "$idle idle keep-alive connections were closed by the service's idle timeout $span" \

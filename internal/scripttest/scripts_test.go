@@ -952,6 +952,48 @@ keepalive_timeout 120s;
 	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-N", dump, "-p", "8080")
 	mustContain(t, "nginx -T", section(out, "2. Proxy"),
 		"[WARN] upstream api (10.0.0.1:8080) keeps idle connections for 120s, not less than the service's idle timeout 75s")
+	if strings.Contains(out, "did not follow") {
+		t.Errorf("the includes of an nginx -T dump were followed, yet:\n%s", section(out, "2. Proxy"))
+	}
+
+	// Include patterns as nginx takes them: a class with fnmatch's "!", a
+	// lone "[" (literal); the report goes on to its end either way.
+	globs := filepath.Join(dir, "globs-T.txt")
+	if err := os.WriteFile(globs, []byte(`# configuration file /etc/nginx/nginx.conf:
+http {
+    include up.d/[!x]*.conf;
+    include other.d/[odd.conf;
+}
+
+# configuration file /etc/nginx/up.d/a.conf:
+upstream kept { server 10.0.0.1:8080; keepalive 8; keepalive_timeout 30s; }
+
+# configuration file /etc/nginx/up.d/x.conf:
+upstream excluded { server 10.0.0.2:8080; }
+
+# configuration file /etc/nginx/other.d/[odd.conf:
+upstream odd { server 10.0.0.3:8080; keepalive 8; keepalive_timeout 100s; }
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code = script(t, nil, "diagnose-eof.sh", "-i", "0", "-N", globs)
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	proxy = section(out, "2. Proxy")
+	mustContain(t, "include globs", proxy, "2 upstream(s);", "[OK] upstream kept (10.0.0.1:8080)", "[WARN] upstream odd (10.0.0.3:8080) keeps idle connections for 100s, not")
+	if strings.Contains(proxy, "excluded") {
+		t.Errorf("[!x]*.conf included x.conf:\n%s", proxy)
+	}
+	mustContain(t, "include globs, the rest of the report", out, "== Summary")
+
+	// A single file whose includes were not followed: said so.
+	partial := filepath.Join(dir, "partial.conf")
+	if err := os.WriteFile(partial, []byte("http {\n    upstream api { server 10.0.0.1:8080; include snippets/keepalive.conf; }\n    server { location / { proxy_pass http://api; } }\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-N", partial)
+	mustContain(t, "partial", section(out, "2. Proxy"), "[NOTE] "+partial+" has 1 include(s) this check did not follow")
 
 	// A file that only includes others, and one that cannot be read.
 	inc := filepath.Join(dir, "includes.conf")

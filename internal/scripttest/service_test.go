@@ -218,6 +218,13 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 		t.Errorf("the joined finding should replace the idle-close notes:\n%s", svc)
 	}
 	mustContain(t, "summary, keep-alive order", section(out, "Summary"), "keep-alive order: nginx lost 7")
+	// -p: only the errors of upstreams on that port are lined up.
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", metricsURL, "-e", errlog, "-p", "8080")
+	mustContain(t, "service, -p 8080", section(out, "4. Service"), "[WARN] keep-alive order: nginx lost 7 upstream connections")
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", metricsURL, "-e", errlog, "-p", "8081")
+	if svc := section(out, "4. Service"); strings.Contains(svc, "keep-alive order") || strings.Contains(svc, "nginx lost") {
+		t.Errorf("-p 8081 lined up errors of the upstream on 8080:\n%s", svc)
+	}
 
 	// Over an interval, only what happens meanwhile counts.
 	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "1", "-m", metricsURL)
@@ -233,6 +240,8 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
 	mustContain(t, "not metrics", section(out, "4. Service"), "[SKIP] http://"+public+"/healthz has no http_server_connections_closed_total")
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", "http://"+public+"/healthz", "-N", filepath.Join(repoRoot(t), "deploy", "nginx", "nginx.conf"))
+	mustContain(t, "not metrics, nginx conf", section(out, "2. Proxy"), "from the service's defaults (http://"+public+"/healthz has no http_server_timeout_seconds: an older build?)")
 	dead := "127.0.0.1:" + strconv.Itoa(redistest.FreePort(t)) // nothing listens there
 	out, code = script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", "http://"+dead+"/metrics")
 	if code != 0 {
