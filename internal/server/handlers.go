@@ -98,18 +98,27 @@ const timeoutAnswerGrace = time.Second
 // an oversized one (413).
 func echo(t Timeouts) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		// The write deadline runs from the end of the headers, the read
-		// deadline from the start of the request: with HTTP_WRITE_TIMEOUT
-		// no longer than HTTP_READ_TIMEOUT (the defaults: 30s and 30s) the
-		// write deadline falls at the same moment as the read deadline,
-		// and the 408 for a body that misses it would be cut to an EOF
-		// (HTTP/1) or a stream reset (HTTP/2, whose write timer cannot be
-		// moved once it has fired). It is moved now, while it still can
-		// be, to leave the answer a moment after the read deadline.
-		if t.Read > 0 && t.Write > 0 && t.Read+timeoutAnswerGrace > t.Write {
-			_ = http.NewResponseController(c.Writer).SetWriteDeadline(time.Now().Add(t.Read + timeoutAnswerGrace))
+		// The write deadline runs from the end of the headers (about now),
+		// the read deadline from the start of the request: with
+		// HTTP_WRITE_TIMEOUT no longer than HTTP_READ_TIMEOUT (the
+		// defaults: 30s and 30s) the write deadline falls at the same
+		// moment as the read deadline, and the 408 for a body that misses
+		// it would be cut to an EOF (HTTP/1) or a stream reset (HTTP/2,
+		// whose write timer cannot be moved once it has fired). It is
+		// moved now, while it still can be, to leave the 408 a moment
+		// after the read deadline, and put back once the body is in: a
+		// body that took longer than the write timeout still gets no
+		// answer.
+		start := time.Now()
+		rc := http.NewResponseController(c.Writer)
+		moved := t.Read > 0 && t.Write > 0 && t.Read+timeoutAnswerGrace > t.Write
+		if moved {
+			_ = rc.SetWriteDeadline(start.Add(t.Read + timeoutAnswerGrace))
 		}
 		body, err := io.ReadAll(c.Request.Body)
+		if moved && !isTimeout(err) {
+			_ = rc.SetWriteDeadline(start.Add(t.Write))
+		}
 		if err != nil {
 			var mbe *http.MaxBytesError
 			switch {
