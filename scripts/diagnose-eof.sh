@@ -1104,6 +1104,17 @@ else
 				echo "$b $b"
 			fi
 		}
+		# rising NAME LABEL VALUE...: "VALUE: delta, ..." for the values
+		# of LABEL whose series of NAME rose (over the run, or since start).
+		rising() {
+			local name=$1 label=$2 v d out=""
+			shift 2
+			for v in "$@"; do
+				read -r _ d < <(mval "$name" "$label=$v")
+				((d > 0)) && out+="${out:+, }$v: $d"
+			done
+			echo "$out"
+		}
 		if ((interval > 0)); then
 			span="in the last ${mwindow}s"
 		else
@@ -1175,21 +1186,13 @@ else
 		fi
 
 		echo "-- requests net/http rejected, TLS handshakes, kernel, protections"
-		rejected=""
-		for code in 400 408 417 431 501 505 unknown; do
-			read -r _ d < <(mval http_server_rejected_requests_total code=$code)
-			((d > 0)) && rejected+="${rejected:+, }$code: $d"
-		done
+		rejected=$(rising http_server_rejected_requests_total code 400 408 417 431 501 505 unknown)
 		if [[ -n $rejected ]]; then
 			finding WARN "the service rejected requests before routing $span ($rejected)" \
 				"net/http could not read them: 431 headers larger than HTTP_MAX_HEADER_BYTES (big cookies or tokens), 400 a malformed request line or header, 408 one cut off by the read-header timeout, 417 an Expect header other than 100-continue, 501/505 an unsupported transfer encoding or HTTP version; unknown: one of these on the TLS listener, where the status is not readable. They have no access line; each has a 'request rejected' log line." \
 				"Look up the 'request rejected' lines for the client addresses; raise HTTP_MAX_HEADER_BYTES for legitimate large headers."
 		fi
-		tls=""
-		for reason in eof timeout bad_certificate other; do
-			read -r _ d < <(mval http_server_tls_handshake_errors_total reason=$reason)
-			((d > 0)) && tls+="${tls:+, }$reason: $d"
-		done
+		tls=$(rising http_server_tls_handshake_errors_total reason eof timeout bad_certificate other)
 		if [[ -n $tls ]]; then
 			finding NOTE "TLS handshakes failed $span ($tls)" \
 				"eof: the client hung up during the handshake (health checkers and port scanners do this); timeout: it stalled; bad_certificate: it does not trust the certificate; other: not TLS at all, often plain HTTP to the TLS port." \
@@ -1218,21 +1221,13 @@ else
 				"Decisions come from RATELIMIT_ON_REDIS_ERROR (local bucket, allow or deny) until Redis answers again; /readyz says degraded." \
 				"Check Redis (redis-cli ping, latency) and ratelimit_redis_errors_total{kind}."
 		fi
-		fallbacks=""
-		for reason in open timeout rejected panic failure caller_error; do
-			read -r _ d < <(mval items_fallbacks_total reason=$reason)
-			((d > 0)) && fallbacks+="${fallbacks:+, }$reason: $d"
-		done
+		fallbacks=$(rising items_fallbacks_total reason open timeout rejected panic failure caller_error)
 		if [[ -n $fallbacks ]]; then
 			finding WARN "responses were served from the fallback $span ($fallbacks)" \
 				"The dependency behind /api/v1/items failed, was slow, or its circuit was open: callers got 200 with X-Degraded: true. timeout: it did not answer within BREAKER_TIMEOUT, so those requests took that long, and a proxy or client with a shorter timeout gave up first (504 at nginx, 499 here)." \
 				"Look at the dependency: http_client_request_duration_seconds and http_client_requests_total{code} by host, breaker_events_total; the traces show where the time went."
 		fi
-		retries=""
-		for reason in eof reset refused timeout status_429 status_502 status_503 status_504; do
-			read -r _ d < <(mval http_client_retries_total reason=$reason)
-			((d > 0)) && retries+="${retries:+, }$reason: $d"
-		done
+		retries=$(rising http_client_retries_total reason eof reset refused timeout status_429 status_502 status_503 status_504)
 		if [[ -n $retries ]]; then
 			finding NOTE "the service retried calls to its dependencies $span ($retries)" \
 				"The service is the client here. eof, reset: the dependency (or a proxy in front of it) closed kept-alive connections as the service reused them, the same race as in front of the service the other way round; refused: it was down or restarting; timeout: it was slower than DOWNSTREAM_ATTEMPT_TIMEOUT; status_*: it answered with that error. The retry budget bounds them." \

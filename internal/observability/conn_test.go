@@ -303,17 +303,24 @@ func TestConnCloseReasons(t *testing.T) {
 
 // A flood of connection events is logged at a bounded rate, and the next
 // line says how many were left out.
-func TestConnLogIsRateLimited(t *testing.T) {
-	cs := startConnServer(t, true, nil)
-	const n = 60
+// floodCloses opens n connections and resets each before a request, and
+// waits until every close is counted.
+func floodCloses(t *testing.T, cs *connServer, n int) {
+	t.Helper()
 	for range n {
 		c := cs.dial(t)
 		c.(*net.TCPConn).SetLinger(0)
 		c.Close()
 	}
 	eventually(t, "all closes counted", func() bool {
-		return cs.closedCount(CloseReasonPeerReset, "new")+cs.closedCount(CloseReasonPeerClosed, "new") == n
+		return cs.closedCount(CloseReasonPeerReset, "new")+cs.closedCount(CloseReasonPeerClosed, "new") == float64(n)
 	})
+}
+
+func TestConnLogIsRateLimited(t *testing.T) {
+	cs := startConnServer(t, true, nil)
+	const n = 60
+	floodCloses(t, cs, n)
 	lines := strings.Count(cs.logs.String(), `"msg":"connection closed"`)
 	if lines >= n/2 || lines < 10 {
 		t.Fatalf("%d of %d closes logged, want the burst of 10 and a few more", lines, n)
@@ -535,15 +542,7 @@ func TestServerTimeouts(t *testing.T) {
 // count of closes folded in.
 func TestRejectionLinesHaveTheirOwnBudget(t *testing.T) {
 	cs := startConnServer(t, true, nil)
-	const n = 60
-	for range n {
-		c := cs.dial(t)
-		c.(*net.TCPConn).SetLinger(0)
-		c.Close()
-	}
-	eventually(t, "all closes counted", func() bool {
-		return cs.closedCount(CloseReasonPeerReset, "new")+cs.closedCount(CloseReasonPeerClosed, "new") == n
-	})
+	floodCloses(t, cs, 60)
 	c := cs.dial(t)
 	defer c.Close()
 	io.WriteString(c, "GET /fast HTTP/1.1\r\nHost: x\r\nExpect: foo\r\n\r\n")
