@@ -109,14 +109,14 @@ func echo(t Timeouts) gin.HandlerFunc {
 		// after the read deadline, and put back once the body is in: a
 		// body that took longer than the write timeout still gets no
 		// answer.
+		var rc *http.ResponseController
 		start := time.Now()
-		rc := http.NewResponseController(c.Writer)
-		moved := t.Read > 0 && t.Write > 0 && t.Read+timeoutAnswerGrace > t.Write
-		if moved {
+		if t.Read > 0 && t.Write > 0 && t.Read+timeoutAnswerGrace > t.Write {
+			rc = http.NewResponseController(c.Writer)
 			_ = rc.SetWriteDeadline(start.Add(t.Read + timeoutAnswerGrace))
 		}
 		body, err := io.ReadAll(c.Request.Body)
-		if moved && !isTimeout(err) {
+		if rc != nil && !isTimeout(err) {
 			_ = rc.SetWriteDeadline(start.Add(t.Write))
 		}
 		if err != nil {
