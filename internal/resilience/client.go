@@ -46,7 +46,7 @@ type ClientConfig struct {
 	DialTimeout           time.Duration // ClientConfig.DialTimeout
 	KeepAlive             time.Duration // ClientConfig.KeepAlive: TCP keep-alive probe interval
 	TLSHandshakeTimeout   time.Duration // ClientConfig.TLSHandshakeTimeout
-	ResponseHeaderTimeout time.Duration // ClientConfig.ResponseHeaderTimeout: transport backstop
+	ResponseHeaderTimeout time.Duration // ClientConfig.ResponseHeaderTimeout: transport backstop; never shorter than AttemptTimeout
 	ExpectContinueTimeout time.Duration // ClientConfig.ExpectContinueTimeout
 }
 
@@ -215,7 +215,9 @@ func NewClient(cfg ClientConfig, logger *slog.Logger, reg prometheus.Registerer,
 		MaxConnsPerHost:       cfg.MaxConnsPerHost,
 		IdleConnTimeout:       cfg.IdleConnTimeout,
 		TLSHandshakeTimeout:   cfg.TLSHandshakeTimeout,
-		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+		// A backstop for callers without a deadline: it must not cut an
+		// attempt short of DOWNSTREAM_ATTEMPT_TIMEOUT.
+		ResponseHeaderTimeout: max(cfg.ResponseHeaderTimeout, cfg.AttemptTimeout),
 		ExpectContinueTimeout: cfg.ExpectContinueTimeout,
 	}
 	c.rt = c.transport

@@ -623,3 +623,25 @@ func TestRetryBudget(t *testing.T) {
 		t.Fatalf("ratio 0.0004 over 100 000 requests allowed %d retries, want 40", n)
 	}
 }
+
+// TestAttemptTimeoutAboveTheTransportBackstop: an attempt timeout longer
+// than the transport's response-header backstop (1s by default) is the
+// one that counts; the backstop used to cut every attempt at 1s, so a
+// dependency answering in 1.3s was retried and failed.
+func TestAttemptTimeoutAboveTheTransportBackstop(t *testing.T) {
+	ds := newDownstream(t, 0)
+	ds.setMode(mode{kind: modeHealthy, delay: 1300 * time.Millisecond})
+	cfg := testClientConfig()
+	cfg.AttemptTimeout = 3 * time.Second
+	c := newTestClient(t, cfg, prometheus.NewRegistry())
+	req, _ := http.NewRequest(http.MethodGet, ds.URL()+"/items/1", nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("a 1.3s answer within a 3s attempt timeout failed: %v", err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || ds.hits.Load() != 1 {
+		t.Fatalf("status %d after %d attempts, want 200 after 1", resp.StatusCode, ds.hits.Load())
+	}
+}
