@@ -582,7 +582,7 @@ else
 				else if (c == "[" && match(substr(g, i + 1), /^!?[^]\/]+]/)) {
 					# a class: [abc], [!abc] (fnmatch) is [^abc]
 					cls = substr(g, i + 1, RLENGTH - 1); sub(/^!/, "^", cls)
-					gsub(/\\/, "\\\\", cls)
+					gsub(/\\/, "\\\\\\\\", cls)
 					r = r "[" cls "]"; i += RLENGTH
 				} else if (index("\\^$.|+(){}[]", c)) r = r "\\" c
 				else r = r c

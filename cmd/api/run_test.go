@@ -617,6 +617,13 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 			}
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
+			if path == "/api/v1/items/1" && resp.Header.Get("X-Degraded") != "" {
+				// The fallback would end the call early: it must wait
+				// out the dependency, through the listener's close.
+				failed.Add(1)
+				failures.Store("a slow call was answered from the fallback", true)
+				continue
+			}
 			if resp.StatusCode == 200 {
 				ok.Add(1)
 				if path == "/api/v1/items/1" {
@@ -705,6 +712,9 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 	}
 	if closedAt.IsZero() {
 		t.Fatalf("no 'closing listener' line:\n%s", p.logs)
+	}
+	if len(slowEnds) != 4 {
+		t.Fatalf("the draining instance logged %d slow calls, want the 4 in flight at SIGTERM", len(slowEnds))
 	}
 	for _, end := range slowEnds {
 		if !end.After(closedAt) {
@@ -942,12 +952,12 @@ func TestSlowBodyGets408(t *testing.T) {
 		// deadline, and the 408 must still reach the client.
 		t.Run("write_timeout_"+write, func(t *testing.T) {
 			r := startRun(t, map[string]string{"HTTP_READ_HEADER_TIMEOUT": "500ms", "HTTP_READ_TIMEOUT": "1s", "HTTP_WRITE_TIMEOUT": write, "BREAKER_TIMEOUT": "200ms", "RATELIMIT_REDIS_TIMEOUT": "20ms"})
+			start := time.Now() // before the server can start its read deadline
 			c, err := net.Dial("tcp", r.public)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			start := time.Now()
 			fmt.Fprint(c, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\nX-Request-ID: slow-body-1\r\n\r\n{\"")
 			c.SetReadDeadline(time.Now().Add(5 * time.Second))
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
