@@ -207,14 +207,14 @@ func NewClient(cfg ClientConfig, logger *slog.Logger, reg prometheus.Registerer,
 	}
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: cfg.KeepAlive}
 	c.transport = &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          cfg.MaxIdleConns,
-		MaxIdleConnsPerHost:   idlePerHost,
-		MaxConnsPerHost:       cfg.MaxConnsPerHost,
-		IdleConnTimeout:       cfg.IdleConnTimeout,
-		TLSHandshakeTimeout:   cfg.TLSHandshakeTimeout,
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         dialer.DialContext,
+		ForceAttemptHTTP2:   true,
+		MaxIdleConns:        cfg.MaxIdleConns,
+		MaxIdleConnsPerHost: idlePerHost,
+		MaxConnsPerHost:     cfg.MaxConnsPerHost,
+		IdleConnTimeout:     cfg.IdleConnTimeout,
+		TLSHandshakeTimeout: cfg.TLSHandshakeTimeout,
 		// A backstop for callers without a deadline: it must not cut an
 		// attempt short of DOWNSTREAM_ATTEMPT_TIMEOUT.
 		ResponseHeaderTimeout: max(cfg.ResponseHeaderTimeout, cfg.AttemptTimeout),
