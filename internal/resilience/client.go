@@ -206,18 +206,19 @@ func NewClient(cfg ClientConfig, logger *slog.Logger, reg prometheus.Registerer,
 		idlePerHost = min(idlePerHost, cfg.MaxConnsPerHost)
 	}
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: cfg.KeepAlive}
+	// A backstop for callers without a deadline: it must not cut an attempt
+	// short of DOWNSTREAM_ATTEMPT_TIMEOUT.
+	headerTimeout := max(cfg.ResponseHeaderTimeout, cfg.AttemptTimeout)
 	c.transport = &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
-		DialContext:         dialer.DialContext,
-		ForceAttemptHTTP2:   true,
-		MaxIdleConns:        cfg.MaxIdleConns,
-		MaxIdleConnsPerHost: idlePerHost,
-		MaxConnsPerHost:     cfg.MaxConnsPerHost,
-		IdleConnTimeout:     cfg.IdleConnTimeout,
-		TLSHandshakeTimeout: cfg.TLSHandshakeTimeout,
-		// A backstop for callers without a deadline: it must not cut an
-		// attempt short of DOWNSTREAM_ATTEMPT_TIMEOUT.
-		ResponseHeaderTimeout: max(cfg.ResponseHeaderTimeout, cfg.AttemptTimeout),
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          cfg.MaxIdleConns,
+		MaxIdleConnsPerHost:   idlePerHost,
+		MaxConnsPerHost:       cfg.MaxConnsPerHost,
+		IdleConnTimeout:       cfg.IdleConnTimeout,
+		TLSHandshakeTimeout:   cfg.TLSHandshakeTimeout,
+		ResponseHeaderTimeout: headerTimeout,
 		ExpectContinueTimeout: cfg.ExpectContinueTimeout,
 	}
 	c.rt = c.transport
