@@ -23,7 +23,10 @@ and, with --metrics, the service's own view from its Prometheus metrics:
   4. service - who closed its connections and why (peer reset, client gone
                mid-request, idle/read/write timeouts), 499s, requests net/http
                rejected, TLS handshake errors, the pod's listen overflows,
-               open circuits and the rate limiter's fallback
+               open circuits, fallbacks, its own retries towards its
+               dependencies and the rate limiter's fallback; with nginx's
+               error log, whether nginx's premature closes are the
+               keep-alive race with the service's idle timeout
 
 Every part is optional: a missing tool or input is reported, not fatal.
 
@@ -47,7 +50,8 @@ Options:
                          http://127.0.0.1:9090/metrics; read at the start and
                          at the end, like the kernel counters
   -p, --port PORT        only count sockets on this local or remote port
-                         (and only check nginx upstreams with a server on it)
+                         (and only check nginx upstreams with a server on it,
+                         and line up only their errors with the service's)
   -i, --interval SEC     seconds between two readings of the kernel counters
                          and the service's metrics,
                          to tell "rising now" from "since boot" (default 2; 0:
