@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/gin-gonic/gin"
 
@@ -88,60 +87,35 @@ func getItem(d Deps) gin.HandlerFunc {
 	}
 }
 
-// timeoutAnswerGrace is how long the 408 for a body that missed the read
-// deadline may take to be written.
-const timeoutAnswerGrace = time.Second
-
 // echo returns the JSON body it was sent. The body is read whole first so a
 // transport failure (truncated body, client gone: 499) is told apart from a
-// body too slow for HTTP_READ_TIMEOUT (408), a malformed document (400) and
-// an oversized one (413).
-func echo(t Timeouts) gin.HandlerFunc {
-	return func(c *gin.Context) {
-		// The write deadline runs from the end of the headers (about now),
-		// the read deadline from the start of the request: with
-		// HTTP_WRITE_TIMEOUT no longer than HTTP_READ_TIMEOUT (the
-		// defaults: 30s and 30s) the write deadline falls at the same
-		// moment as the read deadline, and the 408 for a body that misses
-		// it would be cut to an EOF (HTTP/1) or a stream reset (HTTP/2,
-		// whose write timer cannot be moved once it has fired). It is
-		// moved now, while it still can be, to leave the 408 a moment
-		// after the read deadline, and put back once the body is in: a
-		// body that took longer than the write timeout still gets no
-		// answer.
-		var rc *http.ResponseController
-		start := time.Now()
-		if t.Read > 0 && t.Write > 0 && t.Read+timeoutAnswerGrace > t.Write {
-			rc = http.NewResponseController(c.Writer)
-			_ = rc.SetWriteDeadline(start.Add(t.Read + timeoutAnswerGrace))
+// body too slow for HTTP_READ_TIMEOUT (408: bodyLimit leaves the answer
+// time to be written), a malformed document (400) and an oversized one
+// (413).
+func echo(c *gin.Context) {
+	body, err := io.ReadAll(c.Request.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe):
+			problem.Abort(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", mbe.Limit))
+		case isTimeout(err):
+			// Our read deadline, not the client leaving: it is still there
+			// and gets an answer, then net/http closes.
+			problem.Abort(c, http.StatusRequestTimeout, "request body not received within the read timeout")
+		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, context.Canceled), isConnError(err):
+			observability.MarkTruncatedBody(c)
+			problem.Abort(c, http.StatusBadRequest, "request body ended early")
+		default:
+			problem.Abort(c, http.StatusBadRequest, "request body could not be read")
 		}
-		body, err := io.ReadAll(c.Request.Body)
-		if rc != nil && !isTimeout(err) {
-			_ = rc.SetWriteDeadline(start.Add(t.Write))
-		}
-		if err != nil {
-			var mbe *http.MaxBytesError
-			switch {
-			case errors.As(err, &mbe):
-				problem.Abort(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", mbe.Limit))
-			case isTimeout(err):
-				// Our read deadline, not the client leaving: it is still
-				// there and gets an answer, then net/http closes.
-				problem.Abort(c, http.StatusRequestTimeout, "request body not received within the read timeout")
-			case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, context.Canceled), isConnError(err):
-				observability.MarkTruncatedBody(c)
-				problem.Abort(c, http.StatusBadRequest, "request body ended early")
-			default:
-				problem.Abort(c, http.StatusBadRequest, "request body could not be read")
-			}
-			return
-		}
-		if !json.Valid(body) {
-			problem.Abort(c, http.StatusBadRequest, "request body is not valid JSON")
-			return
-		}
-		c.Data(http.StatusOK, "application/json; charset=utf-8", body)
+		return
 	}
+	if !json.Valid(body) {
+		problem.Abort(c, http.StatusBadRequest, "request body is not valid JSON")
+		return
+	}
+	c.Data(http.StatusOK, "application/json; charset=utf-8", body)
 }
 
 // isConnError reports read errors caused by the peer's connection going away

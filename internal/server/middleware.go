@@ -2,9 +2,11 @@ package server
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"time"
 
 	"github.com/gin-gonic/gin"
 
@@ -30,7 +32,8 @@ import (
 //  5. rate limiter   - probes are never limited; every response of a
 //     limited route, a 413 included, carries the RateLimit-* headers
 //  6. body limit     - 413 before any handler reads an oversized body (the
-//     other routes read no body)
+//     other routes read no body); the answer to a body that misses the
+//     read deadline gets time to be written
 func middlewares(d Deps) []gin.HandlerFunc {
 	var chain []gin.HandlerFunc
 	if d.Readiness != nil {
@@ -53,7 +56,7 @@ func apiMiddlewares(d Deps) []gin.HandlerFunc {
 	if d.RateLimit != nil {
 		chain = append(chain, d.RateLimit)
 	}
-	return append(chain, bodyLimit(d.MaxBodyBytes))
+	return append(chain, bodyLimit(d.MaxBodyBytes, d.Timeouts))
 }
 
 // closeWhenDraining makes every HTTP/1 response carry "Connection: close"
@@ -142,15 +145,60 @@ func recovery(logger *slog.Logger, m *observability.HTTPMetrics) gin.HandlerFunc
 
 // bodyLimit rejects bodies announced larger than max at once and caps the
 // rest (chunked or lying clients) with http.MaxBytesReader.
-func bodyLimit(max int64) gin.HandlerFunc {
+//
+// It also leaves room for the answer to a body that misses the read
+// deadline. The write deadline runs from the end of the headers, the read
+// deadline from the start of the request: with HTTP_WRITE_TIMEOUT no longer
+// than HTTP_READ_TIMEOUT (the defaults: 30s and 30s) the write deadline
+// falls at the same moment as the read deadline, and the handler's 408 (or
+// whatever it answers to the read error) would be cut to an EOF on HTTP/1,
+// a stream reset on HTTP/2, whose write timer cannot be moved once it has
+// fired. So the write deadline is moved now, while it still can be, to a
+// moment after the read deadline, and put back once the body has been read
+// to its end: a body that took longer than the write timeout still gets no
+// answer. A handler that does not read its body to the end keeps the later
+// deadline (HTTP_READ_TIMEOUT plus a second).
+func bodyLimit(max int64, t Timeouts) gin.HandlerFunc {
+	move := t.Read > 0 && t.Write > 0 && t.Read+readTimeoutAnswerGrace > t.Write
 	return func(c *gin.Context) {
 		if c.Request.ContentLength > max {
 			problem.Abort(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", max))
 			return
 		}
 		if c.Request.Body != nil && c.Request.Body != http.NoBody {
-			c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, max)
+			body := http.MaxBytesReader(c.Writer, c.Request.Body, max)
+			if move {
+				now := time.Now() // about the end of the headers
+				rc := http.NewResponseController(c.Writer)
+				_ = rc.SetWriteDeadline(now.Add(t.Read + readTimeoutAnswerGrace))
+				body = &deadlineBody{ReadCloser: body, rc: rc, writeDeadline: now.Add(t.Write)}
+			}
+			c.Request.Body = body
 		}
 		c.Next()
 	}
+}
+
+// readTimeoutAnswerGrace is how long the answer to a body that missed the
+// read deadline may take to be written.
+const readTimeoutAnswerGrace = time.Second
+
+// deadlineBody puts the write deadline bodyLimit moved back once the body
+// has been read to its end (or failed other than by the read deadline).
+type deadlineBody struct {
+	io.ReadCloser
+	rc            *http.ResponseController
+	writeDeadline time.Time
+	done          bool
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && !b.done {
+		b.done = true
+		if !isTimeout(err) {
+			_ = b.rc.SetWriteDeadline(b.writeDeadline)
+		}
+	}
+	return n, err
 }

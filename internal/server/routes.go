@@ -19,7 +19,7 @@ func routes(e *gin.Engine, d Deps) {
 	api := e.Group("/api/v1", apiMiddlewares(d)...)
 	get(api, "/ping", ping)
 	get(api, "/items/:id", getItem(d))
-	api.POST("/echo", echo(d.Timeouts))
+	api.POST("/echo", echo)
 }
 
 // get registers a GET route and its HEAD twin: HTTP requires a server to

@@ -24,8 +24,9 @@ type Deps struct {
 
 	// MaxBodyBytes caps request bodies (413 above it).
 	MaxBodyBytes int64
-	// Timeouts are the http.Server's (NewHTTPServer): handlers that read a
-	// body need them to answer one that misses the read deadline.
+	// Timeouts are the http.Server's (NewHTTPServer): the body limit needs
+	// them to leave the answer to a body that misses the read deadline
+	// time to be written.
 	Timeouts Timeouts
 	// TrustedProxies are the peers whose X-Forwarded-For is believed.
 	TrustedProxies []netip.Prefix
