@@ -211,6 +211,12 @@ read_metrics() {
 }
 read_metrics "$work/metrics.1"
 
+# service_timeout FILE NAME: the service's http_server_timeout_seconds
+# {timeout="NAME"} in seconds, decimals kept ("" when absent).
+service_timeout() {
+	awk -v t="timeout=\"$2\"" 'index($1, "http_server_timeout_seconds{") == 1 && index($1, t) { print $2 + 0 }' "$1"
+}
+
 # ---------------------------------------------------------------- client
 section "1. Client: what a caller sees"
 
@@ -475,7 +481,8 @@ else
 	# Resets and broken pipes towards the upstream only: "while reading
 	# client request line" or "while sending to client" is the client's
 	# side (such lines may still carry an upstream: "..." field).
-	upstream_side() { grep -cE -- "$1\) while [^,]*upstream" "$error_log" || true; }
+	upstream_side_re() { printf '%s\\) while [^,]*upstream' "$1"; }
+	upstream_side() { grep -cE -- "$(upstream_side_re "$1")" "$error_log" || true; }
 	premature=$(count "upstream prematurely closed")
 	reset=$(upstream_side "reset by peer")
 	pipe=$(upstream_side "Broken pipe")
@@ -490,7 +497,7 @@ else
 	# several services).
 	proxy_died=$((premature + reset + pipe))
 	if [[ -n $port ]]; then
-		proxy_died=$(grep -E -- "upstream prematurely closed|(reset by peer|Broken pipe)\) while [^,]*upstream" "$error_log" |
+		proxy_died=$(grep -E -- "upstream prematurely closed|$(upstream_side_re "(reset by peer|Broken pipe)")" "$error_log" |
 			grep -cE -- "upstream: \"[a-z]+://[^\"]*:$port(/|\")" || true)
 	fi
 	if ((premature + reset + pipe > 0)); then
@@ -540,8 +547,8 @@ else
 		svc_src="the service's defaults (could not read $metrics_url)"
 	fi
 	if [[ -s $work/metrics.1 ]] && grep -q '^http_server_timeout_seconds{' "$work/metrics.1"; then
-		svc_idle=$(awk '/^http_server_timeout_seconds\{.*timeout="idle"/ { print $2 + 0 }' "$work/metrics.1")
-		svc_write=$(awk '/^http_server_timeout_seconds\{.*timeout="write"/ { print $2 + 0 }' "$work/metrics.1")
+		svc_idle=$(service_timeout "$work/metrics.1" idle)
+		svc_write=$(service_timeout "$work/metrics.1" write)
 		svc_idle=${svc_idle:-75} svc_write=${svc_write:-30}
 		svc_src="$metrics_url"
 	fi
@@ -1166,7 +1173,7 @@ else
 				"A response took longer than HTTP_WRITE_TIMEOUT to produce or send: the client gets a truncated body or EOF with no status, while the access line may say 200." \
 				"The service's 'connection closed' log lines with reason write_timeout name the request_id and route. Raise HTTP_WRITE_TIMEOUT above the slowest legitimate response, or make the handler's own deadline shorter so it answers with an error in time."
 		fi
-		idle_s=$(awk '/^http_server_timeout_seconds\{.*timeout="idle"/ { print $2 }' "$work/metrics.2")
+		idle_s=$(service_timeout "$work/metrics.2" idle)
 		# nginx's error log is read whole (since its rotation), the metrics
 		# over the interval: the two are lined up on the service's totals
 		# since it started, not on the interval's.
