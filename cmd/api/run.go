@@ -301,6 +301,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	g.Go(func() error {
 		<-gctx.Done()
 		err := shutdown(ctx.Err() != nil, stop, cfg, logger, readiness, public, admin)
+		// The connections Shutdown closed end on their own goroutines,
+		// after it returned: their close lines and counts are waited for
+		// (briefly: a handler that outlived a forced close holds its
+		// connection's).
+		sctx, scancel := context.WithTimeout(context.Background(), time.Second)
+		defer scancel()
+		if serr := connMetrics.Settle(sctx); serr != nil {
+			logger.Warn("shutdown: connections still open at exit", slog.Int64("connections", connMetrics.Open()))
+		}
 		// Spans of the drained requests are flushed before the exit. Best
 		// effort: a collector that is down or hangs costs at most 5s and
 		// the spans, and is logged; it does not fail a clean shutdown.

@@ -248,6 +248,39 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 	}
 }
 
+// Open returns the number of connections counted as new, active or idle.
+func (m *ConnMetrics) Open() int64 {
+	return m.gauges[http.StateNew].Load() + m.gauges[http.StateActive].Load() + m.gauges[http.StateIdle].Load()
+}
+
+// Settle waits, until ctx is done, for the end of every connection still
+// counted as new, active or idle, then writes the counts of "connection
+// closed" and "request rejected" lines the rate limit held back. Call it
+// after http.Server.Shutdown (or Close) returns and before the process
+// exits: Shutdown closes idle connections' sockets and returns, while each
+// connection's goroutine runs its StateClosed hook (its close line and
+// count) afterwards, so a process exiting at once loses them. Hijacked
+// connections are their hijacker's and are not waited for.
+func (m *ConnMetrics) Settle(ctx context.Context) error {
+	var err error
+	if m.Open() > 0 {
+		tick := time.NewTicker(2 * time.Millisecond)
+	wait:
+		for m.Open() > 0 {
+			select {
+			case <-ctx.Done():
+				err = ctx.Err()
+				break wait
+			case <-tick.C:
+			}
+		}
+		tick.Stop()
+	}
+	m.log.Flush(context.Background(), slog.LevelInfo, "connection closed")
+	m.rejectLog.Flush(context.Background(), slog.LevelInfo, "request rejected")
+	return err
+}
+
 // ended counts and logs a closed tracked connection.
 func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now time.Duration, isTLS bool) {
 	reason := CloseReasonServer

@@ -36,3 +36,13 @@ func (l *limitedLog) Log(ctx context.Context, level slog.Level, msg string, attr
 	}
 	l.logger.LogAttrs(ctx, level, msg, attrs...)
 }
+
+// Flush writes, at level, one line with msg and the number of lines
+// suppressed since the last one written, if any were: at exit, the line
+// that would have carried the count never comes.
+func (l *limitedLog) Flush(ctx context.Context, level slog.Level, msg string) {
+	if n := l.suppressed.Swap(0); n > 0 {
+		l.logger.LogAttrs(ctx, level, msg, slog.Int64("suppressed", n),
+			slog.String("detail", "lines over the rate limit, not written"))
+	}
+}
