@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"encoding/hex"
 	"fmt"
@@ -579,5 +580,80 @@ func TestShutdownLogsEveryClosedConnection(t *testing.T) {
 				t.Fatalf("%d idle connections closed by the drain: %d close lines, %d more counted as suppressed\n%s", n, logged, suppressed, p.logs)
 			}
 		})
+	}
+}
+
+// TestHTTP2WriteTimeoutIsNotAClientAbort: on HTTP/2 the server's write
+// timeout resets the stream and cancels the request's context, as a client
+// that leaves does. A body that arrives after HTTP_WRITE_TIMEOUT gets no
+// answer (the client sees a stream error); its access line must say the
+// server cut it, not 499, and it is no client abort. A client that does
+// leave, on the same server, still is one.
+func TestHTTP2WriteTimeoutIsNotAClientAbort(t *testing.T) {
+	cert, key := testkit.WriteSelfSignedCert(t)
+	r := startRun(t, map[string]string{"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key,
+		"HTTP_READ_TIMEOUT": "5s", "HTTP_WRITE_TIMEOUT": "500ms", "BREAKER_TIMEOUT": "200ms"})
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	post := func(ctx context.Context, id string, pause time.Duration) (*http.Response, error) {
+		pr, pw := io.Pipe()
+		go func() {
+			_, _ = io.WriteString(pw, "{")
+			select {
+			case <-time.After(pause):
+				_, _ = io.WriteString(pw, "}")
+				pw.Close()
+			case <-ctx.Done():
+				pw.CloseWithError(ctx.Err())
+			}
+		}()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+r.public+"/api/v1/echo", pr)
+		req.ContentLength = 2
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Request-ID", id)
+		return hc.Do(req)
+	}
+	// In time: answered.
+	resp, err := post(context.Background(), "h2-in-time", 100*time.Millisecond)
+	if err != nil || resp.ProtoMajor != 2 || resp.StatusCode != http.StatusOK {
+		t.Fatalf("a body within the write timeout: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	// After the write deadline: the server resets the stream.
+	if resp, err := post(context.Background(), "h2-write-timeout", 800*time.Millisecond); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a response past the write timeout reached the client: %d", resp.StatusCode)
+	}
+	// A client that leaves while its body is stalled.
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if resp, err := post(ctx, "h2-client-left", time.Hour); err == nil {
+		resp.Body.Close()
+		t.Fatal("the client's timeout did not end its request")
+	}
+	find := func(id string) map[string]any {
+		for _, l := range r.logs.lines() {
+			if l["msg"] == "request" && l["request_id"] == id {
+				return l
+			}
+		}
+		return nil
+	}
+	waitFor(t, 5*time.Second, "the access lines", func() bool {
+		return find("h2-write-timeout") != nil && find("h2-client-left") != nil
+	})
+	if l := find("h2-write-timeout"); l["status"] == float64(499) || l["level"] != "WARN" ||
+		!strings.HasPrefix(fmt.Sprint(l["error"]), "write_timeout") {
+		t.Errorf("access line of the stream the write timeout reset: %v", l)
+	}
+	if l := find("h2-client-left"); l["status"] != float64(499) || l["error"] != nil {
+		t.Errorf("access line of the client that left: %v", l)
+	}
+	if l := find("h2-in-time"); l["status"] != float64(200) || l["error"] != nil {
+		t.Errorf("access line of the answered request: %v", l)
+	}
+	if n := metric(t, r.admin, `http_server_client_aborts_total{route="/api/v1/echo"}`); n != 1 {
+		t.Errorf("client aborts = %v, want 1 (the client that left, not the write timeout)", n)
 	}
 }

@@ -30,8 +30,9 @@ const StatusClientClosedRequest = 499
 const RouteUnmatched = "unmatched"
 
 const (
-	keyClientAbort = "observability.client_abort"
-	keyTruncated   = "observability.truncated_body"
+	keyClientAbort  = "observability.client_abort"
+	keyTruncated    = "observability.truncated_body"
+	keyWriteTimeout = "observability.write_timeout"
 )
 
 // MarkPanic records on the request's span, when it is recorded, that a
@@ -240,7 +241,24 @@ type AccessOptions struct {
 	// Quiet lists route templates that are measured but not logged
 	// (liveness and readiness probes).
 	Quiet []string
+	// WriteTimeout is the server's HTTP_WRITE_TIMEOUT (0: none). On HTTP/2
+	// a stream that runs past it is reset by the server, which cancels
+	// the request's context as a client that leaves does; with it the
+	// access line tells the two apart (see WriteDeadliner).
+	WriteTimeout time.Duration
 }
+
+// WriteDeadliner is a request body that knows the write deadline in force
+// when a middleware moved it from the one the server set (server's body
+// limit does, while the body is read).
+type WriteDeadliner interface {
+	WriteDeadline() time.Time
+}
+
+// writeTimeoutSlack: an HTTP/2 stream's write timer starts when its headers
+// are read, a moment before the access middleware's clock; a stream cut
+// within this much of the deadline counted from that clock is the timer's.
+const writeTimeoutSlack = 100 * time.Millisecond
 
 // Access returns the middleware that measures every request and writes one
 // access line per request. A request whose client went away is logged and
@@ -252,7 +270,7 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 	for _, q := range opts.Quiet {
 		quiet[q] = true
 	}
-	a := &accessLogger{logger: logger, m: m, quiet: quiet}
+	a := &accessLogger{logger: logger, m: m, quiet: quiet, writeTimeout: opts.WriteTimeout}
 	return func(c *gin.Context) {
 		start := time.Now()
 		stripe := m.inFlight.Add(1)
@@ -290,9 +308,33 @@ func (a *accessLogger) cut(c *gin.Context, tc *trackedConn, start time.Time, ela
 
 // accessLogger is the access middleware's work after the handlers.
 type accessLogger struct {
-	logger *slog.Logger
-	m      *HTTPMetrics
-	quiet  map[string]bool
+	logger       *slog.Logger
+	m            *HTTPMetrics
+	quiet        map[string]bool
+	writeTimeout time.Duration
+}
+
+// streamTimedOut reports whether an HTTP/2 request ended past its write
+// deadline: then the server resets the stream (HTTP_WRITE_TIMEOUT) and the
+// client gets no response, as on HTTP/1, where the connection's close line
+// says write_timeout; HTTP/2 keeps its connection, so the access line says
+// it. The reset also cancels the request's context, as a client that
+// leaves does: that is how a stream cut a moment before this middleware's
+// clock reached the deadline is told apart.
+func (a *accessLogger) streamTimedOut(c *gin.Context, tc *trackedConn, end time.Time, start time.Time) bool {
+	if tc != nil || c.Request.ProtoMajor < 2 || a.writeTimeout <= 0 || c.GetBool(keyClientAbort) {
+		return false
+	}
+	deadline, early := start.Add(a.writeTimeout), min(a.writeTimeout/10, writeTimeoutSlack)
+	if wd, ok := c.Request.Body.(WriteDeadliner); ok {
+		if d := wd.WriteDeadline(); !d.IsZero() {
+			deadline, early = d, 0 // set on this clock
+		}
+	}
+	if c.Request.Context().Err() != nil {
+		deadline = deadline.Add(-early)
+	}
+	return !end.Before(deadline)
 }
 
 // done measures and logs one finished request. It is kept out of the
@@ -310,6 +352,10 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 	route := routeLabel(c.FullPath())
 	if status == 0 {
 		status = c.Writer.Status()
+	}
+	timedOut := a.streamTimedOut(c, tc, start.Add(elapsed), start)
+	if timedOut {
+		c.Set(keyWriteTimeout, true) // for clientAborted, here and in the span
 	}
 	if clientAborted(c, tc) {
 		status = StatusClientClosedRequest
@@ -342,6 +388,8 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 	level := slog.LevelInfo
 	if status >= 500 {
 		level = slog.LevelError
+	} else if timedOut {
+		level = slog.LevelWarn
 	}
 	h := logger.Handler()
 	if !h.Enabled(context.Background(), level) {
@@ -351,7 +399,7 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 	// every access line has the same keys; the background context keeps
 	// the trace handler from adding them twice.
 	latencyUS := elapsed.Microseconds()
-	if th, ok := h.(traceHandler); ok && th.json && level < slog.LevelWarn {
+	if th, ok := h.(traceHandler); ok && th.json && level < slog.LevelWarn && !timedOut {
 		// The JSON sink is known: encode the line directly (same shape
 		// as slog's). Errors go through slog below, so they flush.
 		line := accessLine{
@@ -382,6 +430,9 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 		slog.String("trace_id", traceID),
 		slog.String("span_id", spanID),
 	)
+	if timedOut {
+		r.AddAttrs(slog.String("error", "write_timeout: HTTP/2 stream reset by the server at HTTP_WRITE_TIMEOUT, the client got no response"))
+	}
 	_ = h.Handle(context.Background(), r)
 }
 
@@ -432,8 +483,8 @@ func connOf(c *gin.Context) *trackedConn {
 // response past it, once it outgrows net/http's buffer); the tracked
 // connection tc, when known, tells those apart, and the handler's answer
 // stands (the connection's close line says which deadline cut it). On
-// HTTP/2 there is no such record: a stream its write deadline reset
-// counts as a client that left.
+// HTTP/2 there is no such record: the access middleware marks a stream
+// that ran past its write deadline (streamTimedOut).
 func clientAborted(c *gin.Context, tc *trackedConn) bool {
 	if c.GetBool(keyClientAbort) {
 		return true
@@ -442,7 +493,7 @@ func clientAborted(c *gin.Context, tc *trackedConn) bool {
 		return false
 	}
 	if tc == nil {
-		return true
+		return !c.GetBool(keyWriteTimeout)
 	}
 	cause := tc.cause.Load()
 	return cause != causeReadTimeout && cause != causeWriteTimeout

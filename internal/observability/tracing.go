@@ -386,6 +386,11 @@ func finishSpan(c *gin.Context, span trace.Span, status int) {
 		return
 	}
 	span.SetAttributes(semconv.HTTPResponseStatusCode(status))
+	if c.GetBool(keyWriteTimeout) {
+		span.SetAttributes(semconv.ErrorTypeKey.String("write_timeout"))
+		span.SetStatus(codes.Error, "HTTP/2 stream reset by the server at HTTP_WRITE_TIMEOUT")
+		return
+	}
 	if size := bodySent(c); size > 0 {
 		span.SetAttributes(semconv.HTTPResponseBodySize(size))
 	}

@@ -44,7 +44,7 @@ func middlewares(d Deps) []gin.HandlerFunc {
 		chain = append(chain, d.Tracing)
 	}
 	chain = append(chain,
-		observability.Access(d.Logger, d.Metrics, observability.AccessOptions{Quiet: []string{"/healthz", "/readyz"}}),
+		observability.Access(d.Logger, d.Metrics, observability.AccessOptions{Quiet: []string{"/healthz", "/readyz"}, WriteTimeout: d.Timeouts.Write}),
 		recovery(d.Logger, d.Metrics),
 	)
 	return chain
@@ -171,7 +171,7 @@ func bodyLimit(max int64, t Timeouts) gin.HandlerFunc {
 				now := time.Now() // about the end of the headers
 				rc := http.NewResponseController(c.Writer)
 				_ = rc.SetWriteDeadline(now.Add(t.Read + readTimeoutAnswerGrace))
-				body = &deadlineBody{ReadCloser: body, rc: rc, writeDeadline: now.Add(t.Write)}
+				body = &deadlineBody{ReadCloser: body, rc: rc, writeDeadline: now.Add(t.Write), moved: now.Add(t.Read + readTimeoutAnswerGrace)}
 			}
 			c.Request.Body = body
 		}
@@ -188,8 +188,20 @@ const readTimeoutAnswerGrace = time.Second
 type deadlineBody struct {
 	io.ReadCloser
 	rc            *http.ResponseController
-	writeDeadline time.Time
+	writeDeadline time.Time // the server's, put back
+	moved         time.Time // bodyLimit's, while the body is read
 	done          bool
+	restored      bool
+}
+
+// WriteDeadline is the write deadline in force, for the access line
+// (observability.WriteDeadliner). Read and the access middleware run on the
+// handler's goroutine.
+func (b *deadlineBody) WriteDeadline() time.Time {
+	if b.restored {
+		return b.writeDeadline
+	}
+	return b.moved
 }
 
 func (b *deadlineBody) Read(p []byte) (int, error) {
@@ -198,6 +210,7 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 		b.done = true
 		if !isTimeout(err) {
 			_ = b.rc.SetWriteDeadline(b.writeDeadline)
+			b.restored = true
 		}
 	}
 	return n, err
