@@ -533,6 +533,7 @@ func hangingListener(t *testing.T) string {
 // their "connection closed" lines are lost at exit. Over the rate limit,
 // the count of the lines held back is written instead: none unaccounted.
 func TestShutdownLogsEveryClosedConnection(t *testing.T) {
+	t.Run("tls_handshakes", testShutdownCountsSuppressedHandshakeLines)
 	for _, n := range []int{4, 25} { // within the burst, and over it
 		t.Run(strconv.Itoa(n), func(t *testing.T) {
 			p := startBinary(t, map[string]string{"LOG_LEVEL": "debug", "SHUTDOWN_DELAY": "0s"})
@@ -655,5 +656,49 @@ func TestHTTP2WriteTimeoutIsNotAClientAbort(t *testing.T) {
 	}
 	if n := metric(t, r.admin, `http_server_client_aborts_total{route="/api/v1/echo"}`); n != 1 {
 		t.Errorf("client aborts = %v, want 1 (the client that left, not the write timeout)", n)
+	}
+}
+
+// testShutdownCountsSuppressedHandshakeLines: a burst of failed TLS
+// handshakes, over the log's rate limit, then SIGTERM: the lines written
+// and the count of those held back add up to the handshakes counted.
+func testShutdownCountsSuppressedHandshakeLines(t *testing.T) {
+	cert, key := testkit.WriteSelfSignedCert(t)
+	p := startBinary(t, map[string]string{"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key, "SHUTDOWN_DELAY": "0s"})
+	const n = 30
+	hello := clientHello(t)
+	for range n {
+		c, err := net.Dial("tcp", p.public)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = c.Write(hello[:len(hello)/2]) // half a ClientHello, then FIN
+		c.Close()
+	}
+	waitFor(t, 5*time.Second, "the handshake errors counted", func() bool {
+		return metric(t, p.admin, `http_server_tls_handshake_errors_total{reason="eof"}`) == n
+	})
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(15 * time.Second):
+		t.Fatal("no exit after SIGTERM")
+	}
+	logged, suppressed := 0, 0
+	for _, l := range p.logs.lines() {
+		if l["msg"] != "tls handshake error" {
+			continue
+		}
+		if s, ok := l["suppressed"].(float64); ok {
+			suppressed += int(s)
+		}
+		if l["reason"] == "eof" {
+			logged++
+		}
+	}
+	if logged+suppressed != n || suppressed == 0 {
+		t.Fatalf("%d failed handshakes: %d lines, %d more counted as suppressed\n%s", n, logged, suppressed, p.logs)
 	}
 }

@@ -310,6 +310,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if serr := connMetrics.Settle(sctx); serr != nil {
 			logger.Warn("shutdown: connections still open at exit", slog.Int64("connections", connMetrics.Open()))
 		}
+		observability.FlushServerErrorLog(public.ErrorLog)
 		// Spans of the drained requests are flushed before the exit. Best
 		// effort: a collector that is down or hangs costs at most 5s and
 		// the spans, and is logged; it does not fail a clean shutdown.

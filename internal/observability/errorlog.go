@@ -46,6 +46,20 @@ func ServerErrorLog(logger *slog.Logger, reg prometheus.Registerer) *log.Logger 
 	return log.New(w, "", 0)
 }
 
+// FlushServerErrorLog writes the counts of the lines a ServerErrorLog's
+// rate limit held back since its last line ("tls handshake error", "http
+// server error"), for the exit: the line that would have carried them
+// never comes. Another logger is left alone.
+func FlushServerErrorLog(l *log.Logger) {
+	if l == nil {
+		return
+	}
+	if w, ok := l.Writer().(*errorLogWriter); ok {
+		w.tlsLog.Flush(context.Background(), slog.LevelInfo, "tls handshake error")
+		w.otherLog.Flush(context.Background(), slog.LevelWarn, "http server error")
+	}
+}
+
 type errorLogWriter struct {
 	tlsLog, otherLog *limitedLog
 	counters         map[string]prometheus.Counter // read-only after construction
