@@ -14,6 +14,7 @@ import (
 	"os"
 	"reflect"
 	"strconv"
+	"slices"
 	"strings"
 	"time"
 
@@ -466,11 +467,28 @@ var canonicalTraceHeaders = map[string]string{
 func (h headerCarrier) Get(key string) string {
 	if ck, ok := canonicalTraceHeaders[key]; ok {
 		if v := h[ck]; len(v) > 0 {
+			if ck == "Uber-Trace-Id" && strings.IndexByte(v[0], '%') >= 0 {
+				// jaeger-client-go's HTTP propagator sends the header
+				// URL-encoded ("…%3A…%3A0%3A1") and decodes it on
+				// receipt; OpenTelemetry's Jaeger propagator does not.
+				if u, err := url.QueryUnescape(v[0]); err == nil {
+					return u
+				}
+			}
 			return v[0]
 		}
 		return ""
 	}
 	return http.Header(h).Get(key)
+}
+
+// Values returns every line of a header (propagation.ValuesGetter): W3C
+// baggage may come in several "baggage" lines, all of which count.
+func (h headerCarrier) Values(key string) []string {
+	if ck, ok := canonicalTraceHeaders[key]; ok {
+		return h[ck]
+	}
+	return http.Header(h).Values(key)
 }
 
 func (h headerCarrier) Set(key, value string) { http.Header(h).Set(key, value) }
@@ -532,6 +550,21 @@ func parsePropagators(v string) (propagation.TextMapPropagator, error) {
 			return nil, fmt.Errorf("OTEL_PROPAGATORS: %q is not supported (want tracecontext, baggage, jaeger or none)", n)
 		}
 	}
+	// Jaeger's extractor runs first, so that a request carrying both
+	// uber-trace-id and traceparent continues the W3C context (and keeps
+	// its tracestate and sampling decision): in a composite propagator the
+	// last extractor that finds a context wins.
+	slices.SortStableFunc(ps, func(a, b propagation.TextMapPropagator) int {
+		_, aj := a.(jaeger.Jaeger)
+		_, bj := b.(jaeger.Jaeger)
+		switch {
+		case aj && !bj:
+			return -1
+		case bj && !aj:
+			return 1
+		}
+		return 0
+	})
 	if none && len(ps) > 0 {
 		// Which one was meant is a guess either way: callers' traces
 		// dropped, or joined after all.

@@ -757,3 +757,49 @@ func TestTracesOverMutualTLS(t *testing.T) {
 		t.Errorf("with the CA and the client certificate %d spans arrived, want 1", n)
 	}
 }
+
+// TestIncomingContextForms: what callers really send. A request with both
+// traceparent and uber-trace-id continues the W3C context, with its
+// sampling decision and tracestate; jaeger-client-go's HTTP propagator
+// sends uber-trace-id URL-encoded; W3C baggage may come in several lines.
+func TestIncomingContextForms(t *testing.T) {
+	ds := startDownstream(t)
+	s := startStack(t, stackOptions{downstream: ds.url})
+	get := func(h http.Header) http.Header {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+s.public+"/api/v1/items/1", nil)
+		req.Header = h
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return ds.last()
+	}
+	const w3c, jTrace = "0af7651916cd43dd8448eb211c80319c", "a3ce929d0e0e4736a3ce929d0e0e4736"
+
+	both := http.Header{}
+	both.Set("traceparent", "00-"+w3c+"-b7ad6b7169203331-00")
+	both.Set("tracestate", "congo=t61rcWkgMzE")
+	both.Set("uber-trace-id", jTrace+":00f067aa0ba902b7:0:1")
+	out := get(both)
+	if tp := out.Get("traceparent"); !strings.HasPrefix(tp, "00-"+w3c+"-") || !strings.HasSuffix(tp, "-00") || out.Get("tracestate") != "congo=t61rcWkgMzE" {
+		t.Errorf("traceparent and uber-trace-id: dependency got traceparent %q tracestate %q, want the W3C trace %s, unsampled, its tracestate",
+			tp, out.Get("tracestate"), w3c)
+	}
+
+	encoded := http.Header{}
+	encoded.Set("uber-trace-id", jTrace+"%3A00f067aa0ba902b7%3A0%3A1")
+	if tp := get(encoded).Get("traceparent"); !strings.HasPrefix(tp, "00-"+jTrace+"-") || !strings.HasSuffix(tp, "-01") {
+		t.Errorf("URL-encoded uber-trace-id: dependency got traceparent %q, want trace %s continued, sampled", tp, jTrace)
+	}
+
+	bag := http.Header{}
+	bag.Set("traceparent", "00-"+w3c+"-b7ad6b7169203331-01")
+	bag.Add("baggage", "a=1")
+	bag.Add("baggage", "b=2")
+	if b := strings.Join(get(bag).Values("baggage"), ","); !strings.Contains(b, "a=1") || !strings.Contains(b, "b=2") {
+		t.Errorf("two baggage lines: dependency got baggage %q, want a=1 and b=2", b)
+	}
+}
