@@ -13,8 +13,8 @@ import (
 	"net/url"
 	"os"
 	"reflect"
-	"strconv"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
