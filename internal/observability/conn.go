@@ -730,6 +730,17 @@ func parseRejection(b []byte) (rejection, bool) {
 // Plain HTTP on the TLS port gets the same response and is counted as a
 // TLS handshake error only.
 func (c *trackedConn) reject(orig []byte, r rejection) (int, error) {
+	if cause := c.cause.Load(); r.code == http.StatusBadRequest && !r.tls && (cause == causePeerClosed || cause == causePeerReset) {
+		// net/http answers 400 to a request line or headers the client cut
+		// off by leaving: nothing malformed was sent, and nobody reads
+		// the answer. Not a rejection; the close line says the peer left
+		// (state active).
+		n, err := c.Conn.Write(orig)
+		if err != nil {
+			c.note(err, false)
+		}
+		return n, err
+	}
 	if r.code == http.StatusBadRequest && !r.tls && c.cause.Load() == causeReadTimeout {
 		// net/http answers 400 to a request line or headers cut off by
 		// the read-header (or read) deadline: the client was too slow, the

@@ -557,3 +557,34 @@ func TestRejectionLinesHaveTheirOwnBudget(t *testing.T) {
 		}
 	}
 }
+
+// TestClientLeavingMidHeadersIsNoRejection: a client that closes or resets
+// in the middle of its request line or headers gets net/http's 400 written
+// to a socket nobody reads. That is a client that left (the close line says
+// so), not a malformed request: no rejection is counted.
+func TestClientLeavingMidHeadersIsNoRejection(t *testing.T) {
+	for _, reset := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reset=%v", reset), func(t *testing.T) {
+			cs := startConnServer(t, true, nil)
+			c := cs.dial(t)
+			io.WriteString(c, "GET /fast HTTP/1.1\r\nHost: x\r\nX-Cut: y")
+			time.Sleep(100 * time.Millisecond) // read by the server
+			if reset {
+				c.(*net.TCPConn).SetLinger(0)
+			}
+			c.Close()
+			reason := CloseReasonPeerClosed
+			if reset {
+				reason = CloseReasonPeerReset
+			}
+			eventually(t, "the close counted", func() bool {
+				return testutil.ToFloat64(cs.m.closed.WithLabelValues(reason, "active")) == 1
+			}, cs.dump)
+			for _, code := range []string{"400", "408"} {
+				if n := testutil.ToFloat64(cs.m.rejected.WithLabelValues(code)); n != 0 {
+					t.Errorf("a client that left mid-headers counted as %v rejected %s", n, code)
+				}
+			}
+		})
+	}
+}
