@@ -1105,3 +1105,35 @@ func TestTooLargeBodyCarriesRateLimitHeaders(t *testing.T) {
 		}
 	}
 }
+
+// TestHalfClosedClientGetsNoEmptyAnswer: a client that sends its request
+// and shuts down its writing side is taken by net/http as gone (it cancels
+// the request's context), so the item handler gives up and the access line
+// says 499. The client may still be reading: it must see the response cut,
+// not a complete-looking empty 200.
+func TestHalfClosedClientGetsNoEmptyAnswer(t *testing.T) {
+	r := startRun(t, nil)
+	put(t, "http://"+r.admin+"/debug/faults", `{"latency":"600ms"}`)
+	c, err := net.Dial("tcp", r.public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "GET /api/v1/items/7 HTTP/1.1\r\nHost: x\r\nX-Request-ID: half-closed-1\r\n\r\n")
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, _ := io.ReadAll(c)
+	if len(got) != 0 {
+		t.Errorf("the half-closed client read %q, want the response cut (nothing)", got)
+	}
+	waitFor(t, 5*time.Second, "the access line", func() bool {
+		for _, l := range r.logs.lines() {
+			if l["msg"] == "request" && l["request_id"] == "half-closed-1" {
+				return l["status"] == float64(499)
+			}
+		}
+		return false
+	})
+}

@@ -70,10 +70,13 @@ func getItem(d Deps) gin.HandlerFunc {
 			problem.Abort(c, http.StatusNotFound, "no such item")
 			return
 		case ctx.Err() != nil:
-			// The client left; the access log records 499.
+			// The client left (net/http cancels the context when the
+			// connection is closed, or half-closed, by the peer); the
+			// access log records 499. The response is cut, not sent empty:
+			// a client that only half-closed still reads, and must not take
+			// a bodiless 200 for an answer.
 			observability.MarkClientAbort(c)
-			c.Abort()
-			return
+			panic(http.ErrAbortHandler)
 		default:
 			d.Logger.WarnContext(ctx, "items dependency failed", slog.String("error", err.Error()), slog.String("id", id))
 			problem.Abort(c, http.StatusServiceUnavailable, "items dependency unavailable")
