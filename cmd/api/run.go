@@ -236,6 +236,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Timeouts:       timeouts,
 		TrustedProxies: trusted,
 		Tracing:        tracing.Middleware(),
+		Exemplars:      tracing.Exporting(),
 		RateLimit:      rateLimit,
 	}), timeouts, cfg.MaxHeaderBytes, logger)
 	adminSim := sim

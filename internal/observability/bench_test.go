@@ -128,7 +128,7 @@ func BenchmarkObservabilityOverhead(b *testing.B) {
 		rd := health.NewReadiness()
 		rd.SetReady()
 		h := server.NewServer(server.Deps{Logger: logger, Metrics: observability.NewHTTPMetrics(prometheus.NewRegistry()),
-			Readiness: rd, Items: items.NewSimulated(), MaxBodyBytes: 1 << 20, Tracing: tr.Middleware()})
+			Readiness: rd, Items: items.NewSimulated(), MaxBodyBytes: 1 << 20, Tracing: tr.Middleware(), Exemplars: tr.Exporting()})
 		serve(b, h, nil)
 	})
 }

@@ -241,6 +241,11 @@ type AccessOptions struct {
 	// Quiet lists route templates that are measured but not logged
 	// (liveness and readiness probes).
 	Quiet []string
+	// Exemplars attaches the trace id of a recorded span to its latency
+	// observation: set it when tracing exports spans (a caller's sampled
+	// trace continued while nothing is exported is recorded, but has no
+	// span of this process to show).
+	Exemplars bool
 	// WriteTimeout is the server's HTTP_WRITE_TIMEOUT (0: none). On HTTP/2
 	// a stream that runs past it is reset by the server, which cancels
 	// the request's context as a client that leaves does; with it the
@@ -270,7 +275,7 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 	for _, q := range opts.Quiet {
 		quiet[q] = true
 	}
-	a := &accessLogger{logger: logger, m: m, quiet: quiet, writeTimeout: opts.WriteTimeout}
+	a := &accessLogger{logger: logger, m: m, quiet: quiet, writeTimeout: opts.WriteTimeout, exemplars: opts.Exemplars}
 	return func(c *gin.Context) {
 		start := time.Now()
 		stripe := m.inFlight.Add(1)
@@ -312,6 +317,7 @@ type accessLogger struct {
 	m            *HTTPMetrics
 	quiet        map[string]bool
 	writeTimeout time.Duration
+	exemplars    bool
 }
 
 // streamTimedOut reports whether an HTTP/2 request ended past its write
@@ -372,10 +378,14 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 		tc.served(route, requestID, status)
 	}
 	method := methodLabel(c.Request.Method)
-	sc := trace.SpanContextFromContext(c.Request.Context())
+	span := trace.SpanFromContext(c.Request.Context())
+	sc := span.SpanContext()
 	rs := m.seriesOf(method, route)
 	rs.code(status).Inc()
-	if eo, ok := rs.duration.(prometheus.ExemplarObserver); ok && sc.IsSampled() {
+	// An exemplar only for a span this process records and exports: a
+	// caller's sampled context continued while tracing is off would point
+	// at a trace that has no span of ours.
+	if eo, ok := rs.duration.(prometheus.ExemplarObserver); ok && a.exemplars && span.IsRecording() {
 		eo.ObserveWithExemplar(elapsed.Seconds(), prometheus.Labels{"trace_id": sc.TraceID().String()})
 	} else {
 		rs.duration.Observe(elapsed.Seconds())

@@ -161,6 +161,14 @@ func TestLatencyExemplars(t *testing.T) {
 	if mm == nil || mm[1] != trace {
 		t.Fatalf("no exemplar with trace_id %s on the ping latency buckets:\n%s", trace, grep(om, "route=\"/api/v1/ping\""))
 	}
+
+	// Tracing off: a caller's sampled context is continued, but no span of
+	// this process is exported, so no exemplar may point at the trace.
+	off := startStack(t, stackOptions{})
+	do(t, "http://"+off.public+"/api/v1/ping", map[string]string{"traceparent": "00-" + trace + "-00f067aa0ba902b7-01"})
+	if om := scrape(t, off, "application/openmetrics-text; version=1.0.0"); exemplarRE.MatchString(om) {
+		t.Fatalf("exemplar while tracing exports nothing:\n%s", grep(om, "route=\"/api/v1/ping\""))
+	}
 }
 
 func grep(s, sub string) string {

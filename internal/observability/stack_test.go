@@ -118,6 +118,7 @@ func startStack(t *testing.T, o stackOptions) *stack {
 		Items:        isrc,
 		MaxBodyBytes: 1 << 20,
 		Tracing:      tr.Middleware(),
+		Exemplars:    tr.Exporting(),
 		RateLimit:    ratelimit.Middleware(limiter, ratelimit.MiddlewareOptions{Logger: logger}),
 	})
 	conns := observability.NewConnMetrics(reg, logger)

@@ -117,6 +117,7 @@ func tracedChain(b *testing.B, level string, env map[string]string) http.Handler
 		Items:        items.NewSimulated(),
 		MaxBodyBytes: 1 << 20,
 		Tracing:      tr.Middleware(),
+		Exemplars:    tr.Exporting(),
 		RateLimit:    ratelimit.Middleware(rl, ratelimit.MiddlewareOptions{Logger: logger}),
 	})
 }

@@ -44,7 +44,7 @@ func middlewares(d Deps) []gin.HandlerFunc {
 		chain = append(chain, d.Tracing)
 	}
 	chain = append(chain,
-		observability.Access(d.Logger, d.Metrics, observability.AccessOptions{Quiet: []string{"/healthz", "/readyz"}, WriteTimeout: d.Timeouts.Write}),
+		observability.Access(d.Logger, d.Metrics, observability.AccessOptions{Quiet: []string{"/healthz", "/readyz"}, WriteTimeout: d.Timeouts.Write, Exemplars: d.Exemplars}),
 		recovery(d.Logger, d.Metrics),
 	)
 	return chain

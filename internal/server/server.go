@@ -33,6 +33,9 @@ type Deps struct {
 
 	// Tracing starts the server span (nil: no tracing middleware).
 	Tracing gin.HandlerFunc
+	// Exemplars: tracing exports spans, so the latency observation of a
+	// recorded span carries its trace id (observability.AccessOptions).
+	Exemplars bool
 	// RateLimit guards /api/v1 (nil: no limit).
 	RateLimit gin.HandlerFunc
 }
