@@ -110,7 +110,11 @@ func SetupTracing(ctx context.Context, getenv func(string) string, serviceVersio
 		return nil, err
 	}
 	if disabled {
+		// No tracing at all: callers' trace context is neither continued
+		// nor passed on (a no-op provider alone would still hand the
+		// incoming headers through to the dependencies and the logs).
 		t.provider = noop.NewTracerProvider()
+		t.propagator = propagation.NewCompositeTextMapPropagator()
 		t.describe = "disabled (OTEL_SDK_DISABLED=true)"
 		return t, nil
 	}

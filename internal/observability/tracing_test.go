@@ -803,3 +803,26 @@ func TestIncomingContextForms(t *testing.T) {
 		t.Errorf("two baggage lines: dependency got baggage %q, want a=1 and b=2", b)
 	}
 }
+
+// OTEL_SDK_DISABLED=true is no tracing at all, as documented: not even the
+// caller's context is read or passed on.
+func TestSDKDisabledPropagatesNothing(t *testing.T) {
+	tr, err := observability.SetupTracing(context.Background(), func(k string) string {
+		if k == "OTEL_SDK_DISABLED" {
+			return "true"
+		}
+		return ""
+	}, "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := tr.Propagator().Fields(); len(f) != 0 {
+		t.Errorf("disabled tracing reads and writes %v", f)
+	}
+	h := http.Header{}
+	h.Set("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	h.Set("uber-trace-id", "a3ce929d0e0e4736:53995c3f42cd8ad8:0:1")
+	if trace.SpanContextFromContext(tr.Propagator().Extract(context.Background(), propagation.HeaderCarrier(h))).IsValid() {
+		t.Error("disabled tracing continued the caller's trace")
+	}
+}
