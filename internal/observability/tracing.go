@@ -76,6 +76,8 @@ type Tracing struct {
 	stats       *spanStats
 	serviceName string
 	describe    string
+	// errors is the SDK's error handler once InstallGlobal has run.
+	errors *otelErrorHandler
 }
 
 // SetupTracing configures tracing from the standard OTEL_* variables read
@@ -217,7 +219,8 @@ func (t *Tracing) LogValue() slog.Value {
 func (t *Tracing) InstallGlobal(logger *slog.Logger) {
 	otel.SetTracerProvider(t.provider)
 	otel.SetTextMapPropagator(t.propagator)
-	otel.SetErrorHandler(&otelErrorHandler{log: newLimitedLog(logger, rate.Every(10*time.Second), 3)})
+	t.errors = &otelErrorHandler{log: newLimitedLog(logger, rate.Every(10*time.Second), 3)}
+	otel.SetErrorHandler(t.errors)
 }
 
 // ForceFlush exports the spans ended so far.
@@ -232,12 +235,17 @@ func (t *Tracing) ForceFlush(ctx context.Context) error {
 }
 
 // Shutdown flushes the spans still queued and stops the exporter; ctx bounds
-// how long an unreachable collector may hold up the exit.
+// how long an unreachable collector may hold up the exit. The count of SDK
+// error lines the rate limit held back is written last.
 func (t *Tracing) Shutdown(ctx context.Context) error {
 	if t.sdk == nil {
 		return nil
 	}
-	if err := t.sdk.Shutdown(ctx); err != nil {
+	err := t.sdk.Shutdown(ctx)
+	if t.errors != nil {
+		t.errors.log.Flush(context.Background(), slog.LevelWarn, "opentelemetry error")
+	}
+	if err != nil {
 		return fmt.Errorf("tracing shutdown: %w", err)
 	}
 	return nil

@@ -702,6 +702,24 @@ func TestInstallGlobalRoutesSDKErrors(t *testing.T) {
 	if n := len(logLines(logs, "opentelemetry error")); n < 1 || n > 3 {
 		t.Fatalf("%d lines for 20 SDK errors, want 1 to 3:\n%s", n, logs)
 	}
+	// At exit, the count of the lines held back: 20 in all.
+	if err := tr.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	lines := logLines(logs, "opentelemetry error")
+	total := 0
+	for _, l := range lines {
+		total++
+		if n, ok := l["suppressed"].(float64); ok {
+			total += int(n)
+			if _, hasErr := l["error"]; !hasErr {
+				total-- // the last line only counts
+			}
+		}
+	}
+	if total != 20 {
+		t.Fatalf("lines and suppressed counts add up to %d for 20 SDK errors:\n%s", total, logs)
+	}
 }
 
 // TestTracesOverMutualTLS: spans reach a collector that has its own CA and
