@@ -702,3 +702,84 @@ func testShutdownCountsSuppressedHandshakeLines(t *testing.T) {
 		t.Fatalf("%d failed handshakes: %d lines, %d more counted as suppressed\n%s", n, logged, suppressed, p.logs)
 	}
 }
+
+// TestForcedShutdownIsNotAClientAbort: a request still in flight when
+// SHUTDOWN_TIMEOUT runs out has its connection closed by the server. The
+// handler then sees its body break and its context cancelled, as if the
+// client had left; the access line must say the server cut it (not 499,
+// not a truncated body) and the close line names the request, at INFO.
+func TestForcedShutdownIsNotAClientAbort(t *testing.T) {
+	p := startBinary(t, map[string]string{"SHUTDOWN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "1s", "HTTP_READ_TIMEOUT": "30s", "HTTP_WRITE_TIMEOUT": "30s"})
+	c, err := net.Dial("tcp", p.public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// An upload that is still coming when the drain's time is up.
+	fmt.Fprint(c, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nX-Request-ID: cut-by-shutdown\r\n\r\n{\"a\":")
+	time.Sleep(200 * time.Millisecond) // the handler is reading
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(15 * time.Second):
+		t.Fatal("no exit after SIGTERM")
+	}
+	var access, closed map[string]any
+	for _, l := range p.logs.lines() {
+		if l["request_id"] != "cut-by-shutdown" {
+			continue
+		}
+		switch l["msg"] {
+		case "request":
+			access = l
+		case "connection closed":
+			closed = l
+		}
+	}
+	if access == nil || access["status"] == float64(499) || access["level"] != "WARN" || !strings.HasPrefix(fmt.Sprint(access["error"]), "server_closed") {
+		t.Errorf("access line of the request the forced close cut: %v\n%s", access, p.logs)
+	}
+	if closed == nil || closed["reason"] != "server" || closed["state"] != "active" || closed["level"] != "INFO" {
+		t.Errorf("close line of the connection the forced close cut: %v", closed)
+	}
+}
+
+// TestContinueThenClientLeaves: after net/http's "100 Continue" a client
+// that sends part of its body and leaves is a client that left in the
+// middle of its request (the 100 is not the response): its close line is
+// state active, at INFO, with the request's ID, as without Expect.
+func TestContinueThenClientLeaves(t *testing.T) {
+	r := startRun(t, nil)
+	c, err := net.Dial("tcp", r.public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\nX-Request-ID: continue-then-gone\r\n\r\n")
+	br := bufio.NewReader(c)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.Contains(line, "100 Continue") {
+		t.Fatalf("no 100 Continue: %q %v", line, err)
+	}
+	fmt.Fprint(c, `{"a":`)
+	time.Sleep(100 * time.Millisecond)
+	c.Close()
+	waitFor(t, 5*time.Second, "the close line", func() bool {
+		for _, l := range r.logs.lines() {
+			if l["msg"] == "connection closed" && l["request_id"] == "continue-then-gone" {
+				return true
+			}
+		}
+		return false
+	})
+	for _, l := range r.logs.lines() {
+		if l["msg"] == "connection closed" && l["request_id"] == "continue-then-gone" {
+			if l["reason"] != "peer_closed" || l["state"] != "active" || l["level"] != "INFO" {
+				t.Errorf("close line: %v", l)
+			}
+		}
+	}
+}

@@ -313,6 +313,9 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 		reason = CloseReasonWriteTimeout
 		level = slog.LevelInfo
 	}
+	if tc.serverCut.Load() {
+		level = slog.LevelInfo // a request in flight cut by the server (forced shutdown)
+	}
 	state := connStates[prev]
 	defer m.closed.WithLabelValues(reason, state).Inc() // after the log line, for the same reason
 	if isTLS && cause == causeNone && prev == http.StateActive && !tc.routed.Load() {
@@ -421,6 +424,10 @@ type trackedConn struct {
 	// routed: the current request reached the access middleware (atomic:
 	// Close may read it from another goroutine, Server.Close's).
 	routed atomic.Bool
+	// handling: the access middleware is running for the current request;
+	// serverCut: Close came (from Server.Close) while it was.
+	handling  atomic.Bool
+	serverCut atomic.Bool
 	// records, on a TLS connection, follows the peer's TLS records (set by
 	// the first state hook, which gets the *tls.Conn, before the
 	// handshake's first read).
@@ -429,12 +436,22 @@ type trackedConn struct {
 
 // routing marks the current request as handed to the handlers (the access
 // middleware, first thing).
-func (c *trackedConn) routing() { c.routed.Store(true) }
+func (c *trackedConn) routing() {
+	c.routed.Store(true)
+	c.handling.Store(true)
+}
 
 // served records the request the access middleware has just logged.
 func (c *trackedConn) served(route, requestID string, status int) {
 	c.route, c.requestID, c.status = route, requestID, status
+	c.handling.Store(false)
 }
+
+// cutByServer reports whether the server closed the connection while a
+// handler was serving its request (http.Server.Close: SHUTDOWN_TIMEOUT ran
+// out), before the peer did anything: the request's read or write errors,
+// and its cancelled context, are the server's doing, not a client's.
+func (c *trackedConn) cutByServer() bool { return c.serverCut.Load() }
 
 type connCtxKey struct{}
 
@@ -467,10 +484,15 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// continueLine is the interim response net/http sends, in a write of its
+// own, to a request with "Expect: 100-continue" when the handler starts
+// reading the body: not the response, which is still to come.
+const continueLine = "HTTP/1.1 100 Continue\r\n\r\n"
+
 func (c *trackedConn) Write(b []byte) (int, error) {
 	// Before the write: the peer may read the response and close before
 	// this goroutine runs again.
-	if len(b) > 0 && !c.wrote.Load() {
+	if len(b) > 0 && !c.wrote.Load() && string(b) != continueLine {
 		c.wrote.Store(true)
 		// The first bytes of a response: net/http's own rejections of a
 		// request it could not parse are written here in one piece.
@@ -619,6 +641,12 @@ func (c *trackedConn) Close() error {
 		c.note(io.EOF, true)
 	}
 	first := c.closed.CompareAndSwap(false, true)
+	if first && c.handling.Load() && c.cause.Load() == causeNone {
+		// net/http closes a connection itself only after its handler has
+		// returned; one closed under a running handler was closed by
+		// Server.Close (the drain's deadline).
+		c.serverCut.Store(true)
+	}
 	if first && r == nil && c.cause.Load() == causeReadTimeout && c.state.Load() == int32(http.StateActive)+1 &&
 		!c.routed.Load() && !c.wrote.Load() {
 		// A request whose headers the read-header deadline cut off after

@@ -360,6 +360,7 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 		status = c.Writer.Status()
 	}
 	timedOut := a.streamTimedOut(c, tc, start.Add(elapsed), start)
+	serverCut := tc != nil && tc.cutByServer()
 	if timedOut {
 		c.Set(keyWriteTimeout, true) // for clientAborted, here and in the span
 	}
@@ -398,7 +399,7 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 	level := slog.LevelInfo
 	if status >= 500 {
 		level = slog.LevelError
-	} else if timedOut {
+	} else if timedOut || serverCut {
 		level = slog.LevelWarn
 	}
 	h := logger.Handler()
@@ -409,7 +410,7 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 	// every access line has the same keys; the background context keeps
 	// the trace handler from adding them twice.
 	latencyUS := elapsed.Microseconds()
-	if th, ok := h.(traceHandler); ok && th.json && level < slog.LevelWarn && !timedOut {
+	if th, ok := h.(traceHandler); ok && th.json && level < slog.LevelWarn {
 		// The JSON sink is known: encode the line directly (same shape
 		// as slog's). Errors go through slog below, so they flush.
 		line := accessLine{
@@ -440,8 +441,11 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 		slog.String("trace_id", traceID),
 		slog.String("span_id", spanID),
 	)
-	if timedOut {
+	switch {
+	case timedOut:
 		r.AddAttrs(slog.String("error", "write_timeout: HTTP/2 stream reset by the server at HTTP_WRITE_TIMEOUT, the client got no response"))
+	case serverCut:
+		r.AddAttrs(slog.String("error", "server_closed: the server closed the connection while serving the request (a forced close: SHUTDOWN_TIMEOUT ran out), the client got no complete response"))
 	}
 	_ = h.Handle(context.Background(), r)
 }
@@ -496,6 +500,9 @@ func connOf(c *gin.Context) *trackedConn {
 // HTTP/2 there is no such record: the access middleware marks a stream
 // that ran past its write deadline (streamTimedOut).
 func clientAborted(c *gin.Context, tc *trackedConn) bool {
+	if tc != nil && tc.cutByServer() {
+		return false // whatever the handler made of its broken connection
+	}
 	if c.GetBool(keyClientAbort) {
 		return true
 	}

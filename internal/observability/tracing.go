@@ -399,6 +399,11 @@ func finishSpan(c *gin.Context, span trace.Span, status int) {
 		return
 	}
 	span.SetAttributes(semconv.HTTPResponseStatusCode(status))
+	if tc := connOf(c); tc != nil && tc.cutByServer() {
+		span.SetAttributes(semconv.ErrorTypeKey.String("server_closed"))
+		span.SetStatus(codes.Error, "connection closed by the server while serving the request (forced shutdown)")
+		return
+	}
 	if c.GetBool(keyWriteTimeout) {
 		span.SetAttributes(semconv.ErrorTypeKey.String("write_timeout"))
 		span.SetStatus(codes.Error, "HTTP/2 stream reset by the server at HTTP_WRITE_TIMEOUT")
