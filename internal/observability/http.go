@@ -524,7 +524,7 @@ func methodLabel(m string) string {
 		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
 		return m
 	}
-	return "_OTHER"
+	return methodOther
 }
 
 // The accessors below expose single series for tests and drills.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -372,8 +373,8 @@ func (st *serverTracer) begin(c *gin.Context, route string, incoming bool) trace
 		ctx, span = st.tracer.Start(ctx, method, st.startOpts...)
 	}
 	if span.IsRecording() {
-		if route != "" {
-			span.SetName(method + " " + route)
+		if name := spanName(method, route); name != method {
+			span.SetName(name)
 		}
 		span.SetAttributes(requestAttrs(c, method, route)...)
 	}
@@ -526,7 +527,7 @@ func requestAttrs(c *gin.Context, method, route string) []attribute.KeyValue {
 	if r.TLS != nil {
 		scheme = "https"
 	}
-	attrs := make([]attribute.KeyValue, 0, 8)
+	attrs := make([]attribute.KeyValue, 0, 12)
 	attrs = append(attrs,
 		semconv.HTTPRequestMethodKey.String(method),
 		semconv.URLPath(spanText(r.URL.Path)),
@@ -534,16 +535,80 @@ func requestAttrs(c *gin.Context, method, route string) []attribute.KeyValue {
 		semconv.ClientAddress(clientip.Of(c)),
 		semconv.NetworkProtocolVersion(strings.TrimPrefix(r.Proto, "HTTP/")),
 	)
+	if method == methodOther {
+		attrs = append(attrs, semconv.HTTPRequestMethodOriginal(spanText(r.Method)))
+	}
+	if r.URL.RawQuery != "" {
+		attrs = append(attrs, semconv.URLQuery(spanText(redactQuery(r.URL.RawQuery))))
+	}
 	if route != "" {
 		attrs = append(attrs, semconv.HTTPRoute(route))
 	}
 	if ua := r.UserAgent(); ua != "" {
 		attrs = append(attrs, semconv.UserAgentOriginal(spanText(ua)))
 	}
-	if r.Host != "" {
-		attrs = append(attrs, semconv.ServerAddress(spanText(r.Host)))
+	if host, port := splitHost(r.Host); host != "" {
+		attrs = append(attrs, semconv.ServerAddress(spanText(host)))
+		if port > 0 {
+			attrs = append(attrs, semconv.ServerPort(port))
+		}
 	}
 	return attrs
+}
+
+// methodOther is the method label of a method outside HTTP's own.
+const methodOther = "_OTHER"
+
+// spanName is the server span's name by the HTTP semantic conventions:
+// "METHOD /route", the method alone for unmatched routes (raw paths never
+// become names), and "HTTP" for a method outside HTTP's own.
+func spanName(method, route string) string {
+	if method == methodOther {
+		method = "HTTP"
+	}
+	if route == "" {
+		return method
+	}
+	return method + " " + route
+}
+
+// splitHost splits a Host header into server.address and server.port (0
+// when it has none): "example.com:8443", "[::1]:80", "[::1]", "example.com".
+func splitHost(h string) (string, int) {
+	if h == "" {
+		return "", 0
+	}
+	if host, port, err := net.SplitHostPort(h); err == nil {
+		if p, err := strconv.Atoi(port); err == nil && p > 0 && p < 65536 {
+			return host, p
+		}
+		return host, 0
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"), 0
+}
+
+// sensitiveQueryKeys are the query parameters whose values the HTTP
+// semantic conventions ask to redact from url.query (signed URLs' keys and
+// signatures).
+var sensitiveQueryKeys = map[string]bool{"AWSAccessKeyId": true, "Signature": true, "sig": true, "X-Goog-Signature": true}
+
+// redactQuery replaces the values of sensitiveQueryKeys with "REDACTED".
+func redactQuery(q string) string {
+	if !strings.Contains(q, "=") {
+		return q
+	}
+	parts := strings.Split(q, "&")
+	changed := false
+	for i, p := range parts {
+		k, _, ok := strings.Cut(p, "=")
+		if ok && sensitiveQueryKeys[k] {
+			parts[i], changed = k+"=REDACTED", true
+		}
+	}
+	if !changed {
+		return q
+	}
+	return strings.Join(parts, "&")
 }
 
 func parsePropagators(v string) (propagation.TextMapPropagator, error) {

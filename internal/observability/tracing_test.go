@@ -844,3 +844,64 @@ func TestSDKDisabledPropagatesNothing(t *testing.T) {
 		t.Error("disabled tracing continued the caller's trace")
 	}
 }
+
+// TestServerSpanSemconv: the server span's name and attributes by the HTTP
+// semantic conventions: server.address without the port (server.port on
+// its own), url.query with signatures redacted, and for a method outside
+// HTTP's own the name "HTTP" and the original method.
+func TestServerSpanSemconv(t *testing.T) {
+	rc := otlptest.Start(t)
+	s := startStack(t, stackOptions{env: map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT": rc.URL,
+		"OTEL_TRACES_SAMPLER":         "always_on",
+	}})
+	req, _ := http.NewRequest(http.MethodGet, "http://"+s.public+"/api/v1/ping?a=1&sig=secret&b=2", nil)
+	req.Host = "api.example.com:8443"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	req, _ = http.NewRequest("PROPFIND", "http://"+s.public+"/api/v1/ping", nil)
+	req.Host = "[::1]"
+	if resp, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	flush(t, s)
+	str := func(sp *tracepb.Span, k string) string { v, _ := attr(sp.GetAttributes(), k); return v.GetStringValue() }
+	var get, other *tracepb.Span
+	for _, sp := range rc.Spans() {
+		switch sp.GetName() {
+		case "GET /api/v1/ping":
+			get = sp
+		case "HTTP": // an unmatched route: the method alone
+			other = sp
+		}
+	}
+	if get == nil || other == nil {
+		var names []string
+		for _, sp := range rc.Spans() {
+			names = append(names, sp.GetName())
+		}
+		t.Fatalf("spans %v, want GET /api/v1/ping and HTTP", names)
+	}
+	if a := str(get, "server.address"); a != "api.example.com" {
+		t.Errorf("server.address %q", a)
+	}
+	if p, _ := attr(get.GetAttributes(), "server.port"); p.GetIntValue() != 8443 {
+		t.Errorf("server.port %v", p)
+	}
+	if q := str(get, "url.query"); q != "a=1&sig=REDACTED&b=2" {
+		t.Errorf("url.query %q", q)
+	}
+	if m, o := str(other, "http.request.method"), str(other, "http.request.method_original"); m != "_OTHER" || o != "PROPFIND" {
+		t.Errorf("method %q, original %q", m, o)
+	}
+	if a := str(other, "server.address"); a != "::1" {
+		t.Errorf("server.address of [::1]: %q", a)
+	}
+	if _, has := attr(other.GetAttributes(), "server.port"); has {
+		t.Error("server.port without a port in Host")
+	}
+}
