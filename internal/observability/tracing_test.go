@@ -869,7 +869,10 @@ func TestServerSpanSemconv(t *testing.T) {
 	}
 	resp.Body.Close()
 	flush(t, s)
-	str := func(sp *tracepb.Span, k string) string { v, _ := attr(sp.GetAttributes(), k); return v.GetStringValue() }
+	str := func(sp *tracepb.Span, k string) string {
+		v, _ := attr(sp.GetAttributes(), k)
+		return v.GetStringValue()
+	}
 	var get, other *tracepb.Span
 	for _, sp := range rc.Spans() {
 		switch sp.GetName() {
