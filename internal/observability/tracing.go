@@ -31,6 +31,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/embedded"
 	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/credentials"
@@ -166,7 +167,7 @@ func SetupTracing(ctx context.Context, getenv func(string) string, serviceVersio
 			sdktrace.WithResource(res),
 			sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample())),
 		)
-		t.provider = t.sdk
+		t.provider = continueOnly{tp: t.sdk}
 		t.describe = "off (no OTLP endpoint): incoming trace context is continued, nothing is exported"
 		return t, nil
 	}
@@ -188,6 +189,36 @@ func SetupTracing(ctx context.Context, getenv func(string) string, serviceVersio
 	t.describe = expDesc + ", sampler " + samplerDesc
 	return t, nil
 }
+
+// continueOnly is the tracer provider while nothing is exported: it starts
+// a span only under a valid parent, a caller's trace being continued.
+// Without one it starts none, so the outbound call or Redis command of a
+// request that came without trace context carries no made-up trace id
+// (which no line of this service's log would show) to the dependency.
+type continueOnly struct {
+	embedded.TracerProvider
+	tp trace.TracerProvider
+}
+
+func (p continueOnly) Tracer(name string, opts ...trace.TracerOption) trace.Tracer {
+	return continueOnlyTracer{t: p.tp.Tracer(name, opts...)}
+}
+
+type continueOnlyTracer struct {
+	embedded.Tracer
+	t trace.Tracer
+}
+
+func (t continueOnlyTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return ctx, trace.SpanFromContext(ctx)
+	}
+	return t.t.Start(ctx, name, opts...)
+}
+
+// SDKProvider is the SDK's tracer provider behind Provider (nil with
+// OTEL_SDK_DISABLED=true): where span processors are registered.
+func (t *Tracing) SDKProvider() *sdktrace.TracerProvider { return t.sdk }
 
 // Provider is the tracer provider to hand to instrumented clients (Redis,
 // outbound HTTP).
@@ -344,6 +375,16 @@ func (st *serverTracer) begin(c *gin.Context, route string, incoming bool) trace
 	ctx := r.Context()
 	if incoming {
 		ctx = st.prop.Extract(ctx, headerCarrier(r.Header))
+		if !st.exporting && !trace.SpanContextFromContext(ctx).IsValid() {
+			// Trace headers with no trace to continue (baggage alone, a
+			// malformed traceparent) and nothing to record: no span, so
+			// no made-up trace id in the logs or to the dependencies.
+			// The baggage goes on.
+			if ctx != r.Context() {
+				c.Request = r.WithContext(ctx)
+			}
+			return nil
+		}
 	}
 	method := methodLabel(r.Method)
 	// The samplers in use ignore the span name; building "METHOD

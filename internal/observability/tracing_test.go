@@ -20,7 +20,6 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
@@ -481,6 +480,31 @@ func TestTracingOffStillContinuesCallers(t *testing.T) {
 	if !continued || !root {
 		t.Fatalf("access lines: continued=%v root-without-id=%v\n%s", continued, root, s.logs)
 	}
+
+	// No trace context: the dependency gets no made-up trace id either
+	// (none of this service's lines would show it).
+	do(t, "http://"+s.public+"/api/v1/items/2", map[string]string{"X-Request-ID": "no-context"})
+	if h := ds.last(); h.Get("traceparent") != "" || h.Get("uber-trace-id") != "" {
+		t.Errorf("a request without trace context sent the dependency traceparent %q uber-trace-id %q", h.Get("traceparent"), h.Get("uber-trace-id"))
+	}
+	// Trace headers without a trace to continue: baggage alone goes on, a
+	// malformed traceparent is ignored; no trace id is made up for either.
+	do(t, "http://"+s.public+"/api/v1/items/3", map[string]string{"X-Request-ID": "baggage-only", "baggage": "k=v"})
+	if h := ds.last(); h.Get("traceparent") != "" || h.Get("baggage") != "k=v" {
+		t.Errorf("baggage alone: dependency got traceparent %q baggage %q", h.Get("traceparent"), h.Get("baggage"))
+	}
+	do(t, "http://"+s.public+"/api/v1/items/4", map[string]string{"X-Request-ID": "malformed", "traceparent": "garbage"})
+	if h := ds.last(); h.Get("traceparent") != "" {
+		t.Errorf("malformed traceparent: dependency got traceparent %q", h.Get("traceparent"))
+	}
+	for _, l := range logLines(s.logs, "request") {
+		switch l["request_id"] {
+		case "no-context", "baggage-only", "malformed":
+			if l["trace_id"] != "" || l["span_id"] != "" {
+				t.Errorf("%s: access line has trace_id %v span_id %v", l["request_id"], l["trace_id"], l["span_id"])
+			}
+		}
+	}
 }
 
 func TestSetupTracingFromEnv(t *testing.T) {
@@ -615,7 +639,7 @@ func TestServiceName(t *testing.T) {
 			t.Fatal(err)
 		}
 		rec := tracetest.NewSpanRecorder()
-		tr.Provider().(*sdktrace.TracerProvider).RegisterSpanProcessor(rec)
+		tr.SDKProvider().RegisterSpanProcessor(rec)
 		// Not exporting: a sampled caller's span is continued and recorded.
 		parent := trace.ContextWithRemoteSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
 			TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}, TraceFlags: trace.FlagsSampled, Remote: true}))

@@ -361,7 +361,7 @@ func TestPanicSpanSaysWhy(t *testing.T) {
 	}
 	defer tr.Shutdown(context.Background())
 	rec := tracetest.NewSpanRecorder()
-	tr.Provider().(*sdktrace.TracerProvider).RegisterSpanProcessor(rec)
+	tr.SDKProvider().RegisterSpanProcessor(rec)
 	f := newFixture(t, func(d *Deps) {
 		d.Tracing = tr.Middleware()
 		d.Items = itemsFunc(func(context.Context, string) (items.Item, error) { panic("boom") })
