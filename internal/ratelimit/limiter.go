@@ -297,7 +297,7 @@ func (r *RateLimiter) decide(ctx context.Context, key string, cost int) (Decisio
 		if err != nil || rt == nil || rt.fallback.Load() {
 			r.cache.done(key, a.entry, cost, r.cfg.Burst, nil)
 			if err != nil {
-				r.trip(fmt.Errorf("cluster slot map: %w", err))
+				r.trip(ctx, fmt.Errorf("cluster slot map: %w", err))
 			}
 			return r.fallbackDecision(key, cost)
 		}
@@ -333,7 +333,7 @@ func (r *RateLimiter) askRedis(ctx context.Context, key string, cost int, e *key
 		} else {
 			r.m.redisErrors[errOther].Inc()
 		}
-		trip(err)
+		trip(ctx, err)
 		return r.fallbackDecision(key, cost)
 	}
 	r.cache.done(key, e, cost, r.cfg.Burst, &rep)
@@ -359,7 +359,7 @@ func (r *RateLimiter) probeAll(ctx context.Context) error {
 			return errClosed
 		}
 		if err := rt.probe(ctx); err != nil {
-			rt.trip(err)
+			rt.trip(ctx, err)
 		}
 		return nil
 	})
@@ -404,14 +404,15 @@ func (r *RateLimiter) fallbackDecision(key string, cost int) (Decision, backend)
 }
 
 // trip switches to the fallback after a failed or late Redis call; the
-// prober brings Redis back.
-func (r *RateLimiter) trip(cause error) {
+// prober brings Redis back. ctx is the call's: the line carries the trace
+// ids of the request that found Redis failing.
+func (r *RateLimiter) trip(ctx context.Context, cause error) {
 	if !r.fallback.CompareAndSwap(false, true) {
 		return
 	}
 	r.fallbackSince.Store(int64(r.now()))
 	r.syncGauge()
-	r.logger.Warn("ratelimit: Redis failing, fallback decides", "fallback", r.cfg.OnRedisError,
+	r.logger.WarnContext(ctx, "ratelimit: Redis failing, fallback decides", "fallback", r.cfg.OnRedisError,
 		"budget", r.cfg.RedisTimeout.String(), "cause", cause)
 	select {
 	case r.tripped <- struct{}{}:

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"slices"
 	"strconv"
@@ -13,6 +15,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hardenedgo/ginservice/internal/health"
 	"github.com/hardenedgo/ginservice/internal/testkit/redistest"
@@ -705,7 +710,7 @@ func TestRedisClusterProbeKeyFollowsResharding(t *testing.T) {
 			t.Fatalf("SETSLOT on %s: %v", n.Addr, err)
 		}
 	}
-	rt.trip(errors.New("test: a failed call"))
+	rt.trip(context.Background(), errors.New("test: a failed call"))
 	waitFor(t, 5*time.Second, "the master's keys back on Redis", func() bool { return !rl.FallbackActive() })
 	if got := *rt.probeKey.Load(); got == key {
 		t.Fatalf("still probing with %s, whose slot %s moved", key, slot)
@@ -967,5 +972,58 @@ func TestRedisConcurrentCallersOfOneKeyDoNotTrip(t *testing.T) {
 	if rl.FallbackActive() || strings.Contains(rl.logs.String(), "Redis failing") {
 		t.Fatalf("concurrent callers of one key tripped the fallback (fallback %v, timeouts %v):\n%s",
 			rl.FallbackActive(), metric(t, rl.reg, "ratelimit_redis_errors_total", "kind", "timeout"), rl.logs)
+	}
+}
+
+// ctxRecorder records the span context of the context each log record came
+// with, by message.
+type ctxRecorder struct {
+	slog.Handler
+	mu   sync.Mutex
+	seen map[string]trace.SpanContext
+}
+
+func (h *ctxRecorder) Handle(ctx context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.seen[r.Message] = trace.SpanContextFromContext(ctx)
+	h.mu.Unlock()
+	return nil
+}
+
+func (h *ctxRecorder) get(msg string) (trace.SpanContext, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	sc, ok := h.seen[msg]
+	return sc, ok
+}
+
+// The line that says Redis failed is written with the context of the
+// request that found it failing, so it carries that request's trace ids.
+func TestRedisFailingLineHasTheRequestsTrace(t *testing.T) {
+	srv := redistest.Start(t)
+	rec := &ctxRecorder{Handler: slog.NewTextHandler(io.Discard, nil), seen: map[string]trace.SpanContext{}}
+	epoch := time.Now()
+	rl, err := newLimiter(context.Background(), Config{RedisURL: srv.URL(), Rate: 1000, Burst: 1000, OnRedisError: "local", Instances: 1,
+		RedisTimeout: 50 * time.Millisecond, ProbeInterval: time.Hour}, slog.New(rec), prometheus.NewRegistry(), func() time.Duration { return time.Since(epoch) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rl.Close() })
+	srv.Kill()
+	tid, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+	sid, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
+	want := trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: trace.FlagsSampled})
+	ctx := trace.ContextWithSpanContext(context.Background(), want)
+	for i := 0; i < 20; i++ {
+		if _, ok := rec.get("ratelimit: Redis failing, fallback decides"); ok {
+			break
+		}
+		if _, err := rl.Allow(ctx, fmt.Sprintf("k%d", i), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sc, ok := rec.get("ratelimit: Redis failing, fallback decides")
+	if !ok || sc.TraceID() != tid {
+		t.Fatalf("Redis failing line: logged %v, with trace %s, want trace %s", ok, sc.TraceID(), tid)
 	}
 }

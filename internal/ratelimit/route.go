@@ -86,7 +86,7 @@ func (rt *route) probe(ctx context.Context) error {
 }
 
 // trip sends the route's keys to the fallback after a failed or late call.
-func (rt *route) trip(cause error) {
+func (rt *route) trip(ctx context.Context, cause error) {
 	if rt.retired.Load() || !rt.fallback.CompareAndSwap(false, true) {
 		return
 	}
@@ -94,7 +94,7 @@ func (rt *route) trip(cause error) {
 	rt.since.Store(int64(r.now()))
 	r.routesDown.Add(1)
 	r.syncGauge()
-	r.logger.Warn("ratelimit: Redis Cluster master failing, fallback decides for its keys", "node", rt.addr,
+	r.logger.WarnContext(ctx, "ratelimit: Redis Cluster master failing, fallback decides for its keys", "node", rt.addr,
 		"fallback", r.cfg.OnRedisError, "budget", r.cfg.RedisTimeout.String(), "cause", cause)
 	select {
 	case rt.tripped <- struct{}{}:
