@@ -156,7 +156,7 @@ func SetupTracing(ctx context.Context, getenv func(string) string, serviceVersio
 	if err != nil {
 		return nil, err
 	}
-	if err := checkSpanLimits(env); err != nil {
+	if err := checkSpanLimits(getenv); err != nil { // untrimmed, as the SDK reads them
 		return nil, err
 	}
 
@@ -1069,8 +1069,12 @@ var spanLimitVars = []string{
 	"OTEL_SPAN_LINK_COUNT_LIMIT", "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
 }
 
-// checkSpanLimits rejects a span limit that is not an integer (the SDK would
-// log it in plain text and use its default).
+// checkSpanLimits rejects a span limit that is not an integer, spaces
+// included (the SDK reads them from the process environment as they are,
+// and would log a plain-text line and use its default). The line is still
+// printed once, before main: go.opentelemetry.io/auto/sdk, which the
+// OpenTelemetry API imports, reads the same variables when it is
+// initialised.
 func checkSpanLimits(env func(string) string) error {
 	for _, k := range spanLimitVars {
 		if v := env(k); v != "" {

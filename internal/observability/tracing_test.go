@@ -558,6 +558,7 @@ func TestSetupTracingFromEnv(t *testing.T) {
 		"OTEL_EXPORTER_OTLP_COMPRESSION":        "zip",
 		"OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT":       "many",
 		"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT":     "1k",
+		"OTEL_SPAN_EVENT_COUNT_LIMIT":           " 0", // the SDK reads it untrimmed, and ignores it
 		"OTEL_EXPORTER_OTLP_CERTIFICATE":        "/nonexistent/ca.pem",
 		"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE": "tracing_test.go", // a file, but no PEM
 		"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": "tracing_test.go", // without its key
