@@ -1137,3 +1137,50 @@ func TestHalfClosedClientGetsNoEmptyAnswer(t *testing.T) {
 		return false
 	})
 }
+
+// TestExpectContinueUnreadBody: a request with "Expect: 100-continue" whose
+// handler answers without reading the body gets its answer at once, no 100
+// and no wait for a body it has not sent (as net/http does it), and a
+// handler that reads the body still gets it after the 100.
+func TestExpectContinueUnreadBody(t *testing.T) {
+	r := startRun(t, map[string]string{"HTTP_READ_HEADER_TIMEOUT": "2s", "HTTP_READ_TIMEOUT": "3s"})
+	c, err := net.Dial("tcp", r.public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	fmt.Fprint(c, "GET /api/v1/ping HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nExpect: 100-continue\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || time.Since(start) > time.Second {
+		t.Fatalf("GET with an unsent body and Expect: %d after %s, want 200 at once", resp.StatusCode, time.Since(start))
+	}
+
+	c2, err := net.Dial("tcp", r.public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	fmt.Fprint(c2, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 7\r\nExpect: 100-continue\r\n\r\n")
+	br := bufio.NewReader(c2)
+	c2.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, "100 Continue") {
+		t.Fatalf("no 100 Continue for a handler that reads: %q %v", line, err)
+	}
+	br.ReadString('\n')
+	fmt.Fprint(c2, `{"a":1}`)
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"a":1`) {
+		t.Fatalf("echo after 100 Continue: %d %s", resp.StatusCode, body)
+	}
+}

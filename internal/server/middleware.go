@@ -166,6 +166,17 @@ func bodyLimit(max int64, t Timeouts) gin.HandlerFunc {
 			return
 		}
 		if c.Request.Body != nil && c.Request.Body != http.NoBody {
+			if len(c.Request.Header["Expect"]) > 0 {
+				// net/http answers "Expect: 100-continue" through the body
+				// it gave the handler: when the handler never reads it, it
+				// sends the response without the 100 and without waiting
+				// for the body. It looks for its own reader in its own
+				// request, so the wrapped body goes on a copy; otherwise
+				// a handler that answers without reading (an early 4xx)
+				// would leave the client waiting, and the server draining
+				// a body that is never sent, until HTTP_READ_TIMEOUT.
+				c.Request = c.Request.WithContext(c.Request.Context())
+			}
 			body := http.MaxBytesReader(c.Writer, c.Request.Body, max)
 			if move {
 				now := time.Now() // about the end of the headers
