@@ -657,6 +657,11 @@ func TestHTTP2WriteTimeoutIsNotAClientAbort(t *testing.T) {
 	if n := metric(t, r.admin, `http_server_client_aborts_total{route="/api/v1/echo"}`); n != 1 {
 		t.Errorf("client aborts = %v, want 1 (the client that left, not the write timeout)", n)
 	}
+	// The client that left did so in the middle of its body (a stream
+	// reset): a truncated body, as on HTTP/1.
+	if n := metric(t, r.admin, `http_server_truncated_bodies_total{route="/api/v1/echo"}`); n != 1 {
+		t.Errorf("truncated bodies = %v, want 1 (the upload the client reset)", n)
+	}
 }
 
 // testShutdownCountsSuppressedHandshakeLines: a burst of failed TLS

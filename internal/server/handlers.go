@@ -106,7 +106,8 @@ func echo(c *gin.Context) {
 			// Our read deadline, not the client leaving: it is still there
 			// and gets an answer, then net/http closes.
 			problem.Abort(c, http.StatusRequestTimeout, "request body not received within the read timeout")
-		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, context.Canceled), isConnError(err):
+		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, context.Canceled), isConnError(err),
+			c.Request.Context().Err() != nil: // HTTP/2: the client reset the stream or closed the connection
 			observability.MarkTruncatedBody(c)
 			problem.Abort(c, http.StatusBadRequest, "request body ended early")
 		default:
