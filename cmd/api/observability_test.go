@@ -788,3 +788,30 @@ func TestContinueThenClientLeaves(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTP2IdleTimeoutIsCountedAsSuch: HTTP/2 has no read deadline between
+// requests; its server closes a connection idle for HTTP_IDLE_TIMEOUT
+// itself. That close is the idle timeout, as for HTTP/1, not "server" (the
+// EOF diagnosis and the keep-alive dashboards read idle_timeout).
+func TestHTTP2IdleTimeoutIsCountedAsSuch(t *testing.T) {
+	cert, key := testkit.WriteSelfSignedCert(t)
+	r := startRun(t, map[string]string{"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key, "HTTP_IDLE_TIMEOUT": "1s"})
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Get("https://" + r.public + "/api/v1/ping")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("not HTTP/2: %s", resp.Proto)
+	}
+	series := `http_server_connections_closed_total{reason="idle_timeout",state="idle"}`
+	waitFor(t, 10*time.Second, "the idle HTTP/2 connection closed as idle_timeout", func() bool {
+		return metric(t, r.admin, series) == 1
+	})
+	if n := sumMetric(t, r.admin, "http_server_connections_closed_total", `reason="server"`); n > 0 {
+		t.Errorf("%v connections closed with reason server", n)
+	}
+}

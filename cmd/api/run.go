@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -273,6 +274,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// closed each connection are measured on the listener.
 	public.ErrorLog = observability.ServerErrorLog(logger, reg)
 	observability.ServerTimeouts(reg, public)
+	connMetrics.SetIdleTimeout(cmp.Or(public.IdleTimeout, public.ReadTimeout)) // net/http's fallback
 	public.ConnState = connMetrics.ConnState
 	public.ConnContext = connMetrics.ConnContext // close lines name the request a connection broke on
 	rawLn, err := net.Listen("tcp", cfg.HTTPAddr)

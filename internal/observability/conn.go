@@ -81,6 +81,10 @@ type ConnMetrics struct {
 	rejected    *prometheus.CounterVec
 	log         *limitedLog // "connection closed"
 	rejectLog   *limitedLog // "request rejected": its own budget and suppressed count
+	// idleTimeout is the server's keep-alive idle timeout (SetIdleTimeout):
+	// an HTTP/2 connection idle that long is closed by the HTTP/2 server
+	// itself, not by a read deadline.
+	idleTimeout atomic.Int64
 	// untracked holds the state of connections that did not come through
 	// Listener (a net.Conn -> http.ConnState), to move the gauge.
 	untracked sync.Map
@@ -206,6 +210,12 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 	if tc != nil {
 		p := tc.state.Swap(int32(s) + 1)
 		prev, known = http.ConnState(p-1), p != 0
+		if s == http.StateActive || s == http.StateIdle {
+			tc.idleRead.Store(false)
+		}
+		if s == http.StateIdle {
+			tc.lead.Store(0) // the next request's first byte is still to come
+		}
 		if s == http.StateActive {
 			tc.wrote.Store(false)
 			tc.requests.Add(1)
@@ -247,6 +257,12 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 		m.gauges[s].AddAt(stripe, 1)
 	}
 }
+
+// SetIdleTimeout tells the metrics the server's keep-alive idle timeout in
+// force (IdleTimeout, or ReadTimeout when that is 0), so that an HTTP/2
+// connection the server closes after that long idle is counted as
+// idle_timeout, as an HTTP/1 one is.
+func (m *ConnMetrics) SetIdleTimeout(d time.Duration) { m.idleTimeout.Store(int64(d)) }
 
 // Open returns the number of connections counted as new, active or idle.
 func (m *ConnMetrics) Open() int64 {
@@ -304,6 +320,13 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 		level = slog.LevelInfo
 	case causeReadTimeout:
 		reason = CloseReasonReadTimeout
+		if prev == http.StateIdle && tc.idleRead.Load() {
+			// The next request had begun on the kept-alive connection
+			// (net/http reads its first bytes before it marks the
+			// connection active) and stalled: the read-header deadline,
+			// not the idle timeout.
+			prev = http.StateActive
+		}
 		if prev == http.StateIdle {
 			reason = CloseReasonIdleTimeout
 		} else {
@@ -312,6 +335,13 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 	case causeWriteTimeout:
 		reason = CloseReasonWriteTimeout
 		level = slog.LevelInfo
+	case causeNone:
+		// HTTP/2 keeps no read deadline: its server closes a connection
+		// idle for the idle timeout itself (after a GOAWAY and a grace
+		// second).
+		if it := time.Duration(m.idleTimeout.Load()); prev == http.StateIdle && it > 0 && inState >= it && !tc.serverCut.Load() {
+			reason = CloseReasonIdleTimeout
+		}
 	}
 	if tc.serverCut.Load() {
 		level = slog.LevelInfo // a request in flight cut by the server (forced shutdown)
@@ -428,6 +458,12 @@ type trackedConn struct {
 	// serverCut: Close came (from Server.Close) while it was.
 	handling  atomic.Bool
 	serverCut atomic.Bool
+	// idleRead: bytes came in while the connection was idle, the start of
+	// its next request (reset at each state change).
+	idleRead atomic.Bool
+	// lead is the first byte of the current request as read (plus one; 0:
+	// none yet), over TLS the first byte of the TLS stream.
+	lead atomic.Int32
 	// records, on a TLS connection, follows the peer's TLS records (set by
 	// the first state hook, which gets the *tls.Conn, before the
 	// handshake's first read).
@@ -475,6 +511,12 @@ func trackedFrom(ctx context.Context) *trackedConn {
 
 func (c *trackedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
+	if n > 0 && c.lead.Load() == 0 {
+		c.lead.Store(int32(b[0]) + 1)
+	}
+	if n > 0 && c.state.Load() == int32(http.StateIdle)+1 && !c.idleRead.Load() {
+		c.idleRead.Store(true)
+	}
 	if r := c.records.Load(); r != nil {
 		r.feed(b[:n])
 	}
@@ -647,8 +689,9 @@ func (c *trackedConn) Close() error {
 		// Server.Close (the drain's deadline).
 		c.serverCut.Store(true)
 	}
-	if first && r == nil && c.cause.Load() == causeReadTimeout && c.state.Load() == int32(http.StateActive)+1 &&
-		!c.routed.Load() && !c.wrote.Load() {
+	st := c.state.Load()
+	if first && r == nil && c.cause.Load() == causeReadTimeout &&
+		(st == int32(http.StateActive)+1 && !c.routed.Load() && !c.wrote.Load() || st == int32(http.StateIdle)+1 && c.idleRead.Load()) {
 		// A request whose headers the read-header deadline cut off after
 		// a complete request line: net/http closes without a word (it
 		// answers 400 only when the request line itself is cut, which
@@ -751,6 +794,13 @@ func parseRejection(b []byte) (rejection, bool) {
 	return r, true
 }
 
+// leadLooksHTTP reports whether the current request began with a letter,
+// as every HTTP method does.
+func (c *trackedConn) leadLooksHTTP() bool {
+	b := c.lead.Load() - 1
+	return b >= 'A' && b <= 'Z' || b >= 'a' && b <= 'z'
+}
+
 // reject sends the problem+json form of net/http's rejection instead of its
 // plain text, with a fresh X-Request-ID as on every other response, counts
 // it and logs it (rate limited: a client that sends garbage in a loop
@@ -758,11 +808,13 @@ func parseRejection(b []byte) (rejection, bool) {
 // Plain HTTP on the TLS port gets the same response and is counted as a
 // TLS handshake error only.
 func (c *trackedConn) reject(orig []byte, r rejection) (int, error) {
-	if cause := c.cause.Load(); r.code == http.StatusBadRequest && !r.tls && (cause == causePeerClosed || cause == causePeerReset) {
+	if cause := c.cause.Load(); r.code == http.StatusBadRequest && !r.tls && (cause == causePeerClosed || cause == causePeerReset) && c.leadLooksHTTP() {
 		// net/http answers 400 to a request line or headers the client cut
-		// off by leaving: nothing malformed was sent, and nobody reads
-		// the answer. Not a rejection; the close line says the peer left
-		// (state active).
+		// off by leaving: what came was the start of a request (a method's
+		// first letter), nobody reads the answer. Not a rejection; the
+		// close line says the peer left (state active). Bytes that could
+		// not start a request (a TLS ClientHello, binary) stay a malformed
+		// request, however the client then left.
 		n, err := c.Conn.Write(orig)
 		if err != nil {
 			c.note(err, false)

@@ -588,3 +588,40 @@ func TestClientLeavingMidHeadersIsNoRejection(t *testing.T) {
 		})
 	}
 }
+
+// TestStalledSecondRequestIsNoIdleTimeout: on a kept-alive connection the
+// next request's first bytes arrive, then nothing. net/http reads them
+// before it marks the connection active and cuts it at the read-header
+// deadline: a stalled request (408, read_timeout, active), as on a fresh
+// connection, not the keep-alive idle timeout.
+func TestStalledSecondRequestIsNoIdleTimeout(t *testing.T) {
+	cs := startConnServer(t, true, func(s *http.Server) {
+		s.ReadHeaderTimeout = 300 * time.Millisecond
+		s.IdleTimeout = 5 * time.Second
+	})
+	c := cs.dial(t)
+	br := bufio.NewReader(c)
+	io.WriteString(c, "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	time.Sleep(100 * time.Millisecond) // idle
+	io.WriteString(c, "GET /fast HTTP/1.1\r\nHost: x\r\n")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no answer to the stalled second request: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestTimeout {
+		t.Fatalf("stalled second request: %d", resp.StatusCode)
+	}
+	eventually(t, "counted as a stalled request", func() bool {
+		return testutil.ToFloat64(cs.m.closed.WithLabelValues(CloseReasonReadTimeout, "active")) == 1 &&
+			testutil.ToFloat64(cs.m.closed.WithLabelValues(CloseReasonIdleTimeout, "idle")) == 0 &&
+			testutil.ToFloat64(cs.m.rejected.WithLabelValues("408")) == 1
+	}, cs.dump)
+}
