@@ -511,14 +511,22 @@ func trackedFrom(ctx context.Context) *trackedConn {
 
 func (c *trackedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
+	if r := c.records.Load(); r != nil && n > 0 {
+		had := r.alert.Load()
+		r.feed(b[:n])
+		if !had && r.alert.Load() {
+			st := c.state.Load()
+			if st == int32(http.StateActive)+1 && c.wrote.Load() {
+				st = int32(http.StateIdle) + 1
+			}
+			r.alertState.Store(st)
+		}
+	}
 	if n > 0 && c.lead.Load() == 0 {
 		c.lead.Store(int32(b[0]) + 1)
 	}
 	if n > 0 && c.state.Load() == int32(http.StateIdle)+1 && !c.idleRead.Load() {
 		c.idleRead.Store(true)
-	}
-	if r := c.records.Load(); r != nil {
-		r.feed(b[:n])
 	}
 	if err != nil {
 		c.note(err, true)
@@ -552,7 +560,7 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 		// one closing, its alert makes the client answer with one, which
 		// may be read before Close.
 		if r.alert.Load() && c.cause.Load() == causeNone {
-			c.note(io.EOF, true)
+			c.notePeerAlert(r)
 		}
 	}
 	n, err := c.Conn.Write(b)
@@ -587,6 +595,11 @@ type tlsRecords struct {
 	nhdr   int
 	remain int
 	alert  atomic.Bool // the last record the peer sent was an alert
+	// alertState is the connection's state (http.ConnState + 1) when that
+	// alert came, idle if the response was out by then: a client that
+	// closes politely in the middle of a request left it then, whatever
+	// state the connection has reached when the close is decided.
+	alertState atomic.Int32
 	// sentAlert: the server has sent an alert (its close_notify, or a
 	// handshake failure).
 	sentAlert atomic.Bool
@@ -609,6 +622,17 @@ func (r *tlsRecords) feed(b []byte) {
 		r.nhdr = 0
 		r.remain = int(r.hdr[3])<<8 | int(r.hdr[4])
 		r.alert.Store(r.hdr[0] == 0x15 || (r.hdr[0] == 0x17 && r.remain == 19))
+	}
+}
+
+// notePeerAlert records that the peer closed with an alert (close_notify),
+// in the state the connection was in when the alert came.
+func (c *trackedConn) notePeerAlert(r *tlsRecords) {
+	if c.closed.Load() {
+		return
+	}
+	if c.cause.CompareAndSwap(causeNone, causePeerClosed) {
+		c.causeState.Store(r.alertState.Load())
 	}
 }
 
@@ -680,7 +704,7 @@ func (c *trackedConn) Close() error {
 		// Closed without an alert of the server's (crypto/tls sends
 		// close_notify only after a complete handshake): the peer's last
 		// word was an alert, so the peer ended it.
-		c.note(io.EOF, true)
+		c.notePeerAlert(r)
 	}
 	first := c.closed.CompareAndSwap(false, true)
 	if first && c.handling.Load() && c.cause.Load() == causeNone {

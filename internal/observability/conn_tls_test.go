@@ -236,3 +236,36 @@ func TestTLSRecordsFollowBoundaries(t *testing.T) {
 		t.Error("isTLSAlert misreads a record")
 	}
 }
+
+// TestTLSPoliteCloseMidRequestIsActive: a TLS client that closes politely
+// (close_notify, then FIN) while its request is served left in the middle of
+// the request, even when the handler goes on and writes its response before
+// the server notices: the state is the one the close_notify came in.
+func TestTLSPoliteCloseMidRequestIsActive(t *testing.T) {
+	logs := &testkit.SyncBuffer{}
+	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	reg := prometheus.NewRegistry()
+	m := NewConnMetrics(reg, logger)
+	gin.SetMode(gin.ReleaseMode)
+	e := gin.New()
+	e.Use(Access(logger, NewHTTPMetrics(reg), AccessOptions{}))
+	e.GET("/linger", func(c *gin.Context) {
+		time.Sleep(300 * time.Millisecond) // deaf to the context
+		c.String(http.StatusOK, "late")
+	})
+	addr := serveTLSTracked(t, m, &http.Server{Handler: e})
+	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET /linger HTTP/1.1\r\nHost: x\r\n\r\n")
+	time.Sleep(100 * time.Millisecond)
+	c.Close()
+	eventually(t, "the close counted", func() bool {
+		return testutil.ToFloat64(m.closed.WithLabelValues(CloseReasonPeerClosed, "active"))+
+			testutil.ToFloat64(m.closed.WithLabelValues(CloseReasonPeerClosed, "idle")) == 1
+	}, logs.String)
+	if n := testutil.ToFloat64(m.closed.WithLabelValues(CloseReasonPeerClosed, "active")); n != 1 {
+		t.Fatalf("a polite close mid-request counted as peer_closed idle\n%s", logs)
+	}
+}
