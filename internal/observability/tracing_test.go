@@ -215,6 +215,9 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 			client = sp
 		}
 	}
+	if client != nil && client.GetName() != "GET" {
+		t.Errorf("client span named %q, want GET (HTTP semantic conventions)", client.GetName())
+	}
 	if client == nil {
 		t.Fatalf("no client span for the outbound call in trace %s", padded)
 	}

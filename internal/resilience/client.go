@@ -23,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -228,15 +229,45 @@ func NewClient(cfg ClientConfig, logger *slog.Logger, reg prometheus.Registerer,
 			prop = otel.GetTextMapPropagator()
 		}
 		// One client span per attempt, so retries show in the trace.
-		c.rt = otelhttp.NewTransport(c.transport,
+		c.rt = otelhttp.NewTransport(resendCount{c.transport},
 			otelhttp.WithTracerProvider(tp),
 			otelhttp.WithPropagators(prop),
 			// Our own Prometheus metrics cover outbound calls; keep otelhttp
 			// away from the global meter provider.
 			otelhttp.WithMeterProvider(noop.NewMeterProvider()),
+			// The HTTP semantic conventions name a client span by its
+			// method alone ("GET"); otelhttp's default is "HTTP GET".
+			otelhttp.WithSpanNameFormatter(clientSpanName),
 		)
 	}
 	return c, nil
+}
+
+type resendKey struct{}
+
+// resendCount sits under otelhttp: it marks a retried attempt's client span
+// with http.request.resend_count (HTTP semantic conventions), which only
+// the retry loop knows.
+type resendCount struct{ rt http.RoundTripper }
+
+func (r resendCount) RoundTrip(req *http.Request) (*http.Response, error) {
+	if n, ok := req.Context().Value(resendKey{}).(int); ok {
+		trace.SpanFromContext(req.Context()).SetAttributes(semconv.HTTPRequestResendCount(n))
+	}
+	return r.rt.RoundTrip(req)
+}
+
+// clientSpanName names an outbound attempt's span: the method, "HTTP" for
+// one outside HTTP's own (which would make a span name per method).
+func clientSpanName(_ string, r *http.Request) string {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
+		return r.Method
+	case "":
+		return http.MethodGet
+	}
+	return "HTTP"
 }
 
 // CloseIdleConnections closes idle keep-alive connections (at shutdown).
@@ -263,7 +294,7 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 	budget.deposit()
 	var body io.ReadCloser // the rewound request body of the next attempt
 	for attempt := 1; ; attempt++ {
-		resp, cancel, err := c.attempt(req, body, host)
+		resp, cancel, err := c.attempt(req, body, host, attempt-1)
 		reason := retryReason(ctx, resp, err)
 		if reason == "" || !replayable || attempt >= c.cfg.MaxAttempts {
 			return finish(resp, cancel, err)
@@ -327,8 +358,11 @@ func closeBody(b io.ReadCloser) {
 // attempt sends one attempt under its own timeout, with body (a rewound
 // copy of the request's) when it is not nil. The returned cancel must be
 // called once the response is done with (finish ties it to Body.Close).
-func (c *Client) attempt(req *http.Request, body io.ReadCloser, host string) (*http.Response, context.CancelFunc, error) {
+func (c *Client) attempt(req *http.Request, body io.ReadCloser, host string, resend int) (*http.Response, context.CancelFunc, error) {
 	actx, cancel := context.WithTimeout(req.Context(), c.cfg.AttemptTimeout)
+	if resend > 0 {
+		actx = context.WithValue(actx, resendKey{}, resend)
+	}
 	actx = httptrace.WithClientTrace(actx, &httptrace.ClientTrace{
 		GotConn: func(info httptrace.GotConnInfo) {
 			c.conns.WithLabelValues(host, strconv.FormatBool(info.Reused)).Inc()

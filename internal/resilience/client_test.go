@@ -528,17 +528,25 @@ func TestClientPropagatesTraceContext(t *testing.T) {
 			t.Fatalf("attempt %d: traceparent %q does not carry trace %s", i+1, h.traceparent, traceID)
 		}
 	}
-	clientSpans := 0
+	clientSpans, resent := 0, 0
 	for _, s := range rec.Ended() {
 		if s.SpanKind().String() == "client" {
 			clientSpans++
+			if s.Name() != http.MethodGet {
+				t.Errorf("client span named %q, want GET", s.Name())
+			}
+			for _, a := range s.Attributes() {
+				if a.Key == "http.request.resend_count" && a.Value.AsInt64() == 1 {
+					resent++
+				}
+			}
 			if s.Parent().SpanID() != parent.SpanContext().SpanID() {
 				t.Errorf("client span %q is not a child of the handler span", s.Name())
 			}
 		}
 	}
-	if clientSpans != 2 {
-		t.Fatalf("%d client spans, want one per attempt (2)", clientSpans)
+	if clientSpans != 2 || resent != 1 {
+		t.Fatalf("%d client spans, %d with http.request.resend_count 1; want one per attempt (2), the retry marked", clientSpans, resent)
 	}
 
 	plain := newTestClient(t, testClientConfig(), prometheus.NewRegistry())
