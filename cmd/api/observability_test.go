@@ -795,7 +795,7 @@ func TestContinueThenClientLeaves(t *testing.T) {
 // EOF diagnosis and the keep-alive dashboards read idle_timeout).
 func TestHTTP2IdleTimeoutIsCountedAsSuch(t *testing.T) {
 	cert, key := testkit.WriteSelfSignedCert(t)
-	r := startRun(t, map[string]string{"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key, "HTTP_IDLE_TIMEOUT": "1s"})
+	r := startRun(t, map[string]string{"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key, "HTTP_IDLE_TIMEOUT": "1s", "LOG_LEVEL": "debug"})
 	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr}).Get("https://" + r.public + "/api/v1/ping")
@@ -814,4 +814,17 @@ func TestHTTP2IdleTimeoutIsCountedAsSuch(t *testing.T) {
 	if n := sumMetric(t, r.admin, "http_server_connections_closed_total", `reason="server"`); n > 0 {
 		t.Errorf("%v connections closed with reason server", n)
 	}
+	// Its close line counts the one request it carried (the HTTP/2
+	// server's pass through active at its start is none).
+	waitFor(t, 5*time.Second, "the close line", func() bool {
+		for _, l := range r.logs.lines() {
+			if l["msg"] == "connection closed" && l["reason"] == "idle_timeout" {
+				if l["requests"] != float64(1) {
+					t.Fatalf("close line of an HTTP/2 connection with one request: %v", l)
+				}
+				return true
+			}
+		}
+		return false
+	})
 }

@@ -218,7 +218,11 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 		}
 		if s == http.StateActive {
 			tc.wrote.Store(false)
-			tc.requests.Add(1)
+			if !(prev == http.StateNew && known && isHTTP2(c)) {
+				// The HTTP/2 server passes through active once as it
+				// starts, after the preface: not a request.
+				tc.requests.Add(1)
+			}
 			tc.route, tc.requestID, tc.status = "", "", 0
 			tc.routed.Store(false)
 		}
@@ -295,6 +299,12 @@ func (m *ConnMetrics) Settle(ctx context.Context) error {
 	m.log.Flush(context.Background(), slog.LevelInfo, "connection closed")
 	m.rejectLog.Flush(context.Background(), slog.LevelInfo, "request rejected")
 	return err
+}
+
+// isHTTP2 reports whether c is a TLS connection that negotiated HTTP/2.
+func isHTTP2(c net.Conn) bool {
+	tc, ok := c.(*tls.Conn)
+	return ok && tc.ConnectionState().NegotiatedProtocol == "h2"
 }
 
 // ended counts and logs a closed tracked connection.
