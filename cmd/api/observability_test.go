@@ -828,3 +828,48 @@ func TestHTTP2IdleTimeoutIsCountedAsSuch(t *testing.T) {
 		return false
 	})
 }
+
+// TestForcedShutdownIsNotAClientAbortHTTP2: the same over HTTP/2, where
+// the request has a stream of its own on a connection the forced close
+// ends.
+func TestForcedShutdownIsNotAClientAbortHTTP2(t *testing.T) {
+	cert, key := testkit.WriteSelfSignedCert(t)
+	p := startBinary(t, map[string]string{"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key,
+		"SHUTDOWN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "1s", "HTTP_READ_TIMEOUT": "30s", "HTTP_WRITE_TIMEOUT": "30s"})
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go func() { _, _ = io.WriteString(pw, `{"a":`) }() // then nothing more
+	req, _ := http.NewRequest(http.MethodPost, "https://"+p.public+"/api/v1/echo", pr)
+	req.ContentLength = 100
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Request-ID", "h2-cut-by-shutdown")
+	done := make(chan error, 1)
+	go func() {
+		resp, err := (&http.Client{Transport: tr}).Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	time.Sleep(300 * time.Millisecond) // the handler is reading
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(15 * time.Second):
+		t.Fatal("no exit after SIGTERM")
+	}
+	<-done
+	var access map[string]any
+	for _, l := range p.logs.lines() {
+		if l["msg"] == "request" && l["request_id"] == "h2-cut-by-shutdown" {
+			access = l
+		}
+	}
+	if access == nil || access["status"] == float64(499) || access["level"] != "WARN" || !strings.HasPrefix(fmt.Sprint(access["error"]), "server_closed") {
+		t.Errorf("access line of the HTTP/2 request the forced close cut: %v\n%s", access, p.logs)
+	}
+}

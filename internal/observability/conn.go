@@ -464,9 +464,9 @@ type trackedConn struct {
 	// routed: the current request reached the access middleware (atomic:
 	// Close may read it from another goroutine, Server.Close's).
 	routed atomic.Bool
-	// handling: the access middleware is running for the current request;
-	// serverCut: Close came (from Server.Close) while it was.
-	handling  atomic.Bool
+	// handling: requests the access middleware is running for (HTTP/1:
+	// 0 or 1); serverCut: Close came (from Server.Close) while one was.
+	handling  atomic.Int32
 	serverCut atomic.Bool
 	// idleRead: bytes came in while the connection was idle, the start of
 	// its next request (reset at each state change).
@@ -484,13 +484,18 @@ type trackedConn struct {
 // middleware, first thing).
 func (c *trackedConn) routing() {
 	c.routed.Store(true)
-	c.handling.Store(true)
+	c.handling.Add(1)
 }
+
+// streamStarted and streamDone bracket an HTTP/2 request on the connection
+// (several at once), for cutByServer.
+func (c *trackedConn) streamStarted() { c.handling.Add(1) }
+func (c *trackedConn) streamDone()    { c.handling.Add(-1) }
 
 // served records the request the access middleware has just logged.
 func (c *trackedConn) served(route, requestID string, status int) {
 	c.route, c.requestID, c.status = route, requestID, status
-	c.handling.Store(false)
+	c.handling.Add(-1)
 }
 
 // cutByServer reports whether the server closed the connection while a
@@ -717,7 +722,7 @@ func (c *trackedConn) Close() error {
 		c.notePeerAlert(r)
 	}
 	first := c.closed.CompareAndSwap(false, true)
-	if first && c.handling.Load() && c.cause.Load() == causeNone {
+	if first && c.handling.Load() > 0 && c.cause.Load() == causeNone {
 		// net/http closes a connection itself only after its handler has
 		// returned; one closed under a running handler was closed by
 		// Server.Close (the drain's deadline).

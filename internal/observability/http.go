@@ -33,6 +33,7 @@ const (
 	keyClientAbort  = "observability.client_abort"
 	keyTruncated    = "observability.truncated_body"
 	keyWriteTimeout = "observability.write_timeout"
+	keyServerCut    = "observability.server_cut" // HTTP/2: see Access
 )
 
 // MarkPanic records on the request's span, when it is recorded, that a
@@ -280,8 +281,15 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 		start := time.Now()
 		stripe := m.inFlight.Add(1)
 		tc := connOf(c)
+		// HTTP/2: the connection under the stream, only to tell whether
+		// the server closed it while this request was served.
+		var under *trackedConn
 		if tc != nil {
 			tc.routing()
+		} else if c.Request.ProtoMajor == 2 {
+			if under = trackedFrom(c.Request.Context()); under != nil {
+				under.streamStarted()
+			}
 		}
 		// Deferred: http.ErrAbortHandler panics through every middleware on
 		// purpose (net/http then cuts the response: the connection on
@@ -290,13 +298,38 @@ func Access(logger *slog.Logger, m *HTTPMetrics, opts AccessOptions) gin.Handler
 		defer func() {
 			m.inFlight.AddAt(stripe, -1)
 			if v := recover(); v != nil {
+				markServerCut(c, under)
 				a.cut(c, tc, start, time.Since(start))
+				if under != nil {
+					under.streamDone()
+				}
 				panic(v)
+			}
+			if under != nil {
+				under.streamDone()
 			}
 		}()
 		c.Next()
+		markServerCut(c, under)
 		a.done(c, tc, start, time.Since(start), 0)
 	}
+}
+
+// markServerCut records, for an HTTP/2 request, that the server closed its
+// connection while it was served (the forced close at SHUTDOWN_TIMEOUT).
+func markServerCut(c *gin.Context, under *trackedConn) {
+	if under != nil && under.cutByServer() {
+		c.Set(keyServerCut, true)
+	}
+}
+
+// serverCut reports whether the server closed the request's connection
+// while it was served.
+func serverCut(c *gin.Context, tc *trackedConn) bool {
+	if tc != nil {
+		return tc.cutByServer()
+	}
+	return c.Request.ProtoMajor == 2 && c.GetBool(keyServerCut)
 }
 
 // cut measures and logs a request whose response net/http cuts off (a
@@ -360,7 +393,7 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 		status = c.Writer.Status()
 	}
 	timedOut := a.streamTimedOut(c, tc, start.Add(elapsed), start)
-	serverCut := tc != nil && tc.cutByServer()
+	cutByServer := serverCut(c, tc)
 	if timedOut {
 		c.Set(keyWriteTimeout, true) // for clientAborted, here and in the span
 	}
@@ -399,7 +432,7 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 	level := slog.LevelInfo
 	if status >= 500 {
 		level = slog.LevelError
-	} else if timedOut || serverCut {
+	} else if timedOut || cutByServer {
 		level = slog.LevelWarn
 	}
 	h := logger.Handler()
@@ -444,7 +477,7 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 	switch {
 	case timedOut:
 		r.AddAttrs(slog.String("error", "write_timeout: HTTP/2 stream reset by the server at HTTP_WRITE_TIMEOUT, the client got no response"))
-	case serverCut:
+	case cutByServer:
 		r.AddAttrs(slog.String("error", "server_closed: the server closed the connection while serving the request (a forced close: SHUTDOWN_TIMEOUT ran out), the client got no complete response"))
 	}
 	_ = h.Handle(context.Background(), r)
@@ -500,7 +533,7 @@ func connOf(c *gin.Context) *trackedConn {
 // HTTP/2 there is no such record: the access middleware marks a stream
 // that ran past its write deadline (streamTimedOut).
 func clientAborted(c *gin.Context, tc *trackedConn) bool {
-	if tc != nil && tc.cutByServer() {
+	if serverCut(c, tc) {
 		return false // whatever the handler made of its broken connection
 	}
 	if c.GetBool(keyClientAbort) {

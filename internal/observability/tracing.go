@@ -441,7 +441,7 @@ func finishSpan(c *gin.Context, span trace.Span, status int) {
 		return
 	}
 	span.SetAttributes(semconv.HTTPResponseStatusCode(status))
-	if tc := connOf(c); tc != nil && tc.cutByServer() {
+	if serverCut(c, connOf(c)) {
 		span.SetAttributes(semconv.ErrorTypeKey.String("server_closed"))
 		span.SetStatus(codes.Error, "connection closed by the server while serving the request (forced shutdown)")
 		return
