@@ -554,14 +554,7 @@ func TestShutdownLogsEveryClosedConnection(t *testing.T) {
 				resp.Body.Close()
 				conns[i] = c // kept alive, idle
 			}
-			if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case <-p.exited:
-			case <-time.After(15 * time.Second):
-				t.Fatal("no exit after SIGTERM")
-			}
+			sigterm(t, p)
 			if p.err != nil {
 				t.Fatalf("exit: %v\n%s", p.err, p.logs)
 			}
@@ -593,7 +586,7 @@ func TestShutdownLogsEveryClosedConnection(t *testing.T) {
 func TestHTTP2WriteTimeoutIsNotAClientAbort(t *testing.T) {
 	cert, key := testkit.WriteSelfSignedCert(t)
 	r := startRun(t, map[string]string{"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key,
-		"HTTP_READ_TIMEOUT": "5s", "HTTP_WRITE_TIMEOUT": "500ms", "BREAKER_TIMEOUT": "200ms"})
+		"HTTP_READ_TIMEOUT": "5s", "HTTP_WRITE_TIMEOUT": "1s", "BREAKER_TIMEOUT": "200ms"})
 	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
@@ -622,7 +615,7 @@ func TestHTTP2WriteTimeoutIsNotAClientAbort(t *testing.T) {
 	}
 	resp.Body.Close()
 	// After the write deadline: the server resets the stream.
-	if resp, err := post(context.Background(), "h2-write-timeout", 800*time.Millisecond); err == nil {
+	if resp, err := post(context.Background(), "h2-write-timeout", 1600*time.Millisecond); err == nil {
 		resp.Body.Close()
 		t.Fatalf("a response past the write timeout reached the client: %d", resp.StatusCode)
 	}
@@ -683,14 +676,7 @@ func testShutdownCountsSuppressedHandshakeLines(t *testing.T) {
 	waitFor(t, 5*time.Second, "the handshake errors counted", func() bool {
 		return metric(t, p.admin, `http_server_tls_handshake_errors_total{reason="eof"}`) == n
 	})
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-p.exited:
-	case <-time.After(15 * time.Second):
-		t.Fatal("no exit after SIGTERM")
-	}
+	sigterm(t, p)
 	logged, suppressed := 0, 0
 	for _, l := range p.logs.lines() {
 		if l["msg"] != "tls handshake error" {
@@ -722,15 +708,10 @@ func TestForcedShutdownIsNotAClientAbort(t *testing.T) {
 	defer c.Close()
 	// An upload that is still coming when the drain's time is up.
 	fmt.Fprint(c, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nX-Request-ID: cut-by-shutdown\r\n\r\n{\"a\":")
-	time.Sleep(200 * time.Millisecond) // the handler is reading
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-p.exited:
-	case <-time.After(15 * time.Second):
-		t.Fatal("no exit after SIGTERM")
-	}
+	waitFor(t, 10*time.Second, "the handler reading the body", func() bool {
+		return metric(t, p.admin, "http_server_requests_in_flight") == 1
+	})
+	sigterm(t, p)
 	var access, closed map[string]any
 	for _, l := range p.logs.lines() {
 		if l["request_id"] != "cut-by-shutdown" {
@@ -853,15 +834,10 @@ func TestForcedShutdownIsNotAClientAbortHTTP2(t *testing.T) {
 		}
 		done <- err
 	}()
-	time.Sleep(300 * time.Millisecond) // the handler is reading
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-p.exited:
-	case <-time.After(15 * time.Second):
-		t.Fatal("no exit after SIGTERM")
-	}
+	waitFor(t, 10*time.Second, "the handler reading the body", func() bool {
+		return metric(t, p.admin, "http_server_requests_in_flight") == 1
+	})
+	sigterm(t, p)
 	<-done
 	var access map[string]any
 	for _, l := range p.logs.lines() {
@@ -871,5 +847,18 @@ func TestForcedShutdownIsNotAClientAbortHTTP2(t *testing.T) {
 	}
 	if access == nil || access["status"] == float64(499) || access["level"] != "WARN" || !strings.HasPrefix(fmt.Sprint(access["error"]), "server_closed") {
 		t.Errorf("access line of the HTTP/2 request the forced close cut: %v\n%s", access, p.logs)
+	}
+}
+
+// sigterm sends p SIGTERM and waits for it to exit (15 s at most).
+func sigterm(t *testing.T, p *proc) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(15 * time.Second):
+		t.Fatal("no exit after SIGTERM")
 	}
 }
