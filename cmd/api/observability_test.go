@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"github.com/hardenedgo/ginservice/internal/testkit"
 	"github.com/hardenedgo/ginservice/internal/testkit/otlptest"
 )
@@ -861,4 +863,64 @@ func sigterm(t *testing.T, p *proc) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("no exit after SIGTERM")
 	}
+}
+
+// TestForcedShutdownCutResponse: the item handler, whose dependency call the
+// forced close cancels, cuts its response (http.ErrAbortHandler); that is
+// still the server's doing: logged at WARN with server_closed, no 500 on
+// the error budget.
+func TestForcedShutdownCutResponse(t *testing.T) {
+	p := startBinary(t, map[string]string{"SHUTDOWN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "1s",
+		"BREAKER_TIMEOUT": "10s", "DOWNSTREAM_ATTEMPT_TIMEOUT": "9s"})
+	put(t, "http://"+p.admin+"/debug/faults", `{"latency":"5s"}`)
+	c, err := net.Dial("tcp", p.public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "GET /api/v1/items/4 HTTP/1.1\r\nHost: x\r\nX-Request-ID: items-cut-by-shutdown\r\n\r\n")
+	waitFor(t, 10*time.Second, "the handler waiting for the dependency", func() bool {
+		return metric(t, p.admin, "http_server_requests_in_flight") == 1
+	})
+	sigterm(t, p)
+	var access map[string]any
+	for _, l := range p.logs.lines() {
+		if l["msg"] == "request" && l["request_id"] == "items-cut-by-shutdown" {
+			access = l
+		}
+	}
+	if access == nil || access["status"] == float64(500) || access["status"] == float64(499) || access["level"] != "WARN" ||
+		!strings.HasPrefix(fmt.Sprint(access["error"]), "server_closed") {
+		t.Errorf("access line of the item request the forced close cut: %v\n%s", access, p.logs)
+	}
+}
+
+// TestHTTP2IdleTimeoutClientClosesOnGoAway: a client that closes its
+// connection when the idle timeout's GOAWAY comes (browsers do) ended it
+// because of the idle timeout too.
+func TestHTTP2IdleTimeoutClientClosesOnGoAway(t *testing.T) {
+	cert, key := testkit.WriteSelfSignedCert(t)
+	r := startRun(t, map[string]string{"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key, "HTTP_IDLE_TIMEOUT": "1s"})
+	h := target{addr: r.public, tls: true}.dialH2(t)
+	if h == nil {
+		t.FailNow()
+	}
+	defer h.c.Close()
+	if err := h.headers(1, true, ":method", "GET", ":path", "/api/v1/ping"); err != nil {
+		t.Fatal(err)
+	}
+	_ = h.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		f, err := h.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no GOAWAY: %v", err)
+		}
+		if _, ok := f.(*http2.GoAwayFrame); ok {
+			break
+		}
+	}
+	h.c.Close() // close_notify, FIN
+	waitFor(t, 5*time.Second, "the close counted as the idle timeout", func() bool {
+		return metric(t, r.admin, `http_server_connections_closed_total{reason="idle_timeout",state="idle"}`) == 1
+	})
 }

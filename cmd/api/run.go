@@ -303,7 +303,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	g.Go(func() error { return serveErr("admin", admin.Serve(adminLn)) })
 	g.Go(func() error {
 		<-gctx.Done()
-		err := shutdown(ctx.Err() != nil, stop, cfg, logger, readiness, public, admin)
+		err := shutdown(ctx.Err() != nil, stop, cfg, logger, readiness, public, admin, connMetrics.MarkForcedClose)
 		// The connections Shutdown closed end on their own goroutines,
 		// after it returned: their close lines and counts are waited for
 		// (briefly: a handler that outlived a forced close holds its
@@ -374,7 +374,7 @@ func serveErr(name string, err error) error {
 // ones). The price: a client still routed here opens a connection per
 // request until the listener closes, and one still in the kernel's accept
 // queue at that moment is reset. With the endpoint removed first, few are.
-func shutdown(signalled bool, stopSignals func(), cfg config.Config, logger *slog.Logger, readiness *health.Readiness, public, admin *http.Server) error {
+func shutdown(signalled bool, stopSignals func(), cfg config.Config, logger *slog.Logger, readiness *health.Readiness, public, admin *http.Server, forcing func()) error {
 	stopSignals() // a second SIGTERM/SIGINT now kills the process at once
 	readiness.SetShuttingDown()
 	if signalled && cfg.ShutdownDelay > 0 {
@@ -386,6 +386,7 @@ func shutdown(signalled bool, stopSignals func(), cfg config.Config, logger *slo
 	defer cancel()
 	var errs []error
 	if err := drain(sctx, public); err != nil {
+		forcing() // the requests still in flight are cut by the server
 		_ = public.Close()
 		errs = append(errs, fmt.Errorf("drain public listener: %w", err))
 	}

@@ -81,6 +81,9 @@ type ConnMetrics struct {
 	rejected    *prometheus.CounterVec
 	log         *limitedLog // "connection closed"
 	rejectLog   *limitedLog // "request rejected": its own budget and suppressed count
+	// forcedClose: the server is being closed with requests in flight
+	// (MarkForcedClose).
+	forcedClose atomic.Bool
 	// idleTimeout is the server's keep-alive idle timeout (SetIdleTimeout):
 	// an HTTP/2 connection idle that long is closed by the HTTP/2 server
 	// itself, not by a read deadline.
@@ -218,9 +221,11 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 		}
 		if s == http.StateActive {
 			tc.wrote.Store(false)
-			if !(prev == http.StateNew && known && isHTTP2(c)) {
+			if prev == http.StateNew && known && isHTTP2(c) {
 				// The HTTP/2 server passes through active once as it
 				// starts, after the preface: not a request.
+				tc.h2.Store(true)
+			} else {
 				tc.requests.Add(1)
 			}
 			tc.route, tc.requestID, tc.status = "", "", 0
@@ -267,6 +272,12 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 // connection the server closes after that long idle is counted as
 // idle_timeout, as an HTTP/1 one is.
 func (m *ConnMetrics) SetIdleTimeout(d time.Duration) { m.idleTimeout.Store(int64(d)) }
+
+// MarkForcedClose says that http.Server.Close is about to end the
+// connections still serving requests (the drain ran out of time): the
+// requests it cuts are logged as the server's doing, not as clients that
+// left.
+func (m *ConnMetrics) MarkForcedClose() { m.forcedClose.Store(true) }
 
 // Open returns the number of connections counted as new, active or idle.
 func (m *ConnMetrics) Open() int64 {
@@ -345,13 +356,13 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 	case causeWriteTimeout:
 		reason = CloseReasonWriteTimeout
 		level = slog.LevelInfo
-	case causeNone:
-		// HTTP/2 keeps no read deadline: its server closes a connection
-		// idle for the idle timeout itself (after a GOAWAY and a grace
-		// second).
-		if it := time.Duration(m.idleTimeout.Load()); prev == http.StateIdle && it > 0 && inState >= it && !tc.serverCut.Load() {
-			reason = CloseReasonIdleTimeout
-		}
+	}
+	if it := time.Duration(m.idleTimeout.Load()); tc.h2.Load() && prev == http.StateIdle && it > 0 && inState >= it &&
+		(cause == causeNone || cause == causePeerClosed) {
+		// HTTP/2 keeps no read deadline: its server sends a connection
+		// idle for the idle timeout a GOAWAY and closes it a second later,
+		// unless the client, told, closes first.
+		reason, level = CloseReasonIdleTimeout, slog.LevelDebug
 	}
 	if tc.serverCut.Load() {
 		level = slog.LevelInfo // a request in flight cut by the server (forced shutdown)
@@ -471,6 +482,8 @@ type trackedConn struct {
 	// idleRead: bytes came in while the connection was idle, the start of
 	// its next request (reset at each state change).
 	idleRead atomic.Bool
+	// h2: the connection speaks HTTP/2 (set as its server starts).
+	h2 atomic.Bool
 	// lead is the first byte of the current request as read (plus one; 0:
 	// none yet), over TLS the first byte of the TLS stream.
 	lead atomic.Int32
@@ -541,7 +554,10 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 		c.lead.Store(int32(b[0]) + 1)
 	}
 	if n > 0 && c.state.Load() == int32(http.StateIdle)+1 && !c.idleRead.Load() {
+		// The next request has begun (net/http marks the connection
+		// active only later, if at all): nothing of its response is out.
 		c.idleRead.Store(true)
+		c.wrote.Store(false)
 	}
 	if err != nil {
 		c.note(err, true)
@@ -722,15 +738,14 @@ func (c *trackedConn) Close() error {
 		c.notePeerAlert(r)
 	}
 	first := c.closed.CompareAndSwap(false, true)
-	if first && c.handling.Load() > 0 && c.cause.Load() == causeNone {
-		// net/http closes a connection itself only after its handler has
-		// returned; one closed under a running handler was closed by
-		// Server.Close (the drain's deadline).
+	if first && c.m.forcedClose.Load() && c.handling.Load() > 0 && c.cause.Load() == causeNone {
+		// Server.Close at the drain's deadline (MarkForcedClose), under a
+		// running handler.
 		c.serverCut.Store(true)
 	}
 	st := c.state.Load()
 	if first && r == nil && c.cause.Load() == causeReadTimeout &&
-		(st == int32(http.StateActive)+1 && !c.routed.Load() && !c.wrote.Load() || st == int32(http.StateIdle)+1 && c.idleRead.Load()) {
+		!c.wrote.Load() && (st == int32(http.StateActive)+1 && !c.routed.Load() || st == int32(http.StateIdle)+1 && c.idleRead.Load()) {
 		// A request whose headers the read-header deadline cut off after
 		// a complete request line: net/http closes without a word (it
 		// answers 400 only when the request line itself is cut, which

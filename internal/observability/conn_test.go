@@ -595,6 +595,16 @@ func TestClientLeavingMidHeadersIsNoRejection(t *testing.T) {
 // deadline: a stalled request (408, read_timeout, active), as on a fresh
 // connection, not the keep-alive idle timeout.
 func TestStalledSecondRequestIsNoIdleTimeout(t *testing.T) {
+	for _, stalled := range []string{
+		"GET /fast HTTP/1.1\r\nHost: x\r\n", // net/http closes without a word
+		"GET /fast HTTP/1.1\r\nHo",          // net/http answers 400
+		"GET /fa",                           // the request line itself
+	} {
+		t.Run(strconv.Quote(stalled), func(t *testing.T) { stalledSecondRequest(t, stalled) })
+	}
+}
+
+func stalledSecondRequest(t *testing.T, stalled string) {
 	cs := startConnServer(t, true, func(s *http.Server) {
 		s.ReadHeaderTimeout = 300 * time.Millisecond
 		s.IdleTimeout = 5 * time.Second
@@ -610,14 +620,18 @@ func TestStalledSecondRequestIsNoIdleTimeout(t *testing.T) {
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	time.Sleep(100 * time.Millisecond) // idle
-	io.WriteString(c, "GET /fast HTTP/1.1\r\nHost: x\r\n")
+	io.WriteString(c, stalled)
 	resp, err = http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatalf("no answer to the stalled second request: %v", err)
 	}
+	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusRequestTimeout {
 		t.Fatalf("stalled second request: %d", resp.StatusCode)
+	}
+	if rest, _ := io.ReadAll(br); len(rest) != 0 {
+		t.Fatalf("more after the 408: %q", rest)
 	}
 	eventually(t, "counted as a stalled request", func() bool {
 		return testutil.ToFloat64(cs.m.closed.WithLabelValues(CloseReasonReadTimeout, "active")) == 1 &&

@@ -269,3 +269,77 @@ func TestTLSPoliteCloseMidRequestIsActive(t *testing.T) {
 		t.Fatalf("a polite close mid-request counted as peer_closed idle\n%s", logs)
 	}
 }
+
+// TestHijackedCloseIsNotAServerCut: a handler that hijacks its connection
+// and closes it is not the server's forced close: only MarkForcedClose
+// (the drain ran out of time) makes a close under a running handler the
+// server's doing.
+func TestHijackedCloseIsNotAServerCut(t *testing.T) {
+	logs := &testkit.SyncBuffer{}
+	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	reg := prometheus.NewRegistry()
+	m := NewConnMetrics(reg, logger)
+	gin.SetMode(gin.ReleaseMode)
+	e := gin.New()
+	e.Use(Access(logger, NewHTTPMetrics(reg), AccessOptions{}))
+	e.GET("/ws", func(c *gin.Context) {
+		conn, _, err := c.Writer.Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\n\r\n")
+		conn.Close()
+	})
+	srv := &http.Server{Handler: e, ConnState: m.ConnState, ConnContext: m.ConnContext}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(m.Listener(ln))
+	t.Cleanup(func() { srv.Close() })
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+	io.Copy(io.Discard, c)
+	eventually(t, "the access line", func() bool { return strings.Contains(logs.String(), `"msg":"request"`) }, logs.String)
+	if strings.Contains(logs.String(), "server_closed") {
+		t.Fatalf("a hijacked connection its handler closed logged as the server's forced close:\n%s", logs)
+	}
+}
+
+// TestHTTP2WriteTimeoutWhateverTheHandlerMarked: the write timer's stream
+// reset cancels the request's context, and a handler that answers a
+// cancelled context by marking a client abort (the template's pattern)
+// does not make it one: the deadline decides.
+func TestHTTP2WriteTimeoutWhateverTheHandlerMarked(t *testing.T) {
+	logs := &testkit.SyncBuffer{}
+	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	reg := prometheus.NewRegistry()
+	m := NewConnMetrics(reg, logger)
+	hm := NewHTTPMetrics(reg)
+	gin.SetMode(gin.ReleaseMode)
+	e := gin.New()
+	const writeTimeout = 300 * time.Millisecond
+	e.Use(Access(logger, hm, AccessOptions{WriteTimeout: writeTimeout}))
+	e.GET("/slow", func(c *gin.Context) {
+		<-c.Request.Context().Done() // until the write timer resets the stream
+		MarkClientAbort(c)
+		c.Abort()
+	})
+	addr := serveTLSTracked(t, m, &http.Server{Handler: e, WriteTimeout: writeTimeout})
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + addr + "/slow")
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("a response past the write timeout reached the client: %s %d", resp.Proto, resp.StatusCode)
+	}
+	eventually(t, "the access line", func() bool { return strings.Contains(logs.String(), `"msg":"request"`) }, logs.String)
+	if n := testutil.ToFloat64(hm.AbortsCounter("/slow")); n != 0 || !strings.Contains(logs.String(), "write_timeout") {
+		t.Fatalf("a stream the write timer reset: %v client aborts\n%s", n, logs)
+	}
+}

@@ -337,11 +337,19 @@ func serverCut(c *gin.Context, tc *trackedConn) bool {
 // left, else 500, whatever status line had gone out. The client sees a
 // broken response, never a complete-looking one.
 func (a *accessLogger) cut(c *gin.Context, tc *trackedConn, start time.Time, elapsed time.Duration) {
+	status := http.StatusInternalServerError
+	if serverCut(c, tc) {
+		// The server's forced close broke the request and the handler
+		// gave up on it: not a failure of the service's own (no 500 on
+		// the error budget); logged as the server's doing with the
+		// handler's status.
+		status = c.Writer.Status()
+	}
 	// The tracing middleware's own completion does not run on a panic.
 	if span := trace.SpanFromContext(c.Request.Context()); span.IsRecording() {
-		finishSpan(c, span, http.StatusInternalServerError)
+		finishSpan(c, span, status)
 	}
-	a.done(c, tc, start, elapsed, http.StatusInternalServerError)
+	a.done(c, tc, start, elapsed, status)
 }
 
 // accessLogger is the access middleware's work after the handlers.
@@ -361,7 +369,7 @@ type accessLogger struct {
 // leaves does: that is how a stream cut a moment before this middleware's
 // clock reached the deadline is told apart.
 func (a *accessLogger) streamTimedOut(c *gin.Context, tc *trackedConn, end time.Time, start time.Time) bool {
-	if tc != nil || c.Request.ProtoMajor < 2 || a.writeTimeout <= 0 || c.GetBool(keyClientAbort) {
+	if tc != nil || c.Request.ProtoMajor < 2 || a.writeTimeout <= 0 {
 		return false
 	}
 	deadline, early := start.Add(a.writeTimeout), min(a.writeTimeout/10, writeTimeoutSlack)
@@ -533,8 +541,8 @@ func connOf(c *gin.Context) *trackedConn {
 // HTTP/2 there is no such record: the access middleware marks a stream
 // that ran past its write deadline (streamTimedOut).
 func clientAborted(c *gin.Context, tc *trackedConn) bool {
-	if serverCut(c, tc) {
-		return false // whatever the handler made of its broken connection
+	if serverCut(c, tc) || tc == nil && c.Request.ProtoMajor == 2 && c.GetBool(keyWriteTimeout) {
+		return false // the server's doing, whatever the handler made of it
 	}
 	if c.GetBool(keyClientAbort) {
 		return true
@@ -543,7 +551,7 @@ func clientAborted(c *gin.Context, tc *trackedConn) bool {
 		return false
 	}
 	if tc == nil {
-		return !c.GetBool(keyWriteTimeout)
+		return true
 	}
 	cause := tc.cause.Load()
 	return cause != causeReadTimeout && cause != causeWriteTimeout
