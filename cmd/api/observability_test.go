@@ -737,38 +737,53 @@ func TestForcedShutdownIsNotAClientAbort(t *testing.T) {
 // TestContinueThenClientLeaves: after net/http's "100 Continue" a client
 // that sends part of its body and leaves is a client that left in the
 // middle of its request (the 100 is not the response): its close line is
-// state active, at INFO, with the request's ID, as without Expect.
+// state active, at INFO, with the request's ID, as without Expect; on TLS
+// too.
 func TestContinueThenClientLeaves(t *testing.T) {
-	r := startRun(t, nil)
-	c, err := net.Dial("tcp", r.public)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	fmt.Fprint(c, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\nX-Request-ID: continue-then-gone\r\n\r\n")
-	br := bufio.NewReader(c)
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	line, err := br.ReadString('\n')
-	if err != nil || !strings.Contains(line, "100 Continue") {
-		t.Fatalf("no 100 Continue: %q %v", line, err)
-	}
-	fmt.Fprint(c, `{"a":`)
-	time.Sleep(100 * time.Millisecond)
-	c.Close()
-	waitFor(t, 5*time.Second, "the close line", func() bool {
-		for _, l := range r.logs.lines() {
-			if l["msg"] == "connection closed" && l["request_id"] == "continue-then-gone" {
-				return true
+	for _, useTLS := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tls=%v", useTLS), func(t *testing.T) {
+			env := map[string]string{}
+			if useTLS {
+				cert, key := testkit.WriteSelfSignedCert(t)
+				env = map[string]string{"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key}
 			}
-		}
-		return false
-	})
-	for _, l := range r.logs.lines() {
-		if l["msg"] == "connection closed" && l["request_id"] == "continue-then-gone" {
-			if l["reason"] != "peer_closed" || l["state"] != "active" || l["level"] != "INFO" {
-				t.Errorf("close line: %v", l)
+			r := startRun(t, env)
+			var c net.Conn
+			var err error
+			if useTLS {
+				c, err = tls.Dial("tcp", r.public, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+			} else {
+				c, err = net.Dial("tcp", r.public)
 			}
-		}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			id := fmt.Sprintf("continue-then-gone-%v", useTLS)
+			fmt.Fprintf(c, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\nX-Request-ID: %s\r\n\r\n", id)
+			br := bufio.NewReader(c)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			line, err := br.ReadString('\n')
+			if err != nil || !strings.Contains(line, "100 Continue") {
+				t.Fatalf("no 100 Continue: %q %v", line, err)
+			}
+			fmt.Fprint(c, `{"a":`)
+			time.Sleep(100 * time.Millisecond)
+			c.Close()
+			var closed map[string]any
+			waitFor(t, 5*time.Second, "the close line", func() bool {
+				for _, l := range r.logs.lines() {
+					if l["msg"] == "connection closed" && l["request_id"] == id {
+						closed = l
+						return true
+					}
+				}
+				return false
+			})
+			if closed["reason"] != "peer_closed" || closed["state"] != "active" || closed["level"] != "INFO" {
+				t.Errorf("close line: %v", closed)
+			}
+		})
 	}
 }
 
