@@ -21,7 +21,8 @@ layers and prints what it found, what it means and what to do:
 and, with --metrics, the service's own view from its Prometheus metrics:
 
   4. service - who closed its connections and why (peer reset, client gone
-               mid-request, idle/read/write timeouts), 499s, requests net/http
+               mid-request, idle/read/write timeouts, requests cut at
+               SHUTDOWN_TIMEOUT), 499s, requests net/http
                rejected, TLS handshake errors, the pod's listen overflows,
                open circuits, fallbacks, its own retries towards its
                dependencies and the rate limiter's fallback; with nginx's
@@ -1137,7 +1138,7 @@ else
 		else
 			printf '  %-34s %12s\n' "closed by (state)" since-start
 		fi
-		for r in peer_closed peer_reset idle_timeout read_timeout write_timeout server unknown; do
+		for r in peer_closed peer_reset idle_timeout read_timeout write_timeout server shutdown_timeout unknown; do
 			for st in new active idle; do
 				read -r tot d < <(mval http_server_connections_closed_total reason=$r state=$st)
 				if ((tot > 0 && interval > 0)); then
@@ -1153,6 +1154,7 @@ else
 		read -r idle_total idle < <(mval http_server_connections_closed_total reason=idle_timeout)
 		read -r _ rtimeout < <(mval http_server_connections_closed_total reason=read_timeout)
 		read -r _ wtimeout < <(mval http_server_connections_closed_total reason=write_timeout)
+		read -r _ scut < <(mval http_server_connections_closed_total reason=shutdown_timeout)
 		if ((reset > 0)); then
 			finding WARN "$reset connections were reset by the peer (RST) $span" \
 				"A client or a proxy aborted connections instead of closing them: a proxy that gave up on a slow upstream (proxy_read_timeout), a client that timed out, or a NAT/conntrack entry that expired. The other side logs 'connection reset by peer'." \
@@ -1173,6 +1175,11 @@ else
 				"A response took longer than HTTP_WRITE_TIMEOUT to produce or send: the client gets a truncated body or EOF with no status, while the access line may say 200." \
 				"The service's 'connection closed' log lines with reason write_timeout name the request_id and route. Raise HTTP_WRITE_TIMEOUT above the slowest legitimate response, or make the handler's own deadline shorter so it answers with an error in time."
 		fi
+		if ((scut > 0)); then
+			finding WARN "$scut requests in flight were cut when the shutdown's drain ran out of time (SHUTDOWN_TIMEOUT) $span" \
+				"At a rollout or scale-down the service waited SHUTDOWN_TIMEOUT for its requests to finish, then closed their connections: their clients got EOF or a reset stream. The service logs them at WARN with error server_closed, and their 'connection closed' lines (reason shutdown_timeout) name the request_id and route." \
+				"Raise SHUTDOWN_TIMEOUT above the slowest legitimate request (and terminationGracePeriodSeconds above preStop + SHUTDOWN_DELAY + SHUTDOWN_TIMEOUT), or shorten the handlers' own deadlines so they answer in time."
+		fi
 		idle_s=$(service_timeout "$work/metrics.2" idle)
 		# nginx's error log is read whole (since its rotation), the metrics
 		# over the interval: the two are lined up on the service's totals
@@ -1192,7 +1199,7 @@ else
 				"If nginx's errors fall in that period, the keep-alive order is not their cause: the connections died another way. A restart, crash or OOM kill of the service (its uptime is process_start_time_seconds), connections reset by the peer (above), or another instance behind the same upstream." \
 				"Check the service's restarts and the time of nginx's error lines; read these metrics on every instance of the upstream group."
 		fi
-		if ((reset == 0 && gone == 0 && aborts == 0 && rtimeout == 0 && wtimeout == 0)); then
+		if ((reset == 0 && gone == 0 && aborts == 0 && rtimeout == 0 && wtimeout == 0 && scut == 0)); then
 			finding OK "no connection was reset, timed out or left mid-request $span"
 		fi
 

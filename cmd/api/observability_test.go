@@ -729,7 +729,7 @@ func TestForcedShutdownIsNotAClientAbort(t *testing.T) {
 	if access == nil || access["status"] == float64(499) || access["level"] != "WARN" || !strings.HasPrefix(fmt.Sprint(access["error"]), "server_closed") {
 		t.Errorf("access line of the request the forced close cut: %v\n%s", access, p.logs)
 	}
-	if closed == nil || closed["reason"] != "server" || closed["state"] != "active" || closed["level"] != "INFO" {
+	if closed == nil || closed["reason"] != "shutdown_timeout" || closed["state"] != "active" || closed["level"] != "INFO" {
 		t.Errorf("close line of the connection the forced close cut: %v", closed)
 	}
 }

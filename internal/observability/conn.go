@@ -37,6 +37,9 @@ const (
 	CloseReasonReadTimeout  = "read_timeout"
 	CloseReasonWriteTimeout = "write_timeout"
 	CloseReasonServer       = "server"
+	// CloseReasonShutdownTimeout: the server cut a request in flight when
+	// the drain ran out of time (SHUTDOWN_TIMEOUT, MarkForcedClose).
+	CloseReasonShutdownTimeout = "shutdown_timeout"
 	// CloseReasonUnknown: the connection did not come from the wrapped
 	// listener, so only its states are known.
 	CloseReasonUnknown = "unknown"
@@ -104,7 +107,7 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 	m := &ConnMetrics{
 		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "http_server_connections_closed_total",
-			Help: "Connections closed, by who closed them (reason: peer_closed, peer_reset, idle_timeout, read_timeout, write_timeout, server, unknown) and the state they were in.",
+			Help: "Connections closed, by who closed them (reason: peer_closed, peer_reset, idle_timeout, read_timeout, write_timeout, server, shutdown_timeout: a request in flight cut when SHUTDOWN_TIMEOUT ran out, unknown) and the state they were in.",
 		}, []string{"reason", "state"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "http_server_rejected_requests_total",
@@ -123,6 +126,7 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 			m.closed.WithLabelValues(r, s)
 		}
 	}
+	m.closed.WithLabelValues(CloseReasonShutdownTimeout, "active")
 	m.closed.WithLabelValues(CloseReasonIdleTimeout, "idle")
 	reg.MustRegister(connCollector{m}, m.closed, m.rejected)
 	return m
@@ -365,7 +369,8 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 		reason, level = CloseReasonIdleTimeout, slog.LevelDebug
 	}
 	if tc.serverCut.Load() {
-		level = slog.LevelInfo // a request in flight cut by the server (forced shutdown)
+		// A request in flight cut by the server's forced close.
+		reason, level = CloseReasonShutdownTimeout, slog.LevelInfo
 	}
 	state := connStates[prev]
 	defer m.closed.WithLabelValues(reason, state).Inc() // after the log line, for the same reason

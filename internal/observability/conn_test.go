@@ -78,7 +78,7 @@ func startConnServer(t *testing.T, track bool, tune func(*http.Server)) *connSer
 // dump lists the non-zero close counters and the log, for failures.
 func (cs *connServer) dump() string {
 	var b strings.Builder
-	for _, r := range []string{CloseReasonPeerClosed, CloseReasonPeerReset, CloseReasonIdleTimeout, CloseReasonReadTimeout, CloseReasonWriteTimeout, CloseReasonServer, CloseReasonUnknown} {
+	for _, r := range []string{CloseReasonPeerClosed, CloseReasonPeerReset, CloseReasonIdleTimeout, CloseReasonReadTimeout, CloseReasonWriteTimeout, CloseReasonServer, CloseReasonShutdownTimeout, CloseReasonUnknown} {
 		for _, s := range []string{"new", "active", "idle"} {
 			if n := cs.closedCount(r, s); n != 0 {
 				fmt.Fprintf(&b, "closed{%s,%s} = %v\n", r, s, n)

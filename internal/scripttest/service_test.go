@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -253,4 +254,29 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 	mustContain(t, "unreachable, nginx conf", section(out, "2. Proxy"), "from the service's defaults (could not read http://"+dead+"/metrics)")
 	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0")
 	mustContain(t, "no --metrics", section(out, "4. Service"), "[SKIP] no --metrics given")
+}
+
+// Requests the forced close cut when SHUTDOWN_TIMEOUT ran out are their own
+// finding: the service has exited by then, so its last scrape (here a
+// recorded page) is what there is to read.
+func TestDiagnoseShutdownCut(t *testing.T) {
+	need(t, "curl")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "# TYPE http_server_connections_closed_total counter\n"+
+			`http_server_connections_closed_total{reason="peer_closed",state="idle"} 12`+"\n"+
+			`http_server_connections_closed_total{reason="shutdown_timeout",state="active"} 3`+"\n")
+	}))
+	defer srv.Close()
+	out, code := script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", srv.URL+"/metrics")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	checkFindings(t, out)
+	svc := section(out, "4. Service")
+	mustContain(t, "service, requests cut at shutdown", svc,
+		"shutdown_timeout (active)",
+		"[WARN] 3 requests in flight were cut when the shutdown's drain ran out of time (SHUTDOWN_TIMEOUT) since the service started")
+	if strings.Contains(svc, "[OK] no connection was reset") {
+		t.Errorf("OK despite requests cut at shutdown:\n%s", svc)
+	}
 }
