@@ -44,13 +44,7 @@ func serveTLSTracked(t *testing.T, m *ConnMetrics, srv *http.Server) string {
 // a handler ran (Connection: close, a handler aborting with
 // http.ErrAbortHandler, a forced close over HTTP/1 or HTTP/2) are not.
 func TestRejectedOnTLSListenerCounted(t *testing.T) {
-	logs := &testkit.SyncBuffer{}
-	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	reg := prometheus.NewRegistry()
-	m := NewConnMetrics(reg, logger)
-	gin.SetMode(gin.ReleaseMode)
-	e := gin.New()
-	e.Use(Access(logger, NewHTTPMetrics(reg), AccessOptions{}))
+	e, m, _, logs := accessEngine(AccessOptions{})
 	e.GET("/fast", func(c *gin.Context) { c.String(http.StatusOK, "fast") })
 	e.GET("/abort", func(c *gin.Context) { panic(http.ErrAbortHandler) })
 	inSlow := make(chan int, 2)
@@ -242,13 +236,7 @@ func TestTLSRecordsFollowBoundaries(t *testing.T) {
 // the request, even when the handler goes on and writes its response before
 // the server notices: the state is the one the close_notify came in.
 func TestTLSPoliteCloseMidRequestIsActive(t *testing.T) {
-	logs := &testkit.SyncBuffer{}
-	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	reg := prometheus.NewRegistry()
-	m := NewConnMetrics(reg, logger)
-	gin.SetMode(gin.ReleaseMode)
-	e := gin.New()
-	e.Use(Access(logger, NewHTTPMetrics(reg), AccessOptions{}))
+	e, m, _, logs := accessEngine(AccessOptions{})
 	e.GET("/linger", func(c *gin.Context) {
 		time.Sleep(300 * time.Millisecond) // deaf to the context
 		c.String(http.StatusOK, "late")
@@ -275,13 +263,7 @@ func TestTLSPoliteCloseMidRequestIsActive(t *testing.T) {
 // (the drain ran out of time) makes a close under a running handler the
 // server's doing.
 func TestHijackedCloseIsNotAServerCut(t *testing.T) {
-	logs := &testkit.SyncBuffer{}
-	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	reg := prometheus.NewRegistry()
-	m := NewConnMetrics(reg, logger)
-	gin.SetMode(gin.ReleaseMode)
-	e := gin.New()
-	e.Use(Access(logger, NewHTTPMetrics(reg), AccessOptions{}))
+	e, m, _, logs := accessEngine(AccessOptions{})
 	e.GET("/ws", func(c *gin.Context) {
 		conn, _, err := c.Writer.Hijack()
 		if err != nil {
@@ -316,15 +298,8 @@ func TestHijackedCloseIsNotAServerCut(t *testing.T) {
 // cancelled context by marking a client abort (the template's pattern)
 // does not make it one: the deadline decides.
 func TestHTTP2WriteTimeoutWhateverTheHandlerMarked(t *testing.T) {
-	logs := &testkit.SyncBuffer{}
-	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	reg := prometheus.NewRegistry()
-	m := NewConnMetrics(reg, logger)
-	hm := NewHTTPMetrics(reg)
-	gin.SetMode(gin.ReleaseMode)
-	e := gin.New()
 	const writeTimeout = 300 * time.Millisecond
-	e.Use(Access(logger, hm, AccessOptions{WriteTimeout: writeTimeout}))
+	e, m, hm, logs := accessEngine(AccessOptions{WriteTimeout: writeTimeout})
 	e.GET("/slow", func(c *gin.Context) {
 		<-c.Request.Context().Done() // until the write timer resets the stream
 		MarkClientAbort(c)
@@ -342,4 +317,17 @@ func TestHTTP2WriteTimeoutWhateverTheHandlerMarked(t *testing.T) {
 	if n := testutil.ToFloat64(hm.AbortsCounter("/slow")); n != 0 || !strings.Contains(logs.String(), "write_timeout") {
 		t.Fatalf("a stream the write timer reset: %v client aborts\n%s", n, logs)
 	}
+}
+
+// accessEngine is a gin engine with the access middleware, the connection
+// metrics to wire into its server, and the log both write (JSON, debug).
+func accessEngine(opts AccessOptions) (*gin.Engine, *ConnMetrics, *HTTPMetrics, *testkit.SyncBuffer) {
+	logs := &testkit.SyncBuffer{}
+	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	reg := prometheus.NewRegistry()
+	m, hm := NewConnMetrics(reg, logger), NewHTTPMetrics(reg)
+	gin.SetMode(gin.ReleaseMode)
+	e := gin.New()
+	e.Use(Access(logger, hm, opts))
+	return e, m, hm, logs
 }
