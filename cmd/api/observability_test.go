@@ -732,6 +732,15 @@ func TestForcedShutdownIsNotAClientAbort(t *testing.T) {
 	if closed == nil || closed["reason"] != "shutdown_timeout" || closed["state"] != "active" || closed["level"] != "INFO" {
 		t.Errorf("close line of the connection the forced close cut: %v", closed)
 	}
+	var summary map[string]any
+	for _, l := range p.logs.lines() {
+		if l["msg"] == "shutdown: requests in flight cut" {
+			summary = l
+		}
+	}
+	if summary == nil || summary["connections"] != float64(1) || summary["level"] != "WARN" {
+		t.Errorf("the shutdown's summary of the requests it cut: %v", summary)
+	}
 }
 
 // TestContinueThenClientLeaves: after net/http's "100 Continue" a client

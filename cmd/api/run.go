@@ -314,6 +314,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			logger.Warn("shutdown: connections still open at exit", slog.Int64("connections", connMetrics.Open()))
 		}
 		observability.FlushServerErrorLog(public.ErrorLog)
+		if n := connMetrics.CutByForcedClose(); n > 0 {
+			// The count dies with the process, most likely unscraped: the
+			// log keeps it.
+			logger.Warn("shutdown: requests in flight cut", slog.Int64("connections", n),
+				slog.String("timeout", cfg.ShutdownTimeout.String()),
+				slog.String("detail", "SHUTDOWN_TIMEOUT ran out before these requests ended; their access lines say server_closed"))
+		}
 		// Spans of the drained requests are flushed before the exit. Best
 		// effort: a collector that is down or hangs costs at most 5s and
 		// the spans, and is logged; it does not fail a clean shutdown.

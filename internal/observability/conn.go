@@ -85,8 +85,9 @@ type ConnMetrics struct {
 	log         *limitedLog // "connection closed"
 	rejectLog   *limitedLog // "request rejected": its own budget and suppressed count
 	// forcedClose: the server is being closed with requests in flight
-	// (MarkForcedClose).
+	// (MarkForcedClose); cut counts the connections it cut under one.
 	forcedClose atomic.Bool
+	cut         atomic.Int64
 	// idleTimeout is the server's keep-alive idle timeout (SetIdleTimeout):
 	// an HTTP/2 connection idle that long is closed by the HTTP/2 server
 	// itself, not by a read deadline.
@@ -283,6 +284,10 @@ func (m *ConnMetrics) SetIdleTimeout(d time.Duration) { m.idleTimeout.Store(int6
 // left.
 func (m *ConnMetrics) MarkForcedClose() { m.forcedClose.Store(true) }
 
+// CutByForcedClose returns the number of connections the forced close cut
+// while they served a request (reason shutdown_timeout).
+func (m *ConnMetrics) CutByForcedClose() int64 { return m.cut.Load() }
+
 // Open returns the number of connections counted as new, active or idle.
 func (m *ConnMetrics) Open() int64 {
 	return m.gauges[http.StateNew].Load() + m.gauges[http.StateActive].Load() + m.gauges[http.StateIdle].Load()
@@ -371,6 +376,7 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 	if tc.serverCut.Load() {
 		// A request in flight cut by the server's forced close.
 		reason, level = CloseReasonShutdownTimeout, slog.LevelInfo
+		m.cut.Add(1)
 	}
 	state := connStates[prev]
 	defer m.closed.WithLabelValues(reason, state).Inc() // after the log line, for the same reason

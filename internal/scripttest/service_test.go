@@ -257,8 +257,8 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 }
 
 // Requests the forced close cut when SHUTDOWN_TIMEOUT ran out are their own
-// finding: the service has exited by then, so its last scrape (here a
-// recorded page) is what there is to read.
+// finding, when a scrape caught the count before the process exited (here
+// a recorded page).
 func TestDiagnoseShutdownCut(t *testing.T) {
 	need(t, "curl")
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
