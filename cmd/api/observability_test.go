@@ -948,3 +948,35 @@ func TestHTTP2IdleTimeoutClientClosesOnGoAway(t *testing.T) {
 		return metric(t, r.admin, `http_server_connections_closed_total{reason="idle_timeout",state="idle"}`) == 1
 	})
 }
+
+// TestH2CPrefaceCloseLineNamesItsRequest: the h2c preface on the plain
+// listener is refused with a 400 on the HTTP/1 connection it came on; that
+// connection's close line names the request, as for any other.
+func TestH2CPrefaceCloseLineNamesItsRequest(t *testing.T) {
+	r := startRun(t, map[string]string{"LOG_LEVEL": "debug"})
+	c, err := net.Dial("tcp", r.public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	id := resp.Header.Get("X-Request-ID")
+	if resp.StatusCode != http.StatusBadRequest || id == "" {
+		t.Fatalf("h2c preface: %d, request ID %q", resp.StatusCode, id)
+	}
+	c.Close()
+	waitFor(t, 5*time.Second, "the close line naming the request", func() bool {
+		for _, l := range r.logs.lines() {
+			if l["msg"] == "connection closed" && l["request_id"] == id {
+				return true
+			}
+		}
+		return false
+	})
+}

@@ -524,8 +524,8 @@ func bodySent(c *gin.Context) int {
 // serves many requests at once on one connection, and its broken streams do
 // not close it), or nil.
 func connOf(c *gin.Context) *trackedConn {
-	if c.Request.ProtoMajor != 1 {
-		return nil
+	if c.Request.ProtoMajor != 1 && c.Request.TLS != nil {
+		return nil // HTTP/2; without TLS (h2c's preface, refused) the connection is HTTP/1's
 	}
 	return trackedFrom(c.Request.Context())
 }
