@@ -628,14 +628,7 @@ func TestHTTP2WriteTimeoutIsNotAClientAbort(t *testing.T) {
 		resp.Body.Close()
 		t.Fatal("the client's timeout did not end its request")
 	}
-	find := func(id string) map[string]any {
-		for _, l := range r.logs.lines() {
-			if l["msg"] == "request" && l["request_id"] == id {
-				return l
-			}
-		}
-		return nil
-	}
+	find := func(id string) map[string]any { return r.logs.last("request", id) }
 	waitFor(t, 5*time.Second, "the access lines", func() bool {
 		return find("h2-write-timeout") != nil && find("h2-client-left") != nil
 	})
@@ -714,30 +707,14 @@ func TestForcedShutdownIsNotAClientAbort(t *testing.T) {
 		return metric(t, p.admin, "http_server_requests_in_flight") == 1
 	})
 	sigterm(t, p)
-	var access, closed map[string]any
-	for _, l := range p.logs.lines() {
-		if l["request_id"] != "cut-by-shutdown" {
-			continue
-		}
-		switch l["msg"] {
-		case "request":
-			access = l
-		case "connection closed":
-			closed = l
-		}
-	}
+	access, closed := p.logs.last("request", "cut-by-shutdown"), p.logs.last("connection closed", "cut-by-shutdown")
 	if access == nil || access["status"] == float64(499) || access["level"] != "WARN" || !strings.HasPrefix(fmt.Sprint(access["error"]), "server_closed") {
 		t.Errorf("access line of the request the forced close cut: %v\n%s", access, p.logs)
 	}
 	if closed == nil || closed["reason"] != "shutdown_timeout" || closed["state"] != "active" || closed["level"] != "INFO" {
 		t.Errorf("close line of the connection the forced close cut: %v", closed)
 	}
-	var summary map[string]any
-	for _, l := range p.logs.lines() {
-		if l["msg"] == "shutdown: requests in flight cut" {
-			summary = l
-		}
-	}
+	summary := p.logs.last("shutdown: requests in flight cut", "")
 	if summary == nil || summary["connections"] != float64(1) || summary["level"] != "WARN" {
 		t.Errorf("the shutdown's summary of the requests it cut: %v", summary)
 	}
@@ -781,13 +758,8 @@ func TestContinueThenClientLeaves(t *testing.T) {
 			c.Close()
 			var closed map[string]any
 			waitFor(t, 5*time.Second, "the close line", func() bool {
-				for _, l := range r.logs.lines() {
-					if l["msg"] == "connection closed" && l["request_id"] == id {
-						closed = l
-						return true
-					}
-				}
-				return false
+				closed = r.logs.last("connection closed", id)
+				return closed != nil
 			})
 			if closed["reason"] != "peer_closed" || closed["state"] != "active" || closed["level"] != "INFO" {
 				t.Errorf("close line: %v", closed)
@@ -865,12 +837,7 @@ func TestForcedShutdownIsNotAClientAbortHTTP2(t *testing.T) {
 	})
 	sigterm(t, p)
 	<-done
-	var access map[string]any
-	for _, l := range p.logs.lines() {
-		if l["msg"] == "request" && l["request_id"] == "h2-cut-by-shutdown" {
-			access = l
-		}
-	}
+	access := p.logs.last("request", "h2-cut-by-shutdown")
 	if access == nil || access["status"] == float64(499) || access["level"] != "WARN" || !strings.HasPrefix(fmt.Sprint(access["error"]), "server_closed") {
 		t.Errorf("access line of the HTTP/2 request the forced close cut: %v\n%s", access, p.logs)
 	}
@@ -907,12 +874,7 @@ func TestForcedShutdownCutResponse(t *testing.T) {
 		return metric(t, p.admin, "http_server_requests_in_flight") == 1
 	})
 	sigterm(t, p)
-	var access map[string]any
-	for _, l := range p.logs.lines() {
-		if l["msg"] == "request" && l["request_id"] == "items-cut-by-shutdown" {
-			access = l
-		}
-	}
+	access := p.logs.last("request", "items-cut-by-shutdown")
 	if access == nil || access["status"] == float64(500) || access["status"] == float64(499) || access["level"] != "WARN" ||
 		!strings.HasPrefix(fmt.Sprint(access["error"]), "server_closed") {
 		t.Errorf("access line of the item request the forced close cut: %v\n%s", access, p.logs)
@@ -972,11 +934,6 @@ func TestH2CPrefaceCloseLineNamesItsRequest(t *testing.T) {
 	}
 	c.Close()
 	waitFor(t, 5*time.Second, "the close line naming the request", func() bool {
-		for _, l := range r.logs.lines() {
-			if l["msg"] == "connection closed" && l["request_id"] == id {
-				return true
-			}
-		}
-		return false
+		return r.logs.last("connection closed", id) != nil
 	})
 }

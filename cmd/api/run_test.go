@@ -78,6 +78,18 @@ func (s *logSink) lines() []map[string]any {
 	return out
 }
 
+// last returns the last log line with message msg and, unless id is
+// empty, request_id id; nil if there is none.
+func (s *logSink) last(msg, id string) map[string]any {
+	var found map[string]any
+	for _, l := range s.lines() {
+		if l["msg"] == msg && (id == "" || l["request_id"] == id) {
+			found = l
+		}
+	}
+	return found
+}
+
 func envFunc(kv map[string]string) func(string) string {
 	return func(k string) string { return kv[k] }
 }
