@@ -2,6 +2,7 @@ package resilience
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -254,7 +255,71 @@ func (r resendCount) RoundTrip(req *http.Request) (*http.Response, error) {
 	if n, ok := req.Context().Value(resendKey{}).(int); ok {
 		trace.SpanFromContext(req.Context()).SetAttributes(semconv.HTTPRequestResendCount(n))
 	}
-	return r.rt.RoundTrip(req)
+	resp, err := r.rt.RoundTrip(req)
+	if err != nil {
+		if kind := spanErrorType(err); kind != "" {
+			err = &typedError{err: err, kind: kind}
+		}
+	}
+	return resp, err
+}
+
+// typedError carries a failed attempt's error.type up to otelhttp, which
+// records semconv.ErrorType(err): that reads an ErrorType method, and
+// without one it is the error's Go type, "*errors.errorString" for a
+// cancelled attempt and "*net.OpError" for most connection failures.
+// Everything else about the error is the transport's.
+type typedError struct {
+	err  error
+	kind string
+}
+
+func (e *typedError) Error() string     { return e.err.Error() }
+func (e *typedError) Unwrap() error     { return e.err }
+func (e *typedError) ErrorType() string { return e.kind }
+
+// Timeout keeps url.Error.Timeout (a type assertion on its Err, not
+// errors.As) answering as it would for the transport's own error.
+func (e *typedError) Timeout() bool {
+	var t interface{ Timeout() bool }
+	return errors.As(e.err, &t) && t.Timeout()
+}
+
+// spanErrorType is the error.type of a failed attempt's client span: the
+// retry reasons' names (refused, reset, eof, timeout), canceled,
+// name_resolution_error and tls; "" leaves otelhttp's type name.
+func spanErrorType(err error) string {
+	var dnsErr *net.DNSError
+	var recErr tls.RecordHeaderError
+	var certErr *tls.CertificateVerificationError
+	var alert tls.AlertError
+	switch {
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.As(err, &dnsErr):
+		return "name_resolution_error"
+	case errors.As(err, &certErr), errors.As(err, &recErr), errors.As(err, &alert):
+		return "tls"
+	}
+	return connErrorKind(err)
+}
+
+// connErrorKind names a transport error that a retry may cure: refused,
+// reset, eof or timeout; "" for any other.
+func connErrorKind(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "reset"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		strings.Contains(err.Error(), "server closed idle connection"):
+		return "eof"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	}
+	return ""
 }
 
 // clientSpanName names an outbound attempt's span: the method, "HTTP" for
@@ -434,21 +499,11 @@ func retryReason(ctx context.Context, resp *http.Response, err error) string {
 		return "" // the caller gave up
 	}
 	if err != nil {
-		var ne net.Error
-		switch {
-		case errors.Is(err, ErrOpen):
+		if errors.Is(err, ErrOpen) {
 			return "" // retrying an open breaker defeats it
-		case errors.Is(err, syscall.ECONNREFUSED):
-			return "refused"
-		case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-			return "reset"
-		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
-			strings.Contains(err.Error(), "server closed idle connection"):
-			return "eof"
-		case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-			return "timeout" // this attempt's timeout, the caller still has time
 		}
-		return ""
+		// A timeout here is this attempt's: the caller still has time.
+		return connErrorKind(err)
 	}
 	switch resp.StatusCode {
 	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:

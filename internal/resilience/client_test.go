@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log"
 	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -557,6 +559,90 @@ func TestClientPropagatesTraceContext(t *testing.T) {
 	readAll(t, resp)
 	if log := ds.hitsLog(); log[len(log)-1].traceparent != "" {
 		t.Fatalf("no tracer provider, yet traceparent %q was sent", log[len(log)-1].traceparent)
+	}
+}
+
+// A failed attempt's client span names what went wrong in a few words
+// (error.type), not the Go type of the transport's error; the error the
+// caller gets is still the transport's, timeouts included.
+func TestClientSpanErrorType(t *testing.T) {
+	t.Parallel()
+	ds := newDownstream(t, 0)
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	cfg := testClientConfig()
+	cfg.MaxAttempts = 1
+	cfg.AttemptTimeout = 200 * time.Millisecond
+	c, err := NewClient(cfg, discardLogger(), prometheus.NewRegistry(), tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.CloseIdleConnections)
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusedURL := "http://" + closed.Addr().String() + "/items/1"
+	closed.Close()
+	tlsSrv := httptest.NewUnstartedServer(http.NotFoundHandler())
+	tlsSrv.Config.ErrorLog = log.New(io.Discard, "", 0) // the client's "bad certificate"
+	tlsSrv.StartTLS()                                   // with a certificate the client does not trust
+	t.Cleanup(tlsSrv.Close)
+	tlsURL := tlsSrv.URL + "/items/1"
+
+	for _, tc := range []struct {
+		name, url, want string
+		mode            mode
+		cancelAfter     time.Duration
+		timeout         bool // what the caller's error says
+	}{
+		{name: "attempt timeout", mode: mode{kind: modeSlow, delay: time.Minute}, want: "timeout", timeout: true},
+		{name: "reset", mode: mode{kind: modeReset}, want: "reset"},
+		{name: "eof", mode: mode{kind: modeEOF}, want: "eof"},
+		{name: "caller cancelled", mode: mode{kind: modeSlow, delay: time.Minute}, cancelAfter: 50 * time.Millisecond, want: "canceled"},
+		{name: "refused", url: refusedURL, want: "refused"},
+		{name: "untrusted certificate", url: tlsURL, want: "tls"},
+	} {
+		ds.setMode(tc.mode)
+		url := tc.url
+		if url == "" {
+			url = ds.URL() + "/items/1"
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if tc.cancelAfter > 0 {
+			time.AfterFunc(tc.cancelAfter, cancel)
+		}
+		before := len(rec.Ended())
+		resp, err := mustGet(t, ctx, c, url)
+		cancel()
+		if err == nil {
+			resp.Body.Close()
+			t.Fatalf("%s: got %d, want an error", tc.name, resp.StatusCode)
+		}
+		var ne net.Error
+		if isTimeout := errors.As(err, &ne) && ne.Timeout(); isTimeout != tc.timeout {
+			t.Errorf("%s: caller's error %v: Timeout() = %v, want %v", tc.name, err, isTimeout, tc.timeout)
+		}
+		ended := rec.Ended()[before:]
+		if len(ended) != 1 {
+			t.Fatalf("%s: %d spans ended, want the attempt's", tc.name, len(ended))
+		}
+		got := ""
+		for _, a := range ended[0].Attributes() {
+			if a.Key == "error.type" {
+				got = a.Value.AsString()
+			}
+		}
+		if got != tc.want {
+			t.Errorf("%s: error.type %q, want %q (error %v)", tc.name, got, tc.want, err)
+		}
+	}
+	// A failed lookup, as the dialer reports it (no query leaves the
+	// machine for this).
+	dnsErr := &net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "x.invalid", IsNotFound: true}}
+	if got := spanErrorType(dnsErr); got != "name_resolution_error" {
+		t.Errorf("lookup failure: error.type %q, want name_resolution_error", got)
 	}
 }
 
