@@ -59,11 +59,11 @@ func NewKernelCollector(procRoot string, logger *slog.Logger) prometheus.Collect
 		root:  procRoot,
 		fsErr: err,
 		counters: []kernelCounter{
-			counter("kernel_tcp_listen_overflows_total", "TcpExt ListenOverflows: connections that completed the handshake while a listener's accept queue was full.",
+			counter("kernel_tcp_listen_overflows_total", "TcpExt ListenOverflows: SYNs and completed handshakes that found a listener's accept queue full (a client's retransmitted SYN counts again).",
 				func(n procfs.ProcNetstat, _ procfs.ProcSnmp) *float64 { return n.ListenOverflows }),
 			counter("kernel_tcp_listen_drops_total", "TcpExt ListenDrops: SYNs and handshakes dropped at a listener for any reason (overflows included).",
 				func(n procfs.ProcNetstat, _ procfs.ProcSnmp) *float64 { return n.ListenDrops }),
-			counter("kernel_tcp_abort_on_data_total", "TcpExt TCPAbortOnData: connections reset because data arrived after the application closed its socket.",
+			counter("kernel_tcp_abort_on_data_total", "TcpExt TCPAbortOnData: connections reset because data arrived after the application closed its socket, or closed with SO_LINGER 0.",
 				func(n procfs.ProcNetstat, _ procfs.ProcSnmp) *float64 { return n.TCPAbortOnData }),
 			counter("kernel_tcp_abort_on_close_total", "TcpExt TCPAbortOnClose: connections reset because the application closed them with unread data.",
 				func(n procfs.ProcNetstat, _ procfs.ProcSnmp) *float64 { return n.TCPAbortOnClose }),
@@ -76,7 +76,7 @@ func NewKernelCollector(procRoot string, logger *slog.Logger) prometheus.Collect
 			counter("kernel_tcp_estab_resets_total", "Tcp EstabResets: established connections reset (RST received or sent).",
 				func(_ procfs.ProcNetstat, s procfs.ProcSnmp) *float64 { return s.EstabResets }),
 		},
-		sockets: prometheus.NewDesc("kernel_tcp_sockets", "TCP sockets of the network namespace by state (/proc/net/sockstat: inuse, tw, orphan, alloc).", []string{"state"}, nil),
+		sockets: prometheus.NewDesc("kernel_tcp_sockets", "TCP sockets by state (/proc/net/sockstat and sockstat6): inuse (IPv4 and IPv6) and tw of the network namespace; orphan and alloc are the node's, which the kernel counts globally.", []string{"state"}, nil),
 		sysctl:  prometheus.NewDesc("kernel_sysctl", "Effective value of a kernel setting in this network namespace.", []string{"name"}, nil),
 		log:     newLimitedLog(logger, 1.0/60, 1),
 	}
@@ -133,17 +133,31 @@ func (k *kernelCollector) collectTCP(ch chan<- prometheus.Metric) {
 	}
 }
 
+// collectSockets reads /proc/net/sockstat, and sockstat6 for the IPv6
+// sockets: a listener on ":port" is an IPv6 socket, and so is every
+// connection it accepts, IPv4 clients' included, so without sockstat6 the
+// service's own connections would be missing from inuse. tw already counts
+// both families. sockstat6 is absent when IPv6 is disabled: inuse is then
+// the IPv4 count alone.
 func (k *kernelCollector) collectSockets(ch chan<- prometheus.Metric) {
 	st, err := k.fs.NetSockstat()
 	if err != nil {
 		k.problem("net/sockstat", err)
 		return
 	}
+	inuse6 := 0
+	if st6, err := k.fs.NetSockstat6(); err == nil {
+		for _, p := range st6.Protocols {
+			if p.Protocol == "TCP6" {
+				inuse6 = p.InUse
+			}
+		}
+	}
 	for _, p := range st.Protocols {
 		if p.Protocol != "TCP" {
 			continue
 		}
-		ch <- prometheus.MustNewConstMetric(k.sockets, prometheus.GaugeValue, float64(p.InUse), "inuse")
+		ch <- prometheus.MustNewConstMetric(k.sockets, prometheus.GaugeValue, float64(p.InUse+inuse6), "inuse")
 		for _, s := range []struct {
 			state string
 			v     *int

@@ -52,6 +52,7 @@ func TestKernelCollectorReadsProcfs(t *testing.T) {
 		"4242/net/snmp": "Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts InCsumErrors\n" +
 			"Tcp: 1 200 120000 -1 10 20 0 11 3 1000 1100 13 0 5 0\n",
 		"net/sockstat":                      "sockets: used 16\nTCP: inuse 2 orphan 1 tw 945 alloc 3 mem 0\nUDP: inuse 0 mem 0\n",
+		"net/sockstat6":                     "TCP6: inuse 31\nUDP6: inuse 1\nUDPLITE6: inuse 0\nRAW6: inuse 0\nFRAG6: inuse 0 memory 0\n",
 		"sys/net/core/somaxconn":            "4096\n",
 		"sys/net/ipv4/tcp_max_syn_backlog":  "8192\n",
 		"sys/net/ipv4/tcp_keepalive_time":   "600\n",
@@ -62,13 +63,13 @@ func TestKernelCollectorReadsProcfs(t *testing.T) {
 	})
 	c := NewKernelCollector(root, discardLogger())
 	want := `
-# HELP kernel_tcp_listen_overflows_total TcpExt ListenOverflows: connections that completed the handshake while a listener's accept queue was full.
+# HELP kernel_tcp_listen_overflows_total TcpExt ListenOverflows: SYNs and completed handshakes that found a listener's accept queue full (a client's retransmitted SYN counts again).
 # TYPE kernel_tcp_listen_overflows_total counter
 kernel_tcp_listen_overflows_total 7
 # HELP kernel_tcp_listen_drops_total TcpExt ListenDrops: SYNs and handshakes dropped at a listener for any reason (overflows included).
 # TYPE kernel_tcp_listen_drops_total counter
 kernel_tcp_listen_drops_total 9
-# HELP kernel_tcp_abort_on_data_total TcpExt TCPAbortOnData: connections reset because data arrived after the application closed its socket.
+# HELP kernel_tcp_abort_on_data_total TcpExt TCPAbortOnData: connections reset because data arrived after the application closed its socket, or closed with SO_LINGER 0.
 # TYPE kernel_tcp_abort_on_data_total counter
 kernel_tcp_abort_on_data_total 1
 # HELP kernel_tcp_abort_on_close_total TcpExt TCPAbortOnClose: connections reset because the application closed them with unread data.
@@ -86,10 +87,10 @@ kernel_tcp_retrans_segs_total 13
 # HELP kernel_tcp_estab_resets_total Tcp EstabResets: established connections reset (RST received or sent).
 # TYPE kernel_tcp_estab_resets_total counter
 kernel_tcp_estab_resets_total 11
-# HELP kernel_tcp_sockets TCP sockets of the network namespace by state (/proc/net/sockstat: inuse, tw, orphan, alloc).
+# HELP kernel_tcp_sockets TCP sockets by state (/proc/net/sockstat and sockstat6): inuse (IPv4 and IPv6) and tw of the network namespace; orphan and alloc are the node's, which the kernel counts globally.
 # TYPE kernel_tcp_sockets gauge
 kernel_tcp_sockets{state="alloc"} 3
-kernel_tcp_sockets{state="inuse"} 2
+kernel_tcp_sockets{state="inuse"} 33
 kernel_tcp_sockets{state="orphan"} 1
 kernel_tcp_sockets{state="tw"} 945
 # HELP kernel_sysctl Effective value of a kernel setting in this network namespace.
@@ -229,5 +230,84 @@ func TestKernelCollectorSeesListenOverflow(t *testing.T) {
 	// Every refused client's SYN was dropped at least once.
 	if overflows < float64(timedOut) || drops < overflows {
 		t.Fatalf("ListenOverflows +%v, ListenDrops +%v for %d dropped clients", overflows, drops, timedOut)
+	}
+}
+
+// A listener on ":port" is an IPv6 socket, and so is every connection it
+// accepts, IPv4 clients' included: inuse must count them (sockstat6), or
+// the service's own connections are missing from it. The test holds 50
+// such connections open; inuse must exceed the IPv4 count read around the
+// scrape by at least most of them (other processes' sockets come and go).
+func TestKernelCollectorCountsIPv6Sockets(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("sockstat is Linux's")
+	}
+	if _, err := os.Stat("/proc/net/sockstat6"); err != nil {
+		t.Skip("IPv6 is disabled here: no /proc/net/sockstat6")
+	}
+	ln, err := net.Listen("tcp", "[::]:0")
+	if err != nil {
+		t.Skipf("no dual-stack listener: %v", err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	const n = 50
+	accepted := make(chan net.Conn, n)
+	go func() {
+		for range n {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	for range n {
+		c, err := net.Dial("tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		select {
+		case s := <-accepted:
+			defer s.Close()
+		case <-time.After(5 * time.Second):
+			t.Fatal("connection not accepted")
+		}
+	}
+	v4 := func() int {
+		b, err := os.ReadFile("/proc/net/sockstat")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Fields(string(b)[strings.Index(string(b), "TCP: inuse "):])
+		v, err := strconv.Atoi(f[2])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewKernelCollector("/proc", discardLogger()))
+	before := v4()
+	mfs, err := reg.Gather()
+	after := v4()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inuse := -1.0
+	for _, mf := range mfs {
+		if mf.GetName() != "kernel_tcp_sockets" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == "inuse" {
+				inuse = m.GetGauge().GetValue()
+			}
+		}
+	}
+	if floor := float64(max(before, after) + n - 10); inuse < floor {
+		// Without sockstat6 inuse is the IPv4 count alone.
+		t.Fatalf("inuse %v with %d accepted IPv6 connections open and %d-%d IPv4 sockets: want at least %v", inuse, n, before, after, floor)
 	}
 }
