@@ -8,7 +8,7 @@ usage() {
   cat <<USAGE
 Usage: bash scripts/ci-deps.sh [-h]
 Installs redis-server, redis-tools, nginx, prometheus (promtool), prometheus-alertmanager
-(amtool), curl, shellcheck, iproute2 and git with apt-get
+(amtool), curl, openssl, shellcheck, iproute2 and git with apt-get
 when their binaries are missing. Does nothing when everything is present.
 USAGE
 }
@@ -21,6 +21,7 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
 command -v git >/dev/null 2>&1 || need+=(git)

@@ -263,7 +263,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		public.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: cert.GetCertificate}
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "http_server_tls_certificate_expiry_timestamp_seconds",
-			Help: "When the public listener's certificate in service expires (Unix time); follows renewed files.",
+			Help: "When the public listener's certificate in service expires (Unix time); follows renewed files (looked for on a TLS handshake, at most every 10 s).",
 		}, func() float64 { return float64(cert.NotAfter().Unix()) }))
 	}
 
@@ -272,7 +272,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// net/http's own error lines (TLS handshake failures above all) become
 	// counters and rate-limited structured lines; connection states and who
 	// closed each connection are measured on the listener.
-	public.ErrorLog = observability.ServerErrorLog(logger, reg)
+	public.ErrorLog = observability.ServerErrorLog(logger, reg, connMetrics)
 	observability.ServerTimeouts(reg, public)
 	connMetrics.SetIdleTimeout(cmp.Or(public.IdleTimeout, public.ReadTimeout)) // net/http's fallback
 	public.ConnState = connMetrics.ConnState

@@ -36,7 +36,7 @@ type Config struct {
 	IdleTimeout       time.Duration `env:"HTTP_IDLE_TIMEOUT" envDefault:"75s" help:"keep-alive idle timeout; must outlive the proxy's upstream keep-alive (nginx/ingress-nginx 60s, AWS ALB 60s; GCP LB 600s: set 620s there)"`
 	MaxHeaderBytes    int           `env:"HTTP_MAX_HEADER_BYTES" envDefault:"65536" help:"largest request line and header block, in bytes (8192 to 65536); larger gets 431"`
 	MaxBodyBytes      int64         `env:"MAX_BODY_BYTES" envDefault:"1048576" help:"largest request body; larger gets 413"`
-	TLSCertFile       string        `env:"TLS_CERT_FILE" help:"serve the public listener over TLS with this certificate (PEM); needs TLS_KEY_FILE. Renewed files (cert-manager) are picked up within 10s, no restart"`
+	TLSCertFile       string        `env:"TLS_CERT_FILE" help:"serve the public listener over TLS with this certificate (PEM); needs TLS_KEY_FILE. Renewed files (cert-manager) are picked up at the first handshake 10 s or more after the last look, no restart"`
 	TLSKeyFile        string        `env:"TLS_KEY_FILE" help:"private key (PEM) for TLS_CERT_FILE"`
 	TrustedProxies    []string      `env:"TRUSTED_PROXIES" envSeparator:"," help:"comma-separated CIDRs or IPs whose X-Forwarded-For is believed; empty: the client is the peer address"`
 

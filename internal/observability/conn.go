@@ -92,6 +92,9 @@ type ConnMetrics struct {
 	// an HTTP/2 connection idle that long is closed by the HTTP/2 server
 	// itself, not by a read deadline.
 	idleTimeout atomic.Int64
+	// handshakes: TLS connections whose handshake runs, by remote address
+	// (ServerErrorLog's lookup).
+	handshakes sync.Map
 	// untracked holds the state of connections that did not come through
 	// Listener (a net.Conn -> http.ConnState), to move the gauge.
 	untracked sync.Map
@@ -112,7 +115,7 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 		}, []string{"reason", "state"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "http_server_rejected_requests_total",
-			Help: "Requests net/http answered itself, before routing, by status code: 400 malformed request line or headers (also plain HTTP on the TLS port), 408 request line or headers cut off by the read-header timeout, 417 an Expect header other than 100-continue, 431 headers over HTTP_MAX_HEADER_BYTES, 501 unsupported transfer encoding, 505 unsupported HTTP version; unknown: one of these on the TLS listener, where the answer is encrypted before the service can read its status. They have no access line.",
+			Help: "Requests net/http answered itself, before routing, by status code: 400 malformed request line or headers, 408 request line or headers cut off by the read-header timeout, 417 an Expect header other than 100-continue, 431 headers over HTTP_MAX_HEADER_BYTES, 501 unsupported transfer encoding, 505 unsupported HTTP version; unknown: one of these on the TLS listener, where the answer is encrypted before the service can read its status. They have no access line. Plain HTTP on the TLS port is a TLS handshake error (reason other), not counted here.",
 		}, []string{"code"}),
 		log:       newLimitedLog(logger, 5, 10),
 		rejectLog: newLimitedLog(logger, 5, 10),
@@ -218,8 +221,12 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 	if tc != nil {
 		p := tc.state.Swap(int32(s) + 1)
 		prev, known = http.ConnState(p-1), p != 0
+		begun := false
 		if s == http.StateActive || s == http.StateIdle {
 			tc.idleRead.Store(false)
+			begun = tc.begun.Swap(false)
+			tc.idleDeadlines.Store(0)
+			tc.answered.Store(false)
 		}
 		if s == http.StateIdle {
 			tc.lead.Store(0) // the next request's first byte is still to come
@@ -230,14 +237,22 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 				// The HTTP/2 server passes through active once as it
 				// starts, after the preface: not a request.
 				tc.h2.Store(true)
-			} else {
-				tc.requests.Add(1)
+			} else if !begun {
+				tc.requests.Add(1) // else counted as it began
 			}
 			tc.route, tc.requestID, tc.status = "", "", 0
 			tc.routed.Store(false)
 		}
-		if _, isTLS := c.(*tls.Conn); isTLS && s == http.StateNew {
-			tc.records.Store(&tlsRecords{})
+		if _, isTLS := c.(*tls.Conn); isTLS {
+			if s == http.StateNew {
+				tc.records.Store(&tlsRecords{})
+				// Until the handshake is over: ServerErrorLog looks a
+				// failed one up by the address net/http logs it with.
+				tc.handshakeKey = remoteAddr(tc.Conn)
+				m.handshakes.Store(tc.handshakeKey, tc)
+			} else if prev == http.StateNew && known {
+				m.handshakes.Delete(tc.handshakeKey)
+			}
 		}
 		since := now - time.Duration(tc.changed.Swap(int64(now)))
 		if s == http.StateClosed {
@@ -339,6 +354,15 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 	if cause != causeNone && tc.causeState.Load() == int32(http.StateActive)+1 {
 		prev = http.StateActive
 	}
+	// The next request on a kept-alive HTTP/1 connection had begun: the
+	// connection is in the middle of it, whatever net/http's state says
+	// (nextRequestBegun).
+	if prev == http.StateIdle && tc.begun.Load() {
+		prev = http.StateActive
+	}
+	// priorRequest: the request fields are the last served request's, not
+	// the one the connection broke in.
+	priorRequest := false
 	switch cause {
 	case causePeerClosed:
 		reason = CloseReasonPeerClosed
@@ -355,7 +379,7 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 			// (net/http reads its first bytes before it marks the
 			// connection active) and stalled: the read-header deadline,
 			// not the idle timeout.
-			prev = http.StateActive
+			prev, priorRequest = http.StateActive, true
 		}
 		if prev == http.StateIdle {
 			reason = CloseReasonIdleTimeout
@@ -380,6 +404,16 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 	}
 	state := connStates[prev]
 	defer m.closed.WithLabelValues(reason, state).Inc() // after the log line, for the same reason
+	if isTLS && prev == http.StateActive && !tc.routed.Load() && cause == causeReadTimeout && tc.answered.Load() {
+		// net/http answered a request whose request line or headers the
+		// read-header deadline cut off (its 400; 408 on the plain
+		// listener, see reject).
+		m.rejectLog.Log(context.Background(), slog.LevelInfo, "request rejected",
+			slog.String("detail", "net/http answered a request on the TLS listener whose request line and headers did not arrive within the read-header timeout (408 on the plain listener), and closed the connection"),
+			slog.String("remote_addr", remoteAddr(tc.Conn)),
+		)
+		m.rejected.WithLabelValues(rejectedUnknown).Inc()
+	}
 	if isTLS && cause == causeNone && prev == http.StateActive && !tc.routed.Load() {
 		// The server closed a TLS connection in the middle of a request
 		// that never reached the handlers: net/http answered it itself
@@ -405,7 +439,7 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 		slog.Float64("age_ms", float64((now-tc.start).Microseconds())/1000),
 		slog.Float64("in_state_ms", float64(inState.Microseconds())/1000),
 	}
-	if prev == http.StateActive && tc.requestID != "" {
+	if prev == http.StateActive && tc.requestID != "" && !priorRequest {
 		// It broke while serving this request: its access line has the
 		// same request_id (and says 200 when the write timeout cut the
 		// response the client never got).
@@ -475,6 +509,22 @@ type trackedConn struct {
 	closed   atomic.Bool
 	// wrote: response bytes were sent since the current request started.
 	wrote atomic.Bool
+	// begun: HTTP/1, idle: net/http has the first bytes of the next
+	// request and is reading it (nextRequestBegun). idleDeadlines counts
+	// the read deadlines set since the connection went idle, which is how
+	// that is seen.
+	begun         atomic.Bool
+	idleDeadlines atomic.Int32
+	// answered: on TLS, the server wrote a record other than an alert while
+	// a request was being read and before it was routed: net/http's own
+	// answer to a request it rejected, encrypted.
+	answered atomic.Bool
+	// handshakeKey: on TLS, the remote address the connection is known by
+	// in ConnMetrics.handshakes while its handshake runs.
+	handshakeKey string
+	// rejectedID: the request ID of the problem response sent to plain
+	// HTTP on the TLS port (reject), for its handshake error line.
+	rejectedID string
 	// The request the connection is serving or has just served, as the
 	// access middleware logged it (empty before a handler has run for the
 	// current request). Written and read on the connection's own goroutine
@@ -595,6 +645,12 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 			}
 		}
 	}
+	if r := c.records.Load(); r != nil && len(b) > 0 && !isTLSAlert(b) && !c.routed.Load() && !c.h2.Load() &&
+		(c.state.Load() == int32(http.StateActive)+1 || c.begun.Load()) {
+		// Before any handler, what the server writes on a request is
+		// net/http's own answer: it rejected the request (see ended).
+		c.answered.Store(true)
+	}
 	if r := c.records.Load(); r != nil && isTLSAlert(b) && !r.sentAlert.Swap(true) {
 		// The server's first alert, usually its close_notify on the way
 		// out: if the peer's last record before it was an alert, the
@@ -645,12 +701,27 @@ type tlsRecords struct {
 	// sentAlert: the server has sent an alert (its close_notify, or a
 	// handshake failure).
 	sentAlert atomic.Bool
+	// plainAlert is the description of the peer's last record, plus one,
+	// when that was an unencrypted alert (0 otherwise): a TLS 1.3 client
+	// built on OpenSSL that refuses the server's certificate says so in
+	// clear after the server has switched to encrypted records, so
+	// crypto/tls reports only that it could not decrypt it.
+	plainAlert atomic.Int32
+	inPlain    bool    // the record being read is an unencrypted alert
+	body       [2]byte // its level and description
+	nbody      int
 }
 
 func (r *tlsRecords) feed(b []byte) {
 	for len(b) > 0 {
 		if r.remain > 0 {
 			k := min(r.remain, len(b))
+			if r.inPlain {
+				r.nbody += copy(r.body[r.nbody:], b[:k])
+				if r.nbody == 2 {
+					r.plainAlert.Store(int32(r.body[1]) + 1)
+				}
+			}
 			r.remain -= k
 			b = b[k:]
 			continue
@@ -664,7 +735,31 @@ func (r *tlsRecords) feed(b []byte) {
 		r.nhdr = 0
 		r.remain = int(r.hdr[3])<<8 | int(r.hdr[4])
 		r.alert.Store(r.hdr[0] == 0x15 || (r.hdr[0] == 0x17 && r.remain == 19))
+		r.plainAlert.Store(0)
+		r.inPlain, r.nbody = r.hdr[0] == 0x15 && r.remain == 2, 0
 	}
+}
+
+// peerPlainAlert returns the description of the unencrypted alert that was
+// the peer's last record, if it was one.
+func (c *trackedConn) peerPlainAlert() (tls.AlertError, bool) {
+	r := c.records.Load()
+	if r == nil || !r.alert.Load() {
+		return 0, false
+	}
+	d := r.plainAlert.Load()
+	return tls.AlertError(d - 1), d > 0
+}
+
+// tlsHandshake returns the TLS connection from addr whose handshake runs,
+// or nil.
+func (m *ConnMetrics) tlsHandshake(addr string) *trackedConn {
+	if m == nil {
+		return nil
+	}
+	tc, _ := m.handshakes.Load(addr)
+	c, _ := tc.(*trackedConn)
+	return c
 }
 
 // notePeerAlert records that the peer closed with an alert (close_notify),
@@ -724,7 +819,30 @@ var abortBefore = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func (c *trackedConn) SetReadDeadline(t time.Time) error {
 	c.aborting.Store(!t.IsZero() && t.Before(abortBefore))
+	if c.state.Load() == int32(http.StateIdle)+1 && !c.h2.Load() && c.idleDeadlines.Add(1) == 2 {
+		// An idle HTTP/1 connection gets two read deadlines: the idle
+		// timeout, then, once the first bytes of the next request are
+		// in (net/http peeks at four), the read-header timeout.
+		c.nextRequestBegun()
+	}
 	return c.Conn.SetReadDeadline(t)
+}
+
+// nextRequestBegun marks the next request on a kept-alive HTTP/1 connection
+// as begun. net/http marks the connection active only when it reads bytes
+// off the wire for it: a pipelined request, already in its buffer, is read,
+// answered or rejected with the connection still idle. Nothing of its
+// response is out, no handler has seen it, and the request the connection
+// last served is done. Called on the connection's own goroutine.
+func (c *trackedConn) nextRequestBegun() {
+	if c.begun.Swap(true) {
+		return
+	}
+	c.wrote.Store(false)
+	c.routed.Store(false)
+	c.route, c.requestID, c.status = "", "", 0
+	// Counted here: a rejected request never makes the connection active.
+	c.requests.Add(1)
 }
 
 func (c *trackedConn) SetDeadline(t time.Time) error {
@@ -755,8 +873,8 @@ func (c *trackedConn) Close() error {
 		c.serverCut.Store(true)
 	}
 	st := c.state.Load()
-	if first && r == nil && c.cause.Load() == causeReadTimeout &&
-		!c.wrote.Load() && (st == int32(http.StateActive)+1 && !c.routed.Load() || st == int32(http.StateIdle)+1 && c.idleRead.Load()) {
+	if first && r == nil && c.cause.Load() == causeReadTimeout && !c.wrote.Load() &&
+		(st == int32(http.StateActive)+1 && !c.routed.Load() || st == int32(http.StateIdle)+1 && (c.idleRead.Load() || c.begun.Load())) {
 		// A request whose headers the read-header deadline cut off after
 		// a complete request line: net/http closes without a word (it
 		// answers 400 only when the request line itself is cut, which
@@ -903,7 +1021,9 @@ func (c *trackedConn) reject(orig []byte, r rejection) (int, error) {
 	buf.WriteString(problem.RequestIDHeader + ": " + id + "\r\n\r\n")
 	buf.Write(body)
 
-	if !r.tls {
+	if r.tls {
+		c.rejectedID = id // for the handshake error line that follows
+	} else {
 		c.m.rejected.WithLabelValues(strconv.Itoa(r.code)).Inc()
 		c.m.rejectLog.Log(context.Background(), slog.LevelInfo, "request rejected",
 			slog.Int("status", r.code),

@@ -639,3 +639,55 @@ func stalledSecondRequest(t *testing.T, stalled string) {
 			testutil.ToFloat64(cs.m.rejected.WithLabelValues("408")) == 1
 	}, cs.dump)
 }
+
+// A request pipelined behind another is in net/http's buffer before the
+// first is answered: net/http reads it without marking the connection
+// active again. Its rejection is still rewritten, counted and logged, and
+// a pipelined request that stalls is cut by the read-header deadline, not
+// counted as the idle timeout.
+func TestPipelinedRejections(t *testing.T) {
+	first := "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n"
+	for _, tc := range []struct {
+		name, second string
+		code         int
+	}{
+		{"garbage", "NOT HTTP AT ALL\r\n\r\n", http.StatusBadRequest},
+		{"unsupported version", "GET /fast HTTP/3.0\r\nHost: x\r\n\r\n", http.StatusHTTPVersionNotSupported},
+		{"unsupported transfer encoding", "POST /fast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", http.StatusNotImplemented},
+		{"stalled request line", "GET /fa", http.StatusRequestTimeout},
+		{"stalled headers", "GET /fast HTTP/1.1\r\nHost: x\r\n", http.StatusRequestTimeout},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cs := startConnServer(t, true, func(s *http.Server) { s.ReadHeaderTimeout = 300 * time.Millisecond })
+			c := cs.dial(t)
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(c, first+tc.second) // one write: the second is buffered with the first
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("first request: %v %v", resp, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			resp, err = http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("no answer to the pipelined request: %v", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			id := resp.Header.Get("X-Request-ID")
+			if resp.StatusCode != tc.code || resp.Header.Get("Content-Type") != "application/problem+json" || len(id) != 32 {
+				t.Fatalf("pipelined request answered %d %v %q, want the %d problem with a request ID", resp.StatusCode, resp.Header, body, tc.code)
+			}
+			eventually(t, "counted, logged, and the close counted as mid-request", func() bool {
+				return testutil.ToFloat64(cs.m.rejected.WithLabelValues(strconv.Itoa(tc.code))) == 1 &&
+					strings.Contains(cs.logs.String(), `"request_id":"`+id+`"`) &&
+					cs.closedCount(CloseReasonIdleTimeout, "idle")+cs.closedCount(CloseReasonServer, "idle") == 0 &&
+					strings.Contains(cs.logs.String(), `"msg":"connection closed"`)
+			}, cs.dump)
+			if !strings.Contains(cs.logs.String(), `"state":"active","remote_addr"`) || !strings.Contains(cs.logs.String(), `"requests":2`) {
+				t.Errorf("close line does not say the connection was in its second request:\n%s", cs.logs)
+			}
+		})
+	}
+}

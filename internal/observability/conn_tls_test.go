@@ -331,3 +331,78 @@ func accessEngine(opts AccessOptions) (*gin.Engine, *ConnMetrics, *HTTPMetrics, 
 	e.Use(Access(logger, hm, opts))
 	return e, m, hm, logs
 }
+
+// On the TLS listener net/http's answers to a pipelined request it rejects
+// and to a request line the read-header deadline cut off are counted as
+// rejected{unknown} too; a stalled request that net/http closes without an
+// answer is not a rejection. A stalled second request's close line does not
+// carry the request served before it.
+func TestTLSRejectionsOfPipelinedAndSlowRequests(t *testing.T) {
+	e, m, _, logs := accessEngine(AccessOptions{})
+	e.GET("/fast", func(c *gin.Context) {
+		c.Header("X-Request-Id", "answered-before") // what the access line and the connection record
+		c.String(http.StatusOK, "fast")
+	})
+	srv := &http.Server{Handler: e, ReadHeaderTimeout: 300 * time.Millisecond, IdleTimeout: 5 * time.Second}
+	addr := serveTLSTracked(t, m, srv)
+	rejected := func() float64 { return testutil.ToFloat64(m.rejected.WithLabelValues(rejectedUnknown)) }
+	closes := func() int { return strings.Count(logs.String(), `"msg":"connection closed"`) }
+	// exchange sends raw on a new HTTP/1.1 TLS connection and returns the
+	// statuses of the responses, until the server closes it.
+	exchange := func(raw string) []int {
+		t.Helper()
+		c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		before := closes()
+		io.WriteString(c, raw)
+		var codes []int
+		br := bufio.NewReader(c)
+		for {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				break
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			codes = append(codes, resp.StatusCode)
+		}
+		eventually(t, "the close", func() bool { return closes() > before }, logs.String)
+		return codes
+	}
+	const first = "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n"
+	if got := exchange(first + "NOT HTTP AT ALL\r\n\r\n"); len(got) != 2 || got[1] != http.StatusBadRequest {
+		t.Fatalf("pipelined garbage: %v, want 200 then 400", got)
+	}
+	if n := rejected(); n != 1 {
+		t.Fatalf("rejected{unknown} = %v after a pipelined rejection, want 1\n%s", n, logs)
+	}
+	if got := exchange("GET /fa"); len(got) != 1 || got[0] != http.StatusBadRequest {
+		t.Fatalf("stalled request line: %v, want net/http's 400", got)
+	}
+	if n := rejected(); n != 2 {
+		t.Fatalf("rejected{unknown} = %v after a request line cut by the read-header timeout, want 2\n%s", n, logs)
+	}
+	// Stalled headers: net/http closes without a word; nothing answered.
+	// The request served before them is not the one the connection broke in.
+	if got := exchange(first + "GET /fast HTTP/1.1\r\nHost: x\r\n"); len(got) != 1 {
+		t.Fatalf("stalled pipelined headers: %v, want only the first answer", got)
+	}
+	if n := rejected(); n != 2 {
+		t.Fatalf("rejected{unknown} = %v after stalled headers nobody answered, want 2\n%s", n, logs)
+	}
+	// Each connection broke in a request: the server closed the first
+	// after its rejection, the read-header deadline cut the other two.
+	if n, r := testutil.ToFloat64(m.closed.WithLabelValues(CloseReasonServer, "active")), testutil.ToFloat64(m.closed.WithLabelValues(CloseReasonReadTimeout, "active")); n != 1 || r != 2 {
+		t.Errorf("server/active closes = %v, read_timeout/active = %v, want 1 and 2\n%s", n, r, logs)
+	}
+	if !strings.Contains(logs.String(), `"request_id":"answered-before"`) {
+		t.Fatalf("the access lines lack the handler's request ID:\n%s", logs)
+	}
+	if strings.Contains(logs.String(), `"logged_status"`) {
+		t.Errorf("a close line names a request that was answered before the connection broke:\n%s", logs)
+	}
+}

@@ -3,6 +3,7 @@ package observability
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"log"
 	"log/slog"
 	"strings"
@@ -29,13 +30,21 @@ const tlsHandshakePrefix = "http: TLS handshake error from "
 // a port scan cannot flood the log. Every other line net/http writes
 // (accept errors, superfluous WriteHeader calls, ...) goes to logger at warn,
 // rate limited the same way.
-func ServerErrorLog(logger *slog.Logger, reg prometheus.Registerer) *log.Logger {
+//
+// conns, when the server's connections come through conns.Listener, lets a
+// handshake error line say more than net/http's text: a client that refused
+// the certificate with an unencrypted alert (OpenSSL's TLS 1.3 clients:
+// curl, Python) is bad_certificate, not the "bad record MAC" crypto/tls
+// makes of it; plain HTTP on the TLS port gets the request ID of the
+// problem response it was sent. It may be nil.
+func ServerErrorLog(logger *slog.Logger, reg prometheus.Registerer, conns *ConnMetrics) *log.Logger {
 	cv := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "http_server_tls_handshake_errors_total",
 		Help: "Failed TLS handshakes on the public listener, by reason (eof, timeout, bad_certificate, other).",
 	}, []string{"reason"})
 	reg.MustRegister(cv)
 	w := &errorLogWriter{
+		conns:    conns,
 		tlsLog:   newLimitedLog(logger, 5, 10),
 		otherLog: newLimitedLog(logger, 5, 10),
 		counters: map[string]prometheus.Counter{},
@@ -61,6 +70,7 @@ func FlushServerErrorLog(l *log.Logger) {
 }
 
 type errorLogWriter struct {
+	conns            *ConnMetrics
 	tlsLog, otherLog *limitedLog
 	counters         map[string]prometheus.Counter // read-only after construction
 }
@@ -72,20 +82,46 @@ func (w *errorLogWriter) Write(p []byte) (int, error) {
 	if rest, ok := strings.CutPrefix(line, tlsHandshakePrefix); ok {
 		addr, msg, _ := strings.Cut(rest, ": ")
 		reason := classifyTLSError(msg)
+		var more []slog.Attr
+		// net/http logs the failure on the connection's goroutine, before
+		// it closes it: the connection is still known by its address.
+		if tc := w.conns.tlsHandshake(addr); tc != nil {
+			if a, ok := tc.peerPlainAlert(); ok && reason == TLSReasonOther && isCertificateAlert(a) {
+				reason = TLSReasonBadCertificate
+				more = append(more, slog.String("peer_alert", a.Error()+" (sent unencrypted, which crypto/tls could not read as such)"))
+			}
+			if tc.rejectedID != "" {
+				more = append(more, slog.String("request_id", tc.rejectedID))
+			}
+		}
 		defer w.counters[reason].Inc() // after the line: whoever sees the count finds the line
 		level := slog.LevelWarn
 		if reason == TLSReasonEOF {
 			// TCP health checks and impatient clients do this all day.
 			level = slog.LevelInfo
 		}
-		w.tlsLog.Log(ctx, level, "tls handshake error",
+		attrs := append([]slog.Attr{
 			slog.String("reason", reason),
 			slog.String("remote_addr", addr),
-			slog.String("error", msg))
+			slog.String("error", msg),
+		}, more...)
+		w.tlsLog.Log(ctx, level, "tls handshake error", attrs...)
 		return len(p), nil
 	}
 	w.otherLog.Log(ctx, slog.LevelWarn, "http server error", slog.String("error", strings.TrimPrefix(line, "http: ")))
 	return len(p), nil
+}
+
+// isCertificateAlert reports whether a peer's alert refuses a certificate
+// (RFC 8446 §6.2): bad_certificate, unsupported_certificate,
+// certificate_revoked, certificate_expired, certificate_unknown,
+// unknown_ca, certificate_required.
+func isCertificateAlert(a tls.AlertError) bool {
+	switch a {
+	case 42, 43, 44, 45, 46, 48, 116:
+		return true
+	}
+	return false
 }
 
 // classifyTLSError maps the error text of a failed handshake to a reason.

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -56,7 +58,7 @@ func startTLSServer(t *testing.T, handshakeTimeout time.Duration) *tlsServer {
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }),
 		ReadHeaderTimeout: handshakeTimeout,
-		ErrorLog:          ServerErrorLog(logger, reg),
+		ErrorLog:          ServerErrorLog(logger, reg, ts.conns),
 		ConnState:         ts.conns.ConnState,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}},
 	}
@@ -153,6 +155,10 @@ func TestTLSHandshakeErrorsByReason(t *testing.T) {
 		t.Errorf("plain HTTP on the TLS port counted as a rejected request too: %v", n)
 	}
 	eventually(t, "other", func() bool { return ts.reasonOf(TLSReasonOther) == 2 })
+	// Its handshake error line carries the request ID the client got.
+	if id := resp.Header.Get("X-Request-ID"); !strings.Contains(ts.logs.String(), `"request_id":"`+id+`"`) {
+		t.Errorf("no log line has the request ID %s of the answer to plain HTTP:\n%s", id, ts.logs.String())
+	}
 
 	// A good client still gets through, and is not counted.
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
@@ -179,6 +185,80 @@ func TestTLSHandshakeErrorsByReason(t *testing.T) {
 	}
 }
 
+// A TLS 1.3 client built on OpenSSL (curl, Python, openssl s_client) that
+// refuses the certificate sends its alert unencrypted, after the server has
+// switched to encrypted records: crypto/tls fails on it with "bad record
+// MAC". It is still a refused certificate.
+func TestTLSCertificateRefusedInClear(t *testing.T) {
+	ts := startTLSServer(t, 10*time.Second)
+	// A Go client whose encrypted alert (the only 19-byte record a TLS 1.3
+	// client sends) is replaced by the bytes OpenSSL sends: an alert record
+	// in clear, fatal, unknown_ca.
+	raw, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tls.Client(&clearAlertConn{Conn: raw}, &tls.Config{ServerName: "localhost", MinVersion: tls.VersionTLS13})
+	if err := c.Handshake(); err == nil {
+		t.Fatal("handshake with an untrusted certificate succeeded")
+	}
+	raw.Close()
+	eventually(t, "bad_certificate", func() bool { return ts.reasonOf(TLSReasonBadCertificate) == 1 }, ts.logs.String)
+	if got := ts.reasonOf(TLSReasonOther); got != 0 {
+		t.Errorf("other = %v, want 0", got)
+	}
+	if !strings.Contains(ts.logs.String(), `"peer_alert":"tls: unknown certificate authority`) {
+		t.Errorf("the line does not name the client's alert:\n%s", ts.logs.String())
+	}
+
+	// The real thing, when openssl is here (scripts/ci-deps.sh installs it).
+	openssl, err := exec.LookPath("openssl")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("openssl not installed (Debian package openssl)")
+		}
+		t.Skip("openssl not installed")
+	}
+	for _, version := range []string{"-tls1_3", "-tls1_2"} {
+		before := ts.reasonOf(TLSReasonBadCertificate)
+		cmd := exec.Command(openssl, "s_client", "-connect", ts.addr, "-servername", "localhost", version, "-verify_return_error")
+		cmd.Stdin = strings.NewReader("")
+		if out, err := cmd.CombinedOutput(); err == nil {
+			t.Fatalf("openssl s_client %s accepted the self-signed certificate:\n%s", version, out)
+		}
+		eventually(t, "bad_certificate from openssl "+version, func() bool { return ts.reasonOf(TLSReasonBadCertificate) == before+1 }, ts.logs.String)
+	}
+	if got := ts.reasonOf(TLSReasonOther); got != 0 {
+		t.Errorf("other = %v after openssl's refusals, want 0", got)
+	}
+}
+
+// clearAlertConn rewrites a TLS 1.3 client's encrypted alert record into
+// the unencrypted fatal unknown_ca alert OpenSSL sends.
+type clearAlertConn struct{ net.Conn }
+
+func (c *clearAlertConn) Write(b []byte) (int, error) {
+	// One write may carry several records (the compatibility
+	// ChangeCipherSpec goes out with the alert).
+	var out []byte
+	for rest := b; len(rest) >= 5; {
+		n := 5 + (int(rest[3])<<8 | int(rest[4]))
+		if n > len(rest) {
+			return c.Conn.Write(b) // not whole records: as it is
+		}
+		if rest[0] == 0x17 && n == 5+19 {
+			out = append(out, 0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 48)
+		} else {
+			out = append(out, rest[:n]...)
+		}
+		rest = rest[n:]
+	}
+	if _, err := c.Conn.Write(out); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
 // A handshake flood is counted in full but logged at a bounded rate.
 func TestTLSHandshakeFloodIsRateLimited(t *testing.T) {
 	ts := startTLSServer(t, 10*time.Second)
@@ -201,7 +281,7 @@ func TestTLSHandshakeFloodIsRateLimited(t *testing.T) {
 
 func TestServerErrorLogOtherLines(t *testing.T) {
 	logs := &testkit.SyncBuffer{}
-	l := ServerErrorLog(slog.New(slog.NewJSONHandler(logs, nil)), prometheus.NewRegistry())
+	l := ServerErrorLog(slog.New(slog.NewJSONHandler(logs, nil)), prometheus.NewRegistry(), nil)
 	l.Printf("http: Accept error: accept tcp [::]:8080: accept4: too many open files; retrying in 5ms")
 	if got := logs.String(); !strings.Contains(got, `"level":"WARN","msg":"http server error","error":"Accept error: accept tcp [::]:8080: accept4: too many open files; retrying in 5ms"`) {
 		t.Fatalf("got %s", got)

@@ -128,7 +128,7 @@ func startStack(t *testing.T, o stackOptions) *stack {
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       75 * time.Second,
 		ConnState:         conns.ConnState,
-		ErrorLog:          observability.ServerErrorLog(logger, reg),
+		ErrorLog:          observability.ServerErrorLog(logger, reg, conns),
 		BaseContext:       func(net.Listener) context.Context { return context.Background() },
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
