@@ -160,7 +160,7 @@ func NewHTTPMetrics(reg prometheus.Registerer) *HTTPMetrics {
 		}, []string{"method", "route"}),
 		size: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "http_server_response_size_bytes",
-			Help:    "HTTP response body size by route template.",
+			Help:    "HTTP response body size by route template: the bytes the handlers wrote (0 for HEAD). A response cut short (a 499, a write timeout) may have reached the client in part or not at all.",
 			Buckets: prometheus.ExponentialBuckets(64, 4, 8),
 		}, []string{"method", "route"}),
 		inFlight: &striped.Int64{},
@@ -511,8 +511,11 @@ func cutLong(p string) string {
 	return p[:cut] + "…(+" + strconv.Itoa(len(p)-cut) + " bytes)"
 }
 
-// bodySent is the size of the response body that goes to the client: what
-// the handlers wrote, except for HEAD, whose body net/http drops.
+// bodySent is the size of the response body the handlers sent: what they
+// wrote, except for HEAD, whose body net/http drops. It is what left the
+// handlers, not what the client received: a response cut short (the client
+// left, a stream reset, the write timeout) may have reached it in part or
+// not at all, and a write HTTP/2 refused after its stream ended counts 0.
 func bodySent(c *gin.Context) int {
 	if c.Request.Method == http.MethodHead {
 		return 0
