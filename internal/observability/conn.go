@@ -249,9 +249,15 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 				// Until the handshake is over: ServerErrorLog looks a
 				// failed one up by the address net/http logs it with.
 				tc.handshakeKey = remoteAddr(tc.Conn)
-				m.handshakes.Store(tc.handshakeKey, tc)
+				if _, taken := m.handshakes.LoadOrStore(tc.handshakeKey, tc); taken {
+					// Two handshakes from one address (listeners sharing
+					// these metrics): neither is looked up.
+					m.handshakes.Store(tc.handshakeKey, handshakeCollision)
+				}
 			} else if prev == http.StateNew && known {
-				m.handshakes.Delete(tc.handshakeKey)
+				if !m.handshakes.CompareAndDelete(tc.handshakeKey, tc) {
+					m.handshakes.CompareAndDelete(tc.handshakeKey, handshakeCollision)
+				}
 			}
 		}
 		since := now - time.Duration(tc.changed.Swap(int64(now)))
@@ -414,11 +420,13 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 		)
 		m.rejected.WithLabelValues(rejectedUnknown).Inc()
 	}
-	if isTLS && cause == causeNone && prev == http.StateActive && !tc.routed.Load() {
+	if isTLS && cause == causeNone && prev == http.StateActive && !tc.routed.Load() && tc.answered.Load() {
 		// The server closed a TLS connection in the middle of a request
-		// that never reached the handlers: net/http answered it itself
-		// (its only other way out before routing, a read error, would
-		// have set a cause). On plaintext the answer is rewritten and
+		// that never reached the handlers, after writing to it: net/http
+		// answered it itself (its only other way out before routing, a
+		// read error, would have set a cause; a shutdown closing a
+		// connection whose next request was still coming in writes
+		// nothing but its close_notify). On plaintext the answer is rewritten and
 		// counted with its status (reject); here it was encrypted before
 		// this wrapper saw it. HTTP/2 requests are never marked routed,
 		// but an HTTP/2 connection closes its streams, and so goes idle,
@@ -751,14 +759,21 @@ func (c *trackedConn) peerPlainAlert() (tls.AlertError, bool) {
 	return tls.AlertError(d - 1), d > 0
 }
 
+// handshakeCollision stands in ConnMetrics.handshakes for an address two
+// handshakes came from at once.
+var handshakeCollision = &trackedConn{}
+
 // tlsHandshake returns the TLS connection from addr whose handshake runs,
-// or nil.
+// or nil (also when two run from that address).
 func (m *ConnMetrics) tlsHandshake(addr string) *trackedConn {
 	if m == nil {
 		return nil
 	}
 	tc, _ := m.handshakes.Load(addr)
 	c, _ := tc.(*trackedConn)
+	if c == handshakeCollision {
+		return nil
+	}
 	return c
 }
 
@@ -843,6 +858,7 @@ func (c *trackedConn) nextRequestBegun() {
 	c.route, c.requestID, c.status = "", "", 0
 	// Counted here: a rejected request never makes the connection active.
 	c.requests.Add(1)
+	c.lead.CompareAndSwap(0, leadPipelined) // nothing of it read while idle
 }
 
 func (c *trackedConn) SetDeadline(t time.Time) error {
@@ -980,9 +996,17 @@ func parseRejection(b []byte) (rejection, bool) {
 // leadLooksHTTP reports whether the current request began with a letter,
 // as every HTTP method does.
 func (c *trackedConn) leadLooksHTTP() bool {
-	b := c.lead.Load() - 1
+	l := c.lead.Load()
+	if l == leadPipelined {
+		return true // it followed a request net/http could read
+	}
+	b := l - 1
 	return b >= 'A' && b <= 'Z' || b >= 'a' && b <= 'z'
 }
+
+// leadPipelined is lead for a request pipelined behind another: its bytes
+// came in with the one before, and where it starts is net/http's to know.
+const leadPipelined = -1
 
 // reject sends the problem+json form of net/http's rejection instead of its
 // plain text, with a fresh X-Request-ID as on every other response, counts

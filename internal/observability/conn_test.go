@@ -16,6 +16,7 @@ import (
 
 	"github.com/hardenedgo/ginservice/internal/testkit"
 
+	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -689,5 +690,62 @@ func TestPipelinedRejections(t *testing.T) {
 				t.Errorf("close line does not say the connection was in its second request:\n%s", cs.logs)
 			}
 		})
+	}
+}
+
+// A pipelined request the client cuts short by leaving is no rejection,
+// as the same bytes sent after the first answer are not: the client left.
+func TestPipelinedRequestCutByClientIsNoRejection(t *testing.T) {
+	cs := startConnServer(t, true, nil)
+	c := cs.dial(t)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /fast HTTP/1.1\r\nHost: x\r\n\r\nGET /fa")
+	c.(*net.TCPConn).CloseWrite()
+	io.Copy(io.Discard, c)
+	eventually(t, "the close", func() bool { return cs.closedCount(CloseReasonPeerClosed, "active") == 1 }, cs.dump)
+	if n := testutil.ToFloat64(cs.m.rejected.WithLabelValues("400")); n != 0 {
+		t.Fatalf("rejected{400} = %v for a request the client cut short, want 0\n%s", n, cs.dump())
+	}
+}
+
+// A stalled start of a next request (fewer bytes than net/http waits for
+// before it reads a request) is cut by the idle deadline: the connection
+// broke in that request, and its close line does not name the request
+// answered before it.
+func TestStalledRequestStartNamesNoEarlierRequest(t *testing.T) {
+	e, m, _, logs := accessEngine(AccessOptions{})
+	e.GET("/fast", func(c *gin.Context) {
+		c.Header("X-Request-Id", "answered-before")
+		c.String(http.StatusOK, "fast")
+	})
+	srv := &http.Server{Handler: e, ConnState: m.ConnState, ConnContext: m.ConnContext, IdleTimeout: 300 * time.Millisecond}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(m.Listener(ln))
+	t.Cleanup(func() { srv.Close() })
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	io.WriteString(c, "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	io.WriteString(c, "GE")
+	io.Copy(io.Discard, br)
+	eventually(t, "the close line", func() bool { return strings.Contains(logs.String(), `"msg":"connection closed"`) }, logs.String)
+	if !strings.Contains(logs.String(), `"request_id":"answered-before"`) {
+		t.Fatalf("the access line lacks the handler's request ID:\n%s", logs)
+	}
+	if !strings.Contains(logs.String(), `"reason":"read_timeout","state":"active"`) || strings.Contains(logs.String(), `"logged_status"`) {
+		t.Errorf("close line: want read_timeout, active, without the request answered before:\n%s", logs)
 	}
 }

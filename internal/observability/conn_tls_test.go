@@ -405,4 +405,78 @@ func TestTLSRejectionsOfPipelinedAndSlowRequests(t *testing.T) {
 	if strings.Contains(logs.String(), `"logged_status"`) {
 		t.Errorf("a close line names a request that was answered before the connection broke:\n%s", logs)
 	}
+
+	// A shutdown that closes a connection whose next request is still
+	// coming in answers nothing: no rejection.
+	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	io.WriteString(c, first)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	before := closes()
+	io.WriteString(c, "GET /fast HTTP/1.1\r\nHost: x\r\n") // more than the four bytes net/http waits for
+	time.Sleep(50 * time.Millisecond)
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the close", func() bool { return closes() > before }, logs.String)
+	if n := rejected(); n != 2 {
+		t.Fatalf("rejected{unknown} = %v after a shutdown mid-request, want 2\n%s", n, logs)
+	}
+}
+
+// ServerErrorLog finds a failing handshake's connection by the remote
+// address net/http logs. Two handshakes from one address at once (two
+// listeners sharing the metrics) give no answer rather than the other's,
+// and every entry goes when its connection leaves the handshake.
+func TestHandshakeLookupByAddress(t *testing.T) {
+	m := NewConnMetrics(prometheus.NewRegistry(), discardLogger())
+	newConn := func() (*tls.Conn, *trackedConn) {
+		a, b := net.Pipe() // every pipe's remote address is "pipe"
+		t.Cleanup(func() { a.Close(); b.Close() })
+		tc := &trackedConn{Conn: a, m: m}
+		return tls.Server(tc, &tls.Config{}), tc
+	}
+	entries := func() int {
+		n := 0
+		m.handshakes.Range(func(any, any) bool { n++; return true })
+		return n
+	}
+	c1, tc1 := newConn()
+	m.ConnState(c1, http.StateNew)
+	if got := m.tlsHandshake("pipe"); got != tc1 {
+		t.Fatalf("lookup of the one handshake from pipe: %p, want %p", got, tc1)
+	}
+	c2, _ := newConn()
+	m.ConnState(c2, http.StateNew)
+	if got := m.tlsHandshake("pipe"); got != nil {
+		t.Fatalf("lookup with two handshakes from pipe: %p, want none", got)
+	}
+	m.ConnState(c1, http.StateActive)
+	if got := m.tlsHandshake("pipe"); got != nil {
+		t.Fatalf("lookup after the first left its handshake: %p, want none (which one is left is not known)", got)
+	}
+	m.ConnState(c2, http.StateClosed)
+	m.ConnState(c1, http.StateClosed)
+	if n := entries(); n != 0 {
+		t.Fatalf("%d handshake entries left after both connections closed", n)
+	}
+	c3, tc3 := newConn()
+	m.ConnState(c3, http.StateNew)
+	if got := m.tlsHandshake("pipe"); got != tc3 {
+		t.Fatalf("lookup of a later handshake: %p, want %p", got, tc3)
+	}
+	m.ConnState(c3, http.StateClosed)
+	if n := entries(); n != 0 {
+		t.Fatalf("%d handshake entries left", n)
+	}
 }
