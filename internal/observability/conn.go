@@ -115,7 +115,7 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 		}, []string{"reason", "state"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "http_server_rejected_requests_total",
-			Help: "Requests net/http answered itself, before routing, by status code: 400 malformed request line or headers, 408 request line or headers cut off by the read-header timeout, 417 an Expect header other than 100-continue, 431 headers over HTTP_MAX_HEADER_BYTES, 501 unsupported transfer encoding, 505 unsupported HTTP version; unknown: one of these on the TLS listener, where the answer is encrypted before the service can read its status. They have no access line. Plain HTTP on the TLS port is a TLS handshake error (reason other), not counted here.",
+			Help: "Requests net/http answered itself, before routing, by status code: 400 malformed request line or headers, 408 request line or headers cut off by the read-header timeout, 417 an Expect header other than 100-continue, 431 headers over HTTP_MAX_HEADER_BYTES, 501 unsupported transfer encoding, 505 unsupported HTTP version; unknown: one of these on the TLS listener, where the answer is encrypted before the service can read its status (headers that stall there get no answer at all, only a read_timeout close). They have no access line. Plain HTTP on the TLS port is a TLS handshake error (reason other), not counted here.",
 		}, []string{"code"}),
 		log:       newLimitedLog(logger, 5, 10),
 		rejectLog: newLimitedLog(logger, 5, 10),
