@@ -221,18 +221,23 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 	if tc != nil {
 		p := tc.state.Swap(int32(s) + 1)
 		prev, known = http.ConnState(p-1), p != 0
+		// Twice per request on every kept-alive connection: each flag is
+		// stored only when it changes (an atomic store is a locked
+		// instruction, a load is not).
 		begun := false
 		if s == http.StateActive || s == http.StateIdle {
-			tc.idleRead.Store(false)
-			begun = tc.begun.Swap(false)
-			tc.idleDeadlines.Store(0)
-			tc.answered.Store(false)
+			unset(&tc.idleRead)
+			begun = unset(&tc.begun)
+			if tc.idleDeadlines.Load() != 0 {
+				tc.idleDeadlines.Store(0)
+			}
+			unset(&tc.answered)
 		}
-		if s == http.StateIdle {
+		if s == http.StateIdle && tc.lead.Load() != 0 {
 			tc.lead.Store(0) // the next request's first byte is still to come
 		}
 		if s == http.StateActive {
-			tc.wrote.Store(false)
+			unset(&tc.wrote)
 			if prev == http.StateNew && known && isHTTP2(c) {
 				// The HTTP/2 server passes through active once as it
 				// starts, after the preface: not a request.
@@ -241,7 +246,7 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 				tc.requests.Add(1) // else counted as it began
 			}
 			tc.route, tc.requestID, tc.status = "", "", 0
-			tc.routed.Store(false)
+			unset(&tc.routed)
 		}
 		if _, isTLS := c.(*tls.Conn); isTLS {
 			if s == http.StateNew {
@@ -833,7 +838,9 @@ func (c *trackedConn) note(err error, read bool) {
 var abortBefore = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func (c *trackedConn) SetReadDeadline(t time.Time) error {
-	c.aborting.Store(!t.IsZero() && t.Before(abortBefore))
+	if ab := !t.IsZero() && t.Before(abortBefore); ab != c.aborting.Load() {
+		c.aborting.Store(ab)
+	}
 	if c.state.Load() == int32(http.StateIdle)+1 && !c.h2.Load() && c.idleDeadlines.Add(1) == 2 {
 		// An idle HTTP/1 connection gets two read deadlines: the idle
 		// timeout, then, once the first bytes of the next request are
@@ -850,15 +857,28 @@ func (c *trackedConn) SetReadDeadline(t time.Time) error {
 // response is out, no handler has seen it, and the request the connection
 // last served is done. Called on the connection's own goroutine.
 func (c *trackedConn) nextRequestBegun() {
-	if c.begun.Swap(true) {
+	if c.begun.Load() {
 		return
 	}
-	c.wrote.Store(false)
-	c.routed.Store(false)
+	c.begun.Store(true)
+	unset(&c.wrote)
+	unset(&c.routed)
 	c.route, c.requestID, c.status = "", "", 0
 	// Counted here: a rejected request never makes the connection active.
 	c.requests.Add(1)
-	c.lead.CompareAndSwap(0, leadPipelined) // nothing of it read while idle
+	if c.lead.Load() == 0 {
+		c.lead.Store(leadPipelined) // nothing of it read while idle
+	}
+}
+
+// unset sets b to false and reports whether it was true, storing only if
+// it was.
+func unset(b *atomic.Bool) bool {
+	if !b.Load() {
+		return false
+	}
+	b.Store(false)
+	return true
 }
 
 func (c *trackedConn) SetDeadline(t time.Time) error {
