@@ -1216,6 +1216,20 @@ else
 				"eof: the client hung up during the handshake (health checkers and port scanners do this); timeout: it stalled; bad_certificate: it does not trust the certificate; other: not TLS at all, often plain HTTP to the TLS port." \
 				"Only bad_certificate and other point at a client or certificate problem; read the 'tls handshake error' log lines."
 		fi
+		# HTTP/2 protocol errors: net/http's types are a fixed but long set,
+		# read from the page.
+		h2types=$(awk '/^http_server_http2_errors_total\{/ { if (match($1, /type="[^"]*"/)) print substr($1, RSTART + 6, RLENGTH - 7) }' "$work/metrics.2" | sort -u | tr '\n' ' ')
+		# shellcheck disable=SC2086 # one argument per type
+		h2=$(rising http_server_http2_errors_total type $h2types)
+		if [[ $h2 == *too_many_early_resets* ]]; then
+			finding WARN "HTTP/2 clients reset streams as fast as they opened them $span ($h2)" \
+				"The rapid-reset pattern (CVE-2023-44487): the server closed those connections with ENHANCE_YOUR_CALM. A client or proxy bug, or an attack; other clients are not affected." \
+				"Find the clients in the 'connection closed' lines (peer address) or at the proxy; block or rate-limit them there."
+		elif [[ -n $h2 ]]; then
+			finding NOTE "HTTP/2 clients broke the protocol $span ($h2)" \
+				"The server answered with a stream reset or a GOAWAY, which those clients see as a stream error or an EOF. conn_*: the whole connection ended; stream_*: one request." \
+				"A client or proxy with a faulty HTTP/2 implementation, or a scanner; the type names what it did."
+		fi
 		# The kernel's counters are the network namespace's (the pod's),
 		# not the process's: with one reading they count since it was made.
 		read -r _ overflows < <(mval kernel_tcp_listen_overflows_total)
@@ -1251,8 +1265,8 @@ else
 				"The service is the client here. eof, reset: the dependency (or a proxy in front of it) closed kept-alive connections as the service reused them, the same race as in front of the service the other way round; refused: it was down or restarting; timeout: it was slower than DOWNSTREAM_ATTEMPT_TIMEOUT; status_*: it answered with that error. The retry budget bounds them." \
 				"eof, reset: keep DOWNSTREAM_IDLE_CONN_TIMEOUT below the dependency's keep-alive timeout. Otherwise, look at the dependency."
 		fi
-		if [[ -z $rejected$tls$open$fallbacks && $overflows -eq 0 ]]; then
-			finding OK "no rejected requests, TLS handshake errors, listen overflows, open circuits or fallbacks $span"
+		if [[ -z $rejected$tls$h2$open$fallbacks && $overflows -eq 0 ]]; then
+			finding OK "no rejected requests, TLS handshake or HTTP/2 errors, listen overflows, open circuits or fallbacks $span"
 		fi
 	fi
 fi

@@ -307,6 +307,14 @@ func tlsAbuses(hello []byte) []abuse {
 			_ = h.c.SetReadDeadline(time.Now().Add(time.Second))
 			_, _ = io.Copy(io.Discard, h.c)
 		}},
+		{"HTTP/2 reset of a stream never opened", func(t *testing.T, tg target) {
+			if h := tg.dialH2(t); h != nil {
+				defer h.c.Close()
+				h.fr.WriteRSTStream(1, http2.ErrCodeCancel) // a connection error: GOAWAY
+				_ = h.c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				_, _ = io.Copy(io.Discard, h.c)
+			}
+		}},
 		{"HTTP/2 request body announced, never sent, connection dropped", func(t *testing.T, tg target) {
 			h := tg.dialH2(t)
 			if h == nil {
@@ -388,6 +396,8 @@ func TestMisbehavingTLSClientsLeakNothing(t *testing.T) {
 		// the rapid resets reached the handlers (800 in a run here; net/http
 		// may skip handlers of streams reset before they start)
 		`http_server_requests_total{code="499",method="GET",route="/api/v1/items/:id"}`: 10 * rounds,
+		// the resets of streams never opened
+		`http_server_http2_errors_total{type="conn_PROTOCOL_ERROR_reset_idle_stream"}`: rounds,
 	})
 }
 

@@ -274,6 +274,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// closed each connection are measured on the listener.
 	public.ErrorLog = observability.ServerErrorLog(logger, reg, connMetrics)
 	observability.ServerTimeouts(reg, public)
+	observability.HTTP2Errors(reg, public)
 	connMetrics.SetIdleTimeout(cmp.Or(public.IdleTimeout, public.ReadTimeout)) // net/http's fallback
 	public.ConnState = connMetrics.ConnState
 	public.ConnContext = connMetrics.ConnContext // close lines name the request a connection broke on

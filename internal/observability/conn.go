@@ -166,6 +166,36 @@ func ServerTimeouts(reg prometheus.Registerer, srv *http.Server) {
 	reg.MustRegister(g)
 }
 
+// HTTP2Errors counts the HTTP/2 server's protocol errors by type on srv
+// (http.HTTP2Config.CountError, which it sets, keeping the rest of srv.HTTP2):
+// http_server_http2_errors_total{type}. Each is a stream the server reset
+// or a connection it ended with GOAWAY because the client broke the
+// protocol, which that client sees as a stream error or an EOF. A type is
+// net/http's: stream_ or conn_, the HTTP/2 error code and its own name, e.g.
+// conn_ENHANCE_YOUR_CALM_too_many_early_resets (a client resetting streams
+// as fast as it opens them: the "rapid reset" attack),
+// stream_PROTOCOL_ERROR_over_max_streams, conn_FLOW_CONTROL_ERROR_data_flow,
+// or a frame_ name for a malformed frame. A fixed set.
+func HTTP2Errors(reg prometheus.Registerer, srv *http.Server) {
+	cv := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "http_server_http2_errors_total",
+		Help: "HTTP/2 protocol errors the server answered with a stream reset or a GOAWAY, by net/http's error type (stream_ or conn_, the HTTP/2 error code, the error, e.g. conn_ENHANCE_YOUR_CALM_too_many_early_resets; frame_ for a malformed frame).",
+	}, []string{"type"})
+	reg.MustRegister(cv)
+	conf := &http.HTTP2Config{}
+	if srv.HTTP2 != nil {
+		*conf = *srv.HTTP2
+	}
+	next := conf.CountError
+	conf.CountError = func(errType string) {
+		cv.WithLabelValues(errType).Inc()
+		if next != nil {
+			next(errType)
+		}
+	}
+	srv.HTTP2 = conf
+}
+
 // Connections returns the number of open connections in state s (New,
 // Active, Idle or Hijacked).
 func (m *ConnMetrics) Connections(s http.ConnState) int64 { return m.gauges[s].Load() }

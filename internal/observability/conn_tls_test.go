@@ -16,6 +16,7 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/net/http2"
 
 	"github.com/hardenedgo/ginservice/internal/testkit"
 )
@@ -478,5 +479,74 @@ func TestHandshakeLookupByAddress(t *testing.T) {
 	m.ConnState(c3, http.StateClosed)
 	if n := entries(); n != 0 {
 		t.Fatalf("%d handshake entries left", n)
+	}
+}
+
+// A client that breaks the HTTP/2 protocol gets a GOAWAY (or a stream
+// reset) and sees an EOF or a stream error; the server counts the error by
+// net/http's type. The server's own HTTP2 settings are kept.
+func TestHTTP2ProtocolErrorsCounted(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewConnMetrics(reg, discardLogger())
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }),
+		HTTP2:   &http.HTTP2Config{MaxConcurrentStreams: 7},
+	}
+	HTTP2Errors(reg, srv)
+	addr := serveTLSTracked(t, m, srv)
+	count := func(typ string) float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "http_server_http2_errors_total" {
+				continue
+			}
+			for _, mt := range mf.GetMetric() {
+				if mt.GetLabel()[0].GetValue() == typ {
+					return mt.GetCounter().GetValue()
+				}
+			}
+		}
+		return 0
+	}
+
+	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if p := c.ConnectionState().NegotiatedProtocol; p != "h2" {
+		t.Fatalf("negotiated %q, want h2", p)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, http2.ClientPreface)
+	fr := http2.NewFramer(c, c)
+	fr.WriteSettings()
+	// A reset of a stream the client never opened: a connection error.
+	fr.WriteRSTStream(1, http2.ErrCodeCancel)
+	var goAway *http2.GoAwayFrame
+	maxStreams := uint32(0)
+	for goAway == nil {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no GOAWAY: %v", err)
+		}
+		switch f := f.(type) {
+		case *http2.GoAwayFrame:
+			goAway = f
+		case *http2.SettingsFrame:
+			if v, ok := f.Value(http2.SettingMaxConcurrentStreams); ok {
+				maxStreams = v
+			}
+		}
+	}
+	if goAway.ErrCode != http2.ErrCodeProtocol {
+		t.Errorf("GOAWAY %v, want PROTOCOL_ERROR", goAway.ErrCode)
+	}
+	eventually(t, "the error counted", func() bool { return count("conn_PROTOCOL_ERROR_reset_idle_stream") == 1 })
+	if maxStreams != 7 {
+		t.Errorf("SETTINGS_MAX_CONCURRENT_STREAMS %d, want the server's 7", maxStreams)
 	}
 }

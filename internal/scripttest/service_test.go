@@ -280,3 +280,35 @@ func TestDiagnoseShutdownCut(t *testing.T) {
 		t.Errorf("OK despite requests cut at shutdown:\n%s", svc)
 	}
 }
+
+// HTTP/2 protocol errors the server answered are a finding by their type:
+// the rapid-reset pattern a warning, the rest a note.
+func TestDiagnoseHTTP2Errors(t *testing.T) {
+	need(t, "curl")
+	for _, tc := range []struct {
+		page, want string
+	}{
+		{`http_server_http2_errors_total{type="conn_ENHANCE_YOUR_CALM_too_many_early_resets"} 2` + "\n" +
+			`http_server_http2_errors_total{type="stream_PROTOCOL_ERROR_over_max_streams"} 5` + "\n",
+			"[WARN] HTTP/2 clients reset streams as fast as they opened them since the service started (conn_ENHANCE_YOUR_CALM_too_many_early_resets: 2, stream_PROTOCOL_ERROR_over_max_streams: 5)"},
+		{`http_server_http2_errors_total{type="conn_PROTOCOL_ERROR_reset_idle_stream"} 1` + "\n",
+			"[NOTE] HTTP/2 clients broke the protocol since the service started (conn_PROTOCOL_ERROR_reset_idle_stream: 1)"},
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			io.WriteString(w, "# TYPE http_server_connections_closed_total counter\n"+
+				`http_server_connections_closed_total{reason="peer_closed",state="idle"} 12`+"\n"+
+				"# TYPE http_server_http2_errors_total counter\n"+tc.page)
+		}))
+		out, code := script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", srv.URL+"/metrics")
+		srv.Close()
+		if code != 0 {
+			t.Fatalf("exit %d:\n%s", code, out)
+		}
+		checkFindings(t, out)
+		svc := section(out, "4. Service")
+		mustContain(t, "service, HTTP/2 errors", svc, tc.want)
+		if strings.Contains(svc, "[OK] no rejected requests") {
+			t.Errorf("OK despite HTTP/2 errors:\n%s", svc)
+		}
+	}
+}
