@@ -571,14 +571,22 @@ func TestClientSpanErrorType(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
-	cfg := testClientConfig()
-	cfg.MaxAttempts = 1
-	cfg.AttemptTimeout = 200 * time.Millisecond
-	c, err := NewClient(cfg, discardLogger(), prometheus.NewRegistry(), tp)
-	if err != nil {
-		t.Fatal(err)
+	// client has an attempt timeout of d: a short one for the timeout
+	// case, a long one for the rest (a TLS handshake on a loaded machine
+	// must not become a timeout).
+	client := func(d time.Duration) *Client {
+		cfg := testClientConfig()
+		cfg.MaxAttempts = 1
+		cfg.AttemptTimeout = d
+		cfg.ResponseHeaderTimeout = d
+		c, err := NewClient(cfg, discardLogger(), prometheus.NewRegistry(), tp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.CloseIdleConnections)
+		return c
 	}
-	t.Cleanup(c.CloseIdleConnections)
+	quick, patient := client(200*time.Millisecond), client(10*time.Second)
 	closed, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -595,12 +603,12 @@ func TestClientSpanErrorType(t *testing.T) {
 		name, url, want string
 		mode            mode
 		cancelAfter     time.Duration
-		timeout         bool // what the caller's error says
+		timeout         bool // what the caller's error says, and the quick client
 	}{
 		{name: "attempt timeout", mode: mode{kind: modeSlow, delay: time.Minute}, want: "timeout", timeout: true},
 		{name: "reset", mode: mode{kind: modeReset}, want: "reset"},
 		{name: "eof", mode: mode{kind: modeEOF}, want: "eof"},
-		{name: "caller cancelled", mode: mode{kind: modeSlow, delay: time.Minute}, cancelAfter: 50 * time.Millisecond, want: "canceled"},
+		{name: "caller cancelled", mode: mode{kind: modeSlow, delay: time.Minute}, cancelAfter: 100 * time.Millisecond, want: "canceled"},
 		{name: "refused", url: refusedURL, want: "refused"},
 		{name: "untrusted certificate", url: tlsURL, want: "tls"},
 	} {
@@ -614,6 +622,10 @@ func TestClientSpanErrorType(t *testing.T) {
 			time.AfterFunc(tc.cancelAfter, cancel)
 		}
 		before := len(rec.Ended())
+		c := patient
+		if tc.timeout {
+			c = quick
+		}
 		resp, err := mustGet(t, ctx, c, url)
 		cancel()
 		if err == nil {
