@@ -718,14 +718,8 @@ func TestStalledRequestStartNamesNoEarlierRequest(t *testing.T) {
 		c.Header("X-Request-Id", "answered-before")
 		c.String(http.StatusOK, "fast")
 	})
-	srv := &http.Server{Handler: e, ConnState: m.ConnState, ConnContext: m.ConnContext, IdleTimeout: 300 * time.Millisecond}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(m.Listener(ln))
-	t.Cleanup(func() { srv.Close() })
-	c, err := net.Dial("tcp", ln.Addr().String())
+	addr := serveTracked(t, m, &http.Server{Handler: e, IdleTimeout: 300 * time.Millisecond})
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,34 @@ import (
 	"github.com/hardenedgo/ginservice/internal/testkit"
 )
 
+// serveTracked runs srv (its handler set; ConnState and ConnContext filled
+// in here) over plain HTTP on loopback behind m's listener, and returns its
+// address.
+func serveTracked(t *testing.T, m *ConnMetrics, srv *http.Server) string {
+	t.Helper()
+	srv.ConnState, srv.ConnContext = m.ConnState, m.ConnContext
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(m.Listener(ln))
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+// dialTLSH1 opens an HTTP/1.1 TLS connection to addr (5 s deadline),
+// closed when the test ends.
+func dialTLSH1(t *testing.T, addr string) *tls.Conn {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	return c
+}
+
 // serveTLSTracked runs srv (its handler set; ConnState, ConnContext, error
 // log and certificate filled in here) over TLS on loopback behind m's
 // listener, and returns its address.
@@ -62,12 +90,8 @@ func TestRejectedOnTLSListenerCounted(t *testing.T) {
 	// response status.
 	raw := func(req string) int {
 		t.Helper()
-		c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := dialTLSH1(t, addr)
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
 		go io.WriteString(c, req) // the server may answer before a large request is all written
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {
@@ -274,14 +298,8 @@ func TestHijackedCloseIsNotAServerCut(t *testing.T) {
 		io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\n\r\n")
 		conn.Close()
 	})
-	srv := &http.Server{Handler: e, ConnState: m.ConnState, ConnContext: m.ConnContext}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(m.Listener(ln))
-	t.Cleanup(func() { srv.Close() })
-	c, err := net.Dial("tcp", ln.Addr().String())
+	addr := serveTracked(t, m, &http.Server{Handler: e})
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,12 +370,8 @@ func TestTLSRejectionsOfPipelinedAndSlowRequests(t *testing.T) {
 	// statuses of the responses, until the server closes it.
 	exchange := func(raw string) []int {
 		t.Helper()
-		c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := dialTLSH1(t, addr)
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
 		before := closes()
 		io.WriteString(c, raw)
 		var codes []int
@@ -409,12 +423,7 @@ func TestTLSRejectionsOfPipelinedAndSlowRequests(t *testing.T) {
 
 	// A shutdown that closes a connection whose next request is still
 	// coming in answers nothing: no rejection.
-	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c := dialTLSH1(t, addr)
 	br := bufio.NewReader(c)
 	io.WriteString(c, first)
 	resp, err := http.ReadResponse(br, nil)
@@ -495,21 +504,8 @@ func TestHTTP2ProtocolErrorsCounted(t *testing.T) {
 	HTTP2Errors(reg, srv)
 	addr := serveTLSTracked(t, m, srv)
 	count := func(typ string) float64 {
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() != "http_server_http2_errors_total" {
-				continue
-			}
-			for _, mt := range mf.GetMetric() {
-				if mt.GetLabel()[0].GetValue() == typ {
-					return mt.GetCounter().GetValue()
-				}
-			}
-		}
-		return 0
+		v, _ := counterOf(t, reg, "http_server_http2_errors_total", typ)
+		return v
 	}
 
 	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})

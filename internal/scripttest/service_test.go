@@ -260,19 +260,9 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 // finding, when a scrape caught the count before the process exited (here
 // a recorded page).
 func TestDiagnoseShutdownCut(t *testing.T) {
-	need(t, "curl")
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		io.WriteString(w, "# TYPE http_server_connections_closed_total counter\n"+
-			`http_server_connections_closed_total{reason="peer_closed",state="idle"} 12`+"\n"+
-			`http_server_connections_closed_total{reason="shutdown_timeout",state="active"} 3`+"\n")
-	}))
-	defer srv.Close()
-	out, code := script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", srv.URL+"/metrics")
-	if code != 0 {
-		t.Fatalf("exit %d:\n%s", code, out)
-	}
-	checkFindings(t, out)
-	svc := section(out, "4. Service")
+	svc := diagnosePage(t, "# TYPE http_server_connections_closed_total counter\n"+
+		`http_server_connections_closed_total{reason="peer_closed",state="idle"} 12`+"\n"+
+		`http_server_connections_closed_total{reason="shutdown_timeout",state="active"} 3`+"\n")
 	mustContain(t, "service, requests cut at shutdown", svc,
 		"shutdown_timeout (active)",
 		"[WARN] 3 requests in flight were cut when the shutdown's drain ran out of time (SHUTDOWN_TIMEOUT) since the service started")
@@ -284,7 +274,6 @@ func TestDiagnoseShutdownCut(t *testing.T) {
 // HTTP/2 protocol errors the server answered are a finding by their type:
 // the rapid-reset pattern a warning, the rest a note.
 func TestDiagnoseHTTP2Errors(t *testing.T) {
-	need(t, "curl")
 	for _, tc := range []struct {
 		page, want string
 	}{
@@ -294,21 +283,28 @@ func TestDiagnoseHTTP2Errors(t *testing.T) {
 		{`http_server_http2_errors_total{type="conn_PROTOCOL_ERROR_reset_idle_stream"} 1` + "\n",
 			"[NOTE] HTTP/2 clients broke the protocol since the service started (conn_PROTOCOL_ERROR_reset_idle_stream: 1)"},
 	} {
-		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			io.WriteString(w, "# TYPE http_server_connections_closed_total counter\n"+
-				`http_server_connections_closed_total{reason="peer_closed",state="idle"} 12`+"\n"+
-				"# TYPE http_server_http2_errors_total counter\n"+tc.page)
-		}))
-		out, code := script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", srv.URL+"/metrics")
-		srv.Close()
-		if code != 0 {
-			t.Fatalf("exit %d:\n%s", code, out)
-		}
-		checkFindings(t, out)
-		svc := section(out, "4. Service")
+		svc := diagnosePage(t, "# TYPE http_server_connections_closed_total counter\n"+
+			`http_server_connections_closed_total{reason="peer_closed",state="idle"} 12`+"\n"+
+			"# TYPE http_server_http2_errors_total counter\n"+tc.page)
 		mustContain(t, "service, HTTP/2 errors", svc, tc.want)
 		if strings.Contains(svc, "[OK] no rejected requests") {
 			t.Errorf("OK despite HTTP/2 errors:\n%s", svc)
 		}
 	}
+}
+
+// diagnosePage runs diagnose-eof.sh -i 0 on a recorded metrics page served
+// on loopback, checks its exit and the shape of its findings, and returns
+// its service section.
+func diagnosePage(t *testing.T, page string) string {
+	t.Helper()
+	need(t, "curl")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, page) }))
+	defer srv.Close()
+	out, code := script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", srv.URL+"/metrics")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	checkFindings(t, out)
+	return section(out, "4. Service")
 }
