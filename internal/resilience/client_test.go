@@ -503,9 +503,7 @@ func TestClientMetrics(t *testing.T) {
 func TestClientPropagatesTraceContext(t *testing.T) {
 	t.Parallel()
 	ds := newDownstream(t, 0)
-	rec := tracetest.NewSpanRecorder()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	rec, tp := recordingProvider(t)
 	c, err := NewClient(testClientConfig(), discardLogger(), prometheus.NewRegistry(), tp, WithPropagator(propagation.TraceContext{}))
 	if err != nil {
 		t.Fatal(err)
@@ -568,9 +566,7 @@ func TestClientPropagatesTraceContext(t *testing.T) {
 func TestClientSpanErrorType(t *testing.T) {
 	t.Parallel()
 	ds := newDownstream(t, 0)
-	rec := tracetest.NewSpanRecorder()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	rec, tp := recordingProvider(t)
 	// client has an attempt timeout of d: a short one for the timeout
 	// case, a long one for the rest (a TLS handshake on a loaded machine
 	// must not become a timeout).
@@ -750,4 +746,12 @@ func TestAttemptTimeoutAboveTheTransportBackstop(t *testing.T) {
 	if resp.StatusCode != 200 || ds.hits.Load() != 1 {
 		t.Fatalf("status %d after %d attempts, want 200 after 1", resp.StatusCode, ds.hits.Load())
 	}
+}
+
+// recordingProvider is a tracer provider that records every span in rec.
+func recordingProvider(t *testing.T) (*tracetest.SpanRecorder, *sdktrace.TracerProvider) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	return rec, tp
 }
