@@ -461,9 +461,9 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 		// answered it itself (its only other way out before routing, a
 		// read error, would have set a cause; a shutdown closing a
 		// connection whose next request was still coming in writes
-		// nothing but its close_notify). On plaintext the answer is rewritten and
-		// counted with its status (reject); here it was encrypted before
-		// this wrapper saw it. HTTP/2 requests are never marked routed,
+		// nothing but its close_notify). On plaintext the answer is
+		// rewritten and counted with its status (reject); here it was
+		// encrypted before this wrapper saw it. HTTP/2 requests are never marked routed,
 		// but an HTTP/2 connection closes its streams, and so goes idle,
 		// before it closes, whatever ended it (a protocol error, a forced
 		// close): it never gets here as active.
@@ -688,20 +688,23 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 			}
 		}
 	}
-	if r := c.records.Load(); r != nil && len(b) > 0 && !isTLSAlert(b) && !c.routed.Load() && !c.h2.Load() &&
-		(c.state.Load() == int32(http.StateActive)+1 || c.begun.Load()) {
-		// Before any handler, what the server writes on a request is
-		// net/http's own answer: it rejected the request (see ended).
-		c.answered.Store(true)
-	}
-	if r := c.records.Load(); r != nil && isTLSAlert(b) && !r.sentAlert.Swap(true) {
-		// The server's first alert, usually its close_notify on the way
-		// out: if the peer's last record before it was an alert, the
-		// peer closed. Decided now, not at Close: when the server is the
-		// one closing, its alert makes the client answer with one, which
-		// may be read before Close.
-		if r.alert.Load() && c.cause.Load() == causeNone {
-			c.notePeerAlert(r)
+	if r := c.records.Load(); r != nil {
+		switch {
+		case isTLSAlert(b):
+			if !r.sentAlert.Swap(true) && r.alert.Load() && c.cause.Load() == causeNone {
+				// The server's first alert, usually its close_notify on
+				// the way out, after one of the peer's: the peer closed.
+				// Decided now, not at Close: when the server is the one
+				// closing, its alert makes the client answer with one,
+				// which may be read before Close.
+				c.notePeerAlert(r)
+			}
+		case len(b) > 0 && !c.routed.Load() && !c.h2.Load() && !c.answered.Load() &&
+			(c.state.Load() == int32(http.StateActive)+1 || c.begun.Load()):
+			// Before any handler, what the server writes on a request
+			// is net/http's own answer: it rejected the request (see
+			// ended).
+			c.answered.Store(true)
 		}
 	}
 	n, err := c.Conn.Write(b)
