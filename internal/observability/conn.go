@@ -372,8 +372,8 @@ func (m *ConnMetrics) Settle(ctx context.Context) error {
 		}
 		tick.Stop()
 	}
-	m.log.Flush(context.Background(), slog.LevelInfo, "connection closed")
-	m.rejectLog.Flush(context.Background(), slog.LevelInfo, "request rejected")
+	m.log.Flush(context.Background(), "connection closed")
+	m.rejectLog.Flush(context.Background(), "request rejected")
 	return err
 }
 

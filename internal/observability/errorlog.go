@@ -64,8 +64,8 @@ func FlushServerErrorLog(l *log.Logger) {
 		return
 	}
 	if w, ok := l.Writer().(*errorLogWriter); ok {
-		w.tlsLog.Flush(context.Background(), slog.LevelInfo, "tls handshake error")
-		w.otherLog.Flush(context.Background(), slog.LevelWarn, "http server error")
+		w.tlsLog.Flush(context.Background(), "tls handshake error")
+		w.otherLog.Flush(context.Background(), "http server error")
 	}
 }
 

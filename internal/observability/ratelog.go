@@ -3,6 +3,7 @@ package observability
 import (
 	"context"
 	"log/slog"
+	"math"
 	"sync/atomic"
 
 	"golang.org/x/time/rate"
@@ -16,10 +17,18 @@ type limitedLog struct {
 	logger     *slog.Logger
 	lim        *rate.Limiter
 	suppressed atomic.Int64
+	// top is the highest level among the suppressed lines (noLevel when
+	// none): the exit line that gives their count is written at it, so
+	// a LOG_LEVEL that let them through lets it through.
+	top atomic.Int64
 }
 
+const noLevel = math.MinInt64
+
 func newLimitedLog(logger *slog.Logger, every rate.Limit, burst int) *limitedLog {
-	return &limitedLog{logger: logger, lim: rate.NewLimiter(every, burst)}
+	l := &limitedLog{logger: logger, lim: rate.NewLimiter(every, burst)}
+	l.top.Store(noLevel)
+	return l
 }
 
 // Log writes the line unless the rate is exhausted.
@@ -29,19 +38,26 @@ func (l *limitedLog) Log(ctx context.Context, level slog.Level, msg string, attr
 	}
 	if !l.lim.Allow() {
 		l.suppressed.Add(1)
+		for top := l.top.Load(); int64(level) > top && !l.top.CompareAndSwap(top, int64(level)); top = l.top.Load() {
+		}
 		return
 	}
 	if n := l.suppressed.Swap(0); n > 0 {
+		l.top.Store(noLevel)
 		attrs = append(attrs, slog.Int64("suppressed", n))
 	}
 	l.logger.LogAttrs(ctx, level, msg, attrs...)
 }
 
-// Flush writes, at level, one line with msg and the number of lines
-// suppressed since the last one written, if any were: at exit, the line
-// that would have carried the count never comes.
-func (l *limitedLog) Flush(ctx context.Context, level slog.Level, msg string) {
+// Flush writes one line with msg and the number of lines suppressed since
+// the last one written, if any were, at the highest level among them: at
+// exit, the line that would have carried the count never comes.
+func (l *limitedLog) Flush(ctx context.Context, msg string) {
 	if n := l.suppressed.Swap(0); n > 0 {
+		level := slog.Level(l.top.Swap(noLevel))
+		if int64(level) == noLevel {
+			level = slog.LevelInfo
+		}
 		l.logger.LogAttrs(ctx, level, msg, slog.Int64("suppressed", n),
 			slog.String("detail", "lines over the rate limit, not written"))
 	}

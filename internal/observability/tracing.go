@@ -275,7 +275,7 @@ func (t *Tracing) Shutdown(ctx context.Context) error {
 	}
 	err := t.sdk.Shutdown(ctx)
 	if t.errors != nil {
-		t.errors.log.Flush(context.Background(), slog.LevelWarn, "opentelemetry error")
+		t.errors.log.Flush(context.Background(), "opentelemetry error")
 	}
 	if err != nil {
 		return fmt.Errorf("tracing shutdown: %w", err)
