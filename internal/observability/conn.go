@@ -395,6 +395,13 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 	if cause != causeNone && tc.causeState.Load() == int32(http.StateActive)+1 {
 		prev = http.StateActive
 	}
+	// A client that closes (or resets) once it has its answer, on a
+	// connection net/http closes without marking it idle (Connection:
+	// close, HTTP/1.0): the request was over, the client did not leave it.
+	if (cause == causePeerClosed || cause == causePeerReset) && prev == http.StateActive &&
+		tc.causeServed.Load() && tc.causeState.Load() == int32(http.StateIdle)+1 {
+		prev = http.StateIdle
+	}
 	// The next request on a kept-alive HTTP/1 connection had begun: the
 	// connection is in the middle of it, whatever net/http's state says
 	// (nextRequestBegun).
@@ -545,6 +552,11 @@ type trackedConn struct {
 	cause    atomic.Int32
 	// causeState is state's value when cause was recorded.
 	causeState atomic.Int32
+	// causeServed: when cause was recorded, the HTTP/1 request in hand had
+	// been through the handlers (routed, not handling): the peer closed
+	// after its response, even if net/http had not marked the connection
+	// idle (it never does before closing a Connection: close one).
+	causeServed atomic.Bool
 	// aborting is set while a read deadline in the past is pending:
 	// net/http cancels its background read that way after every request,
 	// and the timeout that follows is not a timeout of the peer.
@@ -652,6 +664,7 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 				st = int32(http.StateIdle) + 1
 			}
 			r.alertState.Store(st)
+			r.alertServed.Store(c.answeredRequest())
 		}
 	}
 	if n > 0 && c.lead.Load() == 0 {
@@ -744,6 +757,9 @@ type tlsRecords struct {
 	// closes politely in the middle of a request left it then, whatever
 	// state the connection has reached when the close is decided.
 	alertState atomic.Int32
+	// alertServed: the request in hand had been served when that alert
+	// came (trackedConn.answeredRequest).
+	alertServed atomic.Bool
 	// sentAlert: the server has sent an alert (its close_notify, or a
 	// handshake failure).
 	sentAlert atomic.Bool
@@ -823,6 +839,7 @@ func (c *trackedConn) notePeerAlert(r *tlsRecords) {
 	}
 	if c.cause.CompareAndSwap(causeNone, causePeerClosed) {
 		c.causeState.Store(r.alertState.Load())
+		c.causeServed.Store(r.alertServed.Load())
 	}
 }
 
@@ -863,7 +880,14 @@ func (c *trackedConn) note(err error, read bool) {
 			st = int32(http.StateIdle) + 1
 		}
 		c.causeState.Store(st)
+		c.causeServed.Store(c.answeredRequest())
 	}
+}
+
+// answeredRequest reports whether the HTTP/1 request in hand has been
+// through the handlers (routed, no longer handling).
+func (c *trackedConn) answeredRequest() bool {
+	return c.routed.Load() && c.handling.Load() == 0 && !c.h2.Load()
 }
 
 // abortBefore: net/http aborts a pending read by setting a deadline long in

@@ -743,3 +743,74 @@ func TestStalledRequestStartNamesNoEarlierRequest(t *testing.T) {
 		t.Errorf("close line: want read_timeout, active, without the request answered before:\n%s", logs)
 	}
 }
+
+// A client that closes its connection as soon as it has read a complete
+// answer on a Connection: close (or HTTP/1.0) request did not leave in the
+// middle of a request: net/http closes such a connection without marking it
+// idle, and the client's FIN can reach its pending read first.
+func TestClientClosingAfterItsAnswerIsNoMidRequestLeave(t *testing.T) {
+	for _, useTLS := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tls=%v", useTLS), func(t *testing.T) { clientClosingAfterItsAnswer(t, useTLS) })
+	}
+}
+
+func clientClosingAfterItsAnswer(t *testing.T, useTLS bool) {
+	e, m, _, logs := accessEngine(AccessOptions{})
+	e.GET("/fast", func(c *gin.Context) { c.String(http.StatusOK, "fast") })
+	var dial func() net.Conn
+	if useTLS {
+		addr := serveTLSTracked(t, m, &http.Server{Handler: e})
+		dial = func() net.Conn { return dialTLSH1(t, addr) } // closes with close_notify, then FIN
+	} else {
+		addr := serveTracked(t, m, &http.Server{Handler: e})
+		dial = func() net.Conn {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+	}
+	// A race: about one connection in a hundred shows it here.
+	n := 400
+	if useTLS {
+		n = 100 // handshakes take longer
+	}
+	for i := range n {
+		c := dial()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if i%2 == 0 {
+			io.WriteString(c, "GET /fast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		} else {
+			io.WriteString(c, "GET /fast HTTP/1.0\r\n\r\n")
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		c.Close()
+		if resp.StatusCode != http.StatusOK || string(body) != "fast" {
+			t.Fatalf("answer %d %q", resp.StatusCode, body)
+		}
+	}
+	closed := func() float64 {
+		var sum float64
+		for _, r := range []string{CloseReasonPeerClosed, CloseReasonPeerReset, CloseReasonServer} {
+			for _, st := range []string{"new", "active", "idle"} {
+				sum += testutil.ToFloat64(m.closed.WithLabelValues(r, st))
+			}
+		}
+		return sum
+	}
+	eventually(t, "every connection closed", func() bool { return closed() == float64(n) }, logs.String)
+	for _, r := range []string{CloseReasonPeerClosed, CloseReasonPeerReset} {
+		if got := testutil.ToFloat64(m.closed.WithLabelValues(r, "active")); got != 0 {
+			t.Errorf("%s/active = %v for clients that closed after a complete answer, want 0", r, got)
+		}
+	}
+	if strings.Contains(logs.String(), `"level":"INFO","msg":"connection closed"`) {
+		t.Errorf("a close after a complete answer was logged as noteworthy:\n%s", logs)
+	}
+}
