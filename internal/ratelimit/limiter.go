@@ -94,7 +94,7 @@ func newLimiter(ctx context.Context, cfg Config, logger *slog.Logger, reg promet
 		local: newLocalBucket(cfg.Rate/float64(cfg.Instances), max(1, cfg.Burst/cfg.Instances), cfg.MaxLocalKeys, now),
 	}
 	if cfg.RedisURL == "" {
-		logger.Info("ratelimit: in-memory limiter (REDIS_URL unset)", "rate", r.local.rateString(), "burst", r.local.burst)
+		logger.Info("ratelimit: in-memory limiter (REDIS_URL unset)", "rate", float64(r.local.rate)/1000, "burst", r.local.burst)
 		return r, nil
 	}
 
@@ -512,8 +512,4 @@ func redactURL(raw string) string {
 		return fmt.Sprintf("cluster %v", o.cluster.Addrs)
 	}
 	return o.single.Addr
-}
-
-func (b *localBucket) rateString() string {
-	return fmt.Sprintf("%g/s", float64(b.rate)/1000)
 }

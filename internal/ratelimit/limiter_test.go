@@ -2,6 +2,9 @@ package ratelimit
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
 	"os"
 	"regexp"
 	"strings"
@@ -13,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/hardenedgo/ginservice/internal/health"
+	"github.com/hardenedgo/ginservice/internal/testkit"
 	"github.com/hardenedgo/ginservice/internal/testkit/redistest"
 )
 
@@ -260,5 +264,31 @@ func TestRedisSpans(t *testing.T) {
 			names = append(names, s.Name())
 		}
 		t.Fatalf("no Redis pipeline span under the request span; spans: %v", names)
+	}
+}
+
+// The start-up line says the rate as a number in both modes: a log store
+// that types its fields (Elasticsearch, Loki's JSON parsing into
+// Prometheus-style values) maps the key once.
+func TestStartLineRateIsANumber(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, url := range []string{"", srv.URL()} {
+		var logs testkit.SyncBuffer
+		logger := slog.New(slog.NewJSONHandler(&logs, nil))
+		rl, err := New(context.Background(), Config{RedisURL: url, Rate: 100, Burst: 10, Instances: 4, RedisTimeout: time.Second}, logger, prometheus.NewRegistry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rl.Close()
+		var line map[string]any
+		for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && strings.HasPrefix(fmt.Sprint(m["msg"]), "ratelimit: ") && m["rate"] != nil {
+				line = m
+			}
+		}
+		if _, ok := line["rate"].(float64); !ok {
+			t.Errorf("REDIS_URL %q: start line %v: rate is not a number", url, line)
+		}
 	}
 }
