@@ -49,7 +49,7 @@ type Config struct {
 	LogFormat    string `env:"LOG_FORMAT" envDefault:"json" help:"json, or text for local reading"`
 	PprofEnabled bool   `env:"PPROF_ENABLED" envDefault:"false" help:"serve /debug/pprof/ on the admin listener"`
 	// LogFlushInterval batches log writes; 0 writes every line at once.
-	LogFlushInterval time.Duration `env:"LOG_FLUSH_INTERVAL" envDefault:"100ms" help:"logs are written in batches at least this often, 1ms to 1m (one write(2) per line costs ~6% CPU at full load); lines are dropped and counted (log_lines_dropped_total) rather than block requests once stdout has taken no bytes for 1s; 0: every line written at once by the request, which then waits on a stalled stdout"`
+	LogFlushInterval time.Duration `env:"LOG_FLUSH_INTERVAL" envDefault:"100ms" help:"logs are written in batches at least this often, 1ms to 1m (one write(2) per line costs ~6% CPU at full load); lines are dropped and counted (log_lines_dropped_total) rather than block requests once a write to stdout has not finished for 1s with the queue full (stdout stalled, or slower than the logs); 0: every line written at once by the request, which then waits on a stalled stdout"`
 
 	// Rate limiting.
 	RateLimitEnabled   bool          `env:"RATELIMIT_ENABLED" envDefault:"true" help:"false: no rate limiting on /api/v1 (a gateway in front limits instead; no RateLimit-* headers, no Redis)"`

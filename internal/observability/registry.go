@@ -43,7 +43,7 @@ func NewRegistry(version, commit string) *prometheus.Registry {
 func LogDrops(b *BufferedWriter) prometheus.Collector {
 	return prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "log_lines_dropped_total",
-		Help: "Log lines dropped because stdout took no bytes for a second (a stalled log pipeline); the service keeps serving instead of blocking on its logs.",
+		Help: "Log lines dropped because stdout did not keep up: the log queue full and a write unfinished after a second (a stalled log pipeline, or one slower than about 64 KB/s); the service keeps serving instead of blocking on its logs.",
 	}, func() float64 {
 		if b == nil {
 			return 0
