@@ -3,14 +3,18 @@ package observability
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
 
+	"github.com/gin-gonic/gin"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -107,5 +111,45 @@ func TestLoggedPath(t *testing.T) {
 	bad := "/" + strings.Repeat("\x80", MaxLoggedPath+10)
 	if got := cutLong(bad); !strings.HasPrefix(got, bad[:MaxLoggedPath-utf8.UTFMax]) || len(got) > MaxLoggedPath+20 {
 		t.Errorf("cutLong(invalid UTF-8) = %d bytes", len(got))
+	}
+}
+
+// Probes are measured but not logged; a probe that answers 5xx (readiness
+// while the service starts or shuts down) is logged at WARN, not ERROR,
+// while any other route's 5xx stays an ERROR.
+func TestQuietRoutesFailAtWarn(t *testing.T) {
+	e, _, _, logs := accessEngine(AccessOptions{Quiet: []string{"/readyz"}})
+	ready := http.StatusOK
+	e.GET("/readyz", func(c *gin.Context) { c.Status(ready) })
+	e.GET("/work", func(c *gin.Context) { c.Status(http.StatusServiceUnavailable) })
+	get := func(path string) {
+		w := httptest.NewRecorder()
+		e.ServeHTTP(w, httptest.NewRequest(http.MethodGet, path, nil))
+	}
+	get("/readyz")
+	if strings.Contains(logs.String(), `"route":"/readyz"`) {
+		t.Fatalf("a passing probe was logged:\n%s", logs)
+	}
+	ready = http.StatusServiceUnavailable
+	get("/readyz")
+	get("/work")
+	var probe, work map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("%v: %s", err, l)
+		}
+		switch m["route"] {
+		case "/readyz":
+			probe = m
+		case "/work":
+			work = m
+		}
+	}
+	if probe["level"] != "WARN" || probe["status"] != float64(503) {
+		t.Errorf("failing probe's line: %v, want WARN 503", probe)
+	}
+	if work["level"] != "ERROR" {
+		t.Errorf("another route's 503: %v, want ERROR", work)
 	}
 }

@@ -240,7 +240,8 @@ func codeLabel(c int) string {
 // AccessOptions tune the access middleware.
 type AccessOptions struct {
 	// Quiet lists route templates that are measured but not logged
-	// (liveness and readiness probes).
+	// (liveness and readiness probes), unless they answer 5xx: then at
+	// warn.
 	Quiet []string
 	// Exemplars attaches the trace id of a recorded span to its latency
 	// observation: set it when tracing exports spans (a caller's sampled
@@ -438,9 +439,15 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 		return
 	}
 	level := slog.LevelInfo
-	if status >= 500 {
+	switch {
+	case status >= 500 && quiet[route]:
+		// A probe that fails says the state the service is in (not ready
+		// while it starts and through every shutdown), which its own lines
+		// tell; at ERROR every rollout would write errors.
+		level = slog.LevelWarn
+	case status >= 500:
 		level = slog.LevelError
-	} else if timedOut || cutByServer {
+	case timedOut || cutByServer:
 		level = slog.LevelWarn
 	}
 	h := logger.Handler()
