@@ -937,3 +937,36 @@ func TestH2CPrefaceCloseLineNamesItsRequest(t *testing.T) {
 		return r.logs.last("connection closed", id) != nil
 	})
 }
+
+// With tracing off (the default) a request without trace context has no
+// trace_id; the lines its work writes (the outbound retries, the breaker's
+// fallback) still carry its request_id, as its access line does.
+func TestRequestLinesCarryTheRequestID(t *testing.T) {
+	r := startRun(t, map[string]string{"LOG_LEVEL": "debug"})
+	put(t, "http://"+r.admin+"/debug/faults", `{"error_rate":1}`)
+	req, _ := http.NewRequest(http.MethodGet, "http://"+r.public+"/api/v1/items/7", nil)
+	req.Header.Set("X-Request-ID", "rid-dependency-down")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Degraded") != "true" {
+		t.Fatalf("items with the dependency down: %d, X-Degraded %q", resp.StatusCode, resp.Header.Get("X-Degraded"))
+	}
+	msgs := []string{"request", "retrying outbound request", "items fallback", "fallback served"}
+	waitFor(t, 5*time.Second, "the request's lines", func() bool {
+		for _, m := range msgs {
+			if r.logs.last(m, "rid-dependency-down") == nil {
+				return false
+			}
+		}
+		return true
+	})
+	for _, m := range msgs {
+		if l := r.logs.last(m, "rid-dependency-down"); l["trace_id"] != nil && l["trace_id"] != "" {
+			t.Errorf("%q has a trace_id with tracing off and no caller context: %v", m, l)
+		}
+	}
+}

@@ -11,10 +11,13 @@ import (
 	"strings"
 
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/hardenedgo/ginservice/internal/problem"
 )
 
 // NewLogger returns a slog logger writing JSON (or text) to w at level. Every
-// record logged with a context that carries a span gets trace_id and span_id.
+// record logged with a context that carries a span gets trace_id and span_id,
+// one whose context carries a request ID (problem.WithRequestID) request_id.
 // w must take concurrent writes (a *BufferedWriter, an *os.File): the access
 // line is written to it directly, next to slog's handler and its lock.
 func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
@@ -44,7 +47,8 @@ func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 
 type flusher interface{ Flush() error }
 
-// traceHandler adds trace_id and span_id from the record's context. When the
+// traceHandler adds trace_id and span_id from the record's context, and the
+// request_id it carries (problem.WithRequestID) unless the line has one. When the
 // writer is buffered (a BufferedWriter), warnings and errors are flushed at
 // once: the lines before a crash are the ones that matter.
 type traceHandler struct {
@@ -59,6 +63,9 @@ type traceHandler struct {
 func (h traceHandler) Handle(ctx context.Context, r slog.Record) error {
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
 		r.AddAttrs(slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String()))
+	}
+	if id := problem.RequestIDFrom(ctx); id != "" && !hasAttr(r, "request_id") {
+		r.AddAttrs(slog.String("request_id", id))
 	}
 	err := h.Handler.Handle(ctx, r)
 	if h.flush != nil && r.Level >= slog.LevelWarn {
@@ -75,4 +82,14 @@ func (h traceHandler) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (h traceHandler) WithGroup(name string) slog.Handler {
 	return traceHandler{Handler: h.Handler.WithGroup(name), flush: h.flush}
+}
+
+// hasAttr reports whether r has a top-level attribute named key.
+func hasAttr(r slog.Record, key string) bool {
+	found := false
+	r.Attrs(func(a slog.Attr) bool {
+		found = a.Key == key
+		return !found
+	})
+	return found
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hardenedgo/ginservice/internal/problem"
 	"github.com/hardenedgo/ginservice/internal/testkit"
 
 	"go.opentelemetry.io/otel/trace"
@@ -70,5 +71,29 @@ func TestWarningsFlushBufferedLog(t *testing.T) {
 	s := out.String()
 	if !strings.Contains(s, `"msg":"first"`) || !strings.Contains(s, `"msg":"trouble"`) || strings.Index(s, "first") > strings.Index(s, "trouble") {
 		t.Fatalf("warning did not flush in order: %q", s)
+	}
+}
+
+// A line written with a context that carries a request ID gets request_id,
+// with or without a span; one that names its request itself keeps its own
+// (one key per line).
+func TestLoggerAddsRequestID(t *testing.T) {
+	var buf bytes.Buffer
+	logger, err := NewLogger(&buf, "info", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := problem.WithRequestID(context.Background(), "rid-1")
+	logger.InfoContext(ctx, "in a request")
+	logger.InfoContext(ctx, "names its own", slog.String("request_id", "rid-own"))
+	logger.InfoContext(context.Background(), "outside any request")
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("lines: %q", lines)
+	}
+	for i, want := range []string{`"request_id":"rid-1"`, `"request_id":"rid-own"`, ""} {
+		if n := strings.Count(lines[i], `"request_id"`); want == "" && n != 0 || want != "" && (n != 1 || !strings.Contains(lines[i], want)) {
+			t.Errorf("line %d: %s, want %q once", i, lines[i], want)
+		}
 	}
 }

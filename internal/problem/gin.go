@@ -1,6 +1,7 @@
 package problem
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"math/rand/v2"
@@ -32,6 +33,49 @@ func RequestID(h http.Header) string {
 		return v[0]
 	}
 	return ""
+}
+
+type requestIDKey struct{}
+
+// requestIDCtx carries a request ID: one allocation, where
+// context.WithValue would take a second one to box the string.
+type requestIDCtx struct {
+	context.Context
+	id string
+}
+
+func (c *requestIDCtx) Value(key any) any {
+	if key == (requestIDKey{}) {
+		return c
+	}
+	return c.Context.Value(key)
+}
+
+// WithRequestID returns ctx carrying the request ID id, which the service's
+// log handler adds to every line written with that context.
+func WithRequestID(ctx context.Context, id string) context.Context {
+	return &requestIDCtx{Context: ctx, id: id}
+}
+
+// RequestIDFrom returns the request ID ctx carries (WithRequestID), or "".
+func RequestIDFrom(ctx context.Context) string {
+	if c, ok := ctx.Value(requestIDKey{}).(*requestIDCtx); ok {
+		return c.id
+	}
+	return ""
+}
+
+// RequestContext returns the request's context carrying its request ID
+// (from the response header the request-ID middleware set): pass it to the
+// work a handler does (the limiter, the dependency), so that the lines that
+// work logs carry the request_id of the access line, with or without a
+// trace. One context node; the request itself is not copied.
+func RequestContext(c *gin.Context) context.Context {
+	ctx := c.Request.Context()
+	if id := RequestID(c.Writer.Header()); id != "" {
+		return WithRequestID(ctx, id)
+	}
+	return ctx
 }
 
 // Abort writes a problem response for status and stops the Gin chain.

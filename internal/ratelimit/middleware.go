@@ -55,9 +55,10 @@ func Middleware(l Limiter, opts MiddlewareOptions) gin.HandlerFunc {
 	var limitHdr atomic.Pointer[limitHeader]
 	return func(c *gin.Context) {
 		key := RequestKey(c, opts.KeyHeader)
-		d, err := l.Allow(c.Request.Context(), key, 1)
+		ctx := problem.RequestContext(c) // the limiter's lines name the request
+		d, err := l.Allow(ctx, key, 1)
 		if err != nil {
-			logger.ErrorContext(c.Request.Context(), "ratelimit: limiter error, request let through", "err", err)
+			logger.ErrorContext(ctx, "ratelimit: limiter error, request let through", "err", err)
 			c.Next()
 			return
 		}

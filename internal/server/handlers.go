@@ -62,7 +62,7 @@ func getItem(d Deps) gin.HandlerFunc {
 			problem.Abort(c, http.StatusBadRequest, fmt.Sprintf("item id must be 1 to %d characters", maxIDLen))
 			return
 		}
-		ctx := c.Request.Context()
+		ctx := problem.RequestContext(c) // the lines of the breaker and the client name the request
 		it, err := d.Items.Get(ctx, id)
 		switch {
 		case err == nil:
