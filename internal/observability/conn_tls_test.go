@@ -504,7 +504,7 @@ func TestHTTP2ProtocolErrorsCounted(t *testing.T) {
 	HTTP2Errors(reg, srv)
 	addr := serveTLSTracked(t, m, srv)
 	count := func(typ string) float64 {
-		v, _ := counterOf(t, reg, "http_server_http2_errors_total", typ)
+		v, _ := testkit.Metric(t, reg, "http_server_http2_errors_total", "type", typ)
 		return v
 	}
 

@@ -70,34 +70,13 @@ func startTLSServer(t *testing.T, handshakeTimeout time.Duration) *tlsServer {
 	go srv.ServeTLS(ts.conns.Listener(ln), "", "")
 	t.Cleanup(func() { srv.Close() })
 	ts.reasonOf = func(reason string) float64 {
-		v, ok := counterOf(t, reg, "http_server_tls_handshake_errors_total", reason)
+		v, ok := testkit.Metric(t, reg, "http_server_tls_handshake_errors_total", "reason", reason)
 		if !ok {
 			t.Fatalf("no series for reason %q", reason)
 		}
 		return v
 	}
 	return ts
-}
-
-// counterOf returns the value of the series of counter name (one label)
-// whose label has value, and whether there is one.
-func counterOf(t *testing.T, reg prometheus.Gatherer, name, value string) (float64, bool) {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if m.GetLabel()[0].GetValue() == value {
-				return m.GetCounter().GetValue(), true
-			}
-		}
-	}
-	return 0, false
 }
 
 func TestTLSHandshakeErrorsByReason(t *testing.T) {
