@@ -277,6 +277,7 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 			}
 			tc.route, tc.requestID, tc.status = "", "", 0
 			unset(&tc.routed)
+			unset(&tc.completed)
 		}
 		if _, isTLS := c.(*tls.Conn); isTLS {
 			if s == http.StateNew {
@@ -395,12 +396,17 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 	if cause != causeNone && tc.causeState.Load() == int32(http.StateActive)+1 {
 		prev = http.StateActive
 	}
-	// A client that closes (or resets) once it has its answer, on a
-	// connection net/http closes without marking it idle (Connection:
-	// close, HTTP/1.0): the request was over, the client did not leave it.
-	if (cause == causePeerClosed || cause == causePeerReset) && prev == http.StateActive &&
-		tc.causeServed.Load() && tc.causeState.Load() == int32(http.StateIdle)+1 {
-		prev = http.StateIdle
+	// A connection net/http closes without marking it idle after a whole
+	// answer (Connection: close, HTTP/1.0): the request was over when the
+	// server closed it, or when the client, which had its answer, did.
+	// Its close line still names that request (afterAnswer).
+	afterAnswer := false
+	switch {
+	case (cause == causePeerClosed || cause == causePeerReset) && prev == http.StateActive &&
+		tc.causeServed.Load() && tc.causeState.Load() == int32(http.StateIdle)+1:
+		prev, afterAnswer = http.StateIdle, true
+	case cause == causeNone && prev == http.StateActive && !tc.begun.Load() && tc.answeredRequest():
+		prev, afterAnswer = http.StateIdle, true
 	}
 	// The next request on a kept-alive HTTP/1 connection had begun: the
 	// connection is in the middle of it, whatever net/http's state says
@@ -489,10 +495,11 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 		slog.Float64("age_ms", float64((now-tc.start).Microseconds())/1000),
 		slog.Float64("in_state_ms", float64(inState.Microseconds())/1000),
 	}
-	if prev == http.StateActive && tc.requestID != "" && !priorRequest {
-		// It broke while serving this request: its access line has the
-		// same request_id (and says 200 when the write timeout cut the
-		// response the client never got).
+	if (prev == http.StateActive || afterAnswer) && tc.requestID != "" && !priorRequest {
+		// It broke while serving this request, or closed right after
+		// answering it: its access line has the same request_id (and says
+		// 200 when the write timeout cut the response the client never
+		// got).
 		attrs = append(attrs,
 			slog.String("route", tc.route),
 			slog.String("request_id", tc.requestID),
@@ -591,6 +598,9 @@ type trackedConn struct {
 	// routed: the current request reached the access middleware (atomic:
 	// Close may read it from another goroutine, Server.Close's).
 	routed atomic.Bool
+	// completed: the current HTTP/1 request's handlers answered it whole
+	// (served).
+	completed atomic.Bool
 	// handling: requests the access middleware is running for (HTTP/1:
 	// 0 or 1); serverCut: Close came (from Server.Close) while one was.
 	handling  atomic.Int32
@@ -613,6 +623,7 @@ type trackedConn struct {
 // middleware, first thing).
 func (c *trackedConn) routing() {
 	c.routed.Store(true)
+	unset(&c.completed)
 	c.handling.Add(1)
 }
 
@@ -621,9 +632,14 @@ func (c *trackedConn) routing() {
 func (c *trackedConn) streamStarted() { c.handling.Add(1) }
 func (c *trackedConn) streamDone()    { c.handling.Add(-1) }
 
-// served records the request the access middleware has just logged.
-func (c *trackedConn) served(route, requestID string, status int) {
+// served records the request the access middleware has just logged;
+// complete: its handlers answered it whole (no abort, no client gone, no
+// server cut).
+func (c *trackedConn) served(route, requestID string, status int, complete bool) {
 	c.route, c.requestID, c.status = route, requestID, status
+	if complete {
+		c.completed.Store(true)
+	}
 	c.handling.Add(-1)
 }
 
@@ -885,9 +901,9 @@ func (c *trackedConn) note(err error, read bool) {
 }
 
 // answeredRequest reports whether the HTTP/1 request in hand has been
-// through the handlers (routed, no longer handling).
+// through the handlers (routed, no longer handling) and answered whole.
 func (c *trackedConn) answeredRequest() bool {
-	return c.routed.Load() && c.handling.Load() == 0 && !c.h2.Load()
+	return c.routed.Load() && c.handling.Load() == 0 && c.completed.Load() && !c.h2.Load()
 }
 
 // abortBefore: net/http aborts a pending read by setting a deadline long in
@@ -920,6 +936,7 @@ func (c *trackedConn) nextRequestBegun() {
 	c.begun.Store(true)
 	unset(&c.wrote)
 	unset(&c.routed)
+	unset(&c.completed)
 	c.route, c.requestID, c.status = "", "", 0
 	// Counted here: a rejected request never makes the connection active.
 	c.requests.Add(1)

@@ -398,6 +398,7 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 	logger, m, quiet := a.logger, a.m, a.quiet
 
 	route := routeLabel(c.FullPath())
+	complete := status == 0 // not a response cut by a panic (cut)
 	if status == 0 {
 		status = c.Writer.Status()
 	}
@@ -407,6 +408,7 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 		c.Set(keyWriteTimeout, true) // for clientAborted, here and in the span
 	}
 	if clientAborted(c, tc) {
+		complete = false
 		status = StatusClientClosedRequest
 		m.aborts.WithLabelValues(route).Inc()
 		if c.GetBool(keyTruncated) {
@@ -418,7 +420,7 @@ func (a *accessLogger) done(c *gin.Context, tc *trackedConn, start time.Time, el
 	if tc != nil {
 		// If the connection breaks before the response is out (the
 		// write timeout, a reset), its close line names this request.
-		tc.served(route, requestID, status)
+		tc.served(route, requestID, status, complete && !cutByServer)
 	}
 	method := methodLabel(c.Request.Method)
 	span := trace.SpanFromContext(c.Request.Context())
