@@ -2,11 +2,14 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -968,5 +971,35 @@ func TestRequestLinesCarryTheRequestID(t *testing.T) {
 		if l := r.logs.last(m, "rid-dependency-down"); l["trace_id"] != nil && l["trace_id"] != "" {
 			t.Errorf("%q has a trace_id with tracing off and no caller context: %v", m, l)
 		}
+	}
+}
+
+// go-redis's own lines (dial failures in an outage) are thinned to three,
+// then one per 10 s, each saying how many were held back since the one
+// before.
+func TestRedisClientLinesCountWhatTheyHoldBack(t *testing.T) {
+	var buf bytes.Buffer
+	now := time.Unix(1000, 0)
+	r := &redisLogger{l: slog.New(slog.NewJSONHandler(&buf, nil)), now: func() time.Time { return now }}
+	for i := range 10 {
+		r.Printf(context.Background(), "dial tcp: connection refused %d", i)
+		now = now.Add(time.Second)
+	}
+	now = now.Add(10 * time.Second)
+	r.Printf(context.Background(), "dial tcp: connection refused %d", 10)
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("%d lines, want 4 (three, then one after 10 s):\n%s", len(lines), buf.String())
+	}
+	var last map[string]any
+	if err := json.Unmarshal([]byte(lines[3]), &last); err != nil {
+		t.Fatal(err)
+	}
+	// Calls 3 to 9 were held back; calls 0-2 and 10 written.
+	if last["msg"] != "redis client" || last["level"] != "WARN" || last["suppressed"] != float64(7) {
+		t.Errorf("fourth line %v, want a WARN redis client line with suppressed 7", last)
+	}
+	if strings.Contains(lines[2], "suppressed") {
+		t.Errorf("nothing was held back before the third line: %s", lines[2])
 	}
 }
