@@ -544,11 +544,7 @@ func TestShutdownLogsEveryClosedConnection(t *testing.T) {
 			p := startBinary(t, map[string]string{"LOG_LEVEL": "debug", "SHUTDOWN_DELAY": "0s"})
 			conns := make([]net.Conn, n)
 			for i := range conns {
-				c, err := net.Dial("tcp", p.public)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer c.Close()
+				c := dialPublic(t, p.public)
 				if _, err := io.WriteString(c, "GET /api/v1/ping HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
 					t.Fatal(err)
 				}
@@ -699,11 +695,7 @@ func testShutdownCountsSuppressedHandshakeLines(t *testing.T) {
 // not a truncated body) and the close line names the request, at INFO.
 func TestForcedShutdownIsNotAClientAbort(t *testing.T) {
 	p := startBinary(t, map[string]string{"SHUTDOWN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "1s", "HTTP_READ_TIMEOUT": "30s", "HTTP_WRITE_TIMEOUT": "30s"})
-	c, err := net.Dial("tcp", p.public)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialPublic(t, p.public)
 	// An upload that is still coming when the drain's time is up.
 	fmt.Fprint(c, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nX-Request-ID: cut-by-shutdown\r\n\r\n{\"a\":")
 	waitFor(t, 10*time.Second, "the handler reading the body", func() bool {
@@ -867,11 +859,7 @@ func TestForcedShutdownCutResponse(t *testing.T) {
 	p := startBinary(t, map[string]string{"SHUTDOWN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "1s",
 		"BREAKER_TIMEOUT": "10s", "DOWNSTREAM_ATTEMPT_TIMEOUT": "9s"})
 	put(t, "http://"+p.admin+"/debug/faults", `{"latency":"5s"}`)
-	c, err := net.Dial("tcp", p.public)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialPublic(t, p.public)
 	fmt.Fprint(c, "GET /api/v1/items/4 HTTP/1.1\r\nHost: x\r\nX-Request-ID: items-cut-by-shutdown\r\n\r\n")
 	waitFor(t, 10*time.Second, "the handler waiting for the dependency", func() bool {
 		return metric(t, p.admin, "http_server_requests_in_flight") == 1
@@ -919,11 +907,7 @@ func TestHTTP2IdleTimeoutClientClosesOnGoAway(t *testing.T) {
 // connection's close line names the request, as for any other.
 func TestH2CPrefaceCloseLineNamesItsRequest(t *testing.T) {
 	r := startRun(t, map[string]string{"LOG_LEVEL": "debug"})
-	c, err := net.Dial("tcp", r.public)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialPublic(t, r.public)
 	io.WriteString(c, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)

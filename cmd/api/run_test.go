@@ -867,11 +867,7 @@ func TestBrokenConnectionsNameTheirRequest(t *testing.T) {
 	r := startRun(t, map[string]string{"HTTP_WRITE_TIMEOUT": "300ms", "BREAKER_TIMEOUT": "250ms"})
 	// A request whose body arrives after the write deadline.
 
-	c, err := net.Dial("tcp", r.public)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialPublic(t, r.public)
 	fmt.Fprint(c, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nX-Request-ID: write-timeout-1\r\n\r\n")
 	time.Sleep(500 * time.Millisecond) // past the write deadline
 	fmt.Fprint(c, "{}")
@@ -965,11 +961,7 @@ func TestSlowBodyGets408(t *testing.T) {
 		t.Run("write_timeout_"+write, func(t *testing.T) {
 			r := startRun(t, map[string]string{"HTTP_READ_HEADER_TIMEOUT": "500ms", "HTTP_READ_TIMEOUT": "1s", "HTTP_WRITE_TIMEOUT": write, "BREAKER_TIMEOUT": "200ms", "RATELIMIT_REDIS_TIMEOUT": "20ms"})
 			start := time.Now() // before the server can start its read deadline
-			c, err := net.Dial("tcp", r.public)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := dialPublic(t, r.public)
 			fmt.Fprint(c, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\nX-Request-ID: slow-body-1\r\n\r\n{\"")
 			c.SetReadDeadline(time.Now().Add(5 * time.Second))
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
@@ -986,12 +978,8 @@ func TestSlowBodyGets408(t *testing.T) {
 				t.Errorf("answered after %s, want about HTTP_READ_TIMEOUT (1s)", d)
 			}
 			waitFor(t, 3*time.Second, "the access line", func() bool {
-				for _, l := range r.logs.lines() {
-					if l["msg"] == "request" && l["request_id"] == "slow-body-1" {
-						return l["status"] == float64(408)
-					}
-				}
-				return false
+				l := r.logs.last("request", "slow-body-1")
+				return l != nil && l["status"] == float64(408)
 			})
 			if n := metric(t, r.admin, `http_server_client_aborts_total{route="/api/v1/echo"}`); n != 0 {
 				t.Errorf("a stalled body counted as a client abort: %v", n)
@@ -1126,11 +1114,7 @@ func TestTooLargeBodyCarriesRateLimitHeaders(t *testing.T) {
 func TestHalfClosedClientGetsNoEmptyAnswer(t *testing.T) {
 	r := startRun(t, nil)
 	put(t, "http://"+r.admin+"/debug/faults", `{"latency":"600ms"}`)
-	c, err := net.Dial("tcp", r.public)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialPublic(t, r.public)
 	fmt.Fprint(c, "GET /api/v1/items/7 HTTP/1.1\r\nHost: x\r\nX-Request-ID: half-closed-1\r\n\r\n")
 	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
 		t.Fatal(err)
@@ -1141,12 +1125,8 @@ func TestHalfClosedClientGetsNoEmptyAnswer(t *testing.T) {
 		t.Errorf("the half-closed client read %q, want the response cut (nothing)", got)
 	}
 	waitFor(t, 5*time.Second, "the access line", func() bool {
-		for _, l := range r.logs.lines() {
-			if l["msg"] == "request" && l["request_id"] == "half-closed-1" {
-				return l["status"] == float64(499)
-			}
-		}
-		return false
+		l := r.logs.last("request", "half-closed-1")
+		return l != nil && l["status"] == float64(499)
 	})
 }
 
@@ -1156,11 +1136,7 @@ func TestHalfClosedClientGetsNoEmptyAnswer(t *testing.T) {
 // handler that reads the body still gets it after the 100.
 func TestExpectContinueUnreadBody(t *testing.T) {
 	r := startRun(t, map[string]string{"HTTP_READ_HEADER_TIMEOUT": "2s", "HTTP_READ_TIMEOUT": "3s"})
-	c, err := net.Dial("tcp", r.public)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialPublic(t, r.public)
 	start := time.Now()
 	fmt.Fprint(c, "GET /api/v1/ping HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nExpect: 100-continue\r\n\r\n")
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -1195,4 +1171,15 @@ func TestExpectContinueUnreadBody(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"a":1`) {
 		t.Fatalf("echo after 100 Continue: %d %s", resp.StatusCode, body)
 	}
+}
+
+// dialPublic opens a TCP connection to addr, closed when the test ends.
+func dialPublic(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
