@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/hex"
@@ -23,7 +22,9 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/time/rate"
 
+	"github.com/hardenedgo/ginservice/internal/observability"
 	"github.com/hardenedgo/ginservice/internal/testkit"
 	"github.com/hardenedgo/ginservice/internal/testkit/otlptest"
 )
@@ -959,27 +960,24 @@ func TestRequestLinesCarryTheRequestID(t *testing.T) {
 }
 
 // go-redis's own lines (dial failures in an outage) are thinned to three,
-// then one per 10 s, each saying how many were held back since the one
-// before.
+// then one per interval, each saying how many were held back since the one
+// before. The service's interval is 10 s; the test's 300 ms.
 func TestRedisClientLinesCountWhatTheyHoldBack(t *testing.T) {
-	var buf bytes.Buffer
-	now := time.Unix(1000, 0)
-	r := &redisLogger{l: slog.New(slog.NewJSONHandler(&buf, nil)), now: func() time.Time { return now }}
-	for i := range 10 {
+	var buf testkit.SyncBuffer
+	r := &redisLogger{l: observability.NewLimitedLog(slog.New(slog.NewJSONHandler(&buf, nil)), rate.Every(300*time.Millisecond), 3)}
+	for i := range 10 { // at once: three written, seven held back
 		r.Printf(context.Background(), "dial tcp: connection refused %d", i)
-		now = now.Add(time.Second)
 	}
-	now = now.Add(10 * time.Second)
+	time.Sleep(400 * time.Millisecond)
 	r.Printf(context.Background(), "dial tcp: connection refused %d", 10)
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) != 4 {
-		t.Fatalf("%d lines, want 4 (three, then one after 10 s):\n%s", len(lines), buf.String())
+		t.Fatalf("%d lines, want 4 (three, then one after the interval):\n%s", len(lines), buf.String())
 	}
 	var last map[string]any
 	if err := json.Unmarshal([]byte(lines[3]), &last); err != nil {
 		t.Fatal(err)
 	}
-	// Calls 3 to 9 were held back; calls 0-2 and 10 written.
 	if last["msg"] != "redis client" || last["level"] != "WARN" || last["suppressed"] != float64(7) {
 		t.Errorf("fourth line %v, want a WARN redis client line with suppressed 7", last)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 
 	"github.com/hardenedgo/ginservice/internal/config"
 	"github.com/hardenedgo/ginservice/internal/health"
@@ -108,7 +109,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// go-redis logs dial failures through a process-wide logger; route it
 	// into slog once so a Redis outage shows up as JSON lines, not raw text.
 	redisLoggerOnce.Do(func() {
-		redis.SetLogger(&redisLogger{l: logger, now: time.Now})
+		redis.SetLogger(newRedisLogger(logger))
 	})
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
@@ -346,40 +347,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 var redisLoggerOnce sync.Once
 
 // redisLogger adapts slog to go-redis's internal logger. While Redis is
-// down the client logs every failed dial of the background probe; a few
-// lines, then one every 10s, say as much (the limiter logs transitions).
-// redisLogger writes go-redis's lines as "redis client" WARN lines: the
-// first three, then at most one per 10 s, each saying how many were held
-// back since the previous one (suppressed), as the service's other
-// rate-limited lines do.
-type redisLogger struct {
-	l   *slog.Logger
-	now func() time.Time
+// down the client logs every failed dial of the background probe; three
+// "redis client" WARN lines, then one every 10 s, say as much, each with
+// the number held back since the one before (the limiter logs
+// transitions).
+type redisLogger struct{ l *observability.LimitedLog }
 
-	mu      sync.Mutex
-	written int
-	last    time.Time
-	held    int64
+func newRedisLogger(logger *slog.Logger) *redisLogger {
+	return &redisLogger{l: observability.NewLimitedLog(logger, rate.Every(10*time.Second), 3)}
 }
 
 func (r *redisLogger) Printf(ctx context.Context, format string, v ...any) {
-	r.mu.Lock()
-	now := r.now()
-	if r.written >= 3 && now.Sub(r.last) < 10*time.Second {
-		r.held++
-		r.mu.Unlock()
-		return
-	}
-	r.written++
-	r.last = now
-	held := r.held
-	r.held = 0
-	r.mu.Unlock()
-	attrs := []slog.Attr{slog.String("detail", fmt.Sprintf(format, v...))}
-	if held > 0 {
-		attrs = append(attrs, slog.Int64("suppressed", held))
-	}
-	r.l.LogAttrs(ctx, slog.LevelWarn, "redis client", attrs...)
+	r.l.Log(ctx, slog.LevelWarn, "redis client", slog.String("detail", fmt.Sprintf(format, v...)))
 }
 
 func serveErr(name string, err error) error {

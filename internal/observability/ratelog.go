@@ -62,3 +62,18 @@ func (l *limitedLog) Flush(ctx context.Context, msg string) {
 			slog.String("detail", "lines over the rate limit, not written"))
 	}
 }
+
+// LimitedLog is limitedLog for code outside this package (go-redis's
+// process-wide logger): at most burst lines at once, then one per 1/every
+// seconds, the next line written saying how many were held back.
+type LimitedLog struct{ l *limitedLog }
+
+// NewLimitedLog returns a LimitedLog writing to logger.
+func NewLimitedLog(logger *slog.Logger, every rate.Limit, burst int) *LimitedLog {
+	return &LimitedLog{l: newLimitedLog(logger, every, burst)}
+}
+
+// Log writes the line unless the rate is exhausted.
+func (l *LimitedLog) Log(ctx context.Context, level slog.Level, msg string, attrs ...slog.Attr) {
+	l.l.Log(ctx, level, msg, attrs...)
+}
