@@ -525,6 +525,20 @@ var canonicalTraceHeaders = map[string]string{
 
 func (h headerCarrier) Get(key string) string {
 	if ck, ok := canonicalTraceHeaders[key]; ok {
+		if v := h[ck]; len(v) > 1 {
+			switch ck {
+			case "Tracestate":
+				// Several tracestate lines are one list (W3C Trace
+				// Context §3.3.1.1, RFC 9110 §5.3): every vendor's
+				// entry is kept, not only the first line's.
+				return strings.Join(v, ",")
+			case "Traceparent":
+				// traceparent is a single value; two of them are no
+				// parent to continue (the W3C test suite expects a new
+				// trace), rather than whichever came first.
+				return ""
+			}
+		}
 		if v := h[ck]; len(v) > 0 {
 			if ck == "Uber-Trace-Id" && strings.IndexByte(v[0], '%') >= 0 {
 				// jaeger-client-go's HTTP propagator sends the header

@@ -848,6 +848,23 @@ func TestIncomingContextForms(t *testing.T) {
 	if b := strings.Join(get(bag).Values("baggage"), ","); !strings.Contains(b, "a=1") || !strings.Contains(b, "b=2") {
 		t.Errorf("two baggage lines: dependency got baggage %q, want a=1 and b=2", b)
 	}
+
+	// Several tracestate lines are one list: each vendor's entry goes on.
+	states := http.Header{}
+	states.Set("traceparent", "00-"+w3c+"-b7ad6b7169203331-01")
+	states.Add("tracestate", "congo=t61rcWkgMzE")
+	states.Add("tracestate", "rojo=00f067aa0ba902b7")
+	if ts := get(states).Get("tracestate"); !strings.Contains(ts, "congo=t61rcWkgMzE") || !strings.Contains(ts, "rojo=00f067aa0ba902b7") {
+		t.Errorf("two tracestate lines: dependency got tracestate %q, want congo and rojo", ts)
+	}
+
+	// Two traceparent lines are no parent: a new trace, not the first line's.
+	twice := http.Header{}
+	twice.Add("traceparent", "00-"+w3c+"-b7ad6b7169203331-01")
+	twice.Add("traceparent", "00-"+jTrace+"-00f067aa0ba902b7-01")
+	if tp := get(twice).Get("traceparent"); strings.Contains(tp, w3c) || strings.Contains(tp, jTrace) {
+		t.Errorf("two traceparent lines: dependency got traceparent %q, want a new trace", tp)
+	}
 }
 
 // OTEL_SDK_DISABLED=true is no tracing at all, as documented: not even the
