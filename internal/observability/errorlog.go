@@ -26,8 +26,10 @@ const tlsHandshakePrefix = "http: TLS handshake error from "
 // reports every failed TLS handshake there as a free-text line ("http: TLS
 // handshake error from 10.0.0.1:5555: EOF"); those become
 // http_server_tls_handshake_errors_total{reason} and a structured line
-// (reason, remote_addr, error), at most 5 a second so a handshake flood or
-// a port scan cannot flood the log. Every other line net/http writes
+// (reason, remote_addr, error), at most 5 a second for each reason (after a
+// burst of 10) so a handshake flood or a port scan cannot flood the log, and
+// a flood of one reason (health checks' eof) cannot hide the rare lines of
+// another (bad_certificate). Every other line net/http writes
 // (accept errors, superfluous WriteHeader calls, ...) goes to logger at warn,
 // rate limited the same way.
 //
@@ -45,12 +47,13 @@ func ServerErrorLog(logger *slog.Logger, reg prometheus.Registerer, conns *ConnM
 	reg.MustRegister(cv)
 	w := &errorLogWriter{
 		conns:    conns,
-		tlsLog:   newLimitedLog(logger, 5, 10),
+		tlsLogs:  map[string]*limitedLog{},
 		otherLog: newLimitedLog(logger, 5, 10),
 		counters: map[string]prometheus.Counter{},
 	}
-	for _, r := range []string{TLSReasonEOF, TLSReasonTimeout, TLSReasonBadCertificate, TLSReasonOther} {
+	for _, r := range tlsReasons {
 		w.counters[r] = cv.WithLabelValues(r)
+		w.tlsLogs[r] = newLimitedLog(logger, 5, 10)
 	}
 	return log.New(w, "", 0)
 }
@@ -64,16 +67,21 @@ func FlushServerErrorLog(l *log.Logger) {
 		return
 	}
 	if w, ok := l.Writer().(*errorLogWriter); ok {
-		w.tlsLog.Flush(context.Background(), "tls handshake error")
+		for _, r := range tlsReasons {
+			w.tlsLogs[r].Flush(context.Background(), "tls handshake error", slog.String("reason", r))
+		}
 		w.otherLog.Flush(context.Background(), "http server error")
 	}
 }
 
 type errorLogWriter struct {
-	conns            *ConnMetrics
-	tlsLog, otherLog *limitedLog
-	counters         map[string]prometheus.Counter // read-only after construction
+	conns    *ConnMetrics
+	tlsLogs  map[string]*limitedLog // by reason; read-only after construction
+	otherLog *limitedLog
+	counters map[string]prometheus.Counter // read-only after construction
 }
+
+var tlsReasons = []string{TLSReasonEOF, TLSReasonTimeout, TLSReasonBadCertificate, TLSReasonOther}
 
 // Write receives one log line per call (log.Logger guarantees it).
 func (w *errorLogWriter) Write(p []byte) (int, error) {
@@ -105,7 +113,7 @@ func (w *errorLogWriter) Write(p []byte) (int, error) {
 			slog.String("remote_addr", addr),
 			slog.String("error", msg),
 		}, more...)
-		w.tlsLog.Log(ctx, level, "tls handshake error", attrs...)
+		w.tlsLogs[reason].Log(ctx, level, "tls handshake error", attrs...)
 		return len(p), nil
 	}
 	w.otherLog.Log(ctx, slog.LevelWarn, "http server error", slog.String("error", strings.TrimPrefix(line, "http: ")))

@@ -2,7 +2,9 @@ package observability
 
 import (
 	"crypto/tls"
+	"encoding/json"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -43,6 +45,7 @@ type tlsServer struct {
 	reg      *prometheus.Registry
 	conns    *ConnMetrics
 	logs     *testkit.SyncBuffer
+	errLog   *log.Logger // the server's ErrorLog
 	reasonOf func(string) float64
 }
 
@@ -55,10 +58,11 @@ func startTLSServer(t *testing.T, handshakeTimeout time.Duration) *tlsServer {
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
 	ts := &tlsServer{reg: reg, logs: logs, conns: NewConnMetrics(reg, logger)}
+	ts.errLog = ServerErrorLog(logger, reg, ts.conns)
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }),
 		ReadHeaderTimeout: handshakeTimeout,
-		ErrorLog:          ServerErrorLog(logger, reg, ts.conns),
+		ErrorLog:          ts.errLog,
 		ConnState:         ts.conns.ConnState,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}},
 	}
@@ -248,7 +252,9 @@ func (c *clearAlertConn) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// A handshake flood is counted in full but logged at a bounded rate.
+// A handshake flood is counted in full but logged at a bounded rate, which
+// leaves room for the lines of another reason; the exit flush gives the
+// count held back, by reason.
 func TestTLSHandshakeFloodIsRateLimited(t *testing.T) {
 	ts := startTLSServer(t, 10*time.Second)
 	hello := clientHello(t)
@@ -265,6 +271,42 @@ func TestTLSHandshakeFloodIsRateLimited(t *testing.T) {
 	lines := strings.Count(ts.logs.String(), `"msg":"tls handshake error"`)
 	if lines < 10 || lines >= n/2 {
 		t.Fatalf("%d log lines for %d failed handshakes, want the burst of 10 and a few more", lines, n)
+	}
+
+	// A client refusing the certificate, in the middle of the flood.
+	if _, err := tls.Dial("tcp", ts.addr, &tls.Config{}); err == nil {
+		t.Fatal("handshake with an untrusted certificate succeeded")
+	}
+	eventually(t, "bad certificate counted", func() bool { return ts.reasonOf(TLSReasonBadCertificate) == 1 })
+	if !strings.Contains(ts.logs.String(), `"reason":"bad_certificate"`) {
+		t.Errorf("the eof flood hid the bad_certificate line:\n%s", ts.logs.String())
+	}
+
+	// Every eof line is either written, or counted as held back by a later
+	// line of its limit or by the exit line.
+	FlushServerErrorLog(ts.errLog)
+	var written, heldLater, heldAtExit int
+	for _, l := range strings.Split(strings.TrimSpace(ts.logs.String()), "\n") {
+		if !strings.Contains(l, `"msg":"tls handshake error","reason":"eof"`) {
+			continue
+		}
+		var v struct {
+			RemoteAddr string `json:"remote_addr"`
+			Suppressed int
+		}
+		if err := json.Unmarshal([]byte(l), &v); err != nil {
+			t.Fatal(err)
+		}
+		if v.RemoteAddr == "" {
+			heldAtExit += v.Suppressed
+			continue
+		}
+		written++
+		heldLater += v.Suppressed
+	}
+	if written+heldLater+heldAtExit != n || heldAtExit == 0 {
+		t.Errorf("eof lines: %d written, %d held back as later lines say, %d as the exit line says; want %d in all, some at exit:\n%s",
+			written, heldLater, heldAtExit, n, ts.logs.String())
 	}
 }
 

@@ -52,14 +52,15 @@ func (l *limitedLog) Log(ctx context.Context, level slog.Level, msg string, attr
 // Flush writes one line with msg and the number of lines suppressed since
 // the last one written, if any were, at the highest level among them: at
 // exit, the line that would have carried the count never comes.
-func (l *limitedLog) Flush(ctx context.Context, msg string) {
+// attrs tell apart the lines of several limits with one msg.
+func (l *limitedLog) Flush(ctx context.Context, msg string, attrs ...slog.Attr) {
 	if n := l.suppressed.Swap(0); n > 0 {
 		level := slog.Level(l.top.Swap(noLevel))
 		if int64(level) == noLevel {
 			level = slog.LevelInfo
 		}
-		l.logger.LogAttrs(ctx, level, msg, slog.Int64("suppressed", n),
-			slog.String("detail", "lines over the rate limit, not written"))
+		l.logger.LogAttrs(ctx, level, msg, append(attrs, slog.Int64("suppressed", n),
+			slog.String("detail", "lines over the rate limit, not written"))...)
 	}
 }
 
