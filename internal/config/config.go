@@ -219,7 +219,7 @@ func (c Config) Validate() error {
 	default:
 		return bad("LOG_LEVEL", "want debug, info, warn or error, got %q", c.LogLevel)
 	}
-	switch c.LogFormat {
+	switch strings.ToLower(c.LogFormat) {
 	case "json", "text":
 	default:
 		return bad("LOG_FORMAT", "want json or text, got %q", c.LogFormat)

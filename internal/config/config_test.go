@@ -197,6 +197,8 @@ func TestGoodValuesAccepted(t *testing.T) {
 		{"LOG_FLUSH_INTERVAL": "0"},
 		{"LOG_FLUSH_INTERVAL": "1ms"},
 		{"LOG_FLUSH_INTERVAL": "1m"},
+		{"LOG_FORMAT": "Text", "LOG_LEVEL": "WARN"}, // case, as for both in NewLogger
+		{"LOG_FORMAT": "JSON"},
 	} {
 		if _, err := Load(envOf(kv)); err != nil {
 			t.Errorf("%v: %v", kv, err)

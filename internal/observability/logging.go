@@ -27,6 +27,7 @@ func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	}
 	opts := &slog.HandlerOptions{Level: lv}
 	var h slog.Handler
+	format = strings.ToLower(format) // as the level: "JSON" and "Text" too
 	switch format {
 	case "json", "":
 		h = slog.NewJSONHandler(w, opts)

@@ -97,3 +97,18 @@ func TestLoggerAddsRequestID(t *testing.T) {
 		}
 	}
 }
+
+// LOG_FORMAT, like LOG_LEVEL, is read without regard to case.
+func TestLoggerFormatAnyCase(t *testing.T) {
+	for format, want := range map[string]string{"TEXT": "level=INFO msg=hello", "Json": `"level":"INFO","msg":"hello"`} {
+		var buf bytes.Buffer
+		logger, err := NewLogger(&buf, "Info", format)
+		if err != nil {
+			t.Fatalf("%s: %v", format, err)
+		}
+		logger.Info("hello")
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("LOG_FORMAT=%s wrote %q, want %s", format, buf.String(), want)
+		}
+	}
+}
