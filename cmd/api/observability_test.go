@@ -27,6 +27,7 @@ import (
 	"github.com/hardenedgo/ginservice/internal/observability"
 	"github.com/hardenedgo/ginservice/internal/testkit"
 	"github.com/hardenedgo/ginservice/internal/testkit/otlptest"
+	"github.com/hardenedgo/ginservice/internal/testkit/redistest"
 )
 
 // End-to-end observability checks through run, as an operator sees them:
@@ -839,6 +840,33 @@ func TestForcedShutdownIsNotAClientAbortHTTP2(t *testing.T) {
 	}
 }
 
+// TestRedisClientLinesHeldBackAtExit: go-redis's own lines while Redis is
+// down, through the real binary: three, then the rest held back, whose
+// number the exit writes rather than losing.
+func TestRedisClientLinesHeldBackAtExit(t *testing.T) {
+	rs := redistest.Start(t)
+	p := startBinary(t, map[string]string{"REDIS_URL": rs.URL(), "SHUTDOWN_DELAY": "0s"})
+	waitFor(t, 5*time.Second, "limiter on Redis", func() bool { return strings.Contains(readyzStatus(t, p.public), `"redis":"ok"`) })
+	rs.Kill()
+	written := func() int { return strings.Count(p.logs.String(), `"msg":"redis client","detail":`) }
+	// The limiter's probe dials every few hundred ms; requests dial too.
+	waitFor(t, 10*time.Second, "three redis client lines", func() bool {
+		get(t, "http://"+p.public+"/api/v1/ping")
+		time.Sleep(50 * time.Millisecond)
+		return written() >= 3
+	})
+	for range 20 { // a second more of failed dials, held back
+		get(t, "http://"+p.public+"/api/v1/ping")
+		time.Sleep(50 * time.Millisecond)
+	}
+	sigterm(t, p)
+	exit := p.logs.last("redis client", "")
+	if exit == nil || exit["detail"] != "lines over the rate limit, not written" || exit["suppressed"] == nil || exit["level"] != "WARN" {
+		t.Fatalf("last redis client line %v, want the exit's WARN count of lines held back:\n%s", exit, p.logs.String())
+	}
+	t.Logf("%d redis client lines written, %v held back at exit", written(), exit["suppressed"])
+}
+
 // sigterm sends p SIGTERM and waits for it to exit (15 s at most).
 func sigterm(t *testing.T, p *proc) {
 	t.Helper()
@@ -964,7 +992,8 @@ func TestRequestLinesCarryTheRequestID(t *testing.T) {
 // before. The service's interval is 10 s; the test's 300 ms.
 func TestRedisClientLinesCountWhatTheyHoldBack(t *testing.T) {
 	var buf testkit.SyncBuffer
-	r := &redisLogger{l: observability.NewLimitedLog(slog.New(slog.NewJSONHandler(&buf, nil)), rate.Every(300*time.Millisecond), 3)}
+	r := &redisLogger{}
+	r.l.Store(observability.NewLimitedLog(slog.New(slog.NewJSONHandler(&buf, nil)), rate.Every(300*time.Millisecond), 3))
 	for i := range 10 { // at once: three written, seven held back
 		r.Printf(context.Background(), "dial tcp: connection refused %d", i)
 	}
@@ -983,5 +1012,14 @@ func TestRedisClientLinesCountWhatTheyHoldBack(t *testing.T) {
 	}
 	if strings.Contains(lines[2], "suppressed") {
 		t.Errorf("nothing was held back before the third line: %s", lines[2])
+	}
+
+	// Held back after the last line written: the exit's flush tells.
+	r.Printf(context.Background(), "dial tcp: connection refused %d", 11)
+	r.Printf(context.Background(), "dial tcp: connection refused %d", 12)
+	r.l.Load().Flush(context.Background(), redisLogMsg)
+	lines = strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 5 || !strings.Contains(lines[4], `"level":"WARN","msg":"redis client","suppressed":2`) {
+		t.Errorf("after two more lines held back, the flush wrote %q, want a WARN redis client line with suppressed 2", lines[len(lines)-1])
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -107,10 +108,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	// go-redis logs dial failures through a process-wide logger; route it
-	// into slog once so a Redis outage shows up as JSON lines, not raw text.
-	redisLoggerOnce.Do(func() {
-		redis.SetLogger(newRedisLogger(logger))
-	})
+	// into slog so a Redis outage shows up as JSON lines, not raw text.
+	redisLog := redisLogs.use(logger)
+	redisLoggerOnce.Do(func() { redis.SetLogger(&redisLogs) })
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -315,6 +315,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			logger.Warn("shutdown: connections still open at exit", slog.Int64("connections", connMetrics.Open()))
 		}
 		observability.FlushServerErrorLog(public.ErrorLog)
+		redisLog.Flush(context.Background(), redisLogMsg)
 		if n := connMetrics.CutByForcedClose(); n > 0 {
 			// The count dies with the process, most likely unscraped: the
 			// log keeps it.
@@ -344,21 +345,36 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return err
 }
 
-var redisLoggerOnce sync.Once
+var (
+	redisLoggerOnce sync.Once
+	// redisLogs is go-redis's logger, process-wide: it writes to the
+	// current run's log.
+	redisLogs redisLogger
+)
+
+const redisLogMsg = "redis client"
 
 // redisLogger adapts slog to go-redis's internal logger. While Redis is
 // down the client logs every failed dial of the background probe; three
 // "redis client" WARN lines, then one every 10 s, say as much, each with
 // the number held back since the one before (the limiter logs
-// transitions).
-type redisLogger struct{ l *observability.LimitedLog }
+// transitions). At exit a last line gives the number held back since.
+type redisLogger struct {
+	l atomic.Pointer[observability.LimitedLog]
+}
 
-func newRedisLogger(logger *slog.Logger) *redisLogger {
-	return &redisLogger{l: observability.NewLimitedLog(logger, rate.Every(10*time.Second), 3)}
+// use directs the lines to logger from now on and returns the limit they
+// go through, to flush at exit.
+func (r *redisLogger) use(logger *slog.Logger) *observability.LimitedLog {
+	l := observability.NewLimitedLog(logger, rate.Every(10*time.Second), 3)
+	r.l.Store(l)
+	return l
 }
 
 func (r *redisLogger) Printf(ctx context.Context, format string, v ...any) {
-	r.l.Log(ctx, slog.LevelWarn, "redis client", slog.String("detail", fmt.Sprintf(format, v...)))
+	if l := r.l.Load(); l != nil {
+		l.Log(ctx, slog.LevelWarn, redisLogMsg, slog.String("detail", fmt.Sprintf(format, v...)))
+	}
 }
 
 func serveErr(name string, err error) error {

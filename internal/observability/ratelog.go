@@ -78,3 +78,9 @@ func NewLimitedLog(logger *slog.Logger, every rate.Limit, burst int) *LimitedLog
 func (l *LimitedLog) Log(ctx context.Context, level slog.Level, msg string, attrs ...slog.Attr) {
 	l.l.Log(ctx, level, msg, attrs...)
 }
+
+// Flush writes one msg line with the number of lines held back since the
+// last one written, if any were (limitedLog.Flush): for the exit.
+func (l *LimitedLog) Flush(ctx context.Context, msg string, attrs ...slog.Attr) {
+	l.l.Flush(ctx, msg, attrs...)
+}
