@@ -6,6 +6,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
@@ -298,6 +299,16 @@ func TestDrillDependencyErroringAndSlow(t *testing.T) {
 	t.Logf("dependency slow (2s): degraded answers, slowest %s (breaker timeout 200ms)", worst)
 	if worst > 700*time.Millisecond {
 		t.Fatalf("slow dependency answered after %s, want about the 200ms breaker timeout", worst)
+	}
+	// The latency histogram brackets answers cut at the breaker timeout
+	// with an edge just above it, 0.22 (the default edges around it are 0.1
+	// and 0.25).
+	const bucket = `http_server_request_duration_seconds_bucket{method="GET",route="/api/v1/items/:id",le="%s"}`
+	time.Sleep(100 * time.Millisecond) // the access middleware observes after the answer is written
+	above, below := metric(t, p.admin, fmt.Sprintf(bucket, "0.22")), metric(t, p.admin, fmt.Sprintf(bucket, "0.1"))
+	t.Logf("items latency: %v answers within 0.1 s, %v within 0.22 s", below, above)
+	if above < 0 || above-below < 1 {
+		t.Errorf("no answer in the bucket (0.1, 0.22] that ends above the 200ms breaker timeout: le=0.1 %v, le=0.22 %v", below, above)
 	}
 }
 

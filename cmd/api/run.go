@@ -120,7 +120,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// The pod's own kernel TCP counters: listen overflows, aborts, resets.
 	reg.MustRegister(observability.NewKernelCollector("/proc", logger))
 	reg.MustRegister(observability.LogDrops(logBuf))
-	httpMetrics := observability.NewHTTPMetrics(reg)
+	httpMetrics := observability.NewHTTPMetrics(reg, cfg.BreakerTimeout)
 	connMetrics := observability.NewConnMetrics(reg, logger)
 	readiness := health.NewReadiness()
 

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -143,8 +145,37 @@ func (rs *routeSeries) code(status int) prometheus.Counter {
 	return c
 }
 
-// NewHTTPMetrics registers the HTTP server metrics on reg.
-func NewHTTPMetrics(reg prometheus.Registerer) *HTTPMetrics {
+// latencyBuckets are the classic buckets of the latency histogram before
+// latencyEdges adds the timeouts'.
+var latencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// latencyEdges returns latencyBuckets with an edge 10 % above each timeout
+// (to the microsecond) that has none there yet. Requests the
+// timeout cuts (a fallback served at BREAKER_TIMEOUT) take it and a little
+// more: without the edge they fall in the bucket above (1 s: (1, 2.5]),
+// and histogram_quantile, interpolating in it, reads a p99 of up to 2.5 s
+// for answers that all came after 1 s.
+func latencyEdges(timeouts ...time.Duration) []float64 {
+	b := slices.Clone(latencyBuckets)
+	for _, t := range timeouts {
+		if t <= 0 {
+			continue
+		}
+		lo := t.Seconds()
+		edge := math.Round(lo*1.1e6) / 1e6 // le="1.1", not "1.1000000000000001"
+		if slices.ContainsFunc(b, func(e float64) bool { return e > lo && e <= edge }) {
+			continue
+		}
+		b = append(b, edge)
+	}
+	slices.Sort(b)
+	return slices.Compact(b)
+}
+
+// NewHTTPMetrics registers the HTTP server metrics on reg. The latency
+// histogram gets a bucket edge just above each of timeouts (the breaker's),
+// so requests cut at one read as taking it, not up to the next edge.
+func NewHTTPMetrics(reg prometheus.Registerer, timeouts ...time.Duration) *HTTPMetrics {
 	m := &HTTPMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "http_server_requests_total",
@@ -153,7 +184,7 @@ func NewHTTPMetrics(reg prometheus.Registerer) *HTTPMetrics {
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:                            "http_server_request_duration_seconds",
 			Help:                            "HTTP request latency by route template.",
-			Buckets:                         []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+			Buckets:                         latencyEdges(timeouts...),
 			NativeHistogramBucketFactor:     1.1,
 			NativeHistogramMaxBucketNumber:  100,
 			NativeHistogramMinResetDuration: time.Hour,
