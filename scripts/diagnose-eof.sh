@@ -30,6 +30,8 @@ and, with --metrics, the service's own view from its Prometheus metrics:
                keep-alive race with the service's idle timeout
 
 Every part is optional: a missing tool or input is reported, not fatal.
+Exit status: 0 when nothing was found to warn about, 3 when the summary lists
+warnings (for runbooks and cron jobs), 2 for bad usage.
 
 Options:
   -u, --url URL          probe URL with curl (e.g. http://127.0.0.1:8080/healthz)
@@ -1280,4 +1282,5 @@ else
 	for w in "${warnings[@]}"; do
 		printf '  - %s\n' "$w"
 	done
+	exit 3
 fi
