@@ -255,6 +255,21 @@ func TestSysctlTuneDryRun(t *testing.T) {
 	}
 }
 
+// writeSysctls writes vals (name: value) as a /proc/sys tree under dir,
+// for SYSCTL_ROOT.
+func writeSysctls(t *testing.T, dir string, vals map[string]string) {
+	t.Helper()
+	for k, v := range vals {
+		p := filepath.Join(dir, strings.ReplaceAll(k, ".", "/"))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(v+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestSysctlTuneApplyFakeTree exercises --apply on a copy of /proc/sys in
 // a temp directory (SYSCTL_ROOT): tests never write the real kernel.
 func TestSysctlTuneApplyFakeTree(t *testing.T) {
@@ -271,15 +286,7 @@ func TestSysctlTuneApplyFakeTree(t *testing.T) {
 		"net.ipv4.tcp_keepalive_intvl":  "75",
 		"net.ipv4.tcp_keepalive_probes": "9",
 	}
-	for k, v := range bad {
-		p := filepath.Join(dir, strings.ReplaceAll(k, ".", "/"))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(v+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeSysctls(t, dir, bad)
 	env := []string{"SYSCTL_ROOT=" + dir}
 
 	out, code := script(t, env, "sysctl-tune.sh", "--check")
@@ -1036,15 +1043,7 @@ upstream odd { server 10.0.0.3:8080; keepalive 8; keepalive_timeout 100s; }
 func TestDiagnoseExitStatus(t *testing.T) {
 	tree := func(vals map[string]string) string {
 		dir := t.TempDir()
-		for k, v := range vals {
-			p := filepath.Join(dir, strings.ReplaceAll(k, ".", "/"))
-			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(p, []byte(v+"\n"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
+		writeSysctls(t, dir, vals)
 		return dir
 	}
 	tuned := tree(map[string]string{
