@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"golang.org/x/net/http2"
 	"golang.org/x/time/rate"
 
@@ -95,6 +96,70 @@ func TestRunExportsTraces(t *testing.T) {
 	}
 	if !logged {
 		t.Errorf("the access line of the traced ping lacks its trace_id/span_id")
+	}
+}
+
+// TestRunRedisSpanPerRequest: concurrent requests share the limiter's
+// Redis pipelines, but each exported request span has its own Redis child
+// span, in its own trace.
+func TestRunRedisSpanPerRequest(t *testing.T) {
+	rs := redistest.Start(t)
+	sink := otlptest.Start(t)
+	r := startRun(t, map[string]string{
+		"REDIS_URL":                   rs.URL(),
+		"RATELIMIT_RATE":              "1000000",
+		"RATELIMIT_BURST":             "1000000",
+		"OTEL_EXPORTER_OTLP_ENDPOINT": sink.URL,
+		"OTEL_TRACES_SAMPLER":         "always_on",
+		"OTEL_BSP_SCHEDULE_DELAY":     "100",
+	})
+	waitFor(t, 5*time.Second, "limiter on Redis", func() bool { return strings.Contains(readyzStatus(t, r.public), `"redis":"ok"`) })
+	const workers, each = 16, 20
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				if c, _ := get(t, "http://"+r.public+"/api/v1/ping"); c != 200 {
+					t.Errorf("ping = %d", c)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	var pings, redis []*tracepb.Span
+	waitFor(t, 10*time.Second, "every request's spans exported", func() bool {
+		pings, redis = nil, nil
+		for _, sp := range sink.Spans() {
+			switch sp.GetName() {
+			case "GET /api/v1/ping":
+				pings = append(pings, sp)
+			case "EVALSHA":
+				redis = append(redis, sp)
+			}
+		}
+		return len(pings) == workers*each && len(redis) >= workers*each
+	})
+	under := map[string]int{}
+	shared := 0
+	for _, sp := range redis {
+		under[hex.EncodeToString(sp.GetTraceId())+hex.EncodeToString(sp.GetParentSpanId())]++
+		for _, kv := range sp.GetAttributes() {
+			if kv.GetKey() == "db.operation.batch.size" && kv.GetValue().GetIntValue() > 1 {
+				shared++
+			}
+		}
+	}
+	lacking := 0
+	for _, sp := range pings {
+		if under[hex.EncodeToString(sp.GetTraceId())+hex.EncodeToString(sp.GetSpanId())] != 1 {
+			lacking++
+		}
+	}
+	t.Logf("%d requests, %d Redis spans, %d of them from a shared pipeline", len(pings), len(redis), shared)
+	if lacking > 0 || len(redis) != len(pings) {
+		t.Errorf("%d of %d request spans lack their own Redis span (%d Redis spans in all)", lacking, len(pings), len(redis))
 	}
 }
 

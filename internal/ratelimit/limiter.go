@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/extra/redisotel/v9"
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -33,6 +32,7 @@ type RateLimiter struct {
 	redis *redisBackend // nil without REDIS_URL
 	cache *keyCache
 	rdb   redis.UniversalClient
+	spans *redisSpans // nil: no Redis spans
 
 	// fallback: the whole of Redis is on the fallback (one node failing;
 	// a Cluster unreachable at start or without a slot map).
@@ -102,37 +102,9 @@ func newLimiter(ctx context.Context, cfg Config, logger *slog.Logger, reg promet
 	if err != nil {
 		return nil, err
 	}
-	if cfg.TracerProvider != nil {
-		// Only the decisions a request waits for are traced. Probes (PING,
-		// SCRIPT LOAD, one decision on the probe bucket), connection set-up
-		// (dial, HELLO, AUTH, SELECT, CLIENT) and Cluster slot map loads run
-		// outside any request: as root spans, repeated every probe interval
-		// during an outage, they would be noise.
-		filter := func(cmd redis.Cmder) bool {
-			switch strings.ToLower(cmd.Name()) {
-			case "ping", "script", "hello", "auth", "select", "client", "cluster", "readonly":
-				return true
-			case "evalsha", "eval":
-				args := cmd.Args()
-				return len(args) > 3 && isProbeKey(args[3])
-			}
-			return redisotel.DefaultCommandFilter(cmd)
-		}
-		filterAll := func(cmds []redis.Cmder) bool {
-			for _, c := range cmds {
-				if !filter(c) {
-					return false
-				}
-			}
-			return true
-		}
-		if err := redisotel.InstrumentTracing(rdb, redisotel.WithTracerProvider(cfg.TracerProvider),
-			redisotel.WithDBStatement(false), redisotel.WithCommandFilter(filter), redisotel.WithCommandsFilter(filterAll),
-			redisotel.WithDialFilter(true)); err != nil {
-			_ = rdb.Close()
-			return nil, fmt.Errorf("ratelimit: redis tracing: %w", err)
-		}
-	}
+	// Only the decisions a request waits for are traced, each in its own
+	// request's trace (redisSpans).
+	r.spans = newRedisSpans(cfg.TracerProvider, rdb)
 	r.rdb = rdb
 	r.cache = newKeyCache(cfg.MaxLocalKeys)
 	pipelines := cfg.Pipelines
@@ -308,11 +280,13 @@ func (r *RateLimiter) decide(ctx context.Context, key string, cost int) (Decisio
 // askRedis asks the bucket script through rt's pipelines, or the single
 // node's when rt is nil; a failure trips rt (or the whole of Redis).
 func (r *RateLimiter) askRedis(ctx context.Context, key string, cost int, e *keyEntry, rt *route, start, deadline time.Duration) (Decision, backend) {
-	b, trip := r.redis, r.trip
+	b, trip, node := r.redis, r.trip, ""
 	if rt != nil {
-		b, trip = rt.b, rt.trip
+		b, trip, node = rt.b, rt.trip, rt.addr
 	}
-	rep, err := b.allow(ctx, e.rkey, cost, deadline)
+	sctx, span := r.spans.start(ctx, node)
+	rep, err := b.allow(sctx, e.rkey, cost, deadline)
+	endRedisSpan(span, rep, err)
 	r.m.redisDuration.Observe(min(r.now()-start, r.cfg.RedisTimeout).Seconds())
 	if err != nil {
 		r.cache.done(key, e, cost, r.cfg.Burst, nil)

@@ -5,15 +5,19 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hardenedgo/ginservice/internal/health"
 	"github.com/hardenedgo/ginservice/internal/testkit"
@@ -232,9 +236,9 @@ func TestSpanEvent(t *testing.T) {
 	}
 }
 
-// TestRedisSpans: with a TracerProvider, the Redis round trip is a child
-// span of the request that triggered it (redisotel), and the decision an
-// event on the request span.
+// TestRedisSpans: with a TracerProvider, the Redis round trip of a decision
+// a sampled request waits for is a client span under that request's span,
+// and the decision an event on the request span.
 func TestRedisSpans(t *testing.T) {
 	srv := redistest.Start(t)
 	rec := tracetest.NewSpanRecorder()
@@ -252,18 +256,143 @@ func TestRedisSpans(t *testing.T) {
 		t.Fatal(err)
 	}
 	span.End()
-	var child bool
+	var child sdktrace.ReadOnlySpan
 	for _, s := range rec.Ended() {
-		if s.Parent().SpanID() == span.SpanContext().SpanID() && strings.Contains(strings.ToLower(s.Name()), "pipeline") {
-			child = true
+		if s.Parent().SpanID() == span.SpanContext().SpanID() && s.Name() == "EVALSHA" {
+			child = s
 		}
 	}
-	if !child {
+	if child == nil {
 		var names []string
 		for _, s := range rec.Ended() {
 			names = append(names, s.Name())
 		}
-		t.Fatalf("no Redis pipeline span under the request span; spans: %v", names)
+		t.Fatalf("no EVALSHA span under the request span; spans: %v", names)
+	}
+	host, port, _ := net.SplitHostPort(srv.Addr)
+	got := map[string]string{}
+	for _, kv := range child.Attributes() {
+		got[string(kv.Key)] = kv.Value.Emit()
+	}
+	want := map[string]string{"db.system.name": "redis", "db.operation.name": "EVALSHA", "db.namespace": "0", "server.address": host, "server.port": port}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("span attribute %s = %q, want %q (all: %v)", k, got[k], v, got)
+		}
+	}
+	if child.SpanKind() != trace.SpanKindClient || child.Status().Code != codes.Unset {
+		t.Errorf("span kind %v status %v, want a client span without error", child.SpanKind(), child.Status())
+	}
+
+	// Redis gone: the decision that finds out has an error span saying how.
+	srv.Kill()
+	ctx, span = tp.Tracer("test").Start(context.Background(), "GET /api/v1/ping")
+	if _, err := rl.Allow(ctx, "k", 1); err != nil {
+		t.Fatal(err) // the fallback decides
+	}
+	span.End()
+	var failed sdktrace.ReadOnlySpan
+	for _, s := range rec.Ended() {
+		if s.Parent().SpanID() == span.SpanContext().SpanID() && s.Name() == "EVALSHA" {
+			failed = s
+		}
+	}
+	if failed == nil {
+		t.Fatal("no EVALSHA span for the decision that met Redis gone")
+	}
+	errType := ""
+	for _, kv := range failed.Attributes() {
+		if kv.Key == "error.type" {
+			errType = kv.Value.AsString()
+		}
+	}
+	if failed.Status().Code != codes.Error || (errType != "eof" && errType != "reset" && errType != "refused") {
+		t.Errorf("span of the failed call: status %v, error.type %q; want an error, eof, reset or refused", failed.Status(), errType)
+	}
+}
+
+// isRedisSpan: a span of a Redis command or pipeline, by its db.system
+// (older semantic conventions, as redisotel writes it) or db.system.name.
+func isRedisSpan(s sdktrace.ReadOnlySpan) bool {
+	for _, kv := range s.Attributes() {
+		if (kv.Key == "db.system" || kv.Key == "db.system.name") && kv.Value.AsString() == "redis" {
+			return true
+		}
+	}
+	return false
+}
+
+// TestRedisSpansPerRequestUnderLoad: concurrent decisions share pipelines,
+// but each sampled request gets its own Redis span in its own trace, and
+// an unsampled request none.
+func TestRedisSpansPerRequestUnderLoad(t *testing.T) {
+	srv := redistest.Start(t)
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec), sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())))
+	defer tp.Shutdown(context.Background())
+	rl := newTestLimiter(t, Config{RedisURL: srv.URL(), Rate: 1e6, Burst: 1e6, RedisTimeout: 5 * time.Second, Pipelines: 1, TracerProvider: tp})
+
+	const workers, each = 32, 20
+	type req struct {
+		span    trace.SpanContext
+		sampled bool
+	}
+	reqs := make(chan req, workers*each)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				ctx := context.Background()
+				sampled := w%4 != 0 // a quarter of the callers sent traceparent ...-00
+				if !sampled {
+					var tid trace.TraceID
+					var sid trace.SpanID
+					tid[0], tid[15], sid[7] = byte(w+1), byte(i+1), 1
+					ctx = trace.ContextWithRemoteSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid}))
+				}
+				ctx, span := tp.Tracer("test").Start(ctx, "GET /api/v1/ping")
+				if _, err := rl.Allow(ctx, fmt.Sprintf("k%d-%d", w, i), 1); err != nil {
+					t.Error(err)
+				}
+				span.End()
+				reqs <- req{span.SpanContext(), sampled}
+			}
+		}()
+	}
+	wg.Wait()
+	close(reqs)
+
+	children := map[trace.SpanID][]sdktrace.ReadOnlySpan{}
+	batched := 0
+	for _, s := range rec.Ended() {
+		if !isRedisSpan(s) {
+			continue
+		}
+		children[s.Parent().SpanID()] = append(children[s.Parent().SpanID()], s)
+		for _, kv := range s.Attributes() {
+			if kv.Key == "db.operation.batch.size" && kv.Value.AsInt64() > 1 {
+				batched++
+			}
+		}
+	}
+	wrong := 0
+	for r := range reqs {
+		got := children[r.span.SpanID()]
+		switch {
+		case r.sampled && (len(got) != 1 || got[0].SpanContext().TraceID() != r.span.TraceID()):
+			wrong++
+		case !r.sampled && len(got) != 0:
+			wrong++
+		}
+	}
+	t.Logf("%d decisions, %d Redis spans of a pipeline shared with other calls", workers*each, batched)
+	if wrong > 0 {
+		t.Errorf("%d of %d requests lack their own Redis span (or an unsampled one has one)", wrong, workers*each)
+	}
+	if batched == 0 {
+		t.Errorf("no decision shared a pipeline: the test did not exercise batching")
 	}
 }
 

@@ -84,8 +84,9 @@ type Config struct {
 	// KeyHeader is an optional request header (e.g. X-API-Key) whose value
 	// joins the client IP in the key. Used by the middleware options.
 	KeyHeader string
-	// TracerProvider, when set, gives Redis commands their own spans
-	// (redisotel). Nil: no Redis spans.
+	// TracerProvider, when set, gives each Redis decision a sampled
+	// request waits for a span in that request's trace (redisSpans). Nil:
+	// no Redis spans.
 	TracerProvider trace.TracerProvider
 
 	// ProbeInterval is how often a failing Redis is probed. 0 means 250ms.

@@ -158,7 +158,6 @@ const (
 )
 
 type call struct {
-	ctx  context.Context
 	rkey any // the bucket's Redis key (redisKey), boxed for the command's arguments
 	cost int
 	// deadline on the limiter clock: the caller stops waiting then.
@@ -166,6 +165,7 @@ type call struct {
 	cmd      *redis.IntCmd
 	// answered is when the reply was read (limiter clock).
 	answered time.Duration
+	eval     bool // re-sent with EVAL after NOSCRIPT
 	done     chan reply
 	timer    *time.Timer // the caller's deadline
 }
@@ -177,6 +177,8 @@ type reply struct {
 	full      time.Duration
 	answered  time.Duration // when the reply was read (limiter clock)
 	err       error
+	batch     int  // calls in the pipeline that carried this one
+	eval      bool // sent again with EVAL after NOSCRIPT
 }
 
 func newRedisBackend(client redis.UniversalClient, burst int, rate float64, budget time.Duration, pipelines int, now func() time.Duration, onNoScript func(int)) *redisBackend {
@@ -223,7 +225,7 @@ func (b *redisBackend) allow(ctx context.Context, rkey any, cost int, deadline t
 		return reply{}, errBudget
 	}
 	c := b.calls.Get().(*call)
-	c.ctx, c.rkey, c.cost, c.deadline = ctx, rkey, cost, deadline
+	c.rkey, c.cost, c.deadline, c.eval = rkey, cost, deadline, false
 	select {
 	case b.queue <- c:
 	case <-b.stop:
@@ -237,7 +239,7 @@ func (b *redisBackend) allow(ctx context.Context, rkey any, cost int, deadline t
 	select {
 	case r := <-c.done:
 		c.timer.Stop()
-		c.ctx, c.cmd = nil, nil
+		c.cmd = nil
 		b.calls.Put(c) // answered: the worker no longer touches c
 		return r, r.err
 	case <-c.timer.C:
@@ -281,8 +283,8 @@ func (b *redisBackend) exec(batch []*call) {
 	// with little budget left, one that waited for another call of its key,
 	// must not cut the round trip short for the others, which would then
 	// fail with a timeout Redis did not cause. Calls already past their
-	// deadline are not sent. The first call's context (minus its
-	// cancellation) parents the Redis span when tracing is on.
+	// deadline are not sent. The pipeline is no single request's work:
+	// each traced call has its own span (redisSpans), none the pipeline.
 	now := b.now()
 	live := batch[:0]
 	for _, c := range batch {
@@ -301,7 +303,7 @@ func (b *redisBackend) exec(batch []*call) {
 		last = max(last, c.deadline)
 	}
 	left := last - now
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(batch[0].ctx), left)
+	ctx, cancel := context.WithTimeout(context.Background(), left)
 	defer cancel()
 
 	pipe := b.client.Pipeline()
@@ -328,6 +330,7 @@ func (b *redisBackend) exec(batch []*call) {
 		b.onNoScr(len(again))
 		pipe = b.client.Pipeline()
 		for _, c := range again {
+			c.eval = true
 			c.cmd = redis.NewIntCmd(ctx, "eval", b.src, 1, c.rkey, c.cost)
 			_ = pipe.Process(ctx, noRetry{c.cmd})
 		}
@@ -340,6 +343,8 @@ func (b *redisBackend) exec(batch []*call) {
 	for _, c := range batch {
 		r := b.params.parseReply(c.cmd, c.cost)
 		r.answered = c.answered
+		r.batch = len(batch)
+		r.eval = c.eval
 		c.done <- r
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +25,8 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/hardenedgo/ginservice/internal/connerr"
 )
 
 // ClientConfig tunes the outbound client. The comments name the environment
@@ -301,25 +302,7 @@ func spanErrorType(err error) string {
 	case errors.As(err, &certErr), errors.As(err, &recErr), errors.As(err, &alert):
 		return "tls"
 	}
-	return connErrorKind(err)
-}
-
-// connErrorKind names a transport error that a retry may cure: refused,
-// reset, eof or timeout; "" for any other.
-func connErrorKind(err error) string {
-	var ne net.Error
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "refused"
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-		return "reset"
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
-		strings.Contains(err.Error(), "server closed idle connection"):
-		return "eof"
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
-	}
-	return ""
+	return connerr.Kind(err)
 }
 
 // clientSpanName names an outbound attempt's span: the method, "HTTP" for
@@ -503,7 +486,7 @@ func retryReason(ctx context.Context, resp *http.Response, err error) string {
 			return "" // retrying an open breaker defeats it
 		}
 		// A timeout here is this attempt's: the caller still has time.
-		return connErrorKind(err)
+		return connerr.Kind(err)
 	}
 	switch resp.StatusCode {
 	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
