@@ -348,7 +348,13 @@ func (t *Tracing) Middleware() gin.HandlerFunc {
 			c.Next() // a dropped root request: its span context is set
 			return
 		}
-		defer span.End() // also when a handler panics through us
+		// Also when a handler panics through us, which by then is only
+		// http.ErrAbortHandler (the recovery middleware below turns other
+		// panics into a 500 and re-panics that after a cut response). From
+		// a closure, so the SDK's End, whose recover() then sees nothing,
+		// adds no "exception" event: that panic is net/http's way to cut
+		// a response, not a crash, and the span's status already says why.
+		defer func() { span.End() }()
 		c.Next()
 		if span.IsRecording() {
 			st.finish(c, span)

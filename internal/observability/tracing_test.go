@@ -281,6 +281,11 @@ func TestTracesReachOTLPReceiver(t *testing.T) {
 	if v, _ := attr(ab[0].GetAttributes(), "http.response.status_code"); v.GetIntValue() != 499 {
 		t.Errorf("aborted request status code attribute = %v, want 499", v)
 	}
+	for _, ev := range ab[0].GetEvents() {
+		if ev.GetName() == "exception" { // net/http's abort of the handler is no crash
+			t.Errorf("aborted request's span has an exception event %v", ev.GetAttributes())
+		}
+	}
 
 	// Every exported span belongs to a trace a caller sampled.
 	for tr := range byTrace {

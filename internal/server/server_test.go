@@ -424,6 +424,13 @@ func TestPanicSpanSaysWhy(t *testing.T) {
 	if st := cut.Status(); code != 500 || st.Code != codes.Error || !strings.Contains(st.Description, "panic: boom") {
 		t.Errorf("cut response's span: status code %d, status %+v; want 500 and an error saying panic: boom", code, st)
 	}
+	// The http.ErrAbortHandler that cut it is no crash of its own: the
+	// span has no "exception" event for it (only the status above).
+	for _, ev := range cut.Events() {
+		if ev.Name == "exception" {
+			t.Errorf("cut response's span has an exception event %v", ev.Attributes)
+		}
+	}
 }
 
 func TestReadinessLifecycle(t *testing.T) {
