@@ -329,7 +329,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		tctx, tcancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer tcancel()
 		if terr := tracing.Shutdown(tctx); terr != nil {
-			logger.Warn("spans not flushed at exit", slog.String("error", terr.Error()))
+			logger.Warn("tracing: spans not exported", slog.String("error", terr.Error()))
 		}
 		return err
 	})

@@ -139,6 +139,20 @@ func startRun(t *testing.T, extra map[string]string) *running {
 	return r
 }
 
+// stop cancels r's run, as SIGTERM does, and returns what run returned.
+func (r *running) stop(t *testing.T) error {
+	t.Helper()
+	r.cancel()
+	select {
+	case err := <-r.done:
+		r.done <- err // for startRun's cleanup
+		return err
+	case <-time.After(20 * time.Second):
+		t.Fatalf("run did not return:\n%s", r.logs)
+		return nil
+	}
+}
+
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(url)

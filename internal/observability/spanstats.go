@@ -2,6 +2,7 @@ package observability
 
 import (
 	"context"
+	"log/slog"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,7 +18,18 @@ import (
 // one batch still on their way.
 type spanStats struct {
 	queued, exported, failed atomic.Uint64
+	// handed counts the spans given to the exporter (exported, failed or
+	// being sent); unsent is how many the batch processor holds at most
+	// before it drops one (its queue and the batch being filled).
+	handed atomic.Uint64
+	unsent uint64
+	// dropLog, once InstallGlobal has run, says that spans are being
+	// dropped: queued - handed beyond unsent cannot all be held, the
+	// queue is full.
+	dropLog atomic.Pointer[limitedLog]
 }
+
+const spansDroppedMsg = "tracing: spans dropped"
 
 // countingProcessor counts the sampled spans handed to the batch
 // processor it wraps (the only ones it exports).
@@ -28,7 +40,13 @@ type countingProcessor struct {
 
 func (p countingProcessor) OnEnd(s sdktrace.ReadOnlySpan) {
 	if s.SpanContext().IsSampled() {
-		p.stats.queued.Add(1)
+		st := p.stats
+		if q := st.queued.Add(1); q-st.handed.Load() > st.unsent {
+			if l := st.dropLog.Load(); l != nil {
+				l.Log(context.Background(), slog.LevelWarn, spansDroppedMsg,
+					slog.String("detail", "the export queue is full: the collector is down or slower than the traffic; raise OTEL_BSP_MAX_QUEUE_SIZE or lower the sampling ratio"))
+			}
+		}
 	}
 	p.SpanProcessor.OnEnd(s)
 }
@@ -40,6 +58,7 @@ type countingExporter struct {
 }
 
 func (e countingExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+	e.stats.handed.Add(uint64(len(spans)))
 	err := e.SpanExporter.ExportSpans(ctx, spans)
 	if err != nil {
 		e.stats.failed.Add(uint64(len(spans)))

@@ -152,7 +152,7 @@ func SetupTracing(ctx context.Context, getenv func(string) string, serviceVersio
 	if err != nil {
 		return nil, err
 	}
-	bspOpts, err := batchOptions(env)
+	bspOpts, inQueue, err := batchOptions(env)
 	if err != nil {
 		return nil, err
 	}
@@ -176,7 +176,7 @@ func SetupTracing(ctx context.Context, getenv func(string) string, serviceVersio
 	if err != nil {
 		return nil, err
 	}
-	t.stats = &spanStats{}
+	t.stats = &spanStats{unsent: inQueue}
 	t.sdk = sdktrace.NewTracerProvider(
 		sdktrace.WithResource(res),
 		sdktrace.WithSampler(sampler),
@@ -253,6 +253,9 @@ func (t *Tracing) InstallGlobal(logger *slog.Logger) {
 	otel.SetTextMapPropagator(t.propagator)
 	t.errors = &otelErrorHandler{log: newLimitedLog(logger, rate.Every(10*time.Second), 3)}
 	otel.SetErrorHandler(t.errors)
+	if t.stats != nil {
+		t.stats.dropLog.Store(newLimitedLog(logger, rate.Every(10*time.Second), 1))
+	}
 }
 
 // ForceFlush exports the spans ended so far.
@@ -268,7 +271,11 @@ func (t *Tracing) ForceFlush(ctx context.Context) error {
 
 // Shutdown flushes the spans still queued and stops the exporter; ctx bounds
 // how long an unreachable collector may hold up the exit. The count of SDK
-// error lines the rate limit held back is written last.
+// error lines the rate limit held back is written last. Sampled spans that
+// never reached the collector, in the process's life, make an error that
+// says how many and why: the exit's own loss (a collector down, the last
+// batch failing) is never scraped, and its SDK error line may be one of
+// those the rate limit held back.
 func (t *Tracing) Shutdown(ctx context.Context) error {
 	if t.sdk == nil {
 		return nil
@@ -276,6 +283,20 @@ func (t *Tracing) Shutdown(ctx context.Context) error {
 	err := t.sdk.Shutdown(ctx)
 	if t.errors != nil {
 		t.errors.log.Flush(context.Background(), "opentelemetry error")
+	}
+	if st := t.stats; st != nil {
+		if l := st.dropLog.Load(); l != nil {
+			l.Flush(context.Background(), spansDroppedMsg)
+		}
+		queued, exported, failed := st.queued.Load(), st.exported.Load(), st.failed.Load()
+		if lost := queued - exported; queued > exported {
+			loss := fmt.Errorf("%d of the %d sampled spans since start never reached the collector: %d in failed exports, %d dropped with the export queue full or still queued at exit",
+				lost, queued, failed, lost-failed)
+			if err == nil {
+				return loss
+			}
+			return fmt.Errorf("tracing shutdown: %w; %w", err, loss) // one line
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("tracing shutdown: %w", err)
@@ -1028,7 +1049,10 @@ func parseMillis(name, s string) (time.Duration, error) {
 	return time.Duration(ms) * time.Millisecond, nil
 }
 
-func batchOptions(env func(string) string) ([]sdktrace.BatchSpanProcessorOption, error) {
+// batchOptions are the batch processor's options from the OTEL_BSP_*
+// variables, and the most spans it holds before it drops any: its queue
+// and the batch being filled.
+func batchOptions(env func(string) string) ([]sdktrace.BatchSpanProcessorOption, uint64, error) {
 	var opts []sdktrace.BatchSpanProcessorOption
 	for _, v := range []struct {
 		name string
@@ -1040,7 +1064,7 @@ func batchOptions(env func(string) string) ([]sdktrace.BatchSpanProcessorOption,
 		if s := env(v.name); s != "" {
 			d, err := parseMillis(v.name, s)
 			if err != nil {
-				return nil, err
+				return nil, 0, err
 			}
 			opts = append(opts, v.opt(d))
 		}
@@ -1058,7 +1082,7 @@ func batchOptions(env func(string) string) ([]sdktrace.BatchSpanProcessorOption,
 	}
 	queue, err := size("OTEL_BSP_MAX_QUEUE_SIZE", maxQueueSize)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if queue > 0 {
 		opts = append(opts, sdktrace.WithMaxQueueSize(queue))
@@ -1069,15 +1093,17 @@ func batchOptions(env func(string) string) ([]sdktrace.BatchSpanProcessorOption,
 	// would shrink it without a word).
 	batch, err := size("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", maxQueueSize)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if batch > queue {
-		return nil, fmt.Errorf("OTEL_BSP_MAX_EXPORT_BATCH_SIZE: %d is larger than the span queue (OTEL_BSP_MAX_QUEUE_SIZE, %d)", batch, queue)
+		return nil, 0, fmt.Errorf("OTEL_BSP_MAX_EXPORT_BATCH_SIZE: %d is larger than the span queue (OTEL_BSP_MAX_QUEUE_SIZE, %d)", batch, queue)
 	}
 	if batch > 0 {
 		opts = append(opts, sdktrace.WithMaxExportBatchSize(batch))
+	} else {
+		batch = min(sdktrace.DefaultMaxExportBatchSize, queue)
 	}
-	return opts, nil
+	return opts, uint64(queue + batch), nil
 }
 
 // spanLimitVars are the span limits the SDK reads from the process
