@@ -169,6 +169,9 @@ func SetupTracing(ctx context.Context, getenv func(string) string, serviceVersio
 		)
 		t.provider = continueOnly{tp: t.sdk}
 		t.describe = "off (no OTLP endpoint): incoming trace context is continued, nothing is exported"
+		if strings.EqualFold(env("OTEL_TRACES_EXPORTER"), "none") {
+			t.describe = "off (OTEL_TRACES_EXPORTER=none): incoming trace context is continued, nothing is exported"
+		}
 		return t, nil
 	}
 
@@ -790,7 +793,9 @@ func parseSampler(name, arg string) (sdktrace.Sampler, rootRule, string, error) 
 	}
 	name = strings.ToLower(name)
 	ratio := DefaultSamplerArg
-	if arg != "" && strings.HasSuffix(name, "traceidratio") {
+	if arg != "" {
+		// Checked whatever the sampler: a bad ratio left for always_on
+		// would fail the day someone switches to a ratio sampler.
 		f, err := strconv.ParseFloat(arg, 64)
 		if err != nil || !(f >= 0 && f <= 1) { // also NaN
 			return nil, rootRule{}, "", fmt.Errorf("OTEL_TRACES_SAMPLER_ARG: %q is not a ratio between 0 and 1", arg)
@@ -833,6 +838,7 @@ func parseExporter(env func(string) string) (exporterConfig, error) {
 	}
 	var c exporterConfig
 	protoVar, protocol := get("PROTOCOL")
+	protocol = strings.ToLower(protocol) // as the sampler and exporter names
 	switch protocol {
 	case "":
 		protocol = "http/protobuf"
@@ -855,7 +861,7 @@ func parseExporter(env func(string) string) (exporterConfig, error) {
 		c.timeout = d
 	}
 	cv, compression := get("COMPRESSION")
-	switch compression {
+	switch strings.ToLower(compression) {
 	case "", "none":
 	case "gzip":
 		c.gzip = true
@@ -999,10 +1005,9 @@ func redacted(endpoint string) string {
 
 func parseEndpoint(name, v string) (*url.URL, error) {
 	u, err := url.Parse(v)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		// host:port without a scheme fails to parse at all ("first path
+		// segment in URL cannot contain colon"): the same message.
 		return nil, fmt.Errorf("%s: %q must be an http:// or https:// URL with a host", name, v)
 	}
 	return u, nil

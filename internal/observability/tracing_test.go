@@ -527,7 +527,8 @@ func TestSetupTracingFromEnv(t *testing.T) {
 		"endpoint":                   {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4318"}, true, "http://jaeger:4318/v1/traces, sampler parentbased_traceidratio(0.01)"},
 		"traces endpoint used as is": {map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/custom"}, true, "to http://c:4318/custom,"},
 		"exporter otlp, no endpoint": {map[string]string{"OTEL_TRACES_EXPORTER": "otlp"}, true, "localhost:4318"},
-		"exporter none wins":         {map[string]string{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, false, "off"},
+		"exporter none wins":         {map[string]string{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, false, "off (OTEL_TRACES_EXPORTER=none)"},
+		"protocol any case":          {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "HTTP/JSON", "OTEL_EXPORTER_OTLP_COMPRESSION": "GZIP"}, true, "OTLP http/json to"},
 		"sdk disabled":               {map[string]string{"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, false, "disabled"},
 		"sdk disabled, any case":     {map[string]string{"OTEL_SDK_DISABLED": "TRUE", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, false, "disabled"},
 		"sdk not disabled":           {map[string]string{"OTEL_SDK_DISABLED": "False", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, true, "sampler"},
@@ -599,6 +600,7 @@ func TestSetupTracingFromEnv(t *testing.T) {
 		{"OTEL_TRACES_SAMPLER_ARG", "+Inf", ""},
 		{"OTEL_TRACES_SAMPLER_ARG", "1.0001", ""},
 		{"OTEL_TRACES_SAMPLER_ARG", "0x1p-1x", ""},
+		{"OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4318", `OTEL_EXPORTER_OTLP_ENDPOINT: "127.0.0.1:4318" must be an http:// or https:// URL with a host`},
 		{"OTEL_RESOURCE_ATTRIBUTES", "team=%zz", `OTEL_RESOURCE_ATTRIBUTES: "team": invalid URL escape "%zz"`},
 		{"OTEL_EXPORTER_OTLP_HEADERS", "api-key=%zz", `OTEL_EXPORTER_OTLP_HEADERS: "api-key": invalid URL escape "%zz"`},
 		// none with others: dropping callers' traces or joining them is a
@@ -626,6 +628,14 @@ func TestSetupTracingFromEnv(t *testing.T) {
 		_, err := observability.SetupTracing(ctx, env(e), "v1")
 		if err == nil || !strings.HasPrefix(err.Error(), c.v+":") || (c.want != "" && err.Error() != c.want) {
 			t.Errorf("%s=%q: error %v, want one naming the variable %s", c.v, c.val, err, c.want)
+		}
+	}
+	// A bad ratio fails with any sampler, not the day a ratio sampler is
+	// chosen.
+	for _, sampler := range []string{"always_on", "parentbased_always_off"} {
+		_, err := observability.SetupTracing(ctx, env(map[string]string{"OTEL_TRACES_SAMPLER": sampler, "OTEL_TRACES_SAMPLER_ARG": "abc"}), "v1")
+		if err == nil || !strings.HasPrefix(err.Error(), "OTEL_TRACES_SAMPLER_ARG:") {
+			t.Errorf("OTEL_TRACES_SAMPLER=%s OTEL_TRACES_SAMPLER_ARG=abc: error %v, want one naming OTEL_TRACES_SAMPLER_ARG", sampler, err)
 		}
 	}
 }
