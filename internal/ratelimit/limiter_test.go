@@ -280,6 +280,9 @@ func TestRedisSpans(t *testing.T) {
 			t.Errorf("span attribute %s = %q, want %q (all: %v)", k, got[k], v, got)
 		}
 	}
+	if scope := child.InstrumentationScope().Name; !strings.HasSuffix(scope, "/internal/ratelimit") || scope != scopeName {
+		t.Errorf("instrumentation scope %q, want this package's path", scope)
+	}
 	if child.SpanKind() != trace.SpanKindClient || child.Status().Code != codes.Unset {
 		t.Errorf("span kind %v status %v, want a client span without error", child.SpanKind(), child.Status())
 	}

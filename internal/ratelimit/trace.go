@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -24,6 +25,11 @@ import (
 // put the whole batch into one request's trace. A call's span covers what
 // its request waited: the queue for the next pipeline and the round trip;
 // db.operation.batch.size says how many calls shared that round trip.
+// scopeName is the instrumentation scope of the Redis spans: this package's
+// import path, read at run time so a service made from the template with
+// gonew reports its own module.
+var scopeName = reflect.TypeOf(redisSpans{}).PkgPath()
+
 type redisSpans struct {
 	tracer trace.Tracer
 	attrs  []attribute.KeyValue // db.system.name, db.namespace, the node (single node)
@@ -34,7 +40,7 @@ func newRedisSpans(tp trace.TracerProvider, rdb redis.UniversalClient) *redisSpa
 		return nil
 	}
 	s := &redisSpans{
-		tracer: tp.Tracer("github.com/hardenedgo/ginservice/internal/ratelimit"),
+		tracer: tp.Tracer(scopeName),
 		attrs:  []attribute.KeyValue{semconv.DBSystemNameRedis},
 	}
 	if c, ok := rdb.(*redis.Client); ok {
