@@ -251,17 +251,23 @@ func TestRedisSpans(t *testing.T) {
 	for _, s := range rec.Ended() {
 		t.Errorf("span %q from the probe", s.Name())
 	}
-	ctx, span := tp.Tracer("test").Start(context.Background(), "GET /api/v1/ping")
-	if _, err := rl.Allow(ctx, "k", 1); err != nil {
-		t.Fatal(err)
-	}
-	span.End()
-	var child sdktrace.ReadOnlySpan
-	for _, s := range rec.Ended() {
-		if s.Parent().SpanID() == span.SpanContext().SpanID() && s.Name() == "EVALSHA" {
-			child = s
+	// decide makes one decision under a request span and returns the
+	// EVALSHA span under it (nil if none).
+	decide := func() sdktrace.ReadOnlySpan {
+		t.Helper()
+		ctx, span := tp.Tracer("test").Start(context.Background(), "GET /api/v1/ping")
+		if _, err := rl.Allow(ctx, "k", 1); err != nil {
+			t.Fatal(err) // also with Redis gone: the fallback decides
 		}
+		span.End()
+		for _, s := range rec.Ended() {
+			if s.Parent().SpanID() == span.SpanContext().SpanID() && s.Name() == "EVALSHA" {
+				return s
+			}
+		}
+		return nil
 	}
+	child := decide()
 	if child == nil {
 		var names []string
 		for _, s := range rec.Ended() {
@@ -289,17 +295,7 @@ func TestRedisSpans(t *testing.T) {
 
 	// Redis gone: the decision that finds out has an error span saying how.
 	srv.Kill()
-	ctx, span = tp.Tracer("test").Start(context.Background(), "GET /api/v1/ping")
-	if _, err := rl.Allow(ctx, "k", 1); err != nil {
-		t.Fatal(err) // the fallback decides
-	}
-	span.End()
-	var failed sdktrace.ReadOnlySpan
-	for _, s := range rec.Ended() {
-		if s.Parent().SpanID() == span.SpanContext().SpanID() && s.Name() == "EVALSHA" {
-			failed = s
-		}
-	}
+	failed := decide()
 	if failed == nil {
 		t.Fatal("no EVALSHA span for the decision that met Redis gone")
 	}
