@@ -920,7 +920,7 @@ func TestRedisClientLinesHeldBackAtExit(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		return written() >= 3
 	})
-	for range 20 { // a second more of failed dials, held back
+	for range 40 { // two seconds more of failed dials (a probe every 250 ms), held back
 		get(t, "http://"+p.public+"/api/v1/ping")
 		time.Sleep(50 * time.Millisecond)
 	}
