@@ -649,6 +649,14 @@ func (c *trackedConn) served(route, requestID string, status int, complete bool)
 // and its cancelled context, are the server's doing, not a client's.
 func (c *trackedConn) cutByServer() bool { return c.serverCut.Load() }
 
+// noteForcedCut records that Server.Close at the drain's deadline
+// (MarkForcedClose) is closing this connection under a running handler.
+func (c *trackedConn) noteForcedCut() {
+	if c.m.forcedClose.Load() && c.handling.Load() > 0 && c.cause.Load() == causeNone {
+		c.serverCut.Store(true)
+	}
+}
+
 type connCtxKey struct{}
 
 // ConnContext is the http.Server.ConnContext hook. It puts the tracked
@@ -720,6 +728,10 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 	if r := c.records.Load(); r != nil {
 		switch {
 		case isTLSAlert(b):
+			// crypto/tls's Close writes close_notify before it closes this
+			// connection; the peer may answer it by closing, which ends a
+			// handler's body read before Close below runs.
+			c.noteForcedCut()
 			if !r.sentAlert.Swap(true) && r.alert.Load() && c.cause.Load() == causeNone {
 				// The server's first alert, usually its close_notify on
 				// the way out, after one of the peer's: the peer closed.
@@ -977,10 +989,8 @@ func (c *trackedConn) Close() error {
 		c.notePeerAlert(r)
 	}
 	first := c.closed.CompareAndSwap(false, true)
-	if first && c.m.forcedClose.Load() && c.handling.Load() > 0 && c.cause.Load() == causeNone {
-		// Server.Close at the drain's deadline (MarkForcedClose), under a
-		// running handler.
-		c.serverCut.Store(true)
+	if first {
+		c.noteForcedCut()
 	}
 	st := c.state.Load()
 	if first && r == nil && c.cause.Load() == causeReadTimeout && !c.wrote.Load() &&

@@ -546,3 +546,79 @@ func TestHTTP2ProtocolErrorsCounted(t *testing.T) {
 		t.Errorf("SETTINGS_MAX_CONCURRENT_STREAMS %d, want the server's 7", maxStreams)
 	}
 }
+
+// TestForcedCloseDecidedAtCloseNotify: crypto/tls's Close writes
+// close_notify before it closes the connection under it, and a peer that
+// closes on it ends the stream (and the handler's body read) before that
+// close: the forced close is decided at the alert, so the request is still
+// the server's cut, never a 499. The alert's write is held here to give
+// the peer that head start every time.
+func TestForcedCloseDecidedAtCloseNotify(t *testing.T) {
+	e, m, hm, logs := accessEngine(AccessOptions{})
+	reading := make(chan struct{})
+	e.POST("/upload", func(c *gin.Context) {
+		close(reading)
+		if _, err := io.ReadAll(c.Request.Body); err != nil {
+			c.AbortWithStatus(http.StatusBadRequest)
+		}
+	})
+	srv := &http.Server{Handler: e, ConnState: m.ConnState, ConnContext: m.ConnContext,
+		ErrorLog:  slog.NewLogLogger(slog.DiscardHandler, slog.LevelError),
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.ServeTLS(m.Listener(slowAlertListener{ln}), "", "")
+	defer srv.Close()
+
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go io.WriteString(pw, `{"a":`) // then nothing more
+	req, _ := http.NewRequest(http.MethodPost, "https://"+ln.Addr().String()+"/upload", pr)
+	req.ContentLength = 100
+	done := make(chan error, 1)
+	go func() {
+		resp, err := (&http.Client{Transport: tr}).Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	select {
+	case <-reading:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler never ran")
+	}
+	m.MarkForcedClose()
+	srv.Close()
+	<-done
+	eventually(t, "the access line", func() bool { return strings.Contains(logs.String(), `"msg":"request"`) }, logs.String)
+	if n := testutil.ToFloat64(hm.AbortsCounter("/upload")); n != 0 || !strings.Contains(logs.String(), "server_closed") {
+		t.Fatalf("a stream the forced close cut, its peer closing at close_notify: %v client aborts\n%s", n, logs)
+	}
+}
+
+// slowAlertListener's connections hold every write of an alert record (a
+// close_notify on the way out) for 300 ms after it went out.
+type slowAlertListener struct{ net.Listener }
+
+func (l slowAlertListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return slowAlertConn{c}, nil
+}
+
+type slowAlertConn struct{ net.Conn }
+
+func (c slowAlertConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if isTLSAlert(b) {
+		time.Sleep(300 * time.Millisecond)
+	}
+	return n, err
+}
