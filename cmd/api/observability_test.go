@@ -770,7 +770,9 @@ func testShutdownCountsSuppressedHandshakeLines(t *testing.T) {
 // client had left; the access line must say the server cut it (not 499,
 // not a truncated body) and the close line names the request, at INFO.
 func TestForcedShutdownIsNotAClientAbort(t *testing.T) {
-	p := startBinary(t, map[string]string{"SHUTDOWN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "1s", "HTTP_READ_TIMEOUT": "30s", "HTTP_WRITE_TIMEOUT": "30s"})
+	sink := otlptest.Start(t)
+	p := startBinary(t, map[string]string{"SHUTDOWN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "1s", "HTTP_READ_TIMEOUT": "30s", "HTTP_WRITE_TIMEOUT": "30s",
+		"OTEL_EXPORTER_OTLP_ENDPOINT": sink.URL, "OTEL_TRACES_SAMPLER": "always_on"})
 	c := dialPublic(t, p.public)
 	// An upload that is still coming when the drain's time is up.
 	fmt.Fprint(c, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nX-Request-ID: cut-by-shutdown\r\n\r\n{\"a\":")
@@ -782,6 +784,7 @@ func TestForcedShutdownIsNotAClientAbort(t *testing.T) {
 	if access == nil || access["status"] == float64(499) || access["level"] != "WARN" || !strings.HasPrefix(fmt.Sprint(access["error"]), "server_closed") {
 		t.Errorf("access line of the request the forced close cut: %v\n%s", access, p.logs)
 	}
+	checkServerClosedSpan(t, sink, access)
 	if closed == nil || closed["reason"] != "shutdown_timeout" || closed["state"] != "active" || closed["level"] != "INFO" {
 		t.Errorf("close line of the connection the forced close cut: %v", closed)
 	}
@@ -884,8 +887,10 @@ func TestHTTP2IdleTimeoutIsCountedAsSuch(t *testing.T) {
 // ends.
 func TestForcedShutdownIsNotAClientAbortHTTP2(t *testing.T) {
 	cert, key := testkit.WriteSelfSignedCert(t)
+	sink := otlptest.Start(t)
 	p := startBinary(t, map[string]string{"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key,
-		"SHUTDOWN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "1s", "HTTP_READ_TIMEOUT": "30s", "HTTP_WRITE_TIMEOUT": "30s"})
+		"SHUTDOWN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "1s", "HTTP_READ_TIMEOUT": "30s", "HTTP_WRITE_TIMEOUT": "30s",
+		"OTEL_EXPORTER_OTLP_ENDPOINT": sink.URL, "OTEL_TRACES_SAMPLER": "always_on"})
 	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}
 	defer tr.CloseIdleConnections()
 	pr, pw := io.Pipe()
@@ -911,6 +916,34 @@ func TestForcedShutdownIsNotAClientAbortHTTP2(t *testing.T) {
 	access := p.logs.last("request", "h2-cut-by-shutdown")
 	if access == nil || access["status"] == float64(499) || access["level"] != "WARN" || !strings.HasPrefix(fmt.Sprint(access["error"]), "server_closed") {
 		t.Errorf("access line of the HTTP/2 request the forced close cut: %v\n%s", access, p.logs)
+	}
+	checkServerClosedSpan(t, sink, access)
+}
+
+// checkServerClosedSpan: the span of the request the forced close cut while
+// its body was still coming, flushed at exit, is an error with
+// error.type=server_closed and no response status: the 400 the handler
+// wrote for the body it could no longer read never reached the client.
+func checkServerClosedSpan(t *testing.T, sink *otlptest.Receiver, access map[string]any) {
+	t.Helper()
+	var span *tracepb.Span
+	for _, sp := range sink.Spans() {
+		if hex.EncodeToString(sp.GetTraceId()) == access["trace_id"] && sp.GetName() == "POST /api/v1/echo" {
+			span = sp
+		}
+	}
+	if span == nil {
+		t.Fatalf("no span of the cut request (trace %v) reached the collector by exit", access["trace_id"])
+	}
+	attrs := map[string]string{}
+	for _, kv := range span.GetAttributes() {
+		attrs[kv.GetKey()] = fmt.Sprint(kv.GetValue().GetValue())
+	}
+	if span.GetStatus().GetCode() != tracepb.Status_STATUS_CODE_ERROR || !strings.Contains(attrs["error.type"], "server_closed") {
+		t.Errorf("span of the cut request: status %v, attributes %v; want an error with error.type server_closed", span.GetStatus(), attrs)
+	}
+	if code, ok := attrs["http.response.status_code"]; ok {
+		t.Errorf("span of a request cut before any response says http.response.status_code %s", code)
 	}
 }
 

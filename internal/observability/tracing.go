@@ -470,12 +470,17 @@ func finishSpan(c *gin.Context, span trace.Span, status int) {
 		span.SetStatus(codes.Error, "client went away before the response")
 		return
 	}
-	span.SetAttributes(semconv.HTTPResponseStatusCode(status))
 	if serverCut(c, connOf(c)) {
+		// No http.response.status_code: whatever the handler wrote after
+		// its connection broke (a 400 for the body it could no longer
+		// read, the 200 it had started) never reached the client whole.
+		// The access line and the request counter keep the handler's
+		// status, with the same error.
 		span.SetAttributes(semconv.ErrorTypeKey.String("server_closed"))
 		span.SetStatus(codes.Error, "connection closed by the server while serving the request (forced shutdown)")
 		return
 	}
+	span.SetAttributes(semconv.HTTPResponseStatusCode(status))
 	if c.GetBool(keyWriteTimeout) {
 		span.SetAttributes(semconv.ErrorTypeKey.String("write_timeout"))
 		span.SetStatus(codes.Error, "HTTP/2 stream reset by the server at HTTP_WRITE_TIMEOUT")
