@@ -440,7 +440,7 @@ func Usage(w io.Writer, prog string) {
 var otelVars = [][3]string{
 	{"OTEL_EXPORTER_OTLP_ENDPOINT", "(empty)", "OTLP endpoint (e.g. http://jaeger:4318); tracing is off unless this or OTEL_TRACES_EXPORTER=otlp is set"},
 	{"OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", "http/protobuf, http/json or grpc"},
-	{"OTEL_TRACES_EXPORTER", "(empty)", "otlp to enable tracing, none to disable it"},
+	{"OTEL_TRACES_EXPORTER", "(empty)", "otlp to enable tracing (without an endpoint: http://localhost:4318, or http://localhost:4317 for grpc), none to disable it"},
 	{"OTEL_SERVICE_NAME", "api", "service.name of the traces (else a service.name in OTEL_RESOURCE_ATTRIBUTES)"},
 	{"OTEL_TRACES_SAMPLER", "parentbased_traceidratio", "sampler; with OTEL_TRACES_SAMPLER_ARG (default 0.01)"},
 	{"OTEL_PROPAGATORS", "tracecontext,baggage,jaeger", "incoming/outgoing trace headers; none for neither, on its own"},
@@ -450,7 +450,7 @@ var otelVars = [][3]string{
 	{"OTEL_EXPORTER_OTLP_HEADERS", "(empty)", "headers of the export requests, k=v,k2=v2 (e.g. an API key)"},
 	{"OTEL_EXPORTER_OTLP_TIMEOUT", "10000", "export timeout in ms, 1 to 3600000"},
 	{"OTEL_EXPORTER_OTLP_COMPRESSION", "(empty)", "gzip or none"},
-	{"OTEL_EXPORTER_OTLP_INSECURE", "false", "true: export without TLS"},
+	{"OTEL_EXPORTER_OTLP_INSECURE", "false", "checked, no effect: the endpoint's scheme decides (http: plain, https: TLS), as the specification has it for endpoints with a scheme"},
 	{"OTEL_EXPORTER_OTLP_CERTIFICATE", "(empty)", "PEM file of the CA that signed the collector's certificate (default: the system roots)"},
 	{"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "(empty)", "PEM client certificate for mutual TLS, with OTEL_EXPORTER_OTLP_CLIENT_KEY"},
 	{"OTEL_EXPORTER_OTLP_CLIENT_KEY", "(empty)", "PEM key of the client certificate"},

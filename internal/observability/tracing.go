@@ -33,6 +33,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/embedded"
 	"go.opentelemetry.io/otel/trace/noop"
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/credentials"
 
@@ -623,7 +624,7 @@ func requestAttrs(c *gin.Context, method, route string) []attribute.KeyValue {
 		semconv.URLPath(spanText(r.URL.Path)),
 		semconv.URLScheme(scheme),
 		semconv.ClientAddress(clientip.Of(c)),
-		semconv.NetworkProtocolVersion(strings.TrimPrefix(r.Proto, "HTTP/")),
+		semconv.NetworkProtocolVersion(protocolVersion(r)),
 	)
 	if method == methodOther {
 		attrs = append(attrs, semconv.HTTPRequestMethodOriginal(spanText(r.Method)))
@@ -820,16 +821,42 @@ func parseSampler(name, arg string) (sdktrace.Sampler, rootRule, string, error) 
 	return nil, rootRule{}, "", fmt.Errorf("OTEL_TRACES_SAMPLER: %q is not supported (want always_on, always_off, traceidratio or parentbased_*)", name)
 }
 
+// protocolVersion is network.protocol.version as the HTTP semantic
+// conventions spell it: "1.1", "1.0", "2" (not r.Proto's "2.0").
+func protocolVersion(r *http.Request) string {
+	switch {
+	case r.ProtoMajor == 1 && r.ProtoMinor == 1:
+		return "1.1"
+	case r.ProtoMajor == 1 && r.ProtoMinor == 0:
+		return "1.0"
+	case r.ProtoMajor == 2:
+		return "2"
+	case r.ProtoMinor == 0:
+		return strconv.Itoa(r.ProtoMajor)
+	}
+	return strconv.Itoa(r.ProtoMajor) + "." + strconv.Itoa(r.ProtoMinor)
+}
+
 // exporterConfig is the OTLP exporter's set-up from the
 // OTEL_EXPORTER_OTLP_* variables.
 type exporterConfig struct {
 	protocol    string // http/protobuf, http/json or grpc
-	endpointURL string // empty: the exporter's default
+	endpointURL string // always set: the variables' or the default (defaultEndpoint)
 	headers     map[string]string
 	timeout     time.Duration // 0: the exporter's default
 	gzip        bool
-	insecure    bool
 	tls         *tls.Config // from the CERTIFICATE and CLIENT_* files; nil: system roots
+}
+
+// defaultEndpoint is the OTLP endpoint without an endpoint variable, as
+// the OpenTelemetry specification sets it: plain HTTP to a collector on
+// localhost. (The Go exporters' own default speaks TLS to localhost, which
+// a local collector or agent does not.)
+func defaultEndpoint(protocol string) string {
+	if protocol == "grpc" {
+		return "http://localhost:4317"
+	}
+	return "http://localhost:4318/v1/traces"
 }
 
 // parseExporter reads and checks the OTLP exporter variables without
@@ -857,6 +884,9 @@ func parseExporter(env func(string) string) (exporterConfig, error) {
 		if c.headers, err = parseHeaders(h); err != nil {
 			return c, fmt.Errorf("%s: %w", hv, err)
 		}
+		if err = checkHeaders(c.headers, protocol == "grpc"); err != nil {
+			return c, fmt.Errorf("%s: %w", hv, err)
+		}
 	}
 	if tv, s := get("TIMEOUT"); s != "" {
 		d, err := parseMillis(tv, s)
@@ -873,9 +903,12 @@ func parseExporter(env func(string) string) (exporterConfig, error) {
 	default:
 		return c, fmt.Errorf("%s: %q is not supported (want gzip or none)", cv, compression)
 	}
+	// INSECURE is checked and otherwise has no effect: the specification
+	// applies it only to a gRPC endpoint without a scheme, and every
+	// endpoint here has one (http: plain, https: TLS).
 	iv, insecureS := get("INSECURE")
 	var err error
-	if c.insecure, err = parseBoolVar(iv, insecureS); err != nil {
+	if _, err = parseBoolVar(iv, insecureS); err != nil {
 		return c, err
 	}
 	if c.tls, err = exporterTLS(get); err != nil {
@@ -898,6 +931,8 @@ func parseExporter(env func(string) string) (exporterConfig, error) {
 			u.Path = strings.TrimSuffix(u.Path, "/") + "/v1/traces"
 		}
 		c.endpointURL = u.String()
+	} else {
+		c.endpointURL = defaultEndpoint(protocol)
 	}
 	return c, nil
 }
@@ -944,13 +979,10 @@ func exporterTLS(get func(suffix string) (string, string)) (*tls.Config, error) 
 // itself; options passed here take precedence.)
 func newExporter(ctx context.Context, c exporterConfig) (sdktrace.SpanExporter, string, error) {
 	if c.protocol == "grpc" {
-		opts := []otlptracegrpc.Option{}
-		if c.endpointURL != "" {
-			opts = append(opts, otlptracegrpc.WithEndpointURL(c.endpointURL))
-		}
-		if c.insecure {
-			opts = append(opts, otlptracegrpc.WithInsecure())
-		} else if c.tls != nil {
+		// The endpoint's scheme decides plain or TLS; the files' TLS
+		// settings apply to an https one.
+		opts := []otlptracegrpc.Option{otlptracegrpc.WithEndpointURL(c.endpointURL)}
+		if c.tls != nil && strings.HasPrefix(strings.ToLower(c.endpointURL), "https:") {
 			opts = append(opts, otlptracegrpc.WithTLSCredentials(credentials.NewTLS(c.tls)))
 		}
 		if c.headers != nil {
@@ -966,17 +998,13 @@ func newExporter(ctx context.Context, c exporterConfig) (sdktrace.SpanExporter, 
 		if err != nil {
 			return nil, "", fmt.Errorf("OTLP/gRPC exporter: %w", err)
 		}
-		return exp, "OTLP grpc to " + orDefault(redacted(c.endpointURL), "localhost:4317"), nil
+		return exp, "OTLP grpc to " + redacted(c.endpointURL), nil
 	}
 	opts := []otlptracehttp.Option{}
 	if c.protocol == "http/json" {
 		opts = append(opts, otlptracehttp.WithEncoding(otlptracehttp.EncodingJSON))
 	}
-	if c.endpointURL != "" {
-		opts = append(opts, otlptracehttp.WithEndpointURL(c.endpointURL))
-	} else if c.insecure {
-		opts = append(opts, otlptracehttp.WithInsecure())
-	}
+	opts = append(opts, otlptracehttp.WithEndpointURL(c.endpointURL))
 	if c.tls != nil {
 		opts = append(opts, otlptracehttp.WithTLSClientConfig(c.tls))
 	}
@@ -995,7 +1023,7 @@ func newExporter(ctx context.Context, c exporterConfig) (sdktrace.SpanExporter, 
 	if err != nil {
 		return nil, "", fmt.Errorf("OTLP/HTTP exporter: %w", err)
 	}
-	return exp, "OTLP " + c.protocol + " to " + orDefault(redacted(c.endpointURL), "localhost:4318"), nil
+	return exp, "OTLP " + c.protocol + " to " + redacted(c.endpointURL), nil
 }
 
 // redacted is an endpoint URL fit for the logs: a password in it is
@@ -1010,12 +1038,47 @@ func redacted(endpoint string) string {
 
 func parseEndpoint(name, v string) (*url.URL, error) {
 	u, err := url.Parse(v)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
 		// host:port without a scheme fails to parse at all ("first path
 		// segment in URL cannot contain colon"): the same message.
 		return nil, fmt.Errorf("%s: %q must be an http:// or https:// URL with a host", name, v)
 	}
+	if p := u.Port(); p != "" {
+		// url.Parse takes any digits; a dial refuses them at every export.
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("%s: port %q of %q is not between 1 and 65535", name, p, v)
+		}
+	}
 	return u, nil
+}
+
+// checkHeaders refuses exporter headers that every export would fail on:
+// a name that is not an HTTP token or a value with control characters
+// (net/http refuses to send them), and for gRPC, whose metadata is
+// stricter, a name outside [0-9a-z_.-] once lowercased, a reserved grpc-
+// name, or a value outside printable ASCII.
+func checkHeaders(h map[string]string, grpc bool) error {
+	for k, v := range h {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return fmt.Errorf("%q is not a valid header name", k)
+		}
+		if !httpguts.ValidHeaderFieldValue(v) {
+			return fmt.Errorf("the value of %q holds a control character", k)
+		}
+		if !grpc {
+			continue
+		}
+		lk := strings.ToLower(k)
+		if strings.HasPrefix(lk, "grpc-") || strings.ContainsFunc(lk, func(r rune) bool {
+			return !(r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r == '_' || r == '.' || r == '-')
+		}) {
+			return fmt.Errorf("%q is not a valid gRPC metadata key", k)
+		}
+		if !strings.HasSuffix(lk, "-bin") && strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 || r > 0x7e }) {
+			return fmt.Errorf("the value of %q holds a character gRPC metadata does not carry (printable ASCII only)", k)
+		}
+	}
+	return nil
 }
 
 // parseHeaders reads the W3C-baggage-like "k=v,k2=v2" list (values
@@ -1190,11 +1253,4 @@ func firstNonEmpty(vs ...string) string {
 		}
 	}
 	return ""
-}
-
-func orDefault(v, d string) string {
-	if v == "" {
-		return d
-	}
-	return v
 }

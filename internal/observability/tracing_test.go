@@ -526,16 +526,19 @@ func TestSetupTracingFromEnv(t *testing.T) {
 		"nothing set":                {nil, false, "off"},
 		"endpoint":                   {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4318"}, true, "http://jaeger:4318/v1/traces, sampler parentbased_traceidratio(0.01)"},
 		"traces endpoint used as is": {map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/custom"}, true, "to http://c:4318/custom,"},
-		"exporter otlp, no endpoint": {map[string]string{"OTEL_TRACES_EXPORTER": "otlp"}, true, "localhost:4318"},
-		"exporter none wins":         {map[string]string{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, false, "off (OTEL_TRACES_EXPORTER=none)"},
-		"protocol any case":          {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "HTTP/JSON", "OTEL_EXPORTER_OTLP_COMPRESSION": "GZIP"}, true, "OTLP http/json to"},
-		"sdk disabled":               {map[string]string{"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, false, "disabled"},
-		"sdk disabled, any case":     {map[string]string{"OTEL_SDK_DISABLED": "TRUE", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, false, "disabled"},
-		"sdk not disabled":           {map[string]string{"OTEL_SDK_DISABLED": "False", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, true, "sampler"},
-		"grpc":                       {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, true, "OTLP grpc to http://j:4317"},
-		"sampler and ratio":          {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}, true, "sampler traceidratio(0.5)"},
-		"always_on":                  {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_TRACES_SAMPLER": "always_on"}, true, "sampler always_on"},
-		"password not described":     {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://u:s3cret@j:4318"}, true, "to http://u:xxxxx@j:4318/v1/traces,"},
+		// The specification's defaults: plain HTTP to localhost (the Go
+		// exporters' own would speak TLS there).
+		"exporter otlp, no endpoint":       {map[string]string{"OTEL_TRACES_EXPORTER": "otlp"}, true, "OTLP http/protobuf to http://localhost:4318/v1/traces,"},
+		"exporter otlp, no endpoint, grpc": {map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, true, "OTLP grpc to http://localhost:4317,"},
+		"exporter none wins":               {map[string]string{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, false, "off (OTEL_TRACES_EXPORTER=none)"},
+		"protocol any case":                {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "HTTP/JSON", "OTEL_EXPORTER_OTLP_COMPRESSION": "GZIP"}, true, "OTLP http/json to"},
+		"sdk disabled":                     {map[string]string{"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, false, "disabled"},
+		"sdk disabled, any case":           {map[string]string{"OTEL_SDK_DISABLED": "TRUE", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, false, "disabled"},
+		"sdk not disabled":                 {map[string]string{"OTEL_SDK_DISABLED": "False", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, true, "sampler"},
+		"grpc":                             {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, true, "OTLP grpc to http://j:4317"},
+		"sampler and ratio":                {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}, true, "sampler traceidratio(0.5)"},
+		"always_on":                        {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318", "OTEL_TRACES_SAMPLER": "always_on"}, true, "sampler always_on"},
+		"password not described":           {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://u:s3cret@j:4318"}, true, "to http://u:xxxxx@j:4318/v1/traces,"},
 		"batch settings at their bounds": {map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318",
 			"OTEL_BSP_MAX_QUEUE_SIZE": "1048576", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1048576", "OTEL_BSP_SCHEDULE_DELAY": "3600000",
 			"OTEL_BSP_EXPORT_TIMEOUT": "1", "OTEL_EXPORTER_OTLP_TIMEOUT": "3600000"}, true, "sampler"},
@@ -603,6 +606,12 @@ func TestSetupTracingFromEnv(t *testing.T) {
 		{"OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4318", `OTEL_EXPORTER_OTLP_ENDPOINT: "127.0.0.1:4318" must be an http:// or https:// URL with a host`},
 		{"OTEL_RESOURCE_ATTRIBUTES", "team=%zz", `OTEL_RESOURCE_ATTRIBUTES: "team": invalid URL escape "%zz"`},
 		{"OTEL_EXPORTER_OTLP_HEADERS", "api-key=%zz", `OTEL_EXPORTER_OTLP_HEADERS: "api-key": invalid URL escape "%zz"`},
+		// Headers every export would fail on, and a port no dial takes.
+		{"OTEL_EXPORTER_OTLP_HEADERS", "bad key=1", `OTEL_EXPORTER_OTLP_HEADERS: "bad key" is not a valid header name`},
+		{"OTEL_EXPORTER_OTLP_HEADERS", "x-api=a%0Ab", `OTEL_EXPORTER_OTLP_HEADERS: the value of "x-api" holds a control character`},
+		{"OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-api=a%00b", ""},
+		{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:99999", `OTEL_EXPORTER_OTLP_ENDPOINT: port "99999" of "http://127.0.0.1:99999" is not between 1 and 65535`},
+		{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://j:0/v1/traces", ""},
 		// none with others: dropping callers' traces or joining them is a
 		// guess either way.
 		{"OTEL_PROPAGATORS", "none,tracecontext", `OTEL_PROPAGATORS: none cannot be combined with other propagators, got "none,tracecontext"`},
@@ -629,6 +638,24 @@ func TestSetupTracingFromEnv(t *testing.T) {
 		if err == nil || !strings.HasPrefix(err.Error(), c.v+":") || (c.want != "" && err.Error() != c.want) {
 			t.Errorf("%s=%q: error %v, want one naming the variable %s", c.v, c.val, err, c.want)
 		}
+	}
+	// gRPC metadata is stricter than HTTP headers: names in [0-9a-z_.-]
+	// (any case), none of gRPC's own, values in printable ASCII.
+	for _, h := range []string{"x!key=1", "grpc-timeout=1S", "x-api=%C3%A9", "x-api=a%09b"} {
+		_, err := observability.SetupTracing(ctx, env(map[string]string{
+			"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_HEADERS": h}), "v1")
+		if err == nil || !strings.HasPrefix(err.Error(), "OTEL_EXPORTER_OTLP_HEADERS:") {
+			t.Errorf("gRPC with OTEL_EXPORTER_OTLP_HEADERS=%q: error %v, want one naming the variable", h, err)
+		}
+	}
+	for _, h := range []string{"X-Api-Key=Abc", "trace.bin-bin=%C3%A9"} {
+		tr, err := observability.SetupTracing(ctx, env(map[string]string{
+			"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_HEADERS": h}), "v1")
+		if err != nil {
+			t.Errorf("gRPC with OTEL_EXPORTER_OTLP_HEADERS=%q: %v", h, err)
+			continue
+		}
+		tr.Shutdown(ctx)
 	}
 	// A bad ratio fails with any sampler, not the day a ratio sampler is
 	// chosen.
@@ -816,6 +843,71 @@ func TestTracesOverMutualTLS(t *testing.T) {
 		"OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY":         keyFile,
 	}); n != 1 {
 		t.Errorf("with the CA and the client certificate %d spans arrived, want 1", n)
+	}
+}
+
+// TestGRPCExportSchemeWins: an https:// gRPC endpoint is spoken to over
+// TLS whatever OTEL_EXPORTER_OTLP_INSECURE says (the specification applies
+// it only to an endpoint without a scheme), and an http:// one in plain
+// text whatever certificate files are set: what reaches a listener there
+// starts with a TLS handshake record, or with HTTP/2's preface.
+func TestGRPCExportSchemeWins(t *testing.T) {
+	ctx := context.Background()
+	_, caPEM, caKey := testkit.SelfSignedCert(t)
+	caFile, _ := testkit.WritePEM(t, caPEM, caKey)
+	firstBytes := func(scheme string, extra map[string]string) []byte {
+		t.Helper()
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		env := map[string]string{
+			"OTEL_EXPORTER_OTLP_ENDPOINT": scheme + "://" + ln.Addr().String(),
+			"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+			"OTEL_TRACES_SAMPLER":         "always_on",
+			"OTEL_EXPORTER_OTLP_TIMEOUT":  "500",
+		}
+		for k, v := range extra {
+			env[k] = v
+		}
+		tr, err := observability.SetupTracing(ctx, func(k string) string { return env[k] }, "v1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan []byte, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				got <- nil
+				return
+			}
+			defer c.Close()
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			b := make([]byte, 3)
+			n, _ := io.ReadFull(c, b)
+			got <- b[:n]
+		}()
+		_, span := tr.Provider().Tracer("test").Start(ctx, "scheme")
+		span.End()
+		fctx, cancel := context.WithTimeout(ctx, time.Second)
+		_ = tr.ForceFlush(fctx)
+		cancel()
+		var b []byte
+		select {
+		case b = <-got:
+		case <-time.After(5 * time.Second):
+		}
+		sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		_ = tr.Shutdown(sctx)
+		cancel()
+		return b
+	}
+	if b := firstBytes("https", map[string]string{"OTEL_EXPORTER_OTLP_INSECURE": "true"}); len(b) < 1 || b[0] != 0x16 {
+		t.Errorf("https:// endpoint with INSECURE=true: first bytes %q, want a TLS handshake record (0x16)", b)
+	}
+	if b := firstBytes("http", map[string]string{"OTEL_EXPORTER_OTLP_CERTIFICATE": caFile}); string(b) != "PRI" {
+		t.Errorf("http:// endpoint with a CA file: first bytes %q, want HTTP/2's plain-text preface", b)
 	}
 }
 
