@@ -955,6 +955,16 @@ func TestIncomingContextForms(t *testing.T) {
 	if b := strings.Join(get(bag).Values("baggage"), ","); !strings.Contains(b, "a=1") || !strings.Contains(b, "b=2") {
 		t.Errorf("two baggage lines: dependency got baggage %q, want a=1 and b=2", b)
 	}
+	// W3C's limit, 8192 bytes: under it the baggage goes on, over it
+	// none of it does (as the README says).
+	for size, want := range map[int]bool{8000: true, 9000: false} {
+		big := http.Header{}
+		big.Set("traceparent", "00-"+w3c+"-b7ad6b7169203331-01")
+		big.Set("baggage", "k="+strings.Repeat("v", size-2))
+		if got := get(big).Get("baggage") != ""; got != want {
+			t.Errorf("a %d-byte baggage passed on: %v, want %v", size, got, want)
+		}
+	}
 
 	// Several tracestate lines are one list: each vendor's entry goes on.
 	states := http.Header{}
