@@ -684,8 +684,8 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 		r.feed(b[:n])
 		if !had && r.alert.Load() {
 			st := c.state.Load()
-			if st == int32(http.StateActive)+1 && c.wrote.Load() {
-				st = int32(http.StateIdle) + 1
+			if st == int32(http.StateActive)+1 && (c.wrote.Load() || c.answeredRequest()) {
+				st = int32(http.StateIdle) + 1 // as in note
 			}
 			r.alertState.Store(st)
 			r.alertServed.Store(c.answeredRequest())
@@ -902,9 +902,13 @@ func (c *trackedConn) note(err error, read bool) {
 		// active, although the connection passes through idle before it
 		// is closed. A peer that closes right after reading a response can
 		// beat net/http's switch to idle: once response bytes are out, the
-		// request is not what it left.
+		// request is not what it left. Nor once the handlers have answered
+		// it whole (the access line is written, without a 499): a client
+		// that half-closes after its request (nc -N, some health checks)
+		// may send its FIN before net/http writes the answer out, and
+		// still reads all of it.
 		st := c.state.Load()
-		if st == int32(http.StateActive)+1 && c.wrote.Load() {
+		if st == int32(http.StateActive)+1 && (c.wrote.Load() || c.answeredRequest()) {
 			st = int32(http.StateIdle) + 1
 		}
 		c.causeState.Store(st)

@@ -817,3 +817,62 @@ func clientClosingAfterItsAnswer(t *testing.T, useTLS bool) {
 		t.Errorf("a close after a complete answer was logged as noteworthy:\n%s", logs)
 	}
 }
+
+// TestHalfCloseAfterAnswerIsNoMidRequestLeave: a client that half-closes
+// its connection after its request and reads the whole answer did not
+// leave mid-request, also when its FIN arrives after the handlers answered
+// (the access line says 200) but before net/http writes the answer out.
+// A middleware outside the access middleware holds that window open.
+func TestHalfCloseAfterAnswerIsNoMidRequestLeave(t *testing.T) {
+	logs := &testkit.SyncBuffer{}
+	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	reg := prometheus.NewRegistry()
+	m, hm := NewConnMetrics(reg, logger), NewHTTPMetrics(reg)
+	gin.SetMode(gin.ReleaseMode)
+	e := gin.New()
+	finRead := make(chan struct{})
+	e.Use(func(c *gin.Context) {
+		c.Next()
+		// Answered and logged; the client's FIN is read meanwhile (net/
+		// http's background read cancels the request's context).
+		select {
+		case <-c.Request.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+		close(finRead)
+	})
+	e.Use(Access(logger, hm, AccessOptions{}))
+	answered := make(chan struct{})
+	e.GET("/fast", func(c *gin.Context) {
+		c.String(http.StatusOK, "fast")
+		close(answered)
+	})
+	addr := serveTracked(t, m, &http.Server{Handler: e})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /fast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	<-answered
+	eventually(t, "the access line", func() bool { return strings.Contains(logs.String(), `"msg":"request"`) }, logs.String)
+	c.(*net.TCPConn).CloseWrite()
+	<-finRead
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || string(body) != "fast" {
+		t.Fatalf("answer %d %q", resp.StatusCode, body)
+	}
+	eventually(t, "the close counted", func() bool {
+		return testutil.ToFloat64(m.closed.WithLabelValues(CloseReasonPeerClosed, "idle"))+
+			testutil.ToFloat64(m.closed.WithLabelValues(CloseReasonPeerClosed, "active")) == 1
+	}, logs.String)
+	if n := testutil.ToFloat64(m.closed.WithLabelValues(CloseReasonPeerClosed, "active")); n != 0 ||
+		strings.Contains(logs.String(), `"level":"INFO","msg":"connection closed"`) || strings.Contains(logs.String(), `"status":499`) {
+		t.Fatalf("a client that half-closed after its answer was written counted as leaving mid-request\n%s", logs)
+	}
+}
