@@ -30,8 +30,12 @@ and, with --metrics, the service's own view from its Prometheus metrics:
                keep-alive race with the service's idle timeout
 
 Every part is optional: a missing tool or input is reported, not fatal.
+Findings are OK, NOTE, WARN (evidence that connections failed, or a setting
+that makes them fail) or TUNE (kernel settings that differ from the
+recommended values: listed in the summary as settings to review).
 Exit status: 0 when nothing was found to warn about, 3 when the summary lists
-warnings (for runbooks and cron jobs), 2 for bad usage.
+warnings (for runbooks and cron jobs; TUNE findings alone leave it 0), 2 for
+bad usage.
 
 Options:
   -u, --url URL          probe URL with curl (e.g. http://127.0.0.1:8080/healthz)
@@ -149,12 +153,18 @@ have() { command -v "$1" >/dev/null 2>&1; }
 awk_hex='function hex(s,  i, v) { v = 0; s = toupper(s); for (i = 1; i <= length(s); i++) v = v * 16 + index("0123456789ABCDEF", substr(s, i, 1)) - 1; return v }'
 
 warnings=()
+advice=()    # standing settings to review: in the summary, not warnings (exit status 0)
 proxy_died=0 # upstream connections nginx lost under a request (section 2)
+access_read=0 # nginx's access log was read: c502/c504 say what clients saw
+order_ok=0   # upstreams whose keepalive_timeout --nginx-conf found below the service's idle timeout
+order_bad=0  # and those it found not below
 
 section() { printf '\n== %s ==\n' "$1"; }
 
-# finding LEVEL WHAT MEANS DO: one finding in plain words. LEVEL is OK, NOTE
-# or WARN; WARN headlines are repeated in the summary.
+# finding LEVEL WHAT MEANS DO: one finding in plain words. LEVEL is OK, NOTE,
+# TUNE or WARN; WARN headlines are repeated in the summary (and make the exit
+# status 3), TUNE ones too, as settings to review: a standing difference from
+# the recommended configuration, not evidence that connections failed.
 finding() {
 	local level=$1 what=$2 means=${3:-} todo=${4:-}
 	printf '[%s] %s\n' "$level" "$what"
@@ -162,6 +172,8 @@ finding() {
 	[[ -n $todo ]] && printf '%s\n' "$todo" | fold -s -w 86 | sed '1s/^/       do:    /; 2,$s/^/              /'
 	if [[ $level == WARN ]]; then
 		warnings+=("$what")
+	elif [[ $level == TUNE ]]; then
+		advice+=("$what")
 	fi
 	return 0
 }
@@ -443,6 +455,7 @@ else
 		END { printf "%d %d %d %d %d %d %d\n", total, st["499"], st["502"], st["503"], st["504"], s5, retried }
 	' "$access_log" >"$work/access.sum"
 	read -r total c499 c502 c503 c504 c5xx retried <"$work/access.sum"
+	access_read=1
 	pct() { awk -v a="$1" -v t="$total" 'BEGIN { if (t == 0) print "0%"; else printf "%.2f%%", 100 * a / t }'; }
 	echo "$access_log: $total requests; 499: $c499, 502: $c502, 503: $c503, 504: $c504, all 5xx: $c5xx, retried upstream: $retried"
 	if ((c499 > 0)); then
@@ -466,11 +479,13 @@ else
 			"Check the error log for \"no live upstreams\" and the service's readiness."
 	fi
 	if ((retried > 0)); then
-		finding WARN "$retried requests needed a second upstream attempt (us=\"..., ...\")" \
-			"nginx hid a failure by retrying on another connection or server: each is an error-log line. GETs are retried, POSTs are not, so the same cause produces 502 for POSTs." \
+		# What the clients got is counted above (a retry that failed too
+		# ends 502 or 504); the retries themselves reached no client.
+		finding NOTE "$retried requests needed a second upstream attempt (us=\"..., ...\")" \
+			"nginx hid a failure by retrying on another connection or server: each is an error-log line. GETs are retried, POSTs are not, so the same cause produces 502 for POSTs (counted above if any did). A rolling restart behind a static upstream list causes a few." \
 			"Find the cause in the error log (premature close / reset = keep-alive order; refused = restarts)."
 	fi
-	if ((total > 0 && c499 + c502 + c503 + c504 + retried == 0)); then
+	if ((total > 0 && c499 + c502 + c503 + c504 == 0)); then
 		finding OK "no 499, 502, 503 or 504 among $total requests"
 	fi
 fi
@@ -503,14 +518,18 @@ else
 		proxy_died=$(grep -E -- "upstream prematurely closed|$(upstream_side_re "(reset by peer|Broken pipe)")" "$error_log" |
 			grep -cE -- "upstream: \"[a-z]+://[^\"]*:$port(/|\")" || true)
 	fi
+	# With the access log read, a failure no client saw (nginx retried it
+	# elsewhere: no 502 or 504) is a note; without it, a warning.
+	seen=WARN
+	((access_read == 1 && c502 + c504 == 0)) && seen=NOTE
 	if ((premature + reset + pipe > 0)); then
-		finding WARN "$((premature + reset + pipe)) upstream connections died under a request (prematurely closed: $premature, reset by peer: $reset, broken pipe: $pipe)" \
+		finding $seen "$((premature + reset + pipe)) upstream connections died under a request (prematurely closed: $premature, reset by peer: $reset, broken pipe: $pipe)" \
 			"nginx sent a request on a connection the service was closing. Usually a reused keep-alive connection that the service closed as idle at that instant: nginx's upstream keepalive_timeout is not shorter than the service's idle timeout. Also: the service crashed or was killed mid-request." \
 			"Set upstream { keepalive_timeout } below HTTP_IDLE_TIMEOUT (reference: 60s < 75s, deploy/nginx/nginx.conf); on ingress-nginx, upstream-keepalive-timeout. Check for restarts/OOM kills at the same times."
 	fi
 	if ((refused > 0)); then
-		finding WARN "$refused connects to the service were refused" \
-			"Nothing listened on the upstream address: the instance was down, restarting, or had closed its listener during shutdown while still in the load balancer." \
+		finding $seen "$refused connects to the service were refused" \
+			"Nothing listened on the upstream address: the instance was down, restarting, or had closed its listener during shutdown while still in the load balancer. nginx tries the next server of the upstream for any method (nothing was sent); with none left the client gets 502." \
 			"Keep serving during SHUTDOWN_DELAY after readiness fails; check restarts and the endpoint list."
 	fi
 	if ((timedout > 0)); then
@@ -817,12 +836,15 @@ else
 				"The value is not an nginx time (e.g. 60s, 1m30s, 500ms)." \
 				"Check it with nginx -t."
 		elif [[ $svc_idle == 0 ]]; then
+			order_ok=$((order_ok + 1))
 			ok "upstream $name ($servers): the service has no idle timeout, nginx's keepalive_timeout ${kt}s ends every idle connection"
 		elif ! lt "$kt" "$svc_idle"; then
+			order_bad=$((order_bad + 1))
 			finding WARN "upstream $name ($servers) keeps idle connections for ${kt}s, not less than the service's idle timeout ${svc_idle}s" \
 				"The keep-alive race: the service closes a kept-alive connection as idle at the moment nginx reuses it for a request. nginx logs 'upstream prematurely closed' or 'reset by peer'; GETs are retried, POSTs answered 502. The shorter idle timeout must be nginx's. (Before nginx 1.15.3 an upstream has no keepalive_timeout: it keeps idle connections until the service closes them.)" \
 				"Set keepalive_timeout in upstream $name below ${svc_idle}s (reference: 60s against 75s, deploy/nginx/nginx.conf), or raise HTTP_IDLE_TIMEOUT above ${kt}s."
 		else
+			order_ok=$((order_ok + 1))
 			ok "upstream $name ($servers): keepalive_timeout ${kt}s is below the service's idle timeout ${svc_idle}s"
 		fi
 		if [[ $keepalive != none && $lb == - ]] && ((nbad > 0)); then
@@ -884,7 +906,7 @@ else
 	if ((dlo > 0)); then
 		finding WARN "the listen queue is overflowing now (+$dlo in ${window}s)" \
 			"A listening socket's accept queue is full: the kernel drops the final ACK of new handshakes. Clients see connect timeouts, 1s+ handshakes and resets; proxies log 502/504." \
-			"Raise net.core.somaxconn and tcp_max_syn_backlog (sysctl-tune.sh; Go's listen backlog follows somaxconn), add replicas, and check that the process is not starved (CPU throttling, GC pauses). ss -ltn shows each listener's queue (Recv-Q) and limit (Send-Q)."
+			"Raise net.core.somaxconn and tcp_max_syn_backlog (sysctl-tune.sh), then restart the listeners: a listen queue's limit is fixed when it is opened (Go takes somaxconn once, at start; nginx takes listen ... backlog=N, 511 by default, capped by somaxconn). Add replicas, and check that the process is not starved (CPU throttling, GC pauses). ss -ltn shows each listener's queue (Recv-Q) and limit (Send-Q)."
 	elif ((lo > 0 || ld > 0)); then
 		finding NOTE "listen queue overflows happened since boot (ListenOverflows $lo, ListenDrops $ld), none in the last ${window}s" \
 			"An accept queue was full at some point in the past (a burst, a stall, a restart)." \
@@ -1000,7 +1022,7 @@ else
 	awk '/^KEY / { on = 1 } on && /^$/ { exit } on { print "  " $0 }' "$work/sysctl.out"
 	case $src in
 	0) finding OK "all kernel settings are as recommended or better" ;;
-	3) finding WARN "$(grep -oE '^[0-9]+ of [0-9]+ settings differ' "$work/sysctl.out" || echo 'some settings differ') from the recommended values" \
+	3) finding TUNE "$(grep -oE '^[0-9]+ of [0-9]+ settings differ' "$work/sysctl.out" || echo 'some settings differ') from the recommended values" \
 		"Small accept/SYN queues drop connections under bursts; without tw_reuse and a wide port range busy clients run out of ports; long keep-alive timers keep dead peers around for hours." \
 		"Review 'bash scripts/sysctl-tune.sh' (it explains each one), then 'sudo bash scripts/sysctl-tune.sh --apply'; in Kubernetes the sysctl init container of deploy/k8s sets the per-namespace ones." ;;
 	4) skip "kernel settings: none could be read here ($(grep -m1 '^none of' "$work/sysctl.out"))" ;;
@@ -1150,7 +1172,9 @@ else
 				fi
 			done
 		done
-		read -r _ reset < <(mval http_server_connections_closed_total reason=peer_reset)
+		read -r _ reset < <(mval http_server_connections_closed_total reason=peer_reset state=active)
+		read -r _ reset_quiet < <(mval http_server_connections_closed_total reason=peer_reset)
+		reset_quiet=$((reset_quiet - reset)) # on new and idle connections: no request lost
 		read -r _ gone < <(mval http_server_connections_closed_total reason=peer_closed state=active)
 		read -r _ aborts < <(mval http_server_client_aborts_total)
 		read -r idle_total idle < <(mval http_server_connections_closed_total reason=idle_timeout)
@@ -1158,9 +1182,14 @@ else
 		read -r _ wtimeout < <(mval http_server_connections_closed_total reason=write_timeout)
 		read -r _ scut < <(mval http_server_connections_closed_total reason=shutdown_timeout)
 		if ((reset > 0)); then
-			finding WARN "$reset connections were reset by the peer (RST) $span" \
+			finding WARN "$reset connections were reset by the peer (RST) in the middle of a request $span" \
 				"A client or a proxy aborted connections instead of closing them: a proxy that gave up on a slow upstream (proxy_read_timeout), a client that timed out, or a NAT/conntrack entry that expired. The other side logs 'connection reset by peer'." \
 				"Line the resets up with the proxy's 499/504 and error log (section 2), and with request latency: a peer timeout shorter than the slowest response resets the connection."
+		fi
+		if ((reset_quiet > 0)); then
+			finding NOTE "$reset_quiet connections were reset by the peer (RST) between requests or before the first $span" \
+				"No request was lost: TCP health checks, and clients that abort their connections (SO_LINGER 0) rather than close them, end connections that way. The peer's own log may still show its timeouts." \
+				"Nothing to do unless the peer reports errors; the 'connection closed' lines (reason peer_reset) give the addresses."
 		fi
 		if ((gone > 0 || aborts > 0)); then
 			finding WARN "clients left in the middle of a request: $gone connections, $aborts requests logged as 499 $span" \
@@ -1186,23 +1215,43 @@ else
 		# nginx's error log is read whole (since its rotation), the metrics
 		# over the interval: the two are lined up on the service's totals
 		# since it started, not on the interval's.
-		if ((idle_total > 0 && proxy_died > 0)); then
+		start=$(awk '$1 == "process_start_time_seconds" { printf "%d", $2 }' "$work/metrics.2")
+		started=""
+		[[ -n $start ]] && started=$(date -u -d "@$start" '+%Y-%m-%dT%H:%M:%SZ' 2>/dev/null || true)
+		if ((idle_total > 0 && proxy_died > 0 && order_ok > 0 && order_bad == 0)); then
+			# --nginx-conf found the order right: not the race.
+			finding NOTE "nginx lost $proxy_died upstream connections under a request, though its keepalive_timeout is below the service's idle timeout (--nginx-conf above)" \
+				"With that order nginx ends idle connections before the service does, so the keep-alive race is not their cause: the connections died another way. A restart, crash or OOM kill of the service (this process started ${started:-at process_start_time_seconds}; errors before that were another process's), connections reset by the peer (above), or another instance or service behind the same upstream (-p narrows the error log to one port)." \
+				"Check the service's restarts (kubectl get pod: RESTARTS, the previous container's exit) against the times of nginx's error lines; read these metrics on every instance of the upstream group."
+		elif ((idle_total > 0 && proxy_died > 0)); then
 			# Both sides of the same race: nginx wrote a request onto an
 			# idle upstream connection the service was closing.
 			finding WARN "keep-alive order: nginx lost $proxy_died upstream connections under a request, and the service closed $idle_total idle connections by its own idle timeout since the service started" \
 				"Most likely the two layers describe the same race: the service closed a kept-alive connection as idle (HTTP_IDLE_TIMEOUT) at the moment nginx reused it for a request, so nginx logged 'upstream prematurely closed' or 'reset by peer' and answered 502 (POST) or retried (GET): nginx's upstream keepalive_timeout is not shorter than the service's idle timeout. If --nginx-conf found that order right, look for another instance or service behind the same nginx (-p narrows the error log to one port)." \
 				"Set upstream { keepalive_timeout } below HTTP_IDLE_TIMEOUT (${idle_s:-?}s on this instance; reference: 60s < 75s, deploy/nginx/nginx.conf); on ingress-nginx, upstream-keepalive-timeout; behind a cloud load balancer, its idle timeout below HTTP_IDLE_TIMEOUT. --nginx-conf checks the setting."
 		elif ((idle > 0 && proxy_died == 0)); then
-			finding NOTE "$idle idle keep-alive connections were closed by the service's idle timeout $span" \
-				"Normal housekeeping. It causes EOF/502 only if a client or proxy sends a request on a connection at the moment the service closes it: their idle timeout must be shorter than the service's HTTP_IDLE_TIMEOUT." \
-				"nginx: upstream keepalive_timeout below HTTP_IDLE_TIMEOUT (deploy/nginx); Go clients: Transport.IdleConnTimeout below it."
+			# Without a proxy's log the client side of the race shows in
+			# the kernel: a request that reaches a connection the service
+			# has closed is answered with a reset (TCPAbortOnData), which
+			# the client sees as EOF or "connection reset". Only a rise
+			# within the run lines the two up in time.
+			read -r _ aod < <(mval kernel_tcp_abort_on_data_total)
+			if ((interval > 0 && aod > 0)); then
+				finding WARN "keep-alive race: the service closed $idle idle connections by its idle timeout $span, and $aod requests reached connections it had already closed (TCPAbortOnData)" \
+					"Clients (or a load balancer) reused kept-alive connections at the moment the service closed them as idle (HTTP_IDLE_TIMEOUT, ${idle_s:-?}s here): their request met a reset, seen as EOF or 'connection reset by peer', and was not retried unless it was idempotent. The kernel counter is the pod's network namespace (one service per pod), so other sockets of the pod count too." \
+					"Make the callers' idle timeout shorter than HTTP_IDLE_TIMEOUT: Go: Transport.IdleConnTimeout; nginx: upstream keepalive_timeout; a cloud load balancer: its idle timeout. Or raise HTTP_IDLE_TIMEOUT above theirs."
+			else
+				finding NOTE "$idle idle keep-alive connections were closed by the service's idle timeout $span" \
+					"Normal housekeeping. It causes EOF/502 only if a client or proxy sends a request on a connection at the moment the service closes it: their idle timeout must be shorter than the service's HTTP_IDLE_TIMEOUT. Requests that met a closed connection show as TCPAbortOnData rising in the same window (-i N lines them up)." \
+					"nginx: upstream keepalive_timeout below HTTP_IDLE_TIMEOUT (deploy/nginx); Go clients: Transport.IdleConnTimeout below it."
+			fi
 		elif ((proxy_died > 0)); then
 			finding NOTE "the service closed no connection by its idle timeout since the service started, yet nginx lost $proxy_died upstream connections under a request" \
 				"If nginx's errors fall in that period, the keep-alive order is not their cause: the connections died another way. A restart, crash or OOM kill of the service (its uptime is process_start_time_seconds), connections reset by the peer (above), or another instance behind the same upstream." \
 				"Check the service's restarts and the time of nginx's error lines; read these metrics on every instance of the upstream group."
 		fi
 		if ((reset == 0 && gone == 0 && aborts == 0 && rtimeout == 0 && wtimeout == 0 && scut == 0)); then
-			finding OK "no connection was reset, timed out or left mid-request $span"
+			finding OK "no connection was reset or left mid-request, and none was cut by a timeout, $span"
 		fi
 
 		echo "-- requests net/http rejected, TLS handshakes, kernel, protections"
@@ -1242,7 +1291,7 @@ else
 		if ((overflows > 0)); then
 			finding $overflow_level "the service's network namespace counted $overflows listen queue overflows $kspan" \
 				"The pod's accept queue was full: the kernel dropped handshakes. Clients see connect timeouts and resets before the service ever sees them." \
-				"Raise net.core.somaxconn in the pod (the sysctl init container of deploy/k8s), add replicas, check CPU throttling."
+				"Raise net.core.somaxconn in the pod (the sysctl init container of deploy/k8s sets it before the service starts; a running process keeps the limit it opened its listener with), add replicas, check CPU throttling."
 		fi
 		open=$(awk '/^breaker_open\{/ && $2 + 0 > 0 { match($1, /command="[^"]*"/); printf "%s%s", sep, substr($1, RSTART + 9, RLENGTH - 10); sep = ", " }' "$work/metrics.2")
 		if [[ -n $open ]]; then
@@ -1275,6 +1324,12 @@ fi
 
 # ---------------------------------------------------------------- summary
 section "Summary"
+if ((${#advice[@]} > 0)); then
+	echo "Settings to review (not counted as warnings):"
+	for w in "${advice[@]}"; do
+		printf '  - %s\n' "$w"
+	done
+fi
 if ((${#warnings[@]} == 0)); then
 	echo "No warnings. If clients still see EOF, capture while it happens: --capture 30 (root, tcpdump) and pass the proxy's logs."
 else
