@@ -1242,7 +1242,7 @@ else
 					"Make the callers' idle timeout shorter than HTTP_IDLE_TIMEOUT: Go: Transport.IdleConnTimeout; nginx: upstream keepalive_timeout; a cloud load balancer: its idle timeout. Or raise HTTP_IDLE_TIMEOUT above theirs."
 			else
 				finding NOTE "$idle idle keep-alive connections were closed by the service's idle timeout $span" \
-					"Normal housekeeping. It causes EOF/502 only if a client or proxy sends a request on a connection at the moment the service closes it: their idle timeout must be shorter than the service's HTTP_IDLE_TIMEOUT. Requests that met a closed connection show as TCPAbortOnData rising in the same window (-i N lines them up)." \
+					"Normal housekeeping. It causes EOF/502 only if a client or proxy sends a request on a connection at the moment the service closes it: their idle timeout must be shorter than the service's HTTP_IDLE_TIMEOUT. A request that crossed the service's FIN on the wire shows as TCPAbortOnData rising in the same window (-i N lines them up); a client that sends on the connection after the FIN reached it gets a reset or EOF that no counter here names, so its own error log is the evidence." \
 					"nginx: upstream keepalive_timeout below HTTP_IDLE_TIMEOUT (deploy/nginx); Go clients: Transport.IdleConnTimeout below it."
 			fi
 		elif ((proxy_died > 0)); then

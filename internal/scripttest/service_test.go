@@ -334,3 +334,106 @@ func diagnosePage(t *testing.T, page string) string {
 	checkFindings(t, out)
 	return section(out, "4. Service")
 }
+
+// TestDiagnoseKeepAliveRace provokes the keep-alive race against the real
+// service with no proxy in front: a client reuses a kept-alive connection
+// after the service closed it by its idle timeout, and its request meets a
+// reset (the kernel's TCPAbortOnData). Over an interval, the report lines
+// the idle closes up with the kernel counter and names the race.
+func TestDiagnoseKeepAliveRace(t *testing.T) {
+	need(t, "curl")
+	if _, err := os.Stat("/proc/net/netstat"); err != nil {
+		t.Skip("no /proc/net/netstat: the kernel counter is Linux's")
+	}
+	public, admin := startService(t, "HTTP_IDLE_TIMEOUT=1s")
+
+	cmd := exec.Command("bash", filepath.Join("scripts", "diagnose-eof.sh"), "-i", "5", "-m", "http://"+admin+"/metrics")
+	cmd.Dir = repoRoot(t)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	// The first line of the report comes after the first reading of the
+	// counters and metrics: the race must fall after it.
+	br := bufio.NewReader(stdout)
+	var out strings.Builder
+	first, err := br.ReadString('\n')
+	out.WriteString(first)
+	if err != nil {
+		t.Fatalf("no report: %v\n%s", err, out.String())
+	}
+	report := make(chan struct{})
+	go func() {
+		defer close(report)
+		_, _ = io.Copy(&out, br)
+	}()
+
+	// The race on the wire: a request crosses the service's FIN. Linux
+	// counts TCPAbortOnData only when the data reaches a closed socket
+	// that has not sent its FIN out yet (FIN_WAIT1); a request sent long
+	// after the FIN went out meets a timewait socket's reset, which no
+	// counter names. To hold the FIN back for the whole idle timeout, each
+	// client shrinks its receive window and pipelines requests without
+	// reading: the answers wait in the service's send queue, the idle
+	// timeout closes the connection with its FIN queued behind them, and
+	// the next request arrives at a closed socket with data still unsent.
+	dialer := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 1024)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	const pipelined = 60
+	req := "GET /api/v1/ping HTTP/1.1\r\nHost: x\r\n\r\n"
+	lost := 0
+	for range 3 {
+		c, err := dialer.Dial("tcp", public)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(c, strings.Repeat(req, pipelined)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1500 * time.Millisecond) // HTTP_IDLE_TIMEOUT=1s
+		_, _ = io.WriteString(c, req)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		r := bufio.NewReader(c)
+		answered := 0
+		for {
+			resp, err := http.ReadResponse(r, nil)
+			if err != nil {
+				break
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			answered++
+		}
+		if answered <= pipelined {
+			lost++ // the last request met the closed connection
+		}
+		c.Close()
+	}
+	if lost != 3 {
+		t.Fatalf("%d of 3 requests sent after the idle timeout were lost, want 3: the service's idle timeout did not close the connections", lost)
+	}
+
+	select {
+	case <-report:
+	case <-time.After(90 * time.Second):
+		t.Fatal("diagnose-eof.sh did not finish")
+	}
+	_ = cmd.Wait()
+	svc := section(out.String(), "4. Service")
+	mustMatch(t, "service, keep-alive race", svc,
+		`\[WARN\] keep-alive race: the service closed [3-9] idle connections by its idle timeout in the last [1-9][0-9]*s, and [1-9][0-9]* requests reached connections it had already closed \(TCPAbortOnData\)`,
+		`Transport.IdleConnTimeout`)
+	mustContain(t, "summary", section(out.String(), "Summary"), "keep-alive race")
+}
