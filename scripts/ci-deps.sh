@@ -8,8 +8,8 @@ usage() {
   cat <<USAGE
 Usage: bash scripts/ci-deps.sh [-h]
 Installs redis-server, redis-tools, nginx, prometheus (promtool), prometheus-alertmanager
-(amtool), curl, openssl, shellcheck, iproute2 and git with apt-get
-when their binaries are missing. Does nothing when everything is present.
+(amtool), curl, openssl, shellcheck, iproute2, util-linux (unshare, nsenter)
+and git with apt-get when their binaries are missing. Does nothing when everything is present.
 USAGE
 }
 [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]] && { usage; exit 0; }
@@ -23,7 +23,8 @@ command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
-command -v ss >/dev/null 2>&1 || need+=(iproute2)
+command -v ss >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v unshare >/dev/null 2>&1 && command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 command -v git >/dev/null 2>&1 || need+=(git)
 
 if [ ${#need[@]} -eq 0 ]; then

@@ -475,7 +475,13 @@ func startBinary(t *testing.T, extra map[string]string) *proc {
 // stdout(logs) instead of the log sink itself (nil: the sink).
 func startBinaryOut(t *testing.T, extra map[string]string, stdout func(*logSink) io.Writer) *proc {
 	t.Helper()
-	cmd := exec.Command(binPath)
+	return startCommand(t, exec.Command(binPath), extra, stdout)
+}
+
+// startCommand is startBinaryOut for a command that runs the binary (the
+// binary itself, or a wrapper that ends by exec'ing it).
+func startCommand(t *testing.T, cmd *exec.Cmd, extra map[string]string, stdout func(*logSink) io.Writer) *proc {
+	t.Helper()
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	for k, v := range baseEnv(extra) {
 		cmd.Env = append(cmd.Env, k+"="+v)

@@ -40,6 +40,7 @@ type params struct {
 	TempDir         string // empty: nginx's compiled-in temp paths
 
 	Listen    string
+	Backlog   int // listen backlog=; 0: nginx's default (511 on Linux)
 	Upstreams []string
 
 	UpstreamKeepalive        int
@@ -59,6 +60,7 @@ func reference() params {
 		ErrorLog:                 "/var/log/nginx/error.log",
 		AccessLog:                "/var/log/nginx/access.log",
 		Listen:                   "80",
+		Backlog:                  65535, // capped by net.core.somaxconn
 		Upstreams:                []string{"127.0.0.1:8080"},
 		UpstreamKeepalive:        64,
 		UpstreamKeepaliveTimeout: "60s", // < HTTP_IDLE_TIMEOUT 75s
@@ -126,6 +128,7 @@ func TestReferenceConfig(t *testing.T) {
 		`(?m)^\s*proxy_read_timeout\s+60s;`,
 		`(?m)^\s*proxy_send_timeout\s+60s;`,
 		`(?m)^\s*proxy_next_upstream error timeout;`,
+		`(?m)^\s*listen 80 backlog=65535;`,
 	} {
 		if !regexp.MustCompile(re).Match(got) {
 			t.Errorf("nginx.conf lacks %s", re)
@@ -159,6 +162,58 @@ func TestReferenceConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("nginx -t rejects the reference config: %v\n%s", err, out)
 	}
+}
+
+// TestListenBacklog runs nginx with and without listen's backlog= and
+// reads the accept queue the kernel gave each listener (ss's Send-Q of a
+// LISTEN socket): without it nginx's queue stays at 511 whatever
+// net.core.somaxconn says; with the reference's backlog=65535 it is as
+// long as somaxconn allows, as the service's own listener is.
+func TestListenBacklog(t *testing.T) {
+	nginxBinary(t)
+	if _, err := exec.LookPath("ss"); err != nil {
+		t.Fatalf("ss not found (iproute2): %v", err)
+	}
+	somaxconn := readSomaxconn(t)
+	for _, c := range []struct {
+		backlog int
+		want    int
+	}{
+		{0, min(511, somaxconn)},
+		{reference().Backlog, min(reference().Backlog, somaxconn)},
+		{37, min(37, somaxconn)},
+	} {
+		p := testParams(t, "127.0.0.1:1", time.Second)
+		p.Backlog = c.backlog
+		px := runNginx(t, p)
+		_, port, _ := net.SplitHostPort(strings.TrimPrefix(px.url, "http://"))
+		out, err := exec.Command("ss", "-Hltn", "sport = :"+port).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ss: %v\n%s", err, out)
+		}
+		m := regexp.MustCompile(`(?m)^LISTEN\s+\d+\s+(\d+)\s`).FindSubmatch(out)
+		if m == nil {
+			t.Fatalf("no listening socket on port %s in ss's output:\n%s", port, out)
+		}
+		got, _ := strconv.Atoi(string(m[1]))
+		t.Logf("backlog=%d, somaxconn %d: accept queue %d", c.backlog, somaxconn, got)
+		if got != c.want {
+			t.Errorf("listen backlog=%d with somaxconn %d: accept queue %d, want %d", c.backlog, somaxconn, got, c.want)
+		}
+	}
+}
+
+func readSomaxconn(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // clientMaxBodySize reads client_max_body_size (bytes) from an nginx config.
@@ -349,7 +404,14 @@ type proxy struct {
 // startNginx runs nginx in the foreground from its own prefix directory.
 func startNginx(t *testing.T, upstream string, upstreamKeepalive time.Duration) proxy {
 	t.Helper()
-	bin := nginxBinary(t)
+	return runNginx(t, testParams(t, upstream, upstreamKeepalive))
+}
+
+// testParams are the reference values with the timeouts scaled down to
+// what a test can wait for, on a free loopback port and in a temp
+// directory.
+func testParams(t *testing.T, upstream string, upstreamKeepalive time.Duration) params {
+	t.Helper()
 	dir := t.TempDir()
 	port := freePort(t)
 	p := params{
@@ -359,6 +421,7 @@ func startNginx(t *testing.T, upstream string, upstreamKeepalive time.Duration) 
 		AccessLog:       filepath.Join(dir, "access.log"),
 		TempDir:         dir,
 		Listen:          fmt.Sprintf("127.0.0.1:%d", port),
+		Backlog:         reference().Backlog,
 		Upstreams:       []string{upstream},
 
 		UpstreamKeepalive:        64,
@@ -376,6 +439,15 @@ func startNginx(t *testing.T, upstream string, upstreamKeepalive time.Duration) 
 		// 0700 temp directory.
 		p.User = "root"
 	}
+	return p
+}
+
+// runNginx starts nginx with p (from testParams) and waits until it
+// listens.
+func runNginx(t *testing.T, p params) proxy {
+	t.Helper()
+	bin := nginxBinary(t)
+	dir := p.TempDir
 	conf := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(conf, render(t, p), 0o644); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"runtime"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// startBinaryInNetns runs the binary in a network namespace of its own, as
+// a pod's container runs, with net.core.somaxconn set there before it
+// starts, as the sysctl init container of deploy/k8s sets it.
+func startBinaryInNetns(t *testing.T, somaxconn int, extra map[string]string) *proc {
+	t.Helper()
+	for _, tool := range []string{"unshare", "ip", "nsenter", "ss"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not found (util-linux, iproute2): %v", tool, err)
+		}
+	}
+	if out, err := exec.Command("unshare", "--net", "true").CombinedOutput(); err != nil {
+		// Creating a network namespace needs CAP_SYS_ADMIN: root on CI.
+		t.Skipf("cannot create a network namespace here (not root?): %v %s", err, out)
+	}
+	// unshare execs sh, which execs the binary: one process, whose PID
+	// names the namespace.
+	cmd := exec.Command("unshare", "--net", "sh", "-ec",
+		`ip link set lo up; echo "$1" > /proc/sys/net/core/somaxconn; exec "$2"`,
+		"sh", strconv.Itoa(somaxconn), binPath)
+	return startCommand(t, cmd, extra, nil)
+}
+
+// netnsDial dials addr from inside the network namespace of process pid:
+// the socket is created on a thread moved into that namespace, which is
+// thrown away afterwards (its goroutine exits locked to it).
+func netnsDial(pid int, addr string, timeout time.Duration) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		f, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+		if err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- result{nil, fmt.Errorf("setns: %w", err)}
+			return
+		}
+		c, err := net.DialTimeout("tcp", addr, timeout)
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
+}
+
+// netnsClient is an HTTP client whose connections are made in pid's
+// network namespace.
+func netnsClient(pid int) *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(_ context.Context, _, addr string) (net.Conn, error) {
+			return netnsDial(pid, addr, 2*time.Second)
+		},
+	}}
+}
+
+func scrapeWith(t *testing.T, client *http.Client, admin, series string) float64 {
+	t.Helper()
+	resp, err := client.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	for _, m := range metricLine.FindAllStringSubmatch(string(b), -1) {
+		if m[1] == series {
+			v, _ := strconv.ParseFloat(m[2], 64)
+			return v
+		}
+	}
+	t.Fatalf("no series %s in the scrape", series)
+	return 0
+}
+
+// TestListenBacklogFollowsTheNetnsSomaxconn holds the service to SPEC §5's
+// "listen backlog respects net.core.somaxconn" where it matters, in a pod's
+// own network namespace: the binary starts in a fresh namespace whose
+// somaxconn is 5, is stopped (SIGSTOP, as a process that stops accepting:
+// CPU-throttled, stuck in GC, frozen) and is sent more connections than
+// that. The accept queue holds somaxconn+1 of them (the kernel refuses a
+// connection only when the queue already holds more than the backlog), the
+// other clients' SYNs are dropped and time out, and the service's own
+// kernel counters, read from its namespace and nobody else's, count those
+// drops and nothing else. Once it runs again the queued connections are
+// served.
+func TestListenBacklogFollowsTheNetnsSomaxconn(t *testing.T) {
+	const somaxconn = 5
+	p := startBinaryInNetns(t, somaxconn, map[string]string{"RATELIMIT_ENABLED": "false"})
+	pid := p.cmd.Process.Pid
+	client := netnsClient(pid)
+
+	if got := scrapeWith(t, client, p.admin, `kernel_sysctl{name="net.core.somaxconn"}`); got != somaxconn {
+		t.Fatalf(`kernel_sysctl{name="net.core.somaxconn"} = %v in the service's namespace, want %d`, got, somaxconn)
+	}
+	overflows0 := scrapeWith(t, client, p.admin, "kernel_tcp_listen_overflows_total")
+	drops0 := scrapeWith(t, client, p.admin, "kernel_tcp_listen_drops_total")
+	if overflows0 != 0 {
+		t.Fatalf("a fresh namespace already counts %v listen overflows", overflows0)
+	}
+
+	// The listener's backlog as the kernel holds it: ss's Send-Q of a
+	// LISTEN socket is its maximum accept queue.
+	_, port, _ := net.SplitHostPort(p.public)
+	out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "ss", "-Hltn", "sport = :"+port).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ss in the service's namespace: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`(?m)^LISTEN\s+(\d+)\s+(\d+)\s`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("no listening socket on port %s in ss's output:\n%s", port, out)
+	}
+	if backlog, _ := strconv.Atoi(string(m[2])); backlog != somaxconn {
+		t.Fatalf("public listener's backlog %d, want the namespace's somaxconn %d:\n%s", backlog, somaxconn, out)
+	}
+
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	cont := sync.OnceFunc(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	t.Cleanup(cont)
+
+	const clients = 16
+	var (
+		mu        sync.Mutex
+		connected []net.Conn
+		timedOut  int
+		other     []error
+		wg        sync.WaitGroup
+	)
+	for range clients {
+		wg.Go(func() {
+			c, err := netnsDial(pid, p.public, 1500*time.Millisecond)
+			mu.Lock()
+			defer mu.Unlock()
+			var ne net.Error
+			switch {
+			case err == nil:
+				connected = append(connected, c)
+			case errors.As(err, &ne) && ne.Timeout():
+				timedOut++
+			default:
+				other = append(other, err)
+			}
+		})
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, c := range connected {
+			c.Close()
+		}
+	})
+	cont()
+	t.Logf("somaxconn %d, %d clients against a stopped service: %d connected, %d timed out, other errors %v",
+		somaxconn, clients, len(connected), timedOut, other)
+	if len(other) > 0 {
+		t.Fatalf("clients failed other than by timing out: %v", other)
+	}
+	if len(connected) != somaxconn+1 {
+		t.Fatalf("%d clients connected to a stopped service, want the accept queue's somaxconn+1 = %d", len(connected), somaxconn+1)
+	}
+
+	// The queued connections are served once the process runs again.
+	for i, c := range connected {
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := fmt.Fprintf(c, "GET /api/v1/ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); err != nil {
+			t.Fatalf("queued connection %d: write: %v", i, err)
+		}
+		b := make([]byte, 12)
+		if _, err := io.ReadFull(c, b); err != nil || string(b) != "HTTP/1.1 200" {
+			t.Fatalf("queued connection %d: got %q, %v; want HTTP/1.1 200", i, b, err)
+		}
+	}
+
+	overflows := scrapeWith(t, client, p.admin, "kernel_tcp_listen_overflows_total") - overflows0
+	drops := scrapeWith(t, client, p.admin, "kernel_tcp_listen_drops_total") - drops0
+	t.Logf("ListenOverflows +%v, ListenDrops +%v", overflows, drops)
+	// Each refused client's SYN counts, its retransmitted SYN again: at
+	// least one per refused client; the connected ones add nothing.
+	if overflows < float64(timedOut) {
+		t.Fatalf("ListenOverflows +%v for %d refused clients, want at least one each", overflows, timedOut)
+	}
+	if drops < overflows {
+		t.Fatalf("ListenDrops +%v below ListenOverflows +%v (drops include overflows)", drops, overflows)
+	}
+}
