@@ -50,7 +50,9 @@ Options:
                          not followed. Its upstream keepalive_timeout and
                          proxy_read_timeout are checked against the
                          service's idle and write timeouts (read from
-                         --metrics, else the service's defaults);
+                         --metrics, else the service's defaults), and
+                         its listen directives for a backlog= (511
+                         without one, whatever somaxconn says);
                          ingress-nginx proxies through one upstream_balancer
                          with no port: leave -p out there
   -m, --metrics URL      the service's metrics (its admin port), e.g.
@@ -583,6 +585,7 @@ else
 	#   U name keepalive overridden-by timeout servers locations not-kept
 	#     first-not-kept shortest-read-timeout its-location
 	#   D address locations first-location shortest-read-timeout its-location
+	#   L listen-address backlog (- when not set: nginx's 511)
 	#   META includes is-dump
 	# Quote-aware: a ';' or '{' inside a quoted value is not syntax.
 	awk -v port="$port" '
@@ -652,7 +655,7 @@ else
 			else if (name[cf] == "upstream") up = ""
 			cf = parent[cf]
 		}
-		function directive(   d, t, pat, re, n, f) {
+		function directive(   d, t, pat, re, n, f, bl) {
 			if (nw == 0 || lua > 0) { nw = 0; return }
 			d = words[1]
 			if (d == "include") {
@@ -679,6 +682,11 @@ else
 				}
 			} else if (name[cf] == "map") {
 				if (words[1] == "" && nw >= 2 && (cf in mapvar)) { mapset[mapvar[cf]] = 1; mapempty[mapvar[cf]] = words[2] }
+			} else if (d == "listen" && name[cf] == "server") {
+				# nginx'"'"'s own accept queue: backlog=N, else 511.
+				bl = "-"
+				for (n = 3; n <= nw; n++) if (words[n] ~ /^backlog=/) bl = substr(words[n], 9)
+				if (!((words[2], bl) in listens)) { listens[words[2], bl] = 1; lorder[++nl] = words[2] "\t" bl }
 			} else if (d == "proxy_http_version") h11[cf] = words[2]
 			else if (d == "proxy_set_header") {
 				hdr[cf] = 1
@@ -787,6 +795,7 @@ else
 				if (port != "" && dport[t] != port + 0) continue
 				printf "D\t%s\t%d\t%s\t%s\t%s\n", t, dloc[t], dfirst[t], dprt[t], dprtloc[t]
 			}
+			for (i = 1; i <= nl; i++) printf "L\t%s\n", lorder[i]
 			printf "META\t%d\t%d\n", inc, dump
 		}' "$nginx_conf" >"$work/nginx-conf" 2>"$work/nginx-conf.err" || {
 		conf_err=$(head -n 1 "$work/nginx-conf.err")
@@ -858,6 +867,14 @@ else
 	done < <(grep -E '^(U|D)' "$work/nginx-conf")
 	if ((oks > 10)); then
 		finding OK "$((oks - 10)) more upstreams checked, all as above"
+	fi
+	# nginx's own listeners: without backlog= the accept queue is 511,
+	# whatever net.core.somaxconn says.
+	short=$(awk -F'\t' '$1 == "L" && ($3 == "-" || $3 + 0 < 511) { printf "%s%s%s", sep, $2, ($3 == "-" ? "" : " (backlog=" $3 ")"); sep = ", " }' "$work/nginx-conf")
+	if [[ -n $short ]]; then
+		finding NOTE "nginx listens on $short with an accept queue of at most 511 (no backlog= sets its own)" \
+			"nginx asks the kernel for a queue of 511 connections unless listen says backlog=N, so raising net.core.somaxconn does not lengthen it. Connections that arrive faster than nginx accepts them overflow it: their SYNs are dropped, clients see connect timeouts (a retry after 1s, 3s ...), and ListenOverflows rises on nginx's host." \
+			"Add backlog=65535 to those listen directives (the kernel caps it at somaxconn; deploy/nginx/nginx.conf), raise somaxconn on nginx's host (sysctl-tune.sh) and reload nginx. ss -ltn on that host shows each listener's limit (Send-Q)."
 	fi
 	if [[ -n ${conf_err:-} ]]; then
 		skip "could not parse $nginx_conf: $conf_err"

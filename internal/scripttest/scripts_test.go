@@ -895,6 +895,7 @@ const confSample = `http {
     }
     server {
         listen 80;
+        listen [::]:80 backlog=128;
         location / { proxy_pass http://slow_to_close; proxy_read_timeout 20s; }
         location /b {
             # Sets a header of its own: inherits no Connection "" from http.
@@ -918,6 +919,7 @@ const confSample = `http {
         location /c { proxy_pass http://balanced/c; }
         location = /direct { proxy_pass http://10.0.0.9:6000/x; proxy_read_timeout 1m; }
     }
+    server { listen 8443 backlog=4096; return 204; }
 }
 stream {
     upstream slow_to_close { server 10.0.0.8:5432; }
@@ -964,8 +966,10 @@ func TestDiagnoseNginxConf(t *testing.T) {
 		// /b lost the inherited Connection ""; /lua clears it through the map
 		"[WARN] upstream quick: 1 of 2 locations that proxy to it do not keep connections alive (location /b first)",
 		"[WARN] upstream balanced (10.0.0.6): least_conn after keepalive switches keep-alive off",
-		"[NOTE] nginx proxies straight to 10.0.0.9:6000 (location /direct; 1 location(s) in all), with no upstream block: no keep-alive")
-	for _, wrong := range []string{"10.0.0.8", "upstream slow_to_close: ", "upstream balanced: ", "from 10.0.0.9:6000"} {
+		"[NOTE] nginx proxies straight to 10.0.0.9:6000 (location /direct; 1 location(s) in all), with no upstream block: no keep-alive",
+		// the stream listener (5432) and the one with a long queue are not named
+		"[NOTE] nginx listens on 80, [::]:80 (backlog=128) with an accept queue of at most 511 (no backlog= sets its own)")
+	for _, wrong := range []string{"10.0.0.8", "upstream slow_to_close: ", "upstream balanced: ", "from 10.0.0.9:6000", "8443", "5432"} {
 		if strings.Contains(proxy, wrong) {
 			t.Errorf("sample: unexpected %q in:\n%s", wrong, proxy)
 		}
