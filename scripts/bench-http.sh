@@ -32,6 +32,9 @@ Variants (every round runs each of them once, in this order):
   trace-0.01  (-T) as full, sampler parentbased_traceidratio 0.01
   trace-core  (-T) as core (no rate limiter), sampler 0.01: the observability
               chain with tracing on, without the limiter's cost
+  bare-otel   (-T) bare with stock OpenTelemetry: otelgin and the SDK's
+              batching OTLP/HTTP exporter to the same sink, sampler 0.01:
+              what tracing costs a Gin service instrumented the usual way
 
 Options:
   -r N       rounds per variant (default 3, at least 3 recommended)
@@ -258,7 +261,10 @@ if [[ $TRACING -eq 1 ]]; then
 		OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01
 	start_api trace-core "${EXTRA[@]}" RATELIMIT_ENABLED=false OTEL_EXPORTER_OTLP_ENDPOINT="$SINK" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
 		OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01
-	VARIANTS+=(trace-1 trace-0.01 trace-core)
+	start_simple bare-otel "$WORK/baregin" BARE_OTEL=1 OTEL_EXPORTER_OTLP_ENDPOINT="$SINK" \
+		OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01
+	wait_ping "${ADDR[bare-otel]}" "${PIDS[-1]}" "${LOG[bare-otel]}"
+	VARIANTS+=(trace-1 trace-0.01 trace-core bare-otel)
 fi
 
 # cpu_ticks PID: user+system CPU time of the process in clock ticks.
@@ -390,8 +396,8 @@ paired() {
 if [[ $TRACING -eq 1 ]]; then
 	echo
 	echo "tracing's own cost (median of per-round req/s ratios, traced to untraced, same chain):"
-	printf '  trace-0.01 / full  %.3f\n  trace-core / core  %.3f\n  trace-1 / full     %.3f\n' \
-		"$(paired trace-0.01 full)" "$(paired trace-core core)" "$(paired trace-1 full)"
+	printf '  trace-0.01 / full  %.3f\n  trace-core / core  %.3f\n  trace-1 / full     %.3f\n  bare-otel / bare   %.3f (stock otelgin)\n' \
+		"$(paired trace-0.01 full)" "$(paired trace-core core)" "$(paired trace-1 full)" "$(paired bare-otel bare)"
 	stats="$(http_get "${ADDR[sink]}" /stats || true)"
 	echo
 	echo "otlp sink: ${stats#* }"

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs the real programs the test suite runs against, when missing:
 # redis-server and redis-cli (limiter, cluster and fault tests), nginx (proxy
-# layer test), promtool and amtool (alert rule and routing tests). Debian/Ubuntu, as root.
+# layer test), promtool and amtool (alert rule and routing tests), wrk (the
+# benchmark script's run). Debian/Ubuntu, as root.
 set -euo pipefail
 
 usage() {
   cat <<USAGE
 Usage: bash scripts/ci-deps.sh [-h]
 Installs redis-server, redis-tools, nginx, prometheus (promtool), prometheus-alertmanager
-(amtool), curl, openssl, shellcheck, iproute2, util-linux (unshare, nsenter)
-and git with apt-get when their binaries are missing. Does nothing when everything is present.
+(amtool), curl, openssl, shellcheck, iproute2, util-linux (unshare, nsenter),
+git and wrk with apt-get when their binaries are missing. Does nothing when everything is present.
 USAGE
 }
 [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]] && { usage; exit 0; }
@@ -26,6 +27,7 @@ command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 command -v ss >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v unshare >/dev/null 2>&1 && command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 command -v git >/dev/null 2>&1 || need+=(git)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -860,6 +860,29 @@ func TestBenchHTTPBadArguments(t *testing.T) {
 	}
 }
 
+// TestBenchHTTPRuns runs the benchmark script end to end, as short as it
+// goes (one 1 s round per variant, the tracing variants included): every
+// target builds, starts and serves without errors, the summaries and
+// tracing's own cost (stock otelgin's too) are printed, and the sink
+// receives spans. No figure is checked: on a shared machine one round says
+// nothing about a ratio.
+func TestBenchHTTPRuns(t *testing.T) {
+	need(t, "wrk")
+	out, code := script(t, nil, "bench-http.sh", "-r", "1", "-d", "1s", "-w", "1s", "-T", "-W", "-t", "1", "-c", "2")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	for _, v := range []string{"bare", "bare-tuned", "full", "core", "trace-1", "trace-0.01", "trace-core", "bare-otel"} {
+		// round 1 row: "1 VARIANT REQ/S p50 p99 0 0 ..."
+		mustMatch(t, v, out, `(?m)^1\s+`+regexp.QuoteMeta(v)+`\s+[0-9.]+\s+\S+\s+\S+\s+0\s+0\s`)
+	}
+	mustContain(t, "summary", out, "against bare:", "against bare-tuned:", "tracing's own cost", "bare-otel / bare", "(stock otelgin)")
+	m := regexp.MustCompile(`otlp sink: \{.*"spans":(\d+)`).FindStringSubmatch(out)
+	if m == nil || m[1] == "0" {
+		t.Fatalf("the OTLP sink received no spans:\n%s", out)
+	}
+}
+
 // confSample is an nginx configuration with what the check must read
 // through and get right: comments, quoted values holding ';', '{' and '#',
 // combined time units, Lua blocks as ingress-nginx renders them, a stream

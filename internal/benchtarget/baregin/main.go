@@ -4,7 +4,12 @@
 // difference between the two is the cost of the service's middleware chain
 // and server tuning. With BARE_TUNED=1 it serves on the service's own
 // http.Server (server.NewHTTPServer, default timeouts): the difference is
-// then the chain alone.
+// then the chain alone. With BARE_OTEL=1 the engine is instrumented the
+// stock way a team adds OpenTelemetry to a Gin service: otelgin's
+// middleware, an SDK tracer provider with a batching OTLP/HTTP exporter, its
+// sampler and endpoint from the standard OTEL_* variables; the difference to
+// bare is then what stock tracing costs, for comparison with the service's
+// own tracing.
 //
 //	HTTP_ADDR=127.0.0.1:0 baregin   # prints "listening 127.0.0.1:PORT"
 package main
@@ -23,6 +28,11 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"go.opentelemetry.io/contrib/instrumentation/github.com/gin-gonic/gin/otelgin"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/hardenedgo/ginservice/internal/config"
 	"github.com/hardenedgo/ginservice/internal/server"
@@ -42,6 +52,13 @@ func run() error {
 	}
 	gin.SetMode(gin.ReleaseMode)
 	e := gin.New()
+	if os.Getenv("BARE_OTEL") == "1" {
+		shutdown, err := stockTracing(e)
+		if err != nil {
+			return err
+		}
+		defer shutdown()
+	}
 	pong := []byte(`{"message":"pong"}`)
 	e.GET("/api/v1/ping", func(c *gin.Context) {
 		c.Data(http.StatusOK, "application/json; charset=utf-8", pong)
@@ -85,4 +102,23 @@ func run() error {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// stockTracing instruments e with otelgin and an SDK tracer provider set up
+// from the OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT,
+// OTEL_TRACES_SAMPLER and its argument), W3C trace context and baggage.
+func stockTracing(e *gin.Engine) (func(), error) {
+	exp, err := otlptracehttp.New(context.Background())
+	if err != nil {
+		return nil, fmt.Errorf("otlp exporter: %w", err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp))
+	otel.SetTracerProvider(tp)
+	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
+	e.Use(otelgin.Middleware("baregin"))
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = tp.Shutdown(ctx)
+	}, nil
 }
