@@ -88,6 +88,9 @@ type ConnMetrics struct {
 	// (MarkForcedClose); cut counts the connections it cut under one.
 	forcedClose atomic.Bool
 	cut         atomic.Int64
+	// ending counts the tracked connections whose close is being
+	// recorded: off the gauges, close line not yet written.
+	ending atomic.Int64
 	// idleTimeout is the server's keep-alive idle timeout (SetIdleTimeout):
 	// an HTTP/2 connection idle that long is closed by the HTTP/2 server
 	// itself, not by a read deadline.
@@ -302,8 +305,14 @@ func (m *ConnMetrics) ConnState(c net.Conn, s http.ConnState) {
 			// out (see ended).
 			_, isTLS := c.(*tls.Conn)
 			// Counted last, after the gauges: a reader that sees the close
-			// counted sees the gauges settled.
-			defer m.ended(tc, prev, since, now, isTLS)
+			// counted sees the gauges settled. ending covers the gap in
+			// between, when the gauges no longer count the connection
+			// and its close line is not written yet (Settle).
+			m.ending.Add(1)
+			defer func() {
+				defer m.ending.Add(-1)
+				m.ended(tc, prev, since, now, isTLS)
+			}()
 		}
 	} else {
 		var v any
@@ -351,7 +360,8 @@ func (m *ConnMetrics) Open() int64 {
 }
 
 // Settle waits, until ctx is done, for the end of every connection still
-// counted as new, active or idle, then writes the counts of "connection
+// counted as new, active or idle and for the close lines of those whose
+// close is being recorded, then writes the counts of "connection
 // closed" and "request rejected" lines the rate limit held back. Call it
 // after http.Server.Shutdown (or Close) returns and before the process
 // exits: Shutdown closes idle connections' sockets and returns, while each
@@ -360,10 +370,11 @@ func (m *ConnMetrics) Open() int64 {
 // connections are their hijacker's and are not waited for.
 func (m *ConnMetrics) Settle(ctx context.Context) error {
 	var err error
-	if m.Open() > 0 {
+	busy := func() bool { return m.Open() > 0 || m.ending.Load() > 0 }
+	if busy() {
 		tick := time.NewTicker(2 * time.Millisecond)
 	wait:
-		for m.Open() > 0 {
+		for busy() {
 			select {
 			case <-ctx.Done():
 				err = ctx.Err()

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -330,6 +331,73 @@ func TestConnLogIsRateLimited(t *testing.T) {
 	c := cs.dial(t)
 	c.Close()
 	eventually(t, "suppressed count", func() bool { return strings.Contains(cs.logs.String(), `"suppressed":`) })
+}
+
+// blockingWriter holds every write whose text contains match until
+// release is closed, and says on blocked when the first one arrives.
+type blockingWriter struct {
+	match   string
+	blocked chan struct{}
+	release chan struct{}
+	once    sync.Once
+	buf     testkit.SyncBuffer
+}
+
+func (w *blockingWriter) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), w.match) {
+		w.once.Do(func() { close(w.blocked) })
+		<-w.release
+	}
+	return w.buf.Write(p)
+}
+
+// TestSettleWaitsForCloseLines: a connection's close leaves the gauges
+// before its close line is written. Settle, which the process calls before
+// it exits, must wait for that line too, or the last connections of a
+// drain end unlogged and uncounted.
+func TestSettleWaitsForCloseLines(t *testing.T) {
+	w := &blockingWriter{match: `"msg":"connection closed"`, blocked: make(chan struct{}), release: make(chan struct{})}
+	m := NewConnMetrics(prometheus.NewRegistry(), slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	a, b := net.Pipe()
+	defer b.Close()
+	tc := &trackedConn{Conn: a, m: m, stripe: 1}
+	for _, s := range []http.ConnState{http.StateNew, http.StateActive, http.StateIdle} {
+		m.ConnState(tc, s)
+	}
+	a.Close()
+	go m.ConnState(tc, http.StateClosed)
+	select {
+	case <-w.blocked:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no close line was written")
+	}
+	if n := m.Open(); n != 0 {
+		t.Fatalf("%d connections still open on the gauges while the close line is written", n)
+	}
+	settled := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		settled <- m.Settle(ctx)
+	}()
+	select {
+	case err := <-settled:
+		close(w.release)
+		t.Fatalf("Settle returned (%v) before the close line was written", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(w.release)
+	select {
+	case err := <-settled:
+		if err != nil {
+			t.Fatalf("Settle: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Settle did not return once the close line was written")
+	}
+	if !strings.Contains(w.buf.String(), `"msg":"connection closed"`) {
+		t.Fatalf("no close line: %s", w.buf.String())
+	}
 }
 
 // BenchmarkConnStateKeepAliveRequest: the two transitions (active, idle)
