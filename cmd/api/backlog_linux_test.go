@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"strconv"
@@ -129,18 +131,10 @@ func TestListenBacklogFollowsTheNetnsSomaxconn(t *testing.T) {
 	}
 
 	// The listener's backlog as the kernel holds it: ss's Send-Q of a
-	// LISTEN socket is its maximum accept queue.
+	// LISTEN socket is its maximum accept queue, Recv-Q what waits in it.
 	_, port, _ := net.SplitHostPort(p.public)
-	out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "ss", "-Hltn", "sport = :"+port).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ss in the service's namespace: %v\n%s", err, out)
-	}
-	m := regexp.MustCompile(`(?m)^LISTEN\s+(\d+)\s+(\d+)\s`).FindSubmatch(out)
-	if m == nil {
-		t.Fatalf("no listening socket on port %s in ss's output:\n%s", port, out)
-	}
-	if backlog, _ := strconv.Atoi(string(m[2])); backlog != somaxconn {
-		t.Fatalf("public listener's backlog %d, want the namespace's somaxconn %d:\n%s", backlog, somaxconn, out)
+	if _, backlog := listenQueue(t, pid, port); backlog != somaxconn {
+		t.Fatalf("public listener's backlog %d, want the namespace's somaxconn %d", backlog, somaxconn)
 	}
 
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
@@ -148,16 +142,42 @@ func TestListenBacklogFollowsTheNetnsSomaxconn(t *testing.T) {
 	}
 	cont := sync.OnceFunc(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
 	t.Cleanup(cont)
+	// The signal takes a moment to stop every thread; one still running
+	// could accept a connection.
+	waitStopped(t, pid)
 
-	const clients = 16
+	// Fill the queue one connection at a time: somaxconn+1 fit.
+	var connected []net.Conn
+	t.Cleanup(func() {
+		for _, c := range connected {
+			c.Close()
+		}
+	})
+	for i := range somaxconn + 1 {
+		c, err := netnsDial(pid, p.public, 2*time.Second)
+		if err != nil {
+			t.Fatalf("connection %d of the %d the queue holds: %v", i+1, somaxconn+1, err)
+		}
+		connected = append(connected, c)
+	}
+	// All of them in the queue before more come: a handshake whose last
+	// ACK found the queue full would leave a client that believes it is
+	// connected and a server that dropped it.
+	waitFor(t, 2*time.Second, "the accept queue to fill", func() bool {
+		queued, _ := listenQueue(t, pid, port)
+		return queued == somaxconn+1
+	})
+
+	// Then more at once: every SYN finds the queue full and is dropped,
+	// and so is its retransmission; the clients time out.
+	const more = 10
 	var (
-		mu        sync.Mutex
-		connected []net.Conn
-		timedOut  int
-		other     []error
-		wg        sync.WaitGroup
+		mu     sync.Mutex
+		got    []string
+		wg     sync.WaitGroup
+		extras []net.Conn
 	)
-	for range clients {
+	for range more {
 		wg.Go(func() {
 			c, err := netnsDial(pid, p.public, 1500*time.Millisecond)
 			mu.Lock()
@@ -165,28 +185,29 @@ func TestListenBacklogFollowsTheNetnsSomaxconn(t *testing.T) {
 			var ne net.Error
 			switch {
 			case err == nil:
-				connected = append(connected, c)
+				extras = append(extras, c)
+				got = append(got, "connected")
 			case errors.As(err, &ne) && ne.Timeout():
-				timedOut++
+				got = append(got, "timeout")
 			default:
-				other = append(other, err)
+				got = append(got, err.Error())
 			}
 		})
 	}
 	wg.Wait()
-	t.Cleanup(func() {
-		for _, c := range connected {
-			c.Close()
-		}
-	})
-	cont()
-	t.Logf("somaxconn %d, %d clients against a stopped service: %d connected, %d timed out, other errors %v",
-		somaxconn, clients, len(connected), timedOut, other)
-	if len(other) > 0 {
-		t.Fatalf("clients failed other than by timing out: %v", other)
+	for _, c := range extras {
+		c.Close()
 	}
-	if len(connected) != somaxconn+1 {
-		t.Fatalf("%d clients connected to a stopped service, want the accept queue's somaxconn+1 = %d", len(connected), somaxconn+1)
+	cont()
+	timedOut := 0
+	for _, g := range got {
+		if g == "timeout" {
+			timedOut++
+		}
+	}
+	t.Logf("somaxconn %d, a stopped service: %d connections queued, then %d more: %d timed out", somaxconn, len(connected), more, timedOut)
+	if timedOut != more {
+		t.Fatalf("clients beyond a full queue: %v; want every one to time out", got)
 	}
 
 	// The queued connections are served once the process runs again.
@@ -212,4 +233,49 @@ func TestListenBacklogFollowsTheNetnsSomaxconn(t *testing.T) {
 	if drops < overflows {
 		t.Fatalf("ListenDrops +%v below ListenOverflows +%v (drops include overflows)", drops, overflows)
 	}
+}
+
+// waitStopped waits until every thread of process pid is stopped (state T
+// in /proc/PID/task/*/stat).
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		stats, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		stopped := len(stats) > 0
+		for _, f := range stats {
+			b, err := os.ReadFile(f)
+			// The state follows the command name's closing parenthesis.
+			i := bytes.LastIndexByte(b, ')')
+			if err != nil || i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+				stopped = false
+				break
+			}
+		}
+		if stopped {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d did not stop", pid)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// listenQueue returns the accept queue of the listener on port in process
+// pid's network namespace: connections waiting (ss's Recv-Q) and its
+// limit (Send-Q).
+func listenQueue(t *testing.T, pid int, port string) (queued, limit int) {
+	t.Helper()
+	out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "ss", "-Hltn", "sport = :"+port).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ss in the service's namespace: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`(?m)^LISTEN\s+(\d+)\s+(\d+)\s`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("no listening socket on port %s in ss's output:\n%s", port, out)
+	}
+	queued, _ = strconv.Atoi(string(m[1]))
+	limit, _ = strconv.Atoi(string(m[2]))
+	return queued, limit
 }
