@@ -94,14 +94,11 @@ func scrapeWith(t *testing.T, client *http.Client, admin, series string) float64
 	if err != nil {
 		t.Fatalf("scrape: %v", err)
 	}
-	for _, m := range metricLine.FindAllStringSubmatch(string(b), -1) {
-		if m[1] == series {
-			v, _ := strconv.ParseFloat(m[2], 64)
-			return v
-		}
+	v, ok := seriesValue(string(b), series)
+	if !ok {
+		t.Fatalf("no series %s in the scrape", series)
 	}
-	t.Fatalf("no series %s in the scrape", series)
-	return 0
+	return v
 }
 
 // TestListenBacklogFollowsTheNetnsSomaxconn holds the service to SPEC §5's

@@ -127,13 +127,22 @@ var metricLine = regexp.MustCompile(`(?m)^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})
 func metric(t *testing.T, admin, series string) float64 {
 	t.Helper()
 	_, body := get(t, "http://"+admin+"/metrics")
-	for _, m := range metricLine.FindAllStringSubmatch(body, -1) {
-		if m[1] == series {
-			v, _ := strconv.ParseFloat(m[2], 64)
-			return v
-		}
+	if v, ok := seriesValue(body, series); ok {
+		return v
 	}
 	return -1
+}
+
+// seriesValue returns the value of the series whose text (name{labels})
+// is exactly series in a text-format scrape.
+func seriesValue(scrape, series string) (float64, bool) {
+	for _, m := range metricLine.FindAllStringSubmatch(scrape, -1) {
+		if m[1] == series {
+			v, _ := strconv.ParseFloat(m[2], 64)
+			return v, true
+		}
+	}
+	return 0, false
 }
 
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
