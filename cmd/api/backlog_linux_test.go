@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"strconv"
 	"sync"
@@ -20,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hardenedgo/ginservice/internal/testkit"
 )
 
 // startBinaryInNetns runs the binary in a network namespace of its own, as
@@ -33,7 +34,11 @@ func startBinaryInNetns(t *testing.T, somaxconn int, extra map[string]string) *p
 		}
 	}
 	if out, err := exec.Command("unshare", "--net", "true").CombinedOutput(); err != nil {
-		// Creating a network namespace needs CAP_SYS_ADMIN: root on CI.
+		// Creating a network namespace needs CAP_SYS_ADMIN: root on CI,
+		// where this test must run.
+		if os.Getenv("CI") != "" {
+			t.Fatalf("cannot create a network namespace (CI is set, so this test must run; run as root): %v %s", err, out)
+		}
 		t.Skipf("cannot create a network namespace here (not root?): %v %s", err, out)
 	}
 	// unshare execs sh, which execs the binary: one process, whose PID
@@ -130,7 +135,7 @@ func TestListenBacklogFollowsTheNetnsSomaxconn(t *testing.T) {
 	// The listener's backlog as the kernel holds it: ss's Send-Q of a
 	// LISTEN socket is its maximum accept queue, Recv-Q what waits in it.
 	_, port, _ := net.SplitHostPort(p.public)
-	if _, backlog := listenQueue(t, pid, port); backlog != somaxconn {
+	if _, backlog := testkit.ListenQueue(t, port, pid); backlog != somaxconn {
 		t.Fatalf("public listener's backlog %d, want the namespace's somaxconn %d", backlog, somaxconn)
 	}
 
@@ -161,7 +166,7 @@ func TestListenBacklogFollowsTheNetnsSomaxconn(t *testing.T) {
 	// ACK found the queue full would leave a client that believes it is
 	// connected and a server that dropped it.
 	waitFor(t, 2*time.Second, "the accept queue to fill", func() bool {
-		queued, _ := listenQueue(t, pid, port)
+		queued, _ := testkit.ListenQueue(t, port, pid)
 		return queued == somaxconn+1
 	})
 
@@ -257,22 +262,4 @@ func waitStopped(t *testing.T, pid int) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// listenQueue returns the accept queue of the listener on port in process
-// pid's network namespace: connections waiting (ss's Recv-Q) and its
-// limit (Send-Q).
-func listenQueue(t *testing.T, pid int, port string) (queued, limit int) {
-	t.Helper()
-	out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "ss", "-Hltn", "sport = :"+port).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ss in the service's namespace: %v\n%s", err, out)
-	}
-	m := regexp.MustCompile(`(?m)^LISTEN\s+(\d+)\s+(\d+)\s`).FindSubmatch(out)
-	if m == nil {
-		t.Fatalf("no listening socket on port %s in ss's output:\n%s", port, out)
-	}
-	queued, _ = strconv.Atoi(string(m[1]))
-	limit, _ = strconv.Atoi(string(m[2]))
-	return queued, limit
 }

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/hardenedgo/ginservice/internal/config"
+	"github.com/hardenedgo/ginservice/internal/testkit"
 )
 
 var update = flag.Bool("update", false, "rewrite nginx.conf from nginx.conf.tmpl")
@@ -187,15 +188,7 @@ func TestListenBacklog(t *testing.T) {
 		p.Backlog = c.backlog
 		px := runNginx(t, p)
 		_, port, _ := net.SplitHostPort(strings.TrimPrefix(px.url, "http://"))
-		out, err := exec.Command("ss", "-Hltn", "sport = :"+port).CombinedOutput()
-		if err != nil {
-			t.Fatalf("ss: %v\n%s", err, out)
-		}
-		m := regexp.MustCompile(`(?m)^LISTEN\s+\d+\s+(\d+)\s`).FindSubmatch(out)
-		if m == nil {
-			t.Fatalf("no listening socket on port %s in ss's output:\n%s", port, out)
-		}
-		got, _ := strconv.Atoi(string(m[1]))
+		_, got := testkit.ListenQueue(t, port, 0)
 		t.Logf("backlog=%d, somaxconn %d: accept queue %d", c.backlog, somaxconn, got)
 		if got != c.want {
 			t.Errorf("listen backlog=%d with somaxconn %d: accept queue %d, want %d", c.backlog, somaxconn, got, c.want)
