@@ -1301,6 +1301,13 @@ else
 		# The kernel's counters are the network namespace's (the pod's),
 		# not the process's: with one reading they count since it was made.
 		read -r _ overflows < <(mval kernel_tcp_listen_overflows_total)
+		qlim=0
+		if grep -q '^http_server_listen_queue_limit_connections{' "$work/metrics.2"; then
+			qlen=$(msum "$work/metrics.2" http_server_listen_queue_connections listener=public)
+			qlim=$(msum "$work/metrics.2" http_server_listen_queue_limit_connections listener=public)
+			smc=$(msum "$work/metrics.2" kernel_sysctl name=net.core.somaxconn)
+			echo "  public listener's accept queue now: $qlen waiting, limit $qlim (net.core.somaxconn now $smc)"
+		fi
 		kspan=$span
 		((interval > 0)) || kspan="since the network namespace (the pod, or the host) was created"
 		overflow_level=WARN
@@ -1309,6 +1316,26 @@ else
 			finding $overflow_level "the service's network namespace counted $overflows listen queue overflows $kspan" \
 				"The pod's accept queue was full: the kernel dropped handshakes. Clients see connect timeouts and resets before the service ever sees them." \
 				"Raise net.core.somaxconn in the pod (the sysctl init container of deploy/k8s sets it before the service starts; a running process keeps the limit it opened its listener with), add replicas, check CPU throttling."
+		fi
+		# The accept queue now, against its limit, and the limit against
+		# the namespace's somaxconn now: a listener keeps the limit it was
+		# opened with.
+		qfind=""
+		if ((qlim > 0)); then
+			if ((qlen * 2 > qlim)); then
+				qfind=1
+				finding WARN "the public listener's accept queue is more than half full: $qlen of $qlim connections wait to be accepted" \
+					"The service accepts connections slower than they arrive: it is starved of CPU (throttling) or flooded with new connections. Once the queue is full the kernel drops handshakes." \
+					"Check CPU throttling and the connection rate (Connection: close clients, no keep-alive at the proxy); add CPU or replicas."
+			fi
+			if ((smc > qlim)); then
+				qfind=1
+				limit_level=NOTE
+				((overflows > 0)) && limit_level=WARN
+				finding $limit_level "the public listener's accept queue limit is $qlim, but net.core.somaxconn is now $smc" \
+					"A listener's limit is fixed when it opens: somaxconn was raised after the service started, and this process still holds at most $qlim connections in its queue." \
+					"Restart the service (roll the pods) to open its listener with the new limit."
+			fi
 		fi
 		open=$(awk '/^breaker_open\{/ && $2 + 0 > 0 { match($1, /command="[^"]*"/); printf "%s%s", sep, substr($1, RSTART + 9, RLENGTH - 10); sep = ", " }' "$work/metrics.2")
 		if [[ -n $open ]]; then
@@ -1333,8 +1360,8 @@ else
 				"The service is the client here. eof, reset: the dependency (or a proxy in front of it) closed kept-alive connections as the service reused them, the same race as in front of the service the other way round; refused: it was down or restarting; timeout: it was slower than DOWNSTREAM_ATTEMPT_TIMEOUT; status_*: it answered with that error. The retry budget bounds them." \
 				"eof, reset: keep DOWNSTREAM_IDLE_CONN_TIMEOUT below the dependency's keep-alive timeout. Otherwise, look at the dependency."
 		fi
-		if [[ -z $rejected$tls$h2$open$fallbacks && $overflows -eq 0 ]]; then
-			finding OK "no rejected requests, TLS handshake or HTTP/2 errors, listen overflows, open circuits or fallbacks $span"
+		if [[ -z $rejected$tls$h2$open$fallbacks$qfind && $overflows -eq 0 ]]; then
+			finding OK "no rejected requests, TLS handshake or HTTP/2 errors, listen queue overflows or backlog, open circuits or fallbacks $span"
 		fi
 	fi
 fi

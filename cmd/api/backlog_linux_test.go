@@ -138,6 +138,16 @@ func TestListenBacklogFollowsTheNetnsSomaxconn(t *testing.T) {
 	if _, backlog := testkit.ListenQueue(t, port, pid); backlog != somaxconn {
 		t.Fatalf("public listener's backlog %d, want the namespace's somaxconn %d", backlog, somaxconn)
 	}
+	// The service reports the same limit for both its listeners, and an
+	// empty queue while it accepts.
+	for _, l := range []string{"public", "admin"} {
+		if got := scrapeWith(t, client, p.admin, `http_server_listen_queue_limit_connections{listener="`+l+`"}`); got != somaxconn {
+			t.Fatalf("http_server_listen_queue_limit_connections{listener=%q} = %v, want %d", l, got, somaxconn)
+		}
+		if got := scrapeWith(t, client, p.admin, `http_server_listen_queue_connections{listener="`+l+`"}`); got != 0 {
+			t.Fatalf("http_server_listen_queue_connections{listener=%q} = %v while the service accepts, want 0", l, got)
+		}
+	}
 
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)

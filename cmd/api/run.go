@@ -288,6 +288,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		pubLn.Close()
 		return fmt.Errorf("ADMIN_ADDR %s: %w", cfg.AdminAddr, err)
 	}
+	queues := observability.NewListenQueues(logger)
+	queues.Add("public", rawLn)
+	queues.Add("admin", adminLn)
+	reg.MustRegister(queues)
 
 	// --- Lifecycle: the servers run as a group; the first to fail, a
 	// signal or ctx ends them all through the shutdown sequence.

@@ -86,6 +86,13 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 	svc := section(out, "4. Service")
 	mustContain(t, "service, clean", svc,
 		"[OK] no connection was reset or left mid-request, and none was cut by a timeout, since the service started")
+	// Its accept queue, read from its own listener: empty, at the limit
+	// the namespace's somaxconn gave it.
+	if b, err := os.ReadFile("/proc/sys/net/core/somaxconn"); err == nil {
+		n := strings.TrimSpace(string(b))
+		mustContain(t, "service, accept queue", svc,
+			"public listener's accept queue now: 0 waiting, limit "+n+" (net.core.somaxconn now "+n+")")
+	}
 	// The reference nginx configuration against this instance's timeouts,
 	// read from its metrics: its 300ms idle timeout loses the race.
 	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", metricsURL, "-N", filepath.Join(repoRoot(t), "deploy", "nginx", "nginx.conf"))
@@ -315,6 +322,49 @@ func TestDiagnoseHTTP2Errors(t *testing.T) {
 		mustContain(t, "service, HTTP/2 errors", svc, tc.want)
 		if strings.Contains(svc, "[OK] no rejected requests") {
 			t.Errorf("OK despite HTTP/2 errors:\n%s", svc)
+		}
+	}
+}
+
+// The accept queue's findings, from a recorded page: a queue over half
+// full, and a limit below the namespace's somaxconn now (raised after the
+// service started), a warning only when handshakes were dropped.
+func TestDiagnoseListenQueue(t *testing.T) {
+	page := func(queue, limit, somaxconn, overflows int) string {
+		return "# TYPE http_server_connections_closed_total counter\n" +
+			`http_server_connections_closed_total{reason="peer_closed",state="idle"} 12` + "\n" +
+			`http_server_listen_queue_connections{listener="admin"} 0` + "\n" +
+			`http_server_listen_queue_connections{listener="public"} ` + strconv.Itoa(queue) + "\n" +
+			`http_server_listen_queue_limit_connections{listener="admin"} 4096` + "\n" +
+			`http_server_listen_queue_limit_connections{listener="public"} ` + strconv.Itoa(limit) + "\n" +
+			`kernel_sysctl{name="net.core.somaxconn"} ` + strconv.Itoa(somaxconn) + "\n" +
+			`kernel_tcp_listen_overflows_total ` + strconv.Itoa(overflows) + "\n"
+	}
+	for _, tc := range []struct {
+		name      string
+		page      string
+		want, not []string
+	}{
+		{"empty", page(0, 4096, 4096, 0),
+			[]string{"public listener's accept queue now: 0 waiting, limit 4096 (net.core.somaxconn now 4096)", "[OK] no rejected requests"},
+			[]string{"half full", "but net.core.somaxconn"}},
+		{"half full", page(300, 512, 512, 0),
+			[]string{"[WARN] the public listener's accept queue is more than half full: 300 of 512 connections wait to be accepted"},
+			[]string{"[OK] no rejected requests", "but net.core.somaxconn"}},
+		{"exactly half", page(256, 512, 512, 0),
+			[]string{"[OK] no rejected requests"}, []string{"half full"}},
+		{"raised later", page(0, 4096, 65535, 0),
+			[]string{"[NOTE] the public listener's accept queue limit is 4096, but net.core.somaxconn is now 65535"},
+			[]string{"[OK] no rejected requests"}},
+		{"raised later, overflowing", page(0, 128, 4096, 9),
+			[]string{"[WARN] the public listener's accept queue limit is 128, but net.core.somaxconn is now 4096"}, nil},
+	} {
+		svc := diagnosePage(t, tc.page)
+		mustContain(t, tc.name, svc, tc.want...)
+		for _, n := range tc.not {
+			if strings.Contains(svc, n) {
+				t.Errorf("%s: %q in:\n%s", tc.name, n, svc)
+			}
 		}
 	}
 }
