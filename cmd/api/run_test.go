@@ -1203,3 +1203,44 @@ func dialPublic(t *testing.T, addr string) net.Conn {
 	t.Cleanup(func() { c.Close() })
 	return c
 }
+
+// TestSecondSignalExitsAtOnce: the first SIGTERM starts the graceful
+// shutdown (here a 20 s SHUTDOWN_DELAY); a second one, or a second Ctrl-C,
+// ends the process at once, killed by that signal, instead of waiting out
+// the delay and the drain.
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			p := startBinary(t, map[string]string{"SHUTDOWN_DELAY": "20s", "SHUTDOWN_TIMEOUT": "20s"})
+			if err := p.cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 10*time.Second, "the shutdown's first line", func() bool {
+				return p.logs.last("shutdown: not ready, still serving", "") != nil
+			})
+			select {
+			case <-p.exited:
+				t.Fatalf("exited before the second signal: %v\n%s", p.err, p.logs)
+			default:
+			}
+			start := time.Now()
+			if err := p.cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-p.exited:
+			case <-time.After(5 * time.Second):
+				t.Fatalf("still running 5s after a second %v (the delay is 20s)", sig)
+			}
+			var ee *exec.ExitError
+			if !errors.As(p.err, &ee) {
+				t.Fatalf("exit %v, want killed by %v", p.err, sig)
+			}
+			ws, ok := ee.Sys().(syscall.WaitStatus)
+			if !ok || !ws.Signaled() || ws.Signal() != sig {
+				t.Fatalf("exit status %v, want killed by %v", p.err, sig)
+			}
+			t.Logf("second %v: exited %v after it", sig, time.Since(start).Round(time.Millisecond))
+		})
+	}
+}
