@@ -28,6 +28,25 @@ import (
 // starts, as the sysctl init container of deploy/k8s sets it.
 func startBinaryInNetns(t *testing.T, somaxconn int, extra map[string]string) *proc {
 	t.Helper()
+	return startBinaryInNetnsScript(t, `echo "`+strconv.Itoa(somaxconn)+`" > /proc/sys/net/core/somaxconn`, extra)
+}
+
+// startBinaryInNetnsScript runs the binary in a network namespace of its
+// own, after the shell commands setup have run there (as root, with
+// extra in the environment).
+func startBinaryInNetnsScript(t *testing.T, setup string, extra map[string]string) *proc {
+	t.Helper()
+	requireNetns(t)
+	// unshare execs sh, which execs the binary: one process, whose PID
+	// names the namespace.
+	cmd := exec.Command("unshare", "--net", "sh", "-ec", "ip link set lo up\n"+setup+"\nexec \"$1\"", "sh", binPath)
+	return startCommand(t, cmd, extra, nil)
+}
+
+// requireNetns fails the test (skips it outside CI) unless network
+// namespaces can be made here and the tools that set them up are present.
+func requireNetns(t *testing.T) {
+	t.Helper()
 	for _, tool := range []string{"unshare", "ip", "nsenter", "ss"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s not found (util-linux, iproute2): %v", tool, err)
@@ -41,12 +60,6 @@ func startBinaryInNetns(t *testing.T, somaxconn int, extra map[string]string) *p
 		}
 		t.Skipf("cannot create a network namespace here (not root?): %v %s", err, out)
 	}
-	// unshare execs sh, which execs the binary: one process, whose PID
-	// names the namespace.
-	cmd := exec.Command("unshare", "--net", "sh", "-ec",
-		`ip link set lo up; echo "$1" > /proc/sys/net/core/somaxconn; exec "$2"`,
-		"sh", strconv.Itoa(somaxconn), binPath)
-	return startCommand(t, cmd, extra, nil)
 }
 
 // netnsDial dials addr from inside the network namespace of process pid:

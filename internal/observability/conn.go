@@ -516,6 +516,9 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 			slog.String("request_id", tc.requestID),
 			slog.Int("logged_status", tc.status))
 	}
+	if st := tc.tcp.Load(); st != nil {
+		attrs = append(attrs, st.attrs()...)
+	}
 	m.log.Log(context.Background(), level, "connection closed", attrs...)
 }
 
@@ -628,6 +631,9 @@ type trackedConn struct {
 	// the first state hook, which gets the *tls.Conn, before the
 	// handshake's first read).
 	records atomic.Pointer[tlsRecords]
+	// tcp: the kernel's view of the connection as it was closed (Close,
+	// before the socket goes), for its close line.
+	tcp atomic.Pointer[tcpStats]
 }
 
 // routing marks the current request as handed to the handlers (the access
@@ -1021,6 +1027,9 @@ func (c *trackedConn) Close() error {
 			detail: "request line and headers not received within the read-header timeout"})
 	}
 	if first {
+		if c.m.log.logger.Enabled(context.Background(), slog.LevelInfo) {
+			c.tcp.Store(readTCPStats(c.Conn)) // for its close line
+		}
 		// A hijacked connection leaves the gauge when its owner closes it.
 		if c.state.CompareAndSwap(int32(http.StateHijacked)+1, int32(http.StateClosed)+1) {
 			c.m.gauges[http.StateHijacked].AddAt(c.stripe, -1)

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestCloseLineShowsRetransmissions: the service runs in a network
+// namespace of its own and its client in another, joined by a veth pair,
+// as a pod and a client on another node. While the service writes a
+// response, the client's ACKs are dropped (a pfifo of length 0 on the
+// client's side): the response reaches the client, the service does not
+// know it and retransmits. When the client leaves, the connection's close
+// line says how many segments were retransmitted, and the namespace's
+// RetransSegs counter agrees: the network, not the service, was at fault.
+func TestCloseLineShowsRetransmissions(t *testing.T) {
+	requireNetns(t)
+	if _, err := exec.LookPath("tc"); err != nil {
+		t.Fatalf("tc not found (iproute2): %v", err)
+	}
+	// The client's namespace: a process that holds it.
+	holder := exec.Command("unshare", "--net", "sh", "-ec", `ip link set lo up; exec sleep 120`)
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = holder.Process.Kill(); _ = holder.Wait() })
+	cpid := holder.Process.Pid
+	waitFor(t, 5*time.Second, "the client's namespace", func() bool {
+		return exec.Command("nsenter", "-t", strconv.Itoa(cpid), "-n", "ip", "link", "show", "lo", "up").Run() == nil
+	})
+
+	const svcIP, cliIP = "10.213.0.1", "10.213.0.2"
+	p := startBinaryInNetnsScript(t,
+		`ip link add vsvc type veth peer name vcli netns "$CLIENT_PID"
+ip addr add `+svcIP+`/24 dev vsvc
+ip link set vsvc up
+nsenter -t "$CLIENT_PID" -n sh -ec "ip addr add `+cliIP+`/24 dev vcli; ip link set vcli up"`,
+		map[string]string{
+			"CLIENT_PID": strconv.Itoa(cpid), "HTTP_ADDR": svcIP + ":0", "LOG_LEVEL": "debug",
+			"RATELIMIT_ENABLED": "false", "BREAKER_TIMEOUT": "1s",
+		})
+	spid := p.cmd.Process.Pid
+	admin := netnsClient(spid)
+
+	// The dependency answers in 3 s: the item request gets the fallback
+	// at BREAKER_TIMEOUT, 1 s after it was sent.
+	req, _ := http.NewRequest(http.MethodPut, "http://"+p.admin+"/debug/faults", strings.NewReader(`{"latency":"3s"}`))
+	resp, err := admin.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	retrans0 := scrapeWith(t, admin, p.admin, "kernel_tcp_retrans_segs_total")
+
+	c, err := netnsDial(cpid, p.public, 2*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s from the client's namespace: %v", p.public, err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "GET /api/v1/items/1 HTTP/1.1\r\nHost: x\r\nX-Request-ID: retransmitted\r\n\r\n")
+	time.Sleep(300 * time.Millisecond) // the request is in; its answer comes at 1 s
+	tc := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command("nsenter", append([]string{"-t", strconv.Itoa(cpid), "-n", "tc"}, args...)...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("tc %v: %v %s", args, err, out)
+		}
+	}
+	tc("qdisc", "add", "dev", "vcli", "root", "pfifo", "limit", "0")
+	time.Sleep(2200 * time.Millisecond) // the answer at 1 s, retransmitted while no ACK returns
+	tc("qdisc", "del", "dev", "vcli", "root")
+
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	r, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("the answer: %v", err)
+	}
+	r.Body.Close()
+	if r.StatusCode != http.StatusOK || r.Header.Get("X-Degraded") != "true" {
+		t.Fatalf("answer %d degraded=%q, want the 200 fallback", r.StatusCode, r.Header.Get("X-Degraded"))
+	}
+	c.Close()
+
+	// The connection was idle, its request answered, when the client left:
+	// its close line is found by the client's address.
+	var line map[string]any
+	deadline := time.Now().Add(5 * time.Second)
+	for line == nil {
+		for _, l := range p.logs.lines() {
+			if l["msg"] == "connection closed" && l["remote_addr"] == c.LocalAddr().String() {
+				line = l
+			}
+		}
+		if line == nil && time.Now().After(deadline) {
+			t.Fatalf("no close line for %s:\n%s", c.LocalAddr(), p.logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	n, ok := line["tcp_retrans"].(float64)
+	if !ok || n < 1 {
+		t.Fatalf("close line %v: tcp_retrans %v, want at least 1", line, line["tcp_retrans"])
+	}
+	if rtt, ok := line["tcp_rtt_ms"].(float64); !ok || rtt <= 0 {
+		t.Errorf("close line %v: no round-trip time", line)
+	}
+	retrans := scrapeWith(t, admin, p.admin, "kernel_tcp_retrans_segs_total") - retrans0
+	if retrans < n {
+		t.Errorf("the namespace's RetransSegs rose by %v, below the connection's own %v", retrans, n)
+	}
+	t.Logf("close line: reason %v, tcp_retrans %v, tcp_rtt_ms %v; namespace RetransSegs +%v", line["reason"], n, line["tcp_rtt_ms"], retrans)
+}

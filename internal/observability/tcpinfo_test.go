@@ -1,0 +1,84 @@
+package observability
+
+import (
+	"bufio"
+	"encoding/json"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// closeLine returns the first "connection closed" line with reason.
+func closeLine(logs, reason string) map[string]any {
+	for _, l := range strings.Split(logs, "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "connection closed" && m["reason"] == reason {
+			return m
+		}
+	}
+	return nil
+}
+
+// The close line carries the kernel's view of the connection as the
+// service closed it: a clean one (client left after its answer) has a
+// round-trip time and nothing outstanding; one cut by the write timeout
+// while its client stopped reading still had response bytes in the send
+// queue, never sent.
+func TestCloseLineCarriesTCPStats(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("TCP_INFO is Linux only")
+	}
+	t.Parallel()
+	t.Run("clean", func(t *testing.T) {
+		t.Parallel()
+		cs := startConnServer(t, true, nil)
+		c := cs.dial(t)
+		sendRequest(t, c, "/fast", "")
+		readResponse(t, bufio.NewReader(c))
+		eventually(t, "idle", func() bool { return cs.gauge(http.StateIdle) == 1 })
+		c.Close()
+		var line map[string]any
+		eventually(t, "close line", func() bool {
+			line = closeLine(cs.logs.String(), CloseReasonPeerClosed)
+			return line != nil
+		}, cs.dump)
+		rtt, ok := line["tcp_rtt_ms"].(float64)
+		if !ok || rtt <= 0 || rtt > 1000 {
+			t.Errorf("tcp_rtt_ms = %v on loopback, want a small positive time: %v", line["tcp_rtt_ms"], line)
+		}
+		for _, k := range []string{"tcp_retrans", "tcp_unacked_segs", "tcp_notsent_bytes"} {
+			if v, ok := line[k].(float64); !ok || v != 0 {
+				t.Errorf("%s = %v on a clean loopback connection, want 0: %v", k, line[k], line)
+			}
+		}
+	})
+	t.Run("write timeout with a client that stopped reading", func(t *testing.T) {
+		t.Parallel()
+		cs := startConnServer(t, true, func(s *http.Server) {
+			s.WriteTimeout = 300 * time.Millisecond
+			chunk := make([]byte, 64<<10)
+			s.Handler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				for range 1024 { // 64 MB, far more than both socket buffers hold
+					if _, err := w.Write(chunk); err != nil {
+						return
+					}
+				}
+			})
+		})
+		c := cs.dial(t)
+		c.(*net.TCPConn).SetReadBuffer(4096)
+		sendRequest(t, c, "/big", "")
+		var line map[string]any
+		eventually(t, "write timeout close line", func() bool {
+			line = closeLine(cs.logs.String(), CloseReasonWriteTimeout)
+			return line != nil
+		}, cs.dump)
+		if v, ok := line["tcp_notsent_bytes"].(float64); !ok || v <= 0 {
+			t.Errorf("tcp_notsent_bytes = %v for a response cut with its client not reading, want > 0: %v", line["tcp_notsent_bytes"], line)
+		}
+		t.Logf("close line: %v", line)
+	})
+}
