@@ -23,8 +23,8 @@ and, with --metrics, the service's own view from its Prometheus metrics:
   4. service - who closed its connections and why (peer reset, client gone
                mid-request, idle/read/write timeouts, requests cut at
                SHUTDOWN_TIMEOUT), 499s, requests net/http
-               rejected, TLS handshake errors, the pod's listen overflows,
-               open circuits, fallbacks, its own retries towards its
+               rejected, TLS handshake errors, the pod's listen overflows
+               and accept queue, retransmissions to its clients, open circuits, fallbacks, its own retries towards its
                dependencies and the rate limiter's fallback; with nginx's
                error log, whether nginx's premature closes are the
                keep-alive race with the service's idle timeout
@@ -1337,6 +1337,20 @@ else
 					"Restart the service (roll the pods) to open its listener with the new limit."
 			fi
 		fi
+		# Retransmissions on the service's own client connections, counted
+		# as each closes (older builds have no such series: 0).
+		read -r _ rsegs < <(mval http_server_retransmitted_segments_total)
+		read -r _ rconns < <(mval http_server_retransmitting_connections_total)
+		read -r _ nclosed < <(mval http_server_connections_closed_total)
+		rfind=""
+		if ((rconns > 0)); then
+			rfind=1
+			retrans_level=NOTE
+			((rconns * 100 > nclosed)) && retrans_level=WARN # over 1% of them
+			finding $retrans_level "$rconns of the $nclosed connections closed $span needed retransmissions ($rsegs segments sent again)" \
+				"Segments the service sent to its clients were not acknowledged in time: packets or ACKs were lost between the clients (or the proxy in front) and the service. Those requests were slower, and a connection that keeps losing them ends in a timeout or a reset: the network's share of the EOFs." \
+				"The 'connection closed' lines carry tcp_retrans and tcp_rtt_ms with the client's address (clean closes at LOG_LEVEL=debug): find which clients or proxy, then check that path (NIC drops in the kernel section, MTU, a saturated node or link)."
+		fi
 		open=$(awk '/^breaker_open\{/ && $2 + 0 > 0 { match($1, /command="[^"]*"/); printf "%s%s", sep, substr($1, RSTART + 9, RLENGTH - 10); sep = ", " }' "$work/metrics.2")
 		if [[ -n $open ]]; then
 			finding WARN "circuit open now: $open" \
@@ -1360,8 +1374,8 @@ else
 				"The service is the client here. eof, reset: the dependency (or a proxy in front of it) closed kept-alive connections as the service reused them, the same race as in front of the service the other way round; refused: it was down or restarting; timeout: it was slower than DOWNSTREAM_ATTEMPT_TIMEOUT; status_*: it answered with that error. The retry budget bounds them." \
 				"eof, reset: keep DOWNSTREAM_IDLE_CONN_TIMEOUT below the dependency's keep-alive timeout. Otherwise, look at the dependency."
 		fi
-		if [[ -z $rejected$tls$h2$open$fallbacks$qfind && $overflows -eq 0 ]]; then
-			finding OK "no rejected requests, TLS handshake or HTTP/2 errors, listen queue overflows or backlog, open circuits or fallbacks $span"
+		if [[ -z $rejected$tls$h2$open$fallbacks$qfind$rfind && $overflows -eq 0 ]]; then
+			finding OK "no rejected requests, TLS handshake or HTTP/2 errors, listen queue overflows or backlog, retransmissions, open circuits or fallbacks $span"
 		fi
 	fi
 fi

@@ -17,8 +17,9 @@ import (
 // response, the client's ACKs are dropped (a pfifo of length 0 on the
 // client's side): the response reaches the client, the service does not
 // know it and retransmits. When the client leaves, the connection's close
-// line says how many segments were retransmitted, and the namespace's
-// RetransSegs counter agrees: the network, not the service, was at fault.
+// line says how many segments were retransmitted, the service counts them,
+// and the namespace's RetransSegs counter agrees: the network, not the
+// service, was at fault.
 func TestCloseLineShowsRetransmissions(t *testing.T) {
 	requireNetns(t)
 	if _, err := exec.LookPath("tc"); err != nil {
@@ -112,6 +113,14 @@ nsenter -t "$CLIENT_PID" -n sh -ec "ip addr add `+cliIP+`/24 dev vcli; ip link s
 	retrans := scrapeWith(t, admin, p.admin, "kernel_tcp_retrans_segs_total") - retrans0
 	if retrans < n {
 		t.Errorf("the namespace's RetransSegs rose by %v, below the connection's own %v", retrans, n)
+	}
+	// The service's own counts: this connection's segments, one connection
+	// (the scrapes' connections, on the admin listener, are not counted).
+	if got := scrapeWith(t, admin, p.admin, "http_server_retransmitted_segments_total"); got != n {
+		t.Errorf("http_server_retransmitted_segments_total = %v, want the close line's %v", got, n)
+	}
+	if got := scrapeWith(t, admin, p.admin, "http_server_retransmitting_connections_total"); got != 1 {
+		t.Errorf("http_server_retransmitting_connections_total = %v, want 1", got)
 	}
 	t.Logf("close line: reason %v, tcp_retrans %v, tcp_rtt_ms %v; namespace RetransSegs +%v", line["reason"], n, line["tcp_rtt_ms"], retrans)
 }

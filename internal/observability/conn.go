@@ -82,6 +82,9 @@ type ConnMetrics struct {
 	epoch       time.Time // the clock of connection ages: time.Since(epoch)
 	closed      *prometheus.CounterVec
 	rejected    *prometheus.CounterVec
+	// Retransmissions on the accepted connections, from TCP_INFO at close.
+	retransSegs  prometheus.Counter
+	retransConns prometheus.Counter
 	log         *limitedLog // "connection closed"
 	rejectLog   *limitedLog // "request rejected": its own budget and suppressed count
 	// forcedClose: the server is being closed with requests in flight
@@ -120,6 +123,14 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 			Name: "http_server_rejected_requests_total",
 			Help: "Requests net/http answered itself, before routing, by status code: 400 malformed request line or headers, 408 request line or headers cut off by the read-header timeout, 417 an Expect header other than 100-continue, 431 headers over HTTP_MAX_HEADER_BYTES, 501 unsupported transfer encoding, 505 unsupported HTTP version; unknown: one of these on the TLS listener, where the answer is encrypted before the service can read its status (headers that stall there get no answer at all, only a read_timeout close). They have no access line. Plain HTTP on the TLS port is a TLS handshake error (reason other), not counted here.",
 		}, []string{"code"}),
+		retransSegs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "http_server_retransmitted_segments_total",
+			Help: "TCP segments the service retransmitted on the connections it accepted (lost segments or lost ACKs between the client and the service), counted as each connection closes (TCP_INFO, Linux). kernel_tcp_retrans_segs_total counts every socket of the network namespace, outbound ones included.",
+		}),
+		retransConns: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "http_server_retransmitting_connections_total",
+			Help: "Accepted connections on which the service retransmitted at least one TCP segment, counted as each closes; against http_server_connections_closed_total, the share of clients behind a lossy path.",
+		}),
 		log:       newLimitedLog(logger, 5, 10),
 		rejectLog: newLimitedLog(logger, 5, 10),
 		epoch:     time.Now(),
@@ -135,7 +146,7 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 	}
 	m.closed.WithLabelValues(CloseReasonShutdownTimeout, "active")
 	m.closed.WithLabelValues(CloseReasonIdleTimeout, "idle")
-	reg.MustRegister(connCollector{m}, m.closed, m.rejected)
+	reg.MustRegister(connCollector{m}, m.closed, m.rejected, m.retransSegs, m.retransConns)
 	return m
 }
 
@@ -516,10 +527,15 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 			slog.String("request_id", tc.requestID),
 			slog.Int("logged_status", tc.status))
 	}
-	if st := tc.tcp.Load(); st != nil {
+	st := tc.tcp.Load()
+	if st != nil {
 		attrs = append(attrs, st.attrs()...)
 	}
 	m.log.Log(context.Background(), level, "connection closed", attrs...)
+	if st != nil && st.retrans > 0 {
+		m.retransSegs.Add(float64(st.retrans))
+		m.retransConns.Inc()
+	}
 }
 
 func remoteAddr(c net.Conn) string {
@@ -1027,9 +1043,7 @@ func (c *trackedConn) Close() error {
 			detail: "request line and headers not received within the read-header timeout"})
 	}
 	if first {
-		if c.m.log.logger.Enabled(context.Background(), slog.LevelInfo) {
-			c.tcp.Store(readTCPStats(c.Conn)) // for its close line
-		}
+		c.tcp.Store(readTCPStats(c.Conn)) // for its close line and count
 		// A hijacked connection leaves the gauge when its owner closes it.
 		if c.state.CompareAndSwap(int32(http.StateHijacked)+1, int32(http.StateClosed)+1) {
 			c.m.gauges[http.StateHijacked].AddAt(c.stripe, -1)

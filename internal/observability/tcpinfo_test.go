@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // closeLine returns the first "connection closed" line with reason.
@@ -53,6 +55,9 @@ func TestCloseLineCarriesTCPStats(t *testing.T) {
 			if v, ok := line[k].(float64); !ok || v != 0 {
 				t.Errorf("%s = %v on a clean loopback connection, want 0: %v", k, line[k], line)
 			}
+		}
+		if v := testutil.ToFloat64(cs.m.retransConns); v != 0 {
+			t.Errorf("http_server_retransmitting_connections_total = %v with no retransmission", v)
 		}
 	})
 	t.Run("write timeout with a client that stopped reading", func(t *testing.T) {

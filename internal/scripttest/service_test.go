@@ -369,6 +369,26 @@ func TestDiagnoseListenQueue(t *testing.T) {
 	}
 }
 
+// Retransmissions on the service's client connections, from a recorded
+// page: a note under 1% of the closed connections, a warning above.
+func TestDiagnoseRetransmissions(t *testing.T) {
+	page := func(segs, conns, closed int) string {
+		return "# TYPE http_server_connections_closed_total counter\n" +
+			`http_server_connections_closed_total{reason="peer_closed",state="idle"} ` + strconv.Itoa(closed) + "\n" +
+			`http_server_retransmitted_segments_total ` + strconv.Itoa(segs) + "\n" +
+			`http_server_retransmitting_connections_total ` + strconv.Itoa(conns) + "\n"
+	}
+	svc := diagnosePage(t, page(0, 0, 500))
+	mustContain(t, "none", svc, "[OK] no rejected requests, TLS handshake or HTTP/2 errors, listen queue overflows or backlog, retransmissions")
+	svc = diagnosePage(t, page(7, 3, 500))
+	mustContain(t, "few", svc, "[NOTE] 3 of the 500 connections closed since the service started needed retransmissions (7 segments sent again)")
+	svc = diagnosePage(t, page(90, 30, 500))
+	mustContain(t, "many", svc, "[WARN] 30 of the 500 connections closed since the service started needed retransmissions (90 segments sent again)")
+	if strings.Contains(svc, "[OK] no rejected requests") {
+		t.Errorf("OK despite retransmissions:\n%s", svc)
+	}
+}
+
 // diagnosePage runs diagnose-eof.sh -i 0 on a recorded metrics page served
 // on loopback, checks its exit and the shape of its findings, and returns
 // its service section.
