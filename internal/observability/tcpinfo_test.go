@@ -87,3 +87,27 @@ func TestCloseLineCarriesTCPStats(t *testing.T) {
 		t.Logf("close line: %v", line)
 	})
 }
+
+// BenchmarkReadTCPStats is the cost TCP_INFO adds to each connection's
+// close.
+func BenchmarkReadTCPStats(b *testing.B) {
+	if runtime.GOOS != "linux" {
+		b.Skip("TCP_INFO is Linux only")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		if readTCPStats(c) == nil {
+			b.Fatal("no TCP_INFO")
+		}
+	}
+}
