@@ -29,6 +29,12 @@ and, with --metrics, the service's own view from its Prometheus metrics:
                error log, whether nginx's premature closes are the
                keep-alive race with the service's idle timeout
 
+and, with --service-log, the service's own close lines:
+
+  5. connections - clients behind a lossy path (retransmissions, by client
+               address) and responses cut by the write timeout with data
+               the client never got
+
 Every part is optional: a missing tool or input is reported, not fatal.
 Findings are OK, NOTE, WARN (evidence that connections failed, or a setting
 that makes them fail) or TUNE (kernel settings that differ from the
@@ -55,6 +61,10 @@ Options:
                          without one, whatever somaxconn says);
                          ingress-nginx proxies through one upstream_balancer
                          with no port: leave -p out there
+  -l, --service-log F    the service's JSON log (kubectl logs POD > F): its
+                         "connection closed" lines, which carry the kernel's
+                         view of each connection at close (retransmissions,
+                         round trip, response bytes never sent), by client
   -m, --metrics URL      the service's metrics (its admin port), e.g.
                          http://127.0.0.1:9090/metrics; read at the start and
                          at the end, like the kernel counters
@@ -87,6 +97,7 @@ error_log=""
 nginx_conf=""
 port=""
 metrics_url=""
+service_log=""
 interval=2
 
 need_arg() {
@@ -124,6 +135,7 @@ while [[ $# -gt 0 ]]; do
 	-N | --nginx-conf) need_arg "$@" && nginx_conf=$2 && shift ;;
 	-p | --port) need_arg "$@" && need_int "$1" "$2" && port=$2 && shift ;;
 	-m | --metrics) need_arg "$@" && metrics_url=$2 && shift ;;
+	-l | --service-log) need_arg "$@" && service_log=$2 && shift ;;
 	-i | --interval) need_arg "$@" && need_int "$1" "$2" && interval=$2 && shift ;;
 	*)
 		echo "diagnose-eof: unknown argument '$1' (see -h)" >&2
@@ -1376,6 +1388,99 @@ else
 		fi
 		if [[ -z $rejected$tls$h2$open$fallbacks$qfind$rfind && $overflows -eq 0 ]]; then
 			finding OK "no rejected requests, TLS handshake or HTTP/2 errors, listen queue overflows or backlog, retransmissions, open circuits or fallbacks $span"
+		fi
+	fi
+fi
+
+# ---------------------------------------------------------------- service log
+section "5. Service: its connection close lines"
+if [[ -z $service_log ]]; then
+	skip "no --service-log given: the close lines not read (kubectl logs POD > F, then -l F)"
+elif [[ ! -r $service_log ]]; then
+	finding WARN "cannot read the service log $service_log" "" "Check the path and its permissions."
+else
+	# One pass over the JSON lines (keys as the service writes them; no
+	# JSON parser needed): close reasons, the TCP_INFO fields, the clients
+	# with retransmissions, write-timeout cuts with data never sent, and
+	# the lines the log's rate limit held back.
+	awk '
+		function num(key,  m) {
+			if (match($0, "\"" key "\":[0-9.e+-]+")) { m = substr($0, RSTART + length(key) + 3, RLENGTH - length(key) - 3); return m + 0 }
+			return -1
+		}
+		function str(key,  m) {
+			if (match($0, "\"" key "\":\"[^\"]*\"")) return substr($0, RSTART + length(key) + 4, RLENGTH - length(key) - 5)
+			return ""
+		}
+		index($0, "\"msg\":\"connection closed\"") == 0 { next }
+		{
+			n++
+			reason = str("reason"); reasons[reason]++
+			sup = num("suppressed"); if (sup > 0) suppressed += sup
+			rt = num("tcp_retrans")
+			if (rt < 0) next
+			tcp++
+			rtt = num("tcp_rtt_ms")
+			ip = str("remote_addr"); sub(/:[0-9]+$/, "", ip); gsub(/[][]/, "", ip)
+			if (rt > 0) {
+				rconns++; rsegs += rt; if (rt > rmax) rmax = rt
+				if (rtt > rttmax) rttmax = rtt
+				bycli[ip] += rt; clic[ip]++
+			}
+			ns = num("tcp_notsent_bytes"); un = num("tcp_unacked_segs")
+			if (reason == "write_timeout" && (ns > 0 || un > 0)) {
+				cut++; if (ns > nsmax) nsmax = ns
+				id = str("request_id"); if (id != "" && ncutids < 3) { cutids = cutids (ncutids ? ", " : "") id; ncutids++ }
+			}
+		}
+		END {
+			printf "lines %d %d %d\n", n, tcp, suppressed
+			out = ""
+			for (r in reasons) out = out (out == "" ? "" : ", ") r ": " reasons[r]
+			printf "reasons %s\n", out
+			printf "retrans %d %d %d %s\n", rconns, rsegs, rmax, (rttmax > 0 ? rttmax : 0)
+			# The three clients with the most segments sent again.
+			top = ""
+			for (k = 0; k < 3; k++) {
+				best = ""; bv = 0
+				for (c in bycli) if (bycli[c] > bv) { best = c; bv = bycli[c] }
+				if (best == "") break
+				top = top (top == "" ? "" : ", ") best " (" clic[best] " connections, " bv " segments)"
+				delete bycli[best]
+			}
+			printf "top %s\n", top
+			printf "cut %d %d %s\n", cut, nsmax, cutids
+		}' "$service_log" >"$work/closes"
+	read -r _ nlines ntcp nsup < <(grep '^lines ' "$work/closes")
+	reasons=$(sed -n 's/^reasons //p' "$work/closes")
+	read -r _ rconns_l rsegs_l rmax_l rttmax_l < <(grep '^retrans ' "$work/closes")
+	top=$(sed -n 's/^top //p' "$work/closes")
+	read -r _ ncut nsmax cutids < <(grep '^cut ' "$work/closes")
+	if ((nlines == 0)); then
+		skip "no 'connection closed' lines in $service_log (not this service's log, or LOG_LEVEL above info)"
+	else
+		echo "-- $nlines close lines ($reasons)"
+		if ((ntcp == 0)); then
+			finding NOTE "the close lines carry no TCP_INFO fields (tcp_retrans, tcp_rtt_ms)" \
+				"The service runs on a system without Linux's TCP_INFO, or is an older build." ""
+		fi
+		if ((rconns_l > 0)); then
+			level=NOTE
+			((rmax_l >= 3)) && level=WARN # three timeouts on one connection: seconds lost
+			finding $level "$rconns_l of the $ntcp connections in the log needed retransmissions ($rsegs_l segments sent again, up to $rmax_l on one; round trip up to $rttmax_l ms): $top" \
+				"The service sent segments these clients did not acknowledge in time: packets or ACKs were lost on the way. Each loss costs a round trip or, past the first, a retransmission timeout (200 ms, then doubling): slow requests, and a connection that keeps losing ends in a timeout or a reset. A proxy in front shows as the client here." \
+				"Look at the path to those addresses: NIC and softnet drops (section 3) on both ends, MTU mismatches (a VPN or overlay network), a saturated link or node."
+		fi
+		if ((ncut > 0)); then
+			finding WARN "$ncut responses were cut by the write timeout with data the client never got (up to $nsmax bytes never sent; request_id $cutids)" \
+				"The client stopped reading (its receive window closed: a stalled client, a proxy that does not drain its buffer) or the response did not fit in HTTP_WRITE_TIMEOUT. The client sees an EOF; the access line of the same request_id says the handler's status (200)." \
+				"Match the request_id with its access line (route, bytes); raise HTTP_WRITE_TIMEOUT for large or slow downloads, or find the stalled clients by their address in the close lines."
+		fi
+		if ((nsup > 0)); then
+			finding NOTE "the log's rate limit held back $nsup close lines (at most 5 a second are written): the counts above are lower bounds" "" ""
+		fi
+		if ((ntcp > 0 && rconns_l == 0 && ncut == 0)); then
+			finding OK "no retransmissions and no response cut with data unsent among the $ntcp connections in the log"
 		fi
 	fi
 fi

@@ -4,11 +4,15 @@ import (
 	"bufio"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hardenedgo/ginservice/internal/testkit"
 )
 
 // TestCloseLineShowsRetransmissions: the service runs in a network
@@ -123,4 +127,21 @@ nsenter -t "$CLIENT_PID" -n sh -ec "ip addr add `+cliIP+`/24 dev vcli; ip link s
 		t.Errorf("http_server_retransmitting_connections_total = %v, want 1", got)
 	}
 	t.Logf("close line: reason %v, tcp_retrans %v, tcp_rtt_ms %v; namespace RetransSegs +%v", line["reason"], n, line["tcp_rtt_ms"], retrans)
+
+	// The EOF diagnosis reads the same from the service's log, by client.
+	logFile := filepath.Join(t.TempDir(), "service.log")
+	if err := os.WriteFile(logFile, []byte(p.logs.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("bash", filepath.Join(testkit.ModuleRoot(t), "scripts", "diagnose-eof.sh"), "-i", "0", "-l", logFile).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); err != nil && (!ok || ee.ExitCode() != 3) {
+		t.Fatalf("diagnose-eof.sh -l: %v\n%s", err, out)
+	}
+	want := fmt.Sprintf("connections in the log needed retransmissions (%d segments sent again, up to %d on one; round trip up to ", int(n), int(n))
+	if !strings.Contains(string(out), want) || !strings.Contains(string(out), cliIP+" (1 connections, "+strconv.Itoa(int(n))+" segments)") {
+		t.Errorf("diagnose-eof.sh -l does not name the retransmissions to %s:\n%s", cliIP, out)
+	}
+	if i := strings.Index(string(out), "== 5."); i >= 0 {
+		t.Logf("%s", out[i:])
+	}
 }

@@ -2,6 +2,7 @@ package scripttest_test
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -23,6 +24,14 @@ import (
 // env added, and returns its public and admin addresses.
 func startService(t *testing.T, env ...string) (public, admin string) {
 	t.Helper()
+	public, admin, _ = startServiceLog(t, env...)
+	return public, admin
+}
+
+// startServiceLog is startService that also returns the file its stdout
+// (the JSON log) goes to.
+func startServiceLog(t *testing.T, env ...string) (public, admin, logFile string) {
+	t.Helper()
 	bin := filepath.Join(t.TempDir(), "api")
 	build := exec.Command("go", "build", "-o", bin, "./cmd/api")
 	build.Dir = repoRoot(t)
@@ -31,10 +40,17 @@ func startService(t *testing.T, env ...string) (public, admin string) {
 	}
 	cmd := exec.Command(bin)
 	cmd.Env = append([]string{"HTTP_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "SHUTDOWN_DELAY=0s", "LOG_FLUSH_INTERVAL=10ms"}, env...)
-	stdout, err := cmd.StdoutPipe()
+	pipe, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
+	logFile = filepath.Join(t.TempDir(), "service.log")
+	lf, err := os.Create(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lf.Close() })
+	stdout := io.TeeReader(pipe, lf)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -60,13 +76,13 @@ func startService(t *testing.T, env ...string) (public, admin string) {
 	}()
 	select {
 	case a := <-addrs:
-		return a[0], a[1]
+		return a[0], a[1], logFile
 	case <-done:
 		t.Fatal("the service exited before it listened")
 	case <-time.After(30 * time.Second):
 		t.Fatal("the service did not start")
 	}
-	return "", ""
+	return "", "", ""
 }
 
 // TestDiagnoseServiceMetrics provokes, against the real service, each way a
@@ -387,6 +403,57 @@ func TestDiagnoseRetransmissions(t *testing.T) {
 	if strings.Contains(svc, "[OK] no rejected requests") {
 		t.Errorf("OK despite retransmissions:\n%s", svc)
 	}
+}
+
+// The service's own log, read with -l: a response cut by the write timeout
+// while its client had stopped reading shows with the bytes never sent and
+// its request_id; a missing file, a log with no close lines and no -l at
+// all are said so.
+func TestDiagnoseServiceLog(t *testing.T) {
+	public, _, logFile := startServiceLog(t, "HTTP_WRITE_TIMEOUT=1s", "BREAKER_TIMEOUT=500ms", "MAX_BODY_BYTES=67108864", "RATELIMIT_ENABLED=false")
+	// A 32 MB echo whose client never reads the answer.
+	c, err := net.Dial("tcp", public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4096)
+	body := `"` + strings.Repeat("a", 32<<20) + `"`
+	fmt.Fprintf(c, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Request-ID: cut-by-write-timeout\r\nContent-Length: %d\r\n\r\n", len(body))
+	if _, err := io.WriteString(c, body); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		b, _ := os.ReadFile(logFile)
+		if strings.Contains(string(b), `"msg":"connection closed","reason":"write_timeout"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no write_timeout close line:\n%s", b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	out, _ := script(t, nil, "diagnose-eof.sh", "-i", "0", "-l", logFile)
+	checkFindings(t, out)
+	sec := section(out, "5. Service")
+	mustMatch(t, "service log", sec,
+		`-- [1-9][0-9]* close lines \(.*write_timeout: 1`,
+		`\[WARN\] 1 responses were cut by the write timeout with data the client never got \(up to [1-9][0-9]* bytes never sent; request_id cut-by-write-timeout\)`)
+	mustContain(t, "service log, summary", section(out, "Summary"), "1 responses were cut by the write timeout")
+	t.Logf("%s", sec)
+
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-l", filepath.Join(t.TempDir(), "missing.log"))
+	mustContain(t, "missing log", section(out, "5. Service"), "[WARN] cannot read the service log ")
+	other := filepath.Join(t.TempDir(), "other.log")
+	if err := os.WriteFile(other, []byte(`{"level":"INFO","msg":"request","status":200}`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-l", other)
+	mustContain(t, "no close lines", section(out, "5. Service"), "[SKIP] no 'connection closed' lines in "+other)
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0")
+	mustContain(t, "no -l", section(out, "5. Service"), "[SKIP] no --service-log given")
 }
 
 // diagnosePage runs diagnose-eof.sh -i 0 on a recorded metrics page served
