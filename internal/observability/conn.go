@@ -530,6 +530,11 @@ func (m *ConnMetrics) ended(tc *trackedConn, prev http.ConnState, inState, now t
 	st := tc.tcp.Load()
 	if st != nil {
 		attrs = append(attrs, st.attrs()...)
+		if st.retrans >= lossyRetrans {
+			// However it ended, its client is behind a lossy path: the
+			// line that names it is logged by default.
+			level = max(level, slog.LevelInfo)
+		}
 	}
 	m.log.Log(context.Background(), level, "connection closed", attrs...)
 	if st != nil && st.retrans > 0 {

@@ -16,6 +16,11 @@ type tcpStats struct {
 	notsentBytes uint32 // bytes still in the send queue, never sent
 }
 
+// lossyRetrans retransmissions on one connection make its close line an
+// info line, even for a clean close: past the first, each waited for a
+// retransmission timeout (200 ms and more), which its client felt.
+const lossyRetrans = 3
+
 func (s *tcpStats) attrs() []slog.Attr {
 	return []slog.Attr{
 		slog.Float64("tcp_rtt_ms", float64(s.rttMicros)/1000),
