@@ -85,8 +85,8 @@ type ConnMetrics struct {
 	// Retransmissions on the accepted connections, from TCP_INFO at close.
 	retransSegs  prometheus.Counter
 	retransConns prometheus.Counter
-	log         *limitedLog // "connection closed"
-	rejectLog   *limitedLog // "request rejected": its own budget and suppressed count
+	log          *limitedLog // "connection closed"
+	rejectLog    *limitedLog // "request rejected": its own budget and suppressed count
 	// forcedClose: the server is being closed with requests in flight
 	// (MarkForcedClose); cut counts the connections it cut under one.
 	forcedClose atomic.Bool
