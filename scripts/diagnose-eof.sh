@@ -32,8 +32,8 @@ and, with --metrics, the service's own view from its Prometheus metrics:
 and, with --service-log, the service's own close lines:
 
   5. connections - clients behind a lossy path (retransmissions, by client
-               address) and responses cut by the write timeout with data
-               the client never got
+               address) and responses cut by the write timeout, with the
+               data the client never got
 
 Every part is optional: a missing tool or input is reported, not fatal.
 Findings are OK, NOTE, WARN (evidence that connections failed, or a setting
@@ -1428,7 +1428,7 @@ else
 				bycli[ip] += rt; clic[ip]++
 			}
 			ns = num("tcp_notsent_bytes"); un = num("tcp_unacked_segs")
-			if (reason == "write_timeout" && (ns > 0 || un > 0)) {
+			if (reason == "write_timeout") {
 				cut++; if (ns > nsmax) nsmax = ns
 				id = str("request_id"); if (id != "" && ncutids < 3) { cutids = cutids (ncutids ? ", " : "") id; ncutids++ }
 			}
@@ -1472,15 +1472,17 @@ else
 				"Look at the path to those addresses: NIC and softnet drops (section 3) on both ends, MTU mismatches (a VPN or overlay network), a saturated link or node."
 		fi
 		if ((ncut > 0)); then
-			finding WARN "$ncut responses were cut by the write timeout with data the client never got (up to $nsmax bytes never sent; request_id $cutids)" \
-				"The client stopped reading (its receive window closed: a stalled client, a proxy that does not drain its buffer) or the response did not fit in HTTP_WRITE_TIMEOUT. The client sees an EOF; the access line of the same request_id says the handler's status (200)." \
+			unsent=""
+			((nsmax > 0)) && unsent="; up to $nsmax bytes still unsent in the kernel: the client had stopped reading"
+			finding WARN "$ncut responses were cut by the write timeout: their clients never got them whole (request_id $cutids$unsent)" \
+				"Either the client stopped reading (its receive window closed: a stalled client, a proxy that does not drain its buffer; the close line then shows tcp_notsent_bytes), or the handler and the response did not fit in HTTP_WRITE_TIMEOUT. The client sees an EOF; the access line of the same request_id says the handler's status (200)." \
 				"Match the request_id with its access line (route, bytes); raise HTTP_WRITE_TIMEOUT for large or slow downloads, or find the stalled clients by their address in the close lines."
 		fi
 		if ((nsup > 0)); then
 			finding NOTE "the log's rate limit held back $nsup close lines (at most 5 a second are written): the counts above are lower bounds" "" ""
 		fi
 		if ((ntcp > 0 && rconns_l == 0 && ncut == 0)); then
-			finding OK "no retransmissions and no response cut with data unsent among the $ntcp connections in the log"
+			finding OK "no retransmissions and no response cut by the write timeout among the $ntcp connections in the log"
 		fi
 	fi
 fi

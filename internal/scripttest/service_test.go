@@ -406,19 +406,33 @@ func TestDiagnoseRetransmissions(t *testing.T) {
 }
 
 // The service's own log, read with -l: a response cut by the write timeout
-// while its client had stopped reading shows with the bytes never sent and
-// its request_id; a missing file, a log with no close lines and no -l at
+// while its client had stopped reading shows with its request_id and the
+// bytes never sent; a missing file, a log with no close lines and no -l at
 // all are said so.
 func TestDiagnoseServiceLog(t *testing.T) {
-	public, _, logFile := startServiceLog(t, "HTTP_WRITE_TIMEOUT=1s", "BREAKER_TIMEOUT=500ms", "MAX_BODY_BYTES=67108864", "RATELIMIT_ENABLED=false")
-	// A 32 MB echo whose client never reads the answer.
-	c, err := net.Dial("tcp", public)
+	// The write timeout runs from the end of the request headers: 3 s
+	// leave a busy machine time to read the body and start the answer.
+	public, _, logFile := startServiceLog(t, "HTTP_WRITE_TIMEOUT=3s", "BREAKER_TIMEOUT=500ms", "MAX_BODY_BYTES=67108864", "RATELIMIT_ENABLED=false")
+	// An 8 MB echo, more than both socket buffers hold, whose client never
+	// reads the answer.
+	// Its receive buffer is small from the start (set before connect: set
+	// after, it would shrink the window under data in flight, which the
+	// service then resends).
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	c, err := d.Dial("tcp", public)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.(*net.TCPConn).SetReadBuffer(4096)
-	body := `"` + strings.Repeat("a", 32<<20) + `"`
+	body := `"` + strings.Repeat("a", 8<<20) + `"`
 	fmt.Fprintf(c, "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Request-ID: cut-by-write-timeout\r\nContent-Length: %d\r\n\r\n", len(body))
 	if _, err := io.WriteString(c, body); err != nil {
 		t.Fatal(err)
@@ -440,9 +454,11 @@ func TestDiagnoseServiceLog(t *testing.T) {
 	sec := section(out, "5. Service")
 	mustMatch(t, "service log", sec,
 		`-- [1-9][0-9]* close lines \(.*write_timeout: 1`,
-		`\[WARN\] 1 responses were cut by the write timeout with data the client never got \(up to [1-9][0-9]* bytes never sent; request_id cut-by-write-timeout\)`)
+		`\[WARN\] 1 responses were cut by the write timeout: their clients never got them whole \(request_id cut-by-write-timeout; up to [1-9][0-9]* bytes still unsent in the kernel: the client had stopped reading\)`)
 	mustContain(t, "service log, summary", section(out, "Summary"), "1 responses were cut by the write timeout")
-	t.Logf("%s", sec)
+	if strings.Contains(sec, "needed retransmissions") {
+		t.Errorf("retransmissions on loopback with a client that only stopped reading:\n%s", sec)
+	}
 
 	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-l", filepath.Join(t.TempDir(), "missing.log"))
 	mustContain(t, "missing log", section(out, "5. Service"), "[WARN] cannot read the service log ")
