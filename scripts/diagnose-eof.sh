@@ -1397,7 +1397,9 @@ section "5. Service: its connection close lines"
 if [[ -z $service_log ]]; then
 	skip "no --service-log given: the close lines not read (kubectl logs POD > F, then -l F)"
 elif [[ ! -r $service_log ]]; then
-	finding WARN "cannot read the service log $service_log" "" "Check the path and its permissions."
+	finding WARN "cannot read the service log $service_log" \
+		"The file does not exist or is not readable: the service's own close lines were not read." \
+		"Check the path and its permissions; save the log first (kubectl logs POD > F)."
 else
 	# One pass over the JSON lines (keys as the service writes them; no
 	# JSON parser needed): close reasons, the TCP_INFO fields, the clients
@@ -1435,9 +1437,7 @@ else
 		}
 		END {
 			printf "lines %d %d %d\n", n, tcp, suppressed
-			out = ""
-			for (r in reasons) out = out (out == "" ? "" : ", ") r ": " reasons[r]
-			printf "reasons %s\n", out
+			for (r in reasons) printf "reason %s %d\n", r, reasons[r]
 			printf "retrans %d %d %d %s\n", rconns, rsegs, rmax, (rttmax > 0 ? rttmax : 0)
 			# The three clients with the most segments sent again.
 			top = ""
@@ -1452,7 +1452,7 @@ else
 			printf "cut %d %d %s\n", cut, nsmax, cutids
 		}' "$service_log" >"$work/closes"
 	read -r _ nlines ntcp nsup < <(grep '^lines ' "$work/closes")
-	reasons=$(sed -n 's/^reasons //p' "$work/closes")
+	reasons=$(awk '$1 == "reason" { print $2 ": " $3 }' "$work/closes" | sort | paste -sd , - | sed 's/,/, /g')
 	read -r _ rconns_l rsegs_l rmax_l rttmax_l < <(grep '^retrans ' "$work/closes")
 	top=$(sed -n 's/^top //p' "$work/closes")
 	read -r _ ncut nsmax cutids < <(grep '^cut ' "$work/closes")
@@ -1462,7 +1462,8 @@ else
 		echo "-- $nlines close lines ($reasons)"
 		if ((ntcp == 0)); then
 			finding NOTE "the close lines carry no TCP_INFO fields (tcp_retrans, tcp_rtt_ms)" \
-				"The service runs on a system without Linux's TCP_INFO, or is an older build." ""
+				"The service runs on a system without Linux's TCP_INFO, or is an older build: retransmissions and unsent bytes cannot be read from its log." \
+				"Use the kernel section (RetransSegs, netstat -s) for the network's share."
 		fi
 		if ((rconns_l > 0)); then
 			level=NOTE
@@ -1479,7 +1480,9 @@ else
 				"Match the request_id with its access line (route, bytes); raise HTTP_WRITE_TIMEOUT for large or slow downloads, or find the stalled clients by their address in the close lines."
 		fi
 		if ((nsup > 0)); then
-			finding NOTE "the log's rate limit held back $nsup close lines (at most 5 a second are written): the counts above are lower bounds" "" ""
+			finding NOTE "the log's rate limit held back $nsup close lines (at most 5 a second are written): the counts above are lower bounds" \
+				"Under a flood of closes the service writes a burst of lines, then at most 5 a second, and the next line written says how many it left out." \
+				"For totals, read the service's counters (--metrics): http_server_connections_closed_total, http_server_retransmitting_connections_total."
 		fi
 		if ((ntcp > 0 && rconns_l == 0 && ncut == 0)); then
 			finding OK "no retransmissions and no response cut by the write timeout among the $ntcp connections in the log"

@@ -461,6 +461,7 @@ func TestDiagnoseServiceLog(t *testing.T) {
 	}
 
 	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-l", filepath.Join(t.TempDir(), "missing.log"))
+	checkFindings(t, out)
 	mustContain(t, "missing log", section(out, "5. Service"), "[WARN] cannot read the service log ")
 	other := filepath.Join(t.TempDir(), "other.log")
 	if err := os.WriteFile(other, []byte(`{"level":"INFO","msg":"request","status":200}`+"\n"), 0o644); err != nil {
@@ -470,6 +471,21 @@ func TestDiagnoseServiceLog(t *testing.T) {
 	mustContain(t, "no close lines", section(out, "5. Service"), "[SKIP] no 'connection closed' lines in "+other)
 	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0")
 	mustContain(t, "no -l", section(out, "5. Service"), "[SKIP] no --service-log given")
+	// Lines of a build or system without TCP_INFO, and the count of lines
+	// the log's rate limit held back.
+	old := filepath.Join(t.TempDir(), "old.log")
+	if err := os.WriteFile(old, []byte(
+		`{"level":"INFO","msg":"connection closed","reason":"peer_reset","state":"idle","remote_addr":"[2001:db8::1]:4711"}`+"\n"+
+			`{"level":"INFO","msg":"connection closed","reason":"idle_timeout","state":"idle","remote_addr":"10.0.0.1:4711","suppressed":12}`+"\n"+
+			`{"level":"INFO","msg":"connection closed","reason":"peer_reset","state":"active","remote_addr":"10.0.0.2:4711"}`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-l", old)
+	checkFindings(t, out)
+	mustContain(t, "old build", section(out, "5. Service"),
+		"-- 3 close lines (idle_timeout: 1, peer_reset: 2)",
+		"[NOTE] the close lines carry no TCP_INFO fields (tcp_retrans, tcp_rtt_ms)",
+		"[NOTE] the log's rate limit held back 12 close lines (at most 5 a second are written): the counts above are lower bounds")
 }
 
 // diagnosePage runs diagnose-eof.sh -i 0 on a recorded metrics page served
