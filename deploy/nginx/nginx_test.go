@@ -175,7 +175,7 @@ func TestListenBacklog(t *testing.T) {
 	if _, err := exec.LookPath("ss"); err != nil {
 		t.Fatalf("ss not found (iproute2): %v", err)
 	}
-	somaxconn := readSomaxconn(t)
+	somaxconn := testkit.Somaxconn(t)
 	for _, c := range []struct {
 		backlog int
 		want    int
@@ -194,19 +194,6 @@ func TestListenBacklog(t *testing.T) {
 			t.Errorf("listen backlog=%d with somaxconn %d: accept queue %d, want %d", c.backlog, somaxconn, got, c.want)
 		}
 	}
-}
-
-func readSomaxconn(t *testing.T) int {
-	t.Helper()
-	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
 }
 
 // clientMaxBodySize reads client_max_body_size (bytes) from an nginx config.

@@ -2,10 +2,7 @@ package observability
 
 import (
 	"net"
-	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -33,14 +30,7 @@ func TestListenQueuesCountsUnacceptedConnections(t *testing.T) {
 
 	// The limit Go asked for is net.core.somaxconn, read once when the
 	// net package first listens; the kernel caps it at the same value.
-	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
-	if err != nil {
-		t.Fatal(err)
-	}
-	somaxconn, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	somaxconn := testkit.Somaxconn(t)
 	if v, ok := testkit.Metric(t, reg, "http_server_listen_queue_limit_connections", "listener", "public"); !ok || int(v) != somaxconn {
 		t.Fatalf("limit = %v (present %v), want somaxconn %d", v, ok, somaxconn)
 	}

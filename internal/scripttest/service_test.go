@@ -104,11 +104,9 @@ func TestDiagnoseServiceMetrics(t *testing.T) {
 		"[OK] no connection was reset or left mid-request, and none was cut by a timeout, since the service started")
 	// Its accept queue, read from its own listener: empty, at the limit
 	// the namespace's somaxconn gave it.
-	if b, err := os.ReadFile("/proc/sys/net/core/somaxconn"); err == nil {
-		n := strings.TrimSpace(string(b))
-		mustContain(t, "service, accept queue", svc,
-			"public listener's accept queue now: 0 waiting, limit "+n+" (net.core.somaxconn now "+n+")")
-	}
+	n := strconv.Itoa(testkit.Somaxconn(t))
+	mustContain(t, "service, accept queue", svc,
+		"public listener's accept queue now: 0 waiting, limit "+n+" (net.core.somaxconn now "+n+")")
 	// The reference nginx configuration against this instance's timeouts,
 	// read from its metrics: its 300ms idle timeout loses the race.
 	out, _ = script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", metricsURL, "-N", filepath.Join(repoRoot(t), "deploy", "nginx", "nginx.conf"))

@@ -1,9 +1,11 @@
 package testkit
 
 import (
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -31,4 +33,20 @@ func ListenQueue(t testing.TB, port string, nsPID int) (queued, limit int) {
 	queued, _ = strconv.Atoi(string(m[1]))
 	limit, _ = strconv.Atoi(string(m[2]))
 	return queued, limit
+}
+
+// Somaxconn reads net.core.somaxconn of the test's network namespace: the
+// accept-queue limit of a listener opened now (Go asks for it; nginx's
+// backlog= is capped by it).
+func Somaxconn(t testing.TB) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
