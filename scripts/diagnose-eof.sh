@@ -22,18 +22,19 @@ and, with --metrics, the service's own view from its Prometheus metrics:
 
   4. service - who closed its connections and why (peer reset, client gone
                mid-request, idle/read/write timeouts, requests cut at
-               SHUTDOWN_TIMEOUT), 499s, requests net/http
-               rejected, TLS handshake errors, the pod's listen overflows
-               and accept queue, retransmissions to its clients, open circuits, fallbacks, its own retries towards its
-               dependencies and the rate limiter's fallback; with nginx's
-               error log, whether nginx's premature closes are the
-               keep-alive race with the service's idle timeout
+               SHUTDOWN_TIMEOUT), 499s, requests net/http rejected, TLS
+               handshake errors, the pod's listen overflows and accept
+               queue, retransmissions to its clients, open circuits,
+               fallbacks, its own retries towards its dependencies and
+               the rate limiter's fallback; with nginx's error log,
+               whether nginx's premature closes are the keep-alive race
+               with the service's idle timeout
 
 and, with --service-log, the service's own close lines:
 
-  5. connections - clients behind a lossy path (retransmissions, by client
-               address) and responses cut by the write timeout, with the
-               data the client never got
+  5. service log - clients behind a lossy path (retransmissions, by
+               client address) and responses cut by the write timeout,
+               with the data the client never got
 
 Every part is optional: a missing tool or input is reported, not fatal.
 Findings are OK, NOTE, WARN (evidence that connections failed, or a setting
