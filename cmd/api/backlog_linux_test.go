@@ -235,7 +235,17 @@ func TestListenBacklogFollowsTheNetnsSomaxconn(t *testing.T) {
 		t.Fatalf("clients beyond a full queue: %v; want every one to time out", got)
 	}
 
-	// The queued connections are served once the process runs again.
+	// Once the process runs again it accepts and reads the queued
+	// connections, each of which had waited out the stop (the 1.5 s
+	// timeouts of the clients after them at least).
+	waitFor(t, 5*time.Second, "the queued connections' first reads", func() bool {
+		return scrapeWith(t, client, p.admin, "http_server_accept_wait_seconds_count") == float64(len(connected))
+	})
+	if short := scrapeWith(t, client, p.admin, `http_server_accept_wait_seconds_bucket{le="1"}`); short != 0 {
+		t.Errorf("accept waits: %v of the %d queued connections waited 1 s or less, want none", short, len(connected))
+	}
+
+	// The queued connections are served.
 	for i, c := range connected {
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 		if _, err := fmt.Fprintf(c, "GET /api/v1/ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); err != nil {

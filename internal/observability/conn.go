@@ -85,8 +85,11 @@ type ConnMetrics struct {
 	// Retransmissions on the accepted connections, from TCP_INFO at close.
 	retransSegs  prometheus.Counter
 	retransConns prometheus.Counter
-	log          *limitedLog // "connection closed"
-	rejectLog    *limitedLog // "request rejected": its own budget and suppressed count
+	// acceptWait: how long each connection waited for the service to first
+	// read it (TCP_INFO at that read).
+	acceptWait prometheus.Histogram
+	log        *limitedLog // "connection closed"
+	rejectLog  *limitedLog // "request rejected": its own budget and suppressed count
 	// forcedClose: the server is being closed with requests in flight
 	// (MarkForcedClose); cut counts the connections it cut under one.
 	forcedClose atomic.Bool
@@ -131,6 +134,11 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 			Name: "http_server_retransmitting_connections_total",
 			Help: "Accepted connections on which the service retransmitted at least one TCP segment, counted as each closes; against http_server_connections_closed_total, the share of clients behind a lossy path.",
 		}),
+		acceptWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "http_server_accept_wait_seconds",
+			Help:    "How long each accepted connection had waited when the service first read it: since the last segment its client sent (the handshake's ACK, or its first request bytes), from TCP_INFO at the kernel's clock tick (Linux). Long waits: the accept queue was backed up (CPU throttling, a burst of connections, a stopped process), which a scrape-time sample of http_server_listen_queue_connections misses.",
+			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
+		}),
 		log:       newLimitedLog(logger, 5, 10),
 		rejectLog: newLimitedLog(logger, 5, 10),
 		epoch:     time.Now(),
@@ -146,7 +154,7 @@ func NewConnMetrics(reg prometheus.Registerer, logger *slog.Logger) *ConnMetrics
 	}
 	m.closed.WithLabelValues(CloseReasonShutdownTimeout, "active")
 	m.closed.WithLabelValues(CloseReasonIdleTimeout, "idle")
-	reg.MustRegister(connCollector{m}, m.closed, m.rejected, m.retransSegs, m.retransConns)
+	reg.MustRegister(connCollector{m}, m.closed, m.rejected, m.retransSegs, m.retransConns, m.acceptWait)
 	return m
 }
 
@@ -655,6 +663,9 @@ type trackedConn struct {
 	// tcp: the kernel's view of the connection as it was closed (Close,
 	// before the socket goes), for its close line.
 	tcp atomic.Pointer[tcpStats]
+	// read: the service has read from the connection (its accept wait is
+	// measured).
+	read atomic.Bool
 }
 
 // routing marks the current request as handed to the handlers (the access
@@ -716,6 +727,13 @@ func trackedFrom(ctx context.Context) *trackedConn {
 }
 
 func (c *trackedConn) Read(b []byte) (int, error) {
+	if !c.read.Load() {
+		// The first read: how long the connection waited for it.
+		c.read.Store(true)
+		if st := readTCPStats(c.Conn); st != nil {
+			c.m.acceptWait.Observe(float64(st.sinceRecvMillis) / 1000)
+		}
+	}
 	n, err := c.Conn.Read(b)
 	if r := c.records.Load(); r != nil && n > 0 {
 		had := r.alert.Load()

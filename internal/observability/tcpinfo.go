@@ -14,6 +14,9 @@ type tcpStats struct {
 	retrans      uint32 // segments retransmitted over the connection's life
 	unacked      uint32 // segments sent and not yet acknowledged
 	notsentBytes uint32 // bytes still in the send queue, never sent
+	// sinceRecvMillis: time since the last segment from the peer (its
+	// last ACK, data included), at the kernel's clock tick.
+	sinceRecvMillis uint32
 }
 
 // lossyRetrans retransmissions on one connection make its close line an

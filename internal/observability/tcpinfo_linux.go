@@ -24,5 +24,6 @@ func readTCPStats(c net.Conn) *tcpStats {
 	}); err != nil || info == nil {
 		return nil
 	}
-	return &tcpStats{rttMicros: info.Rtt, retrans: info.Total_retrans, unacked: info.Unacked, notsentBytes: info.Notsent_bytes}
+	return &tcpStats{rttMicros: info.Rtt, retrans: info.Total_retrans, unacked: info.Unacked, notsentBytes: info.Notsent_bytes,
+		sinceRecvMillis: info.Last_ack_recv}
 }

@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // closeLine returns the first "connection closed" line with reason.
@@ -110,4 +112,79 @@ func BenchmarkReadTCPStats(b *testing.B) {
 			b.Fatal("no TCP_INFO")
 		}
 	}
+}
+
+// A connection the service leaves in the accept queue is measured when it
+// is first read: one that waited 400 ms lands in the histogram above
+// 0.25 s, one read at once below 0.1 s.
+func TestAcceptWait(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("TCP_INFO is Linux only")
+	}
+	reg := prometheus.NewPedanticRegistry()
+	m := NewConnMetrics(reg, discardLogger())
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	ln := m.Listener(raw)
+	accept := func() net.Conn {
+		t.Helper()
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		_, _ = c.Read(make([]byte, 16)) // the first read, which measures
+		_, _ = c.Read(make([]byte, 16)) // and only the first
+		return c
+	}
+	slow, err := net.Dial("tcp", raw.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	time.Sleep(400 * time.Millisecond) // queued, not accepted
+	defer accept().Close()
+	fast, err := net.Dial("tcp", raw.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fast.Close()
+	defer accept().Close()
+
+	h := histogramOf(t, reg, "http_server_accept_wait_seconds")
+	if h.GetSampleCount() != 2 {
+		t.Fatalf("%d waits observed, want 2 (one per connection)", h.GetSampleCount())
+	}
+	var le01, le025 uint64
+	for _, b := range h.GetBucket() {
+		switch b.GetUpperBound() {
+		case 0.1:
+			le01 = b.GetCumulativeCount()
+		case 0.25:
+			le025 = b.GetCumulativeCount()
+		}
+	}
+	if le01 != 1 || le025 != 1 {
+		t.Fatalf("waits: %d at most 0.1 s, %d at most 0.25 s (sum %.3f s); want the fast one under 0.1 s and the queued one over 0.25 s",
+			le01, le025, h.GetSampleSum())
+	}
+	t.Logf("accept waits: sum %.3f s", h.GetSampleSum())
+}
+
+func histogramOf(t *testing.T, g prometheus.Gatherer, name string) *dto.Histogram {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetHistogram()
+		}
+	}
+	t.Fatalf("no histogram %s", name)
+	return nil
 }
