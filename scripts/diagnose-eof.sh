@@ -1350,6 +1350,18 @@ else
 					"Restart the service (roll the pods) to open its listener with the new limit."
 			fi
 		fi
+		# How long connections waited before the service first read them
+		# (older builds have no such series: 0).
+		read -r _ wall < <(mval http_server_accept_wait_seconds_count)
+		read -r _ wfast < <(mval http_server_accept_wait_seconds_bucket le=0.1)
+		if ((wall > wfast)); then
+			qfind=1
+			wait_level=NOTE
+			(((wall - wfast) * 100 > wall)) && wait_level=WARN # over 1% of them
+			finding $wait_level "$((wall - wfast)) of the $wall connections accepted $span waited over 100 ms before the service read them" \
+				"The accept queue was backed up: the process did not get to new connections for that long (CPU throttling, a burst of connections, a stopped or swapping process). Their clients saw slow connects; past the queue's limit, handshakes are dropped." \
+				"Check CPU throttling and the Go run-queue wait (dashboard), the rate of new connections (clients or a proxy without keep-alive), and the replica count."
+		fi
 		# Retransmissions on the service's own client connections, counted
 		# as each closes (older builds have no such series: 0).
 		read -r _ rsegs < <(mval http_server_retransmitted_segments_total)

@@ -486,6 +486,29 @@ func TestDiagnoseServiceLog(t *testing.T) {
 		"[NOTE] the log's rate limit held back 12 close lines (at most 5 a second are written): the counts above are lower bounds")
 }
 
+// Connections that waited in the accept queue, from a recorded page: a
+// note when a few waited over 100 ms, a warning over 1% of them.
+func TestDiagnoseAcceptWait(t *testing.T) {
+	page := func(fast, total int) string {
+		return "# TYPE http_server_connections_closed_total counter\n" +
+			`http_server_connections_closed_total{reason="peer_closed",state="idle"} 12` + "\n" +
+			"# TYPE http_server_accept_wait_seconds histogram\n" +
+			`http_server_accept_wait_seconds_bucket{le="0.05"} ` + strconv.Itoa(fast) + "\n" +
+			`http_server_accept_wait_seconds_bucket{le="0.1"} ` + strconv.Itoa(fast) + "\n" +
+			`http_server_accept_wait_seconds_bucket{le="+Inf"} ` + strconv.Itoa(total) + "\n" +
+			`http_server_accept_wait_seconds_count ` + strconv.Itoa(total) + "\n"
+	}
+	svc := diagnosePage(t, page(1000, 1000))
+	mustContain(t, "none waited", svc, "[OK] no rejected requests")
+	svc = diagnosePage(t, page(999, 1000))
+	mustContain(t, "a few", svc, "[NOTE] 1 of the 1000 connections accepted since the service started waited over 100 ms before the service read them")
+	svc = diagnosePage(t, page(900, 1000))
+	mustContain(t, "many", svc, "[WARN] 100 of the 1000 connections accepted since the service started waited over 100 ms before the service read them")
+	if strings.Contains(svc, "[OK] no rejected requests") {
+		t.Errorf("OK despite connections left waiting:\n%s", svc)
+	}
+}
+
 // diagnosePage runs diagnose-eof.sh -i 0 on a recorded metrics page served
 // on loopback, checks its exit and the shape of its findings, and returns
 // its service section.
