@@ -2,7 +2,12 @@
 
 package observability
 
-import "net"
+import "errors"
 
 // readTCPStats needs Linux's TCP_INFO.
-func readTCPStats(net.Conn) *tcpStats { return nil }
+func readTCPStats(any) *tcpStats { return nil }
+
+// listenQueue needs Linux's TCP_INFO of a listening socket.
+func listenQueue(any) (length, limit uint32, err error) {
+	return 0, 0, errors.New("listen queue: Linux only")
+}
