@@ -43,6 +43,8 @@ drills: deps ## Fault drills against the real binary, redis-server and downstrea
 	go test -count=1 -v -run 'Drill|GracefulShutdown' ./cmd/api/ | grep -E '^(=== RUN|--- |\s+\w+_test.go|ok|FAIL|PASS)'
 	go test -count=1 -v -run 'RedisKilled|RedisSlow|RedisScriptFlush|RedisDownAtBoot|RedisFlood|BreakerOpensProbesAndCloses|BreakerSlowDownstream|ClientIdleCloseUnderKeepAliveLoad|RetryBudgetCaps' ./internal/ratelimit/ ./internal/resilience/ | grep -E '^(=== RUN|--- |\s+\w+_test.go|ok|FAIL|PASS)'
 
-lint: ## go vet + gofmt
+lint: ## go vet (Linux, macOS, Windows) + gofmt
 	go vet ./...
+	GOOS=darwin go vet ./...
+	GOOS=windows go vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)

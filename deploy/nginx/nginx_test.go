@@ -1,3 +1,5 @@
+//go:build unix
+
 // Package nginx_test proves the reference nginx.conf against real processes:
 // real nginx in front of the real service on loopback, with the keep-alive
 // timeouts scaled down so a run takes seconds.

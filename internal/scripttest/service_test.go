@@ -1,3 +1,5 @@
+//go:build unix
+
 package scripttest_test
 
 import (
