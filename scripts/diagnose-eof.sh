@@ -65,7 +65,9 @@ Options:
   -l, --service-log F    the service's JSON log (kubectl logs POD > F): its
                          "connection closed" lines, which carry the kernel's
                          view of each connection at close (retransmissions,
-                         round trip, response bytes never sent), by client
+                         round trip, response bytes never sent), by client;
+                         the whole file is read: for a window, save only it
+                         (kubectl logs --since=1h POD > F)
   -m, --metrics URL      the service's metrics (its admin port), e.g.
                          http://127.0.0.1:9090/metrics; read at the start and
                          at the end, like the kernel counters
