@@ -47,9 +47,11 @@ Options:
              -e "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_TRACES_SAMPLER_ARG=0.01"
   -T         add the tracing variants (starts internal/benchtarget/otlpsink)
   -W         skip the full-warn variant
-  -p FILE    also profile the full chain: 5 s CPU profile from the admin
-             port (PPROF_ENABLED=true) while wrk runs; writes FILE (pprof
-             proto) and prints the top functions
+  -p FILE    also profile bare Gin and the full chain: a 5 s CPU profile
+             of each while wrk runs (the service's admin port with
+             PPROF_ENABLED=true; baregin's PPROF_ADDR); writes FILE (full
+             chain) and FILE.bare (pprof proto), prints the full chain's top
+             functions and both sides' CPU per request by where it is spent
   -h         this help
 
 Per round and variant it prints req/s, latency, the server's CPU time per
@@ -409,15 +411,46 @@ fi
 
 if [[ -n "$PROFILE" ]]; then
 	echo
-	echo "profiling the full chain (PPROF_ENABLED=true, 5 s CPU profile under wrk) ..."
+	echo "profiling bare Gin and the full chain (5 s CPU profile of each under wrk) ..."
+	LOG[bare-prof]="$WORK/bare-prof.log"
+	env -i "${BASE_ENV[@]}" HTTP_ADDR=127.0.0.1:0 PPROF_ADDR=127.0.0.1:0 "$WORK/baregin" >>"${LOG[bare-prof]}" 2>&1 &
+	PIDS+=("$!")
+	ADDR[bare-prof]="$(wait_listening "${LOG[bare-prof]}" "$!")"
+	ADMIN[bare-prof]="$(awk '$1 == "pprof" {print $2; exit}' "${LOG[bare-prof]}")"
 	start_api prof "${EXTRA[@]}" PPROF_ENABLED=true
-	wrk -t"$THREADS" -c"$CONNS" -d8s "http://${ADDR[prof]}/api/v1/ping" >/dev/null &
-	WRKPID=$!
-	sleep 1
-	go tool pprof -proto "http://${ADMIN[prof]}/debug/pprof/profile?seconds=5" >"$PROFILE" 2>/dev/null
-	wait "$WRKPID" || true
+	declare -A PROF_FILE=([bare-prof]="$PROFILE.bare" [prof]="$PROFILE") PROF_REQS
+	for v in bare-prof prof; do
+		wrk -t"$THREADS" -c"$CONNS" -d8s "http://${ADDR[$v]}/api/v1/ping" >"$WORK/$v.wrk" &
+		WRKPID=$!
+		sleep 1
+		go tool pprof -proto "http://${ADMIN[$v]}/debug/pprof/profile?seconds=5" >"${PROF_FILE[$v]}" 2>/dev/null
+		wait "$WRKPID" || true
+		# Requests served while profiling: wrk's steady rate times 5 s.
+		PROF_REQS[$v]="$(awk '/^Requests\/sec/ {printf "%.0f", $2 * 5}' "$WORK/$v.wrk")"
+	done
 	go tool pprof -top -nodecount=35 "$WORK/api" "$PROFILE" 2>/dev/null | sed -n '1,45p'
-	echo "profile written to $PROFILE (go tool pprof -http=: $PROFILE)"
+	# The same buckets on both sides, in µs of CPU per request (a syscall's
+	# kernel time counts to it): what the chain adds and where.
+	breakdown() { # PROFILE BINARY REQUESTS
+		go tool pprof -top -cum -nodecount=5000 "$2" "$1" 2>/dev/null | awk -v reqs="$3" '
+			function secs(v) { return v ~ /ms$/ ? substr(v, 1, length(v) - 2) / 1000 : (v ~ /us$/ ? substr(v, 1, length(v) - 2) / 1e6 : substr(v, 1, length(v) - 1)) }
+			/Total samples = / { for (i = 1; i <= NF; i++) if ($i == "=") { total = secs($(i + 1)) } }
+			NF >= 6 && $4 ~ /s$/ { name = $6; for (i = 7; i <= NF; i++) name = name " " $i; if (!(name in cum)) cum[name] = secs($4) }
+			END {
+				n = split("total|syscall.write|syscall.read|github.com/gin-gonic/gin.(*Engine).ServeHTTP|net/http.(*chunkWriter).writeHeader|internal/poll.setDeadlineImpl|runtime.mallocgc|runtime.gcBgMarkWorker|runtime.schedule", k, "|")
+				for (i = 1; i <= n; i++) printf "%s %.2f\n", i, (k[i] == "total" ? total : cum[k[i]]) / reqs * 1e6
+			}'
+	}
+	if [[ -n "${PROF_REQS[bare-prof]}" && -n "${PROF_REQS[prof]}" ]]; then
+		echo
+		echo "CPU per request (µs) by where it is spent, bare Gin vs full chain (${PROF_REQS[bare-prof]} and ${PROF_REQS[prof]} requests profiled):"
+		join <(breakdown "${PROF_FILE[bare-prof]}" "$WORK/baregin" "${PROF_REQS[bare-prof]}") \
+			<(breakdown "$PROFILE" "$WORK/api" "${PROF_REQS[prof]}") | sort -n | awk '
+			BEGIN { split("total|write(2) of responses|read(2) of requests|Gin: routing, middleware, handler|net/http: response header bytes|deadlines (SetReadDeadline ...)|allocation (mallocgc)|GC marking (background)|scheduler (runtime.schedule)", label, "|")
+				printf "  %-38s %8s %8s %8s\n", "", "bare", "full", "diff" }
+			{ printf "  %-38s %8.2f %8.2f %+8.2f\n", label[$1], $2, $3, $3 - $2 }'
+	fi
+	echo "profiles written to $PROFILE (full chain) and $PROFILE.bare (go tool pprof -http=: FILE)"
 fi
 
 if [[ $FAIL -ne 0 ]]; then

@@ -9,9 +9,11 @@
 // middleware, an SDK tracer provider with a batching OTLP/HTTP exporter, its
 // sampler and endpoint from the standard OTEL_* variables; the difference to
 // bare is then what stock tracing costs, for comparison with the service's
-// own tracing.
+// own tracing. With PPROF_ADDR set it also serves net/http/pprof there
+// (scripts/bench-http.sh -p profiles both sides alike).
 //
 //	HTTP_ADDR=127.0.0.1:0 baregin   # prints "listening 127.0.0.1:PORT"
+//	PPROF_ADDR=127.0.0.1:0 ...      # also prints "pprof 127.0.0.1:PORT"
 package main
 
 import (
@@ -22,6 +24,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -67,6 +70,16 @@ func run() error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+	if a := os.Getenv("PPROF_ADDR"); a != "" {
+		pln, err := net.Listen("tcp", a)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", a, err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		go func() { _ = http.Serve(pln, mux) }()
+		fmt.Println("pprof", pln.Addr())
 	}
 	fmt.Println("listening", ln.Addr())
 
