@@ -863,12 +863,14 @@ func TestBenchHTTPBadArguments(t *testing.T) {
 // TestBenchHTTPRuns runs the benchmark script end to end, as short as it
 // goes (one 1 s round per variant, the tracing variants included): every
 // target builds, starts and serves without errors, the summaries and
-// tracing's own cost (stock otelgin's too) are printed, and the sink
-// receives spans. No figure is checked: on a shared machine one round says
+// tracing's own cost (stock otelgin's too) are printed, the sink receives
+// spans, and -p profiles both sides and prints their CPU per request by
+// where it goes. No figure is checked: on a shared machine one round says
 // nothing about a ratio.
 func TestBenchHTTPRuns(t *testing.T) {
 	need(t, "wrk")
-	out, code := script(t, nil, "bench-http.sh", "-r", "1", "-d", "1s", "-w", "1s", "-T", "-W", "-t", "1", "-c", "2")
+	prof := filepath.Join(t.TempDir(), "full.pprof")
+	out, code := script(t, nil, "bench-http.sh", "-r", "1", "-d", "1s", "-w", "1s", "-T", "-W", "-t", "1", "-c", "2", "-p", prof)
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
@@ -880,6 +882,19 @@ func TestBenchHTTPRuns(t *testing.T) {
 	m := regexp.MustCompile(`otlp sink: \{.*"spans":(\d+)`).FindStringSubmatch(out)
 	if m == nil || m[1] == "0" {
 		t.Fatalf("the OTLP sink received no spans:\n%s", out)
+	}
+	mustContain(t, "profiles", out, "CPU per request (µs) by where it is spent, bare Gin vs full chain")
+	for _, row := range []string{"total", "write(2) of responses", "Gin: routing, middleware, handler"} {
+		// "  ROW   BARE   FULL   DIFF": both sides measured, the chain's cost above 0
+		mustMatch(t, row, out, `(?m)^  `+regexp.QuoteMeta(row)+`\s+[0-9]+\.[0-9]{2}\s+[0-9]+\.[0-9]{2}\s+[+-][0-9]+\.[0-9]{2}$`)
+	}
+	if m := regexp.MustCompile(`(?m)^  total\s+([0-9.]+)\s+([0-9.]+)`).FindStringSubmatch(out); m == nil || m[1] == "0.00" || m[2] == "0.00" {
+		t.Errorf("a side of the profile has no CPU time:\n%s", out)
+	}
+	for _, f := range []string{prof, prof + ".bare"} {
+		if st, err := os.Stat(f); err != nil || st.Size() == 0 {
+			t.Errorf("profile %s not written (%v)", f, err)
+		}
 	}
 }
 
