@@ -422,6 +422,25 @@ func TestDashboardShowsFailuresAndQuietTimes(t *testing.T) {
 		fmt.Fprintf(&b, "          - labels: '{name=\"%s\"}'\n            value: 1\n", name)
 	}
 
+	// Accept wait: 60 new connections a minute, 6 of them waited over
+	// 100 ms (3 up to 250 ms, 3 up to 500 ms). The panel shows the share
+	// over 100 ms (0.1) and the p99 wait (inside the 250-500 ms bucket:
+	// 0.25 + (0.99*60 - 57) / 3 * 0.25 = 0.45 s).
+	wait := panelExprs(t, "Accept wait: share of new connections that waited over 100 ms, and p99")
+	if len(wait) != 2 {
+		t.Fatalf("accept wait panel: %d queries, want the share and the p99", len(wait))
+	}
+	b.WriteString("  - name: accept wait share and p99\n    interval: 1m\n    input_series:\n")
+	for _, bk := range []struct{ le, perMin string }{{"0.05", "50"}, {"0.1", "54"}, {"0.25", "57"}, {"0.5", "60"}, {"+Inf", "60"}} {
+		fmt.Fprintf(&b, "      - series: 'http_server_accept_wait_seconds_bucket{namespace=\"api\",job=\"api-metrics\",pod=\"api-a\",le=\"%s\"}'\n        values: '0+%sx20'\n", bk.le, bk.perMin)
+	}
+	b.WriteString("      - series: 'http_server_accept_wait_seconds_count{namespace=\"api\",job=\"api-metrics\",pod=\"api-a\"}'\n        values: '0+60x20'\n")
+	b.WriteString("    promql_expr_test:\n")
+	for i, want := range []string{"0.1", "0.45"} {
+		q, _ := json.Marshal("round(" + wait[i] + ", 0.001)") // promtool compares floats exactly
+		fmt.Fprintf(&b, "      - expr: %s\n        eval_time: 10m\n        exp_samples:\n          - labels: '{pod=\"api-a\"}'\n            value: %s\n", q, want)
+	}
+
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "dashboard_test.yaml"), []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
