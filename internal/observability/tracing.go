@@ -38,6 +38,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/hardenedgo/ginservice/internal/clientip"
+	"github.com/hardenedgo/ginservice/internal/striped"
 )
 
 // ScopeName is the instrumentation scope of the server spans: this
@@ -81,7 +82,17 @@ type Tracing struct {
 	describe    string
 	// errors is the SDK's error handler once InstallGlobal has run.
 	errors *otelErrorHandler
+	// open counts the recording server spans not yet ended: Shutdown
+	// waits briefly for them (see spanSettle).
+	open striped.Int64
 }
+
+// spanSettle is how long Shutdown waits for the server spans still open:
+// a request cut by the forced close can still be unwinding through its
+// handlers (HTTP/2 handlers run on goroutines of their own, past the
+// connection's close) and ends its span a moment later, after its access
+// line. A span ended after the SDK's shutdown is lost.
+const spanSettle = time.Second
 
 // SetupTracing configures tracing from the standard OTEL_* variables read
 // through getenv (never the process environment directly, so tests and
@@ -262,6 +273,28 @@ func (t *Tracing) InstallGlobal(logger *slog.Logger) {
 	}
 }
 
+// settleSpans waits until the recording server spans have ended, for at
+// most spanSettle and never past ctx: a handler that outlives the forced
+// close for good costs the exit that second, not its other spans.
+func (t *Tracing) settleSpans(ctx context.Context) {
+	if t.open.Load() <= 0 {
+		return
+	}
+	deadline := time.NewTimer(spanSettle)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for t.open.Load() > 0 {
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
 // ForceFlush exports the spans ended so far.
 func (t *Tracing) ForceFlush(ctx context.Context) error {
 	if t.sdk == nil {
@@ -284,6 +317,7 @@ func (t *Tracing) Shutdown(ctx context.Context) error {
 	if t.sdk == nil {
 		return nil
 	}
+	t.settleSpans(ctx)
 	err := t.sdk.Shutdown(ctx)
 	if t.errors != nil {
 		t.errors.log.Flush(context.Background(), "opentelemetry error")
@@ -335,6 +369,7 @@ func (t *Tracing) Middleware() gin.HandlerFunc {
 		startOpts: []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)},
 		root:      t.root,
 		exporting: t.exporting,
+		open:      &t.open,
 	}
 	// The header names the propagators read, canonical, to tell cheaply
 	// whether a request carries trace context at all (most do not).
@@ -379,9 +414,19 @@ func (t *Tracing) Middleware() gin.HandlerFunc {
 		// a closure, so the SDK's End, whose recover() then sees nothing,
 		// adds no "exception" event: that panic is net/http's way to cut
 		// a response, not a crash, and the span's status already says why.
-		defer func() { span.End() }()
+		recording := span.IsRecording()
+		var stripe uint32
+		if recording {
+			stripe = st.open.Add(1)
+		}
+		defer func() {
+			span.End()
+			if recording {
+				st.open.AddAt(stripe, -1)
+			}
+		}()
 		c.Next()
-		if span.IsRecording() {
+		if recording {
 			st.finish(c, span)
 		}
 	}
@@ -394,6 +439,7 @@ type serverTracer struct {
 	startOpts []trace.SpanStartOption
 	root      rootRule
 	exporting bool
+	open      *striped.Int64 // Tracing.open
 }
 
 // begin puts the request's span context into c.Request and returns its

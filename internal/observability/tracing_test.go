@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/hardenedgo/ginservice/internal/testkit"
 
+	"github.com/gin-gonic/gin"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -1068,5 +1070,66 @@ func TestServerSpanSemconv(t *testing.T) {
 	}
 	if _, has := attr(other.GetAttributes(), "server.port"); has {
 		t.Error("server.port without a port in Host")
+	}
+}
+
+// TestShutdownWaitsForOpenServerSpans: a request still in its handlers when
+// tracing shuts down (at exit, one the forced close cut and that is still
+// unwinding) ends its span a moment later; Shutdown waits for it, so that
+// span is exported rather than lost. One that never ends costs the exit
+// about a second, not the spans already ended.
+func TestShutdownWaitsForOpenServerSpans(t *testing.T) {
+	rc := otlptest.Start(t)
+	env := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": rc.URL, "OTEL_TRACES_SAMPLER": "always_on"}
+	tr, err := observability.SetupTracing(context.Background(), func(k string) string { return env[k] }, "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gin.SetMode(gin.ReleaseMode)
+	e := gin.New()
+	e.Use(tr.Middleware())
+	entered, release := make(chan string, 2), make(chan struct{})
+	e.GET("/slow/:name", func(c *gin.Context) {
+		entered <- c.Param("name")
+		if c.Param("name") == "stuck" {
+			<-c.Request.Context().Done() // until the client gives up
+		} else {
+			<-release
+		}
+		c.Status(http.StatusNoContent)
+	})
+	e.GET("/fast", func(c *gin.Context) { c.Status(http.StatusNoContent) })
+	srv := httptest.NewServer(e)
+	defer srv.Close()
+
+	do(t, srv.URL+"/fast", nil)
+	go func() { _, _ = http.Get(srv.URL + "/slow/late") }()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/slow/stuck", nil)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-entered
+	<-entered
+	time.AfterFunc(200*time.Millisecond, func() { close(release) })
+	start := time.Now()
+	if err := tr.Shutdown(context.Background()); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	took := time.Since(start)
+	names := map[string]bool{}
+	for _, sp := range rc.Spans() {
+		names[sp.GetName()] = true
+	}
+	if !names["GET /fast"] || !names["GET /slow/:name"] {
+		t.Errorf("exported spans %v: want GET /fast and the one that ended during the shutdown", names)
+	}
+	// The stuck request's span is still open: Shutdown gave up on it after
+	// about a second rather than waiting for it.
+	if took < 200*time.Millisecond || took > 5*time.Second {
+		t.Errorf("shutdown took %v: want it to wait for the open spans, about a second at most", took)
 	}
 }
