@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -82,9 +83,11 @@ type Tracing struct {
 	describe    string
 	// errors is the SDK's error handler once InstallGlobal has run.
 	errors *otelErrorHandler
-	// open counts the recording server spans not yet ended: Shutdown
-	// waits briefly for them (see spanSettle).
-	open striped.Int64
+	// open counts the recording server spans not yet ended: the first
+	// Shutdown waits briefly for them (see spanSettle); settled marks that
+	// it did, so a later one (a no-op) does not wait again.
+	open    striped.Int64
+	settled atomic.Bool
 }
 
 // spanSettle is how long Shutdown waits for the server spans still open:
@@ -277,7 +280,7 @@ func (t *Tracing) InstallGlobal(logger *slog.Logger) {
 // most spanSettle and never past ctx: a handler that outlives the forced
 // close for good costs the exit that second, not its other spans.
 func (t *Tracing) settleSpans(ctx context.Context) {
-	if t.open.Load() <= 0 {
+	if !t.settled.CompareAndSwap(false, true) || t.open.Load() <= 0 {
 		return
 	}
 	deadline := time.NewTimer(spanSettle)

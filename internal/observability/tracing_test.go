@@ -1132,4 +1132,11 @@ func TestShutdownWaitsForOpenServerSpans(t *testing.T) {
 	if took < 200*time.Millisecond || took > 5*time.Second {
 		t.Errorf("shutdown took %v: want it to wait for the open spans, about a second at most", took)
 	}
+	// A second Shutdown (run's deferred one) is a no-op and does not wait
+	// for the stuck span again.
+	start = time.Now()
+	_ = tr.Shutdown(context.Background())
+	if again := time.Since(start); again > 500*time.Millisecond {
+		t.Errorf("a second shutdown waited %v for the span still open", again)
+	}
 }
