@@ -57,7 +57,10 @@ Options:
 Per round and variant it prints req/s, latency, the server's CPU time per
 request and its involuntary context switches per request (preempt/req: on
 shared cores the wrk thread a response wakes preempts the server, more often
-the longer a request takes). With -T it also prints tracing's own cost: each
+the longer a request takes), and wrk's voluntary context switches per request
+(wrk sleep/req, with GNU time: each is a wrk thread the server's response
+has to wake, at the server's expense; a slower server lets wrk sleep more
+often, a cost that a load generator on another host does not put on it). With -T it also prints tracing's own cost: each
 traced variant's req/s against the same chain untraced, round by round.
 
 The machine's cores are shared by wrk and the server: on 2 cores wrk takes
@@ -284,12 +287,27 @@ preemptions() {
 	cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^nonvoluntary_ctxt_switches/ { n += $2 } END { print n + 0 }'
 }
 
-# run_wrk NAME DURATION: prints "req/s p50 p99 non2xx sockerr requests".
+# GNU time reports wrk's voluntary context switches: each is wrk waiting in
+# epoll_wait for a response, and the response then pays for waking it
+# (sock_def_readable, an inter-processor interrupt: a hypervisor exit on a
+# VM). A slower server lets wrk fall asleep more often, so part of a slower
+# chain's CPU per request is spent waking a load generator on the same
+# host, which clients across a network do not cost it.
+GNU_TIME=""
+if [[ -x /usr/bin/time ]] && /usr/bin/time -f '%w' -o /dev/null true 2>/dev/null; then GNU_TIME=/usr/bin/time; fi
+
+# run_wrk NAME DURATION: prints "req/s p50 p99 non2xx sockerr requests
+# wrk-sleeps" (wrk-sleeps "-" without GNU time).
 run_wrk() {
-	local name="$1" dur="$2" out
-	out="$(wrk -t"$THREADS" -c"$CONNS" -d"$dur" --latency "http://${ADDR[$name]}/api/v1/ping")"
+	local name="$1" dur="$2" out sleeps="-"
+	if [[ -n "$GNU_TIME" ]]; then
+		out="$("$GNU_TIME" -f '%w' -o "$WORK/wrk-rusage" wrk -t"$THREADS" -c"$CONNS" -d"$dur" --latency "http://${ADDR[$name]}/api/v1/ping")"
+		sleeps="$(tail -n1 "$WORK/wrk-rusage")"
+	else
+		out="$(wrk -t"$THREADS" -c"$CONNS" -d"$dur" --latency "http://${ADDR[$name]}/api/v1/ping")"
+	fi
 	printf '%s\n' "$out" >>"$WORK/wrk-$name.txt"
-	awk '
+	awk -v sleeps="$sleeps" '
 		/^Requests\/sec:/ { rps = $2 }
 		/ requests in / { n = $1 }
 		/^ +50%/ { p50 = $2 }
@@ -299,7 +317,7 @@ run_wrk() {
 			# Socket errors: connect 0, read 0, write 0, timeout 0
 			gsub(",", ""); err = $4 + $6 + $8 + $10
 		}
-		END { printf "%s %s %s %d %d %d\n", rps, p50, p99, non2xx, err, n }
+		END { printf "%s %s %s %d %d %d %s\n", rps, p50, p99, non2xx, err, n, sleeps }
 	' <<<"$out"
 }
 
@@ -319,8 +337,8 @@ for v in "${VARIANTS[@]}"; do
 	if [[ "$v" != bare* ]]; then : >"${LOG[$v]}"; fi
 done
 
-declare -A RPS CPU PRE
-printf '%-6s %-11s %12s %10s %10s %8s %8s %11s %12s %12s\n' round variant "req/s" p50 p99 non2xx sockerr "log lines" "cpu us/req" "preempt/req"
+declare -A RPS CPU PRE SLP
+printf '%-6s %-11s %12s %10s %10s %8s %8s %11s %12s %12s %14s\n' round variant "req/s" p50 p99 non2xx sockerr "log lines" "cpu us/req" "preempt/req" "wrk sleep/req"
 FAIL=0
 for ((r = 1; r <= ROUNDS; r++)); do
 	for v in "${VARIANTS[@]}"; do
@@ -330,19 +348,22 @@ for ((r = 1; r <= ROUNDS; r++)); do
 		res="$(run_wrk "$v" "$DURATION")"
 		t1="$(cpu_ticks "${PID_OF[$v]}")"
 		s1="$(preemptions "${PID_OF[$v]}")"
-		read -r rps p50 p99 non2xx sockerr nreq <<<"$res"
+		read -r rps p50 p99 non2xx sockerr nreq sleeps <<<"$res"
 		after="$(log_lines "$v")"
 		# Server CPU per request: steadier than req/s on a shared machine,
 		# since it does not depend on how much CPU the server was given.
 		cpu="$(awk -v t="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$nreq" 'BEGIN { printf "%.2f", (n > 0 ? t / hz * 1e6 / n : 0) }')"
 		pre="$(awk -v s="$((s1 - s0))" -v n="$nreq" 'BEGIN { printf "%.3f", (n > 0 ? s / n : 0) }')"
+		slp="-"
+		if [[ "$sleeps" != "-" ]]; then slp="$(awk -v s="$sleeps" -v n="$nreq" 'BEGIN { printf "%.3f", (n > 0 ? s / n : 0) }')"; fi
 		lines=$((after - before))
 		# Keep the disk bounded: the access log of one round is ~100 MB.
 		if [[ "$v" == bare* ]]; then lines="-"; else : >"${LOG[$v]}"; fi
 		RPS[$v]+="$rps "
 		CPU[$v]+="$cpu "
 		PRE[$v]+="$pre "
-		printf '%-6s %-11s %12s %10s %10s %8s %8s %11s %12s %12s\n' "$r" "$v" "$rps" "$p50" "$p99" "$non2xx" "$sockerr" "$lines" "$cpu" "$pre"
+		SLP[$v]+="$slp "
+		printf '%-6s %-11s %12s %10s %10s %8s %8s %11s %12s %12s %14s\n' "$r" "$v" "$rps" "$p50" "$p99" "$non2xx" "$sockerr" "$lines" "$cpu" "$pre" "$slp"
 		if [[ "$non2xx" != 0 || "$sockerr" != 0 ]]; then FAIL=1; fi
 	done
 done
@@ -353,14 +374,14 @@ median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR] = $1} END { if (NR % 2
 # the baseline BASE, two ways: ratio of the medians, and the median of the
 # per-round ratios (each round's variants ran back to back).
 summary() {
-	local base="$1" v med paired i ratio pmed cmed cratio range
+	local base="$1" v med paired i ratio pmed cmed cratio range slp
 	local base_med base_cpu
 	base_med="$(median <<<"${RPS[$base]}")"
 	base_cpu="$(median <<<"${CPU[$base]}")"
 	read -r -a BASE_R <<<"${RPS[$base]}"
 	echo
 	echo "against $base:"
-	printf '%-11s %14s %14s %18s %16s %12s %18s %12s\n' variant "median req/s" "ratio" "median round ratio" "round ratio range" "cpu us/req" "cpu ratio base/x" "preempt/req"
+	printf '%-11s %14s %14s %18s %16s %12s %18s %12s %14s\n' variant "median req/s" "ratio" "median round ratio" "round ratio range" "cpu us/req" "cpu ratio base/x" "preempt/req" "wrk sleep/req"
 	for v in "${VARIANTS[@]}"; do
 		med="$(median <<<"${RPS[$v]}")"
 		read -r -a VR <<<"${RPS[$v]}"
@@ -375,7 +396,9 @@ summary() {
 		# The lowest and highest per-round ratio: how far one round can be
 		# trusted on this machine.
 		range="$(tr ' ' '\n' <<<"$paired" | awk 'NF { if (n++ == 0 || $1 < lo) lo = $1; if (n == 1 || $1 > hi) hi = $1 } END { printf "%.3f-%.3f", lo, hi }')"
-		printf '%-11s %14.0f %14s %18.3f %16s %12.2f %18s %12.3f\n' "$v" "$med" "$ratio" "$pmed" "$range" "$cmed" "$cratio" "$(median <<<"${PRE[$v]}")"
+		slp="-"
+		if [[ -n "$GNU_TIME" ]]; then slp="$(median <<<"${SLP[$v]}")"; fi
+		printf '%-11s %14.0f %14s %18.3f %16s %12.2f %18s %12.3f %14s\n' "$v" "$med" "$ratio" "$pmed" "$range" "$cmed" "$cratio" "$(median <<<"${PRE[$v]}")" "$slp"
 	done
 }
 summary bare

@@ -10,7 +10,7 @@ usage() {
 Usage: bash scripts/ci-deps.sh [-h]
 Installs redis-server, redis-tools, nginx, prometheus (promtool), prometheus-alertmanager
 (amtool), curl, openssl, shellcheck, iproute2, util-linux (unshare, nsenter),
-git and wrk with apt-get when their binaries are missing. Does nothing when everything is present.
+git, wrk and time (GNU time) with apt-get when their binaries are missing. Does nothing when everything is present.
 USAGE
 }
 [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]] && { usage; exit 0; }
@@ -28,6 +28,7 @@ command -v ss >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 || need+=(iproute
 command -v unshare >/dev/null 2>&1 && command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+[ -x /usr/bin/time ] || need+=(time)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -863,12 +863,15 @@ func TestBenchHTTPBadArguments(t *testing.T) {
 // TestBenchHTTPRuns runs the benchmark script end to end, as short as it
 // goes (one 1 s round per variant, the tracing variants included): every
 // target builds, starts and serves without errors, the summaries and
-// tracing's own cost (stock otelgin's too) are printed, the sink receives
-// spans, and -p profiles both sides and prints their CPU per request by
+// tracing's own cost (stock otelgin's too) are printed, wrk's sleeps per
+// request are counted, the sink receives spans, and -p profiles both sides and prints their CPU per request by
 // where it goes. No figure is checked: on a shared machine one round says
 // nothing about a ratio.
 func TestBenchHTTPRuns(t *testing.T) {
 	need(t, "wrk")
+	// scripts/ci-deps.sh installs GNU time; without it the column is "-".
+	_, err := os.Stat("/usr/bin/time")
+	gnuTime := err == nil
 	prof := filepath.Join(t.TempDir(), "full.pprof")
 	out, code := script(t, nil, "bench-http.sh", "-r", "1", "-d", "1s", "-w", "1s", "-T", "-W", "-t", "1", "-c", "2", "-p", prof)
 	if code != 0 {
@@ -877,6 +880,10 @@ func TestBenchHTTPRuns(t *testing.T) {
 	for _, v := range []string{"bare", "bare-tuned", "full", "core", "trace-1", "trace-0.01", "trace-core", "bare-otel"} {
 		// round 1 row: "1 VARIANT REQ/S p50 p99 0 0 ..."
 		mustMatch(t, v, out, `(?m)^1\s+`+regexp.QuoteMeta(v)+`\s+[0-9.]+\s+\S+\s+\S+\s+0\s+0\s`)
+		if gnuTime {
+			// ... "PREEMPT/REQ WRK-SLEEP/REQ": wrk's sleeps counted by GNU time
+			mustMatch(t, v+" wrk sleeps", out, `(?m)^1\s+`+regexp.QuoteMeta(v)+`\s.*\s[0-9]+\.[0-9]{3}\s+[0-9]+\.[0-9]{3}$`)
+		}
 	}
 	mustContain(t, "summary", out, "against bare:", "against bare-tuned:", "tracing's own cost", "bare-otel / bare", "(stock otelgin)")
 	m := regexp.MustCompile(`otlp sink: \{.*"spans":(\d+)`).FindStringSubmatch(out)
