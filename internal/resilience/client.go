@@ -146,10 +146,12 @@ type Client struct {
 	rt        http.RoundTripper
 	logger    *slog.Logger
 
-	requests *prometheus.CounterVec
-	duration *prometheus.HistogramVec
-	retries  *prometheus.CounterVec
-	conns    *prometheus.CounterVec
+	requests  *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+	retries   *prometheus.CounterVec
+	conns     *prometheus.CounterVec
+	errs      *prometheus.CounterVec   // failed attempts by error kind and connection
+	staleIdle *prometheus.HistogramVec // idle time of pooled connections found closed
 
 	budgets sync.Map // host -> *retryBudget
 }
@@ -184,23 +186,37 @@ func NewClient(cfg ClientConfig, logger *slog.Logger, reg prometheus.Registerer,
 	}, []string{"host", "reused"}); err != nil {
 		return nil, err
 	}
-	dur := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+	if c.errs, err = registerCounterVec(reg, prometheus.CounterOpts{
+		Name: "http_client_attempt_errors_total",
+		Help: "Outbound HTTP attempts that failed without a response, by host, kind (eof, reset, refused, timeout, canceled, name_resolution_error, tls, other) and the connection they failed on: new, reused (kept alive: an eof or reset there is mostly the peer having closed it while idle) or none (no connection was made).",
+	}, []string{"host", "kind", "connection"}); err != nil {
+		return nil, err
+	}
+	if c.duration, err = register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "http_client_request_duration_seconds",
 		Help:    "Outbound HTTP attempt latency until the response headers (or the error), by host.",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
-	}, []string{"host"})
-	if err := reg.Register(dur); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		existing, ok := (*prometheus.HistogramVec)(nil), false
-		if errors.As(err, &are) {
-			existing, ok = are.ExistingCollector.(*prometheus.HistogramVec)
-		}
-		if !ok {
-			return nil, fmt.Errorf("resilience: register http_client_request_duration_seconds: %w", err)
-		}
-		dur = existing
+	}, []string{"host"}), "http_client_request_duration_seconds"); err != nil {
+		return nil, err
 	}
-	c.duration = dur
+	// Buckets around the keep-alive timeouts servers ship with (gunicorn
+	// 2 s, Node.js and Apache 5 s, Tomcat 20 s, nginx 75 s, load balancers
+	// 60 s and up).
+	if c.staleIdle, err = register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "http_client_stale_connection_idle_seconds",
+		Help:    "How long each pooled outbound connection had been idle when reusing it failed because the peer had closed it: an eof or reset on it, or net/http replaying the request on a new connection by itself (idempotent requests). Failures start at about the peer's keep-alive timeout; DOWNSTREAM_IDLE_CONN_TIMEOUT must be below it.",
+		Buckets: []float64{.25, .5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120},
+	}, []string{"host"}), "http_client_stale_connection_idle_seconds"); err != nil {
+		return nil, err
+	}
+	idleTimeout, err := register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "http_client_idle_timeout_seconds",
+		Help: "DOWNSTREAM_IDLE_CONN_TIMEOUT: pooled outbound connections idle longer are closed by the service before their peer does.",
+	}), "http_client_idle_timeout_seconds")
+	if err != nil {
+		return nil, err
+	}
+	idleTimeout.Set(cfg.IdleConnTimeout.Seconds())
 
 	idlePerHost := cfg.MaxIdleConnsPerHost
 	if cfg.MaxConnsPerHost > 0 {
@@ -381,9 +397,15 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 		}
 		cancel()
 		c.retries.WithLabelValues(host, reason).Inc()
-		c.logger.DebugContext(ctx, "retrying outbound request", slog.String("host", host),
-			slog.String("method", req.Method), slog.Int("attempt", attempt+1),
-			slog.String("reason", reason), slog.String("wait", wait.String()))
+		if c.logger.Enabled(ctx, slog.LevelDebug) {
+			attrs := []any{slog.String("host", host), slog.String("method", req.Method), slog.Int("attempt", attempt+1),
+				slog.String("reason", reason), slog.String("wait", wait.String())}
+			if err != nil {
+				// Names a kept-alive connection the peer had closed, and its idle time.
+				attrs = append(attrs, slog.String("error", err.Error()))
+			}
+			c.logger.DebugContext(ctx, "retrying outbound request", attrs...)
+		}
 		if wait > 0 {
 			t := time.NewTimer(wait)
 			select {
@@ -411,9 +433,13 @@ func (c *Client) attempt(req *http.Request, body io.ReadCloser, host string, res
 	if resend > 0 {
 		actx = context.WithValue(actx, resendKey{}, resend)
 	}
+	var cu connUse
 	actx = httptrace.WithClientTrace(actx, &httptrace.ClientTrace{
 		GotConn: func(info httptrace.GotConnInfo) {
 			c.conns.WithLabelValues(host, strconv.FormatBool(info.Reused)).Inc()
+			if idle, stale := cu.got(info); stale {
+				c.staleIdle.WithLabelValues(host).Observe(idle.Seconds())
+			}
 		},
 	})
 	areq := req.WithContext(actx)
@@ -427,11 +453,76 @@ func (c *Client) attempt(req *http.Request, body io.ReadCloser, host string, res
 	if err == nil {
 		code = strconv.Itoa(resp.StatusCode)
 	} else {
+		kind := spanErrorType(err)
+		if kind == "" {
+			kind = "other"
+		}
+		conn, idle := cu.last()
+		c.errs.WithLabelValues(host, kind, conn).Inc()
+		if conn == "reused" && (kind == "eof" || kind == "reset") {
+			// The peer closed the pooled connection as it was reused: the
+			// client side of the keep-alive race. The error says so, with
+			// the idle time that points at the peer's keep-alive timeout.
+			c.staleIdle.WithLabelValues(host).Observe(idle.Seconds())
+			err = &reusedConnError{err: err, idle: idle}
+		}
 		err = &url.Error{Op: urlOp(req.Method), URL: redact(req.URL), Err: err}
 	}
 	c.requests.WithLabelValues(host, req.Method, code).Inc()
 	return resp, cancel, err
 }
+
+// connUse follows the connections one attempt gets: net/http gets another
+// when it replays a request on a new connection by itself, which it does
+// only when the pooled one it tried had been closed by the peer.
+type connUse struct {
+	mu     sync.Mutex
+	n      int
+	reused bool
+	idle   time.Duration
+}
+
+// got records the attempt's next connection. When a pooled connection came
+// before it, that one was stale: got returns how long it had been idle.
+func (u *connUse) got(info httptrace.GotConnInfo) (staleIdle time.Duration, stale bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	staleIdle, stale = u.idle, u.n > 0 && u.reused
+	u.n++
+	u.reused, u.idle = info.Reused, info.IdleTime
+	return staleIdle, stale
+}
+
+// last names the connection the attempt ended on (new, reused, or none when
+// it got none) and, for a pooled one, how long it had been idle.
+func (u *connUse) last() (conn string, idle time.Duration) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	switch {
+	case u.n == 0:
+		return "none", 0
+	case u.reused:
+		return "reused", u.idle
+	}
+	return "new", 0
+}
+
+// reusedConnError notes in an attempt's error that it failed on a pooled
+// connection, and how long that had been idle: an EOF there reads
+// "...: EOF (on a kept-alive connection idle 4.98s)".
+type reusedConnError struct {
+	err  error
+	idle time.Duration
+}
+
+func (e *reusedConnError) Error() string {
+	if e.idle <= 0 {
+		return e.err.Error() + " (on a kept-alive connection)"
+	}
+	return fmt.Sprintf("%s (on a kept-alive connection idle %s)", e.err, e.idle.Round(10*time.Millisecond))
+}
+
+func (e *reusedConnError) Unwrap() error { return e.err }
 
 func finish(resp *http.Response, cancel context.CancelFunc, err error) (*http.Response, error) {
 	if cancel == nil {

@@ -461,6 +461,135 @@ func TestClientIdleCloseUnderKeepAliveLoad(t *testing.T) {
 	if reused < 10 || fresh < 10 {
 		t.Fatalf("reused %v, new %v: the load did not exercise both keep-alive and server-side idle closes", reused, fresh)
 	}
+	// Every replay by net/http found a pooled connection closed, and so
+	// did every retry of ours after an EOF or reset on one.
+	replays := reused + fresh - 200 - retries
+	staleConns := metric(t, reg, "http_client_stale_connection_idle_seconds", nil)
+	t.Logf("stale connections counted: %v", staleConns)
+	if staleConns < replays || staleConns > replays+retries {
+		t.Errorf("stale connections %v, want within [%v, %v] (net/http's replays, plus our retries)", staleConns, replays, replays+retries)
+	}
+}
+
+// histogramSum returns the sum of the histogram series name{labels} in reg.
+func histogramSum(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if hasLabels(m, labels) {
+				sum += m.GetHistogram().GetSampleSum()
+			}
+		}
+	}
+	return sum
+}
+
+// A pooled connection the downstream closed as it was reused, on real
+// sockets: net/http replays a GET on a new connection by itself, and a
+// POST fails with EOF; both are counted with the connection's idle time,
+// and the POST's error names the kept-alive connection. A failure on a new
+// connection and a refused dial are told apart from them.
+func TestClientStaleConnections(t *testing.T) {
+	t.Parallel()
+	const pause = 60 * time.Millisecond
+	ds := newDownstream(t, 0)
+	reg := prometheus.NewRegistry()
+	c := newTestClient(t, testClientConfig(), reg)
+	host := ds.Host()
+	ctx := ctxTimeout(t, 10*time.Second)
+	stale := map[string]string{"host": host}
+	errsOn := func(kind, conn string) float64 {
+		return metric(t, reg, "http_client_attempt_errors_total", map[string]string{"host": host, "kind": kind, "connection": conn})
+	}
+
+	// GET: the first request leaves its connection in the pool; the
+	// downstream closes it as the second arrives.
+	resp, err := mustGet(t, ctx, c, ds.URL()+"/items/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	time.Sleep(pause)
+	ds.setMode(mode{kind: modeEOF, first: 1})
+	resp, err = mustGet(t, ctx, c, ds.URL()+"/items/2")
+	if err != nil {
+		t.Fatalf("GET on a stale connection: %v (want net/http's replay to hide it)", err)
+	}
+	readAll(t, resp)
+	if ds.hits.Load() != 3 {
+		t.Fatalf("downstream hits %d, want 3 (the stale attempt and net/http's replay)", ds.hits.Load())
+	}
+	if got := metric(t, reg, "http_client_stale_connection_idle_seconds", stale); got != 1 {
+		t.Fatalf("stale connections after the replayed GET = %v, want 1", got)
+	}
+	if got := histogramSum(t, reg, "http_client_stale_connection_idle_seconds", stale); got < pause.Seconds() || got > 5 {
+		t.Errorf("idle of the stale connection %.3fs, want about %s", got, pause)
+	}
+	if got := metric(t, reg, "http_client_attempt_errors_total", nil); got != 0 {
+		t.Errorf("attempt errors %v after a hidden replay, want 0", got)
+	}
+
+	// POST, not replayable: the EOF reaches the caller, saying where.
+	time.Sleep(pause)
+	ds.setMode(mode{kind: modeEOF, first: 1})
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, ds.URL()+"/orders", strings.NewReader("pay 10"))
+	if resp, err = c.Do(req); err == nil {
+		readAll(t, resp)
+		t.Fatalf("POST on a stale connection: status %d, want an EOF", resp.StatusCode)
+	}
+	if !errors.Is(err, io.EOF) || !strings.Contains(err.Error(), "(on a kept-alive connection idle ") {
+		t.Errorf("POST error %q: want an EOF naming the kept-alive connection and its idle time", err)
+	}
+	if got := errsOn("eof", "reused"); got != 1 {
+		t.Errorf("attempt errors {eof, reused} = %v, want 1", got)
+	}
+	if got := metric(t, reg, "http_client_stale_connection_idle_seconds", stale); got != 2 {
+		t.Errorf("stale connections after the POST = %v, want 2", got)
+	}
+
+	// A new connection closed without an answer is not a stale one.
+	c2 := newTestClient(t, testClientConfig(), reg)
+	ds.setMode(mode{kind: modeEOF, first: 1})
+	req, _ = http.NewRequestWithContext(ctx, http.MethodPost, ds.URL()+"/orders", strings.NewReader("pay 10"))
+	if resp, err = c2.Do(req); err == nil {
+		readAll(t, resp)
+		t.Fatal("POST on a new connection closed without an answer succeeded")
+	}
+	if strings.Contains(err.Error(), "kept-alive") {
+		t.Errorf("error on a new connection %q names a kept-alive one", err)
+	}
+	if got := errsOn("eof", "new"); got != 1 {
+		t.Errorf("attempt errors {eof, new} = %v, want 1", got)
+	}
+
+	// No connection at all: a refused dial.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	req, _ = http.NewRequestWithContext(ctx, http.MethodPost, "http://"+closed+"/orders", strings.NewReader("pay 10"))
+	if _, err = c2.Do(req); err == nil {
+		t.Fatal("POST to a closed port succeeded")
+	}
+	if got := metric(t, reg, "http_client_attempt_errors_total", map[string]string{"host": closed, "kind": "refused", "connection": "none"}); got != 1 {
+		t.Errorf("attempt errors {refused, none} = %v, want 1", got)
+	}
+	if got := metric(t, reg, "http_client_stale_connection_idle_seconds", stale); got != 2 {
+		t.Errorf("stale connections = %v after failures on no pooled connection, want still 2", got)
+	}
+	if got := metric(t, reg, "http_client_idle_timeout_seconds", nil); got != testClientConfig().IdleConnTimeout.Seconds() {
+		t.Errorf("http_client_idle_timeout_seconds = %v, want %v", got, testClientConfig().IdleConnTimeout.Seconds())
+	}
 }
 
 func TestClientMetrics(t *testing.T) {

@@ -448,15 +448,22 @@ func (s *collectorSink) Reset() {}
 // registerCounterVec registers a counter vector, or returns the one already
 // registered under the same name (several breakers share one registry).
 func registerCounterVec(reg prometheus.Registerer, opts prometheus.CounterOpts, labels []string) (*prometheus.CounterVec, error) {
-	cv := prometheus.NewCounterVec(opts, labels)
-	if err := reg.Register(cv); err != nil {
+	return register(reg, prometheus.NewCounterVec(opts, labels), opts.Name)
+}
+
+// register registers c, or returns the collector of the same description
+// already registered on reg: a second Client or Breaker on one registry
+// shares the series.
+func register[T prometheus.Collector](reg prometheus.Registerer, c T, name string) (T, error) {
+	if err := reg.Register(c); err != nil {
 		var are prometheus.AlreadyRegisteredError
 		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(*prometheus.CounterVec); ok {
+			if existing, ok := are.ExistingCollector.(T); ok {
 				return existing, nil
 			}
 		}
-		return nil, fmt.Errorf("resilience: register %s: %w", opts.Name, err)
+		var zero T
+		return zero, fmt.Errorf("resilience: register %s: %w", name, err)
 	}
-	return cv, nil
+	return c, nil
 }
