@@ -25,8 +25,10 @@ and, with --metrics, the service's own view from its Prometheus metrics:
                SHUTDOWN_TIMEOUT), 499s, requests net/http rejected, TLS
                handshake errors, the pod's listen overflows and accept
                queue, retransmissions to its clients, open circuits,
-               fallbacks, its own retries towards its dependencies and
-               the rate limiter's fallback; with nginx's error log,
+               fallbacks, its own retries towards its dependencies, the
+               pooled connections its dependencies had closed (with the
+               idle time that bounds their keep-alive timeout) and the
+               rate limiter's fallback; with nginx's error log,
                whether nginx's premature closes are the keep-alive race
                with the service's idle timeout
 
@@ -1401,8 +1403,51 @@ else
 				"The service is the client here. eof, reset: the dependency (or a proxy in front of it) closed kept-alive connections as the service reused them, the same race as in front of the service the other way round; refused: it was down or restarting; timeout: it was slower than DOWNSTREAM_ATTEMPT_TIMEOUT; status_*: it answered with that error. The retry budget bounds them." \
 				"eof, reset: keep DOWNSTREAM_IDLE_CONN_TIMEOUT below the dependency's keep-alive timeout. Otherwise, look at the dependency."
 		fi
-		if [[ -z $rejected$tls$h2$open$fallbacks$qfind$rfind && $overflows -eq 0 ]]; then
-			finding OK "no rejected requests, TLS handshake or HTTP/2 errors, listen queue overflows or backlog, retransmissions, open circuits or fallbacks $span"
+		# The service as a client: pooled connections to a dependency that
+		# the dependency had closed when they were reused. The lowest idle
+		# bucket that filled bounds the dependency's keep-alive timeout.
+		read -r _ stale < <(mval http_client_stale_connection_idle_seconds_count)
+		sfind=""
+		if ((stale > 0)); then
+			sfind=1
+			byhost=$(awk '/^http_client_stale_connection_idle_seconds_count\{/ { match($1, /host="[^"]*"/); print substr($1, RSTART + 6, RLENGTH - 7) }' "$work/metrics.2" | sort -u |
+				while read -r h; do
+					read -r _ d < <(mval http_client_stale_connection_idle_seconds_count "host=$h")
+					((d > 0)) && printf '%s: %s\n' "$h" "$d"
+				done | paste -sd, - | sed 's/,/, /g')
+			lo=0 hi=""
+			while read -r le; do
+				read -r _ d < <(mval http_client_stale_connection_idle_seconds_bucket "le=$le")
+				if ((d > 0)); then
+					hi=$le
+					break
+				fi
+				lo=$le
+			done < <(grep -o '^http_client_stale_connection_idle_seconds_bucket{[^}]*le="[^"]*"' "$work/metrics.2" | sed 's/.*le="//; s/"$//' | grep -v Inf | sort -u -g)
+			if [[ -z $hi ]]; then
+				shortest="over $lo s"
+			elif [[ $lo == 0 ]]; then
+				shortest="under $hi s"
+			else
+				shortest="$lo to $hi s"
+			fi
+			read -r _ s_eof < <(mval http_client_attempt_errors_total connection=reused kind=eof)
+			read -r _ s_reset < <(mval http_client_attempt_errors_total connection=reused kind=reset)
+			surfaced=$((s_eof + s_reset))
+			client_idle=$(awk '$1 == "http_client_idle_timeout_seconds" { print $2 + 0 }' "$work/metrics.2")
+			stale_level=NOTE
+			((surfaced > 0)) && stale_level=WARN
+			if [[ $lo == 0 ]]; then
+				stale_fix="The dependency closed connections idle under $hi s: it keeps none alive for long (keep-alive off, a very short timeout) or it restarted; lower DOWNSTREAM_IDLE_CONN_TIMEOUT (now ${client_idle:-?}s) under its keep-alive timeout, or raise that."
+			else
+				stale_fix="Connections idle under $lo s did not fail: keep DOWNSTREAM_IDLE_CONN_TIMEOUT (now ${client_idle:-?}s) below the dependency's keep-alive timeout, under $lo s, or raise that timeout on the dependency (or the proxy or NAT in front of it)."
+			fi
+			finding $stale_level "$stale calls to dependencies found their kept-alive connection closed by the dependency $span ($byhost); idle $shortest at the shortest" \
+				"The dependency (or a proxy or NAT in front of it) closes connections idle longer than its keep-alive timeout, and the service reused one just as it did: the keep-alive race, with the service as the client. net/http replays idempotent requests (GET) on a new connection by itself, at the cost of a round trip; the others fail with EOF or a reset ($surfaced of these), their errors ending '(on a kept-alive connection idle Ns)'." \
+				"$stale_fix"
+		fi
+		if [[ -z $rejected$tls$h2$open$fallbacks$qfind$rfind$sfind && $overflows -eq 0 ]]; then
+			finding OK "no rejected requests, TLS handshake or HTTP/2 errors, listen queue overflows or backlog, retransmissions, open circuits, fallbacks or stale dependency connections $span"
 		fi
 	fi
 fi

@@ -4,6 +4,7 @@ package scripttest_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -628,4 +629,93 @@ func TestDiagnoseKeepAliveRace(t *testing.T) {
 		`\[WARN\] keep-alive race: the service closed [3-9] idle connections by its idle timeout in the last [1-9][0-9]*s, and [1-9][0-9]* requests reached connections it had already closed \(TCPAbortOnData\)`,
 		`Transport.IdleConnTimeout`)
 	mustContain(t, "summary", section(out.String(), "Summary"), "keep-alive race")
+}
+
+// The service as the client in the keep-alive race, end to end: a real
+// dependency that closes each kept-alive connection as its second request
+// arrives, as one whose keep-alive timeout just ran out does. The service's
+// GET is replayed by net/http on a new connection (the caller gets its
+// item, not the fallback), and the diagnosis names the stale connection,
+// the dependency, and the idle time that bounds its keep-alive timeout.
+func TestDiagnoseStaleDependencyConnections(t *testing.T) {
+	need(t, "curl")
+	type served struct{}
+	dep := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := r.Context().Value(served{}).(*int)
+		if *n++; *n > 1 {
+			c, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				c.Close() // the request read, the connection closed: no answer
+			}
+			return
+		}
+		id := strings.TrimPrefix(r.URL.Path, "/items/")
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"id":%q,"name":"item %s","price":100}`, id, id)
+	}))
+	// One counter per connection; its requests are served one at a time.
+	dep.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
+		return context.WithValue(ctx, served{}, new(int))
+	}
+	dep.Start()
+	t.Cleanup(dep.Close)
+	public, admin := startService(t, "DOWNSTREAM_URL="+dep.URL, "DOWNSTREAM_IDLE_CONN_TIMEOUT=30s")
+	metricsURL := "http://" + admin + "/metrics"
+
+	for i, pause := range []time.Duration{0, 1200 * time.Millisecond} {
+		time.Sleep(pause)
+		resp, err := http.Get(fmt.Sprintf("http://%s/api/v1/items/%d", public, i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("X-Degraded") != "" {
+			t.Fatalf("item %d: %d %s (degraded %q): want the dependency's answer", i+1, resp.StatusCode, body, resp.Header.Get("X-Degraded"))
+		}
+	}
+	out, code := script(t, nil, "diagnose-eof.sh", "-i", "0", "-m", metricsURL)
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	checkFindings(t, out)
+	svc := section(out, "4. Service")
+	host := strings.TrimPrefix(dep.URL, "http://")
+	mustContain(t, "service, stale dependency connections", svc,
+		"[NOTE] 1 calls to dependencies found their kept-alive connection closed by the dependency since the service started ("+host+": 1); idle 1 to 2 s at the shortest")
+	// The explanation and the advice, their lines joined.
+	mustContain(t, "service, stale dependency connections", strings.Join(strings.Fields(svc), " "),
+		"the others fail with EOF or a reset (0 of these)",
+		"keep DOWNSTREAM_IDLE_CONN_TIMEOUT (now 30s) below the dependency's keep-alive timeout, under 1 s")
+	if strings.Contains(svc, "[OK] no rejected requests") {
+		t.Errorf("OK despite a stale dependency connection:\n%s", svc)
+	}
+}
+
+// A stale connection whose failure reached a caller is a warning; one
+// closed almost at once says so.
+func TestDiagnoseStaleDependencyConnectionsPage(t *testing.T) {
+	svc := diagnosePage(t, "# TYPE http_server_connections_closed_total counter\n"+
+		`http_server_connections_closed_total{reason="peer_closed",state="idle"} 12`+"\n"+
+		"# TYPE http_client_stale_connection_idle_seconds histogram\n"+
+		`http_client_stale_connection_idle_seconds_bucket{host="a:80",le="0.25"} 2`+"\n"+
+		`http_client_stale_connection_idle_seconds_bucket{host="a:80",le="0.5"} 3`+"\n"+
+		`http_client_stale_connection_idle_seconds_bucket{host="a:80",le="+Inf"} 3`+"\n"+
+		`http_client_stale_connection_idle_seconds_count{host="a:80"} 3`+"\n"+
+		`http_client_stale_connection_idle_seconds_bucket{host="b:80",le="0.25"} 0`+"\n"+
+		`http_client_stale_connection_idle_seconds_bucket{host="b:80",le="0.5"} 1`+"\n"+
+		`http_client_stale_connection_idle_seconds_bucket{host="b:80",le="+Inf"} 1`+"\n"+
+		`http_client_stale_connection_idle_seconds_count{host="b:80"} 1`+"\n"+
+		"# TYPE http_client_attempt_errors_total counter\n"+
+		`http_client_attempt_errors_total{connection="reused",host="a:80",kind="eof"} 2`+"\n"+
+		`http_client_attempt_errors_total{connection="none",host="a:80",kind="refused"} 7`+"\n"+
+		`http_client_attempt_errors_total{connection="reused",host="a:80",kind="timeout"} 5`+"\n"+
+		`http_client_attempt_errors_total{connection="reused",host="b:80",kind="reset"} 1`+"\n"+
+		"# TYPE http_client_idle_timeout_seconds gauge\n"+
+		"http_client_idle_timeout_seconds 30\n")
+	mustContain(t, "service, stale connections that failed", svc,
+		"[WARN] 4 calls to dependencies found their kept-alive connection closed by the dependency since the service started (a:80: 3, b:80: 1); idle under 0.25 s at the shortest")
+	mustContain(t, "service, stale connections that failed", strings.Join(strings.Fields(svc), " "),
+		"the others fail with EOF or a reset (3 of these)",
+		"The dependency closed connections idle under 0.25 s")
 }
