@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -86,6 +85,9 @@ type Summary struct {
 	// the first message of each kind.
 	TransportErrors map[string]uint64
 	Examples        map[string]string
+	// Stale counts the kept-alive connections the server had closed by the
+	// time a request was sent on them.
+	Stale StaleConns
 }
 
 // Validate checks the options, including the loopback rule.
@@ -196,29 +198,18 @@ func Attack(ctx context.Context, o Options, observe func(*vegeta.Result) error) 
 	if err := o.Validate(); err != nil {
 		return Summary{}, err
 	}
+	conns := &connTracker{}
 	opts := []func(*vegeta.Attacker){
-		// Our own TLS config, set before HTTP2: enabling HTTP/2 edits the
-		// config in place, and vegeta's default is a shared global.
-		vegeta.TLSConfig(&tls.Config{InsecureSkipVerify: o.Insecure}), //nolint:gosec // only with -insecure
+		vegeta.Client(newClient(o, conns)),
 		vegeta.Workers(o.Workers),
-		vegeta.Timeout(o.Timeout),
-		vegeta.KeepAlive(o.KeepAlive),
 		// Bodies are drained but not kept: a long attack would hold
 		// every response in memory.
 		vegeta.MaxBody(0),
-		// A redirect is reported, not followed: following one could
-		// carry the load to a host the loopback check never saw.
-		vegeta.Redirects(vegeta.NoFollow),
-		vegeta.HTTP2(o.HTTP2),
 	}
 	if o.Rate == 0 {
 		opts = append(opts, vegeta.MaxWorkers(o.Workers))
 	} else if o.MaxWorkers > 0 {
 		opts = append(opts, vegeta.MaxWorkers(o.MaxWorkers))
-	}
-	if !o.AllowRemote {
-		// HTTP_PROXY in the environment must not relay the load either.
-		opts = append(opts, vegeta.Proxy(func(*http.Request) (*url.URL, error) { return nil, nil }))
 	}
 	atk := vegeta.NewAttacker(opts...)
 
@@ -270,6 +261,7 @@ func Attack(ctx context.Context, o Options, observe func(*vegeta.Result) error) 
 		StatusCodes:     codes,
 		TransportErrors: kinds,
 		Examples:        examples,
+		Stale:           conns.snapshot(),
 	}
 	if obsErr != nil {
 		return s, fmt.Errorf("recording results: %w", obsErr)

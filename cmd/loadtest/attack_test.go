@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -463,5 +466,132 @@ func TestRunPrintsTheSummaryWhenASinkFails(t *testing.T) {
 	}
 	if !regexp.MustCompile(`(?m)^status codes +200: 300$`).MatchString(stdout.String()) {
 		t.Errorf("no summary of the 300 requests sent:\n%s", stdout.String())
+	}
+}
+
+// closingServer answers the first request of each connection and closes the
+// connection as its second one arrives, without an answer: what a server
+// whose keep-alive timeout just ran out does to a client that reuses it.
+func closingServer(t *testing.T) *httptest.Server {
+	t.Helper()
+	type served struct{}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := r.Context().Value(served{}).(*int)
+		if *n++; *n > 1 {
+			if c, _, err := http.NewResponseController(w).Hijack(); err == nil {
+				_ = c.Close()
+			}
+			return
+		}
+		_, _ = w.Write([]byte(`{"message":"pong"}`))
+	}))
+	srv.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
+		return context.WithValue(ctx, served{}, new(int)) // one counter per connection
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// Requests that meet a kept-alive connection the server has closed, on
+// real sockets: GETs are replayed by net/http on a new connection (all
+// answered, the replays counted), a POST fails with an EOF that names the
+// kept-alive connection and its idle time, and the summary says so.
+func TestAttackStaleConnections(t *testing.T) {
+	srv := closingServer(t)
+	o := Options{Targets: get(srv.URL + "/ping"), Rate: 5, Workers: 1, MaxRequests: 3,
+		Duration: 10 * time.Second, Timeout: time.Second, KeepAlive: true}
+	sum, err := Attack(context.Background(), o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.StatusCodes[200] != 3 || sum.TransportErrorCount() != 0 {
+		t.Fatalf("GETs: codes %v (examples %q), want 3 answered", sum.StatusCodes, sum.Examples)
+	}
+	// Each request after the first met a closed connection: 200 ms idle.
+	if st := sum.Stale; st.Replayed != 2 || st.Failed != 0 || st.MinIdle < 100*time.Millisecond || st.MaxIdle > 2*time.Second {
+		t.Errorf("GETs: stale connections %+v, want 2 replayed after ~200ms idle", st)
+	}
+
+	srv = closingServer(t)
+	o.Targets = []vegeta.Target{{Method: http.MethodPost, URL: srv.URL + "/orders", Body: []byte(`{"n":1}`)}}
+	if sum, err = Attack(context.Background(), o, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The second POST fails on the closed connection; the third gets a
+	// new one.
+	if sum.StatusCodes[200] != 2 || sum.TransportErrors[KindEOF] != 1 {
+		t.Fatalf("POSTs: codes %v, errors %v, want 2 answered and 1 eof", sum.StatusCodes, sum.TransportErrors)
+	}
+	if ex := sum.Examples[KindEOF]; !strings.Contains(ex, "EOF (on a kept-alive connection idle ") {
+		t.Errorf("the eof %q does not name the kept-alive connection", ex)
+	}
+	if st := sum.Stale; st.Replayed != 0 || st.Failed != 1 {
+		t.Errorf("POSTs: stale connections %+v, want 1 failed", st)
+	}
+	var b bytes.Buffer
+	PrintSummary(&b, o, sum)
+	if !regexp.MustCompile(`(?m)^stale connections\s+1 kept-alive connections the server had closed were reused \(0 requests replayed by net/http, 1 failed\), idle \S+ to \S+: the server \(or a proxy\) closes idle connections after \S+ or less$`).MatchString(b.String()) {
+		t.Errorf("summary does not report the stale connection:\n%s", b.String())
+	}
+
+	// Without keep-alive no connection is reused, and none is stale.
+	srv = closingServer(t)
+	o.KeepAlive = false
+	if sum, err = Attack(context.Background(), o, nil); err != nil {
+		t.Fatal(err)
+	}
+	if sum.StatusCodes[200] != 3 || sum.Stale.Total() != 0 {
+		t.Errorf("no keep-alive: codes %v, stale %+v; want 3 answered, none stale", sum.StatusCodes, sum.Stale)
+	}
+}
+
+// The client of an attack: HTTP/2 over TLS only when asked (HTTP/1.1, the
+// protocol of the keep-alive EOF story, otherwise), a self-signed
+// certificate accepted only with Insecure, and a redirect reported, not
+// followed.
+func TestAttackClientOptions(t *testing.T) {
+	var protos sync.Map
+	var followed atomic.Int64
+	mux := http.NewServeMux()
+	mux.HandleFunc("/proto", func(w http.ResponseWriter, r *http.Request) { protos.Store(r.Proto, true) })
+	mux.HandleFunc("/moved", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/elsewhere", http.StatusFound) })
+	mux.HandleFunc("/elsewhere", func(http.ResponseWriter, *http.Request) { followed.Add(1) })
+	srv := httptest.NewUnstartedServer(mux)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshake at the end
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+
+	for _, h2 := range []bool{false, true} {
+		protos.Clear()
+		sum, err := Attack(context.Background(), Options{Targets: get(srv.URL+"/proto", srv.URL+"/moved"), Workers: 1, MaxRequests: 4,
+			Duration: 10 * time.Second, Timeout: time.Second, KeepAlive: true, HTTP2: h2, Insecure: true}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum.StatusCodes[200] != 2 || sum.StatusCodes[302] != 2 {
+			t.Errorf("HTTP2 %v: codes %v (examples %q), want 2 × 200 and 2 × 302", h2, sum.StatusCodes, sum.Examples)
+		}
+		want := "HTTP/1.1"
+		if h2 {
+			want = "HTTP/2.0"
+		}
+		var got []string
+		protos.Range(func(k, _ any) bool { got = append(got, k.(string)); return true })
+		if len(got) != 1 || got[0] != want {
+			t.Errorf("HTTP2 %v: the server saw %v, want only %s", h2, got, want)
+		}
+	}
+	if n := followed.Load(); n != 0 {
+		t.Errorf("redirects followed %d times, want none", n)
+	}
+	sum, err := Attack(context.Background(), Options{Targets: get(srv.URL + "/proto"), Workers: 1, MaxRequests: 1,
+		Duration: 10 * time.Second, Timeout: time.Second, KeepAlive: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.TransportErrorCount() != 1 || !strings.Contains(sum.Examples[KindOther], "certificate") {
+		t.Errorf("without Insecure: codes %v, examples %q; want the self-signed certificate refused", sum.StatusCodes, sum.Examples)
 	}
 }

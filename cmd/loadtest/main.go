@@ -64,8 +64,10 @@ const usageHead = `Usage: loadtest [flags] [URL ...]
 Sends HTTP load with vegeta: at a fixed rate (-rate 500) or as fast as
 -workers N concurrent workers allow (-rate 0 -workers N), for -duration or
 -max-requests, then prints throughput, success ratio, p50/p90/p99/max
-latency, the status-code histogram and transport errors by kind (eof,
-connection reset, connection refused, timeout, other), and writes a
+latency, the status-code histogram, transport errors by kind (eof,
+connection reset, connection refused, timeout, other) and the kept-alive
+connections the server had closed when they were reused (stale
+connections: replayed by net/http, or failed), and writes a
 latency-over-time plot (HTML, open it in a browser).
 
 Targets are the URLs given with -url or as arguments (hit round-robin with

@@ -42,6 +42,12 @@ func PrintSummary(w io.Writer, o Options, s Summary) {
 			line("  "+k, "0")
 		}
 	}
+	if st := s.Stale; st.Total() > 0 {
+		line("stale connections", "%d kept-alive connections the server had closed were reused (%d requests replayed by net/http, %d failed), idle %s to %s: the server (or a proxy) closes idle connections after %s or less",
+			st.Total(), st.Replayed, st.Failed, round(st.MinIdle), round(st.MaxIdle), round(st.MinIdle))
+	} else {
+		line("stale connections", "0")
+	}
 }
 
 // round keeps three significant digits, enough for a latency report.
@@ -75,6 +81,15 @@ type jsonSummary struct {
 	StatusCodes     map[string]uint64  `json:"status_codes"`
 	TransportErrors map[string]uint64  `json:"transport_errors"`
 	Examples        map[string]string  `json:"transport_error_examples,omitempty"`
+	Stale           jsonStale          `json:"stale_connections"`
+}
+
+// jsonStale is StaleConns for -json.
+type jsonStale struct {
+	Replayed       uint64  `json:"replayed"`
+	Failed         uint64  `json:"failed"`
+	MinIdleSeconds float64 `json:"min_idle_seconds"`
+	MaxIdleSeconds float64 `json:"max_idle_seconds"`
 }
 
 // JSONSummary converts s for -json.
@@ -105,5 +120,11 @@ func JSONSummary(o Options, s Summary) any {
 		StatusCodes:     codes,
 		TransportErrors: kinds,
 		Examples:        s.Examples,
+		Stale: jsonStale{
+			Replayed:       s.Stale.Replayed,
+			Failed:         s.Stale.Failed,
+			MinIdleSeconds: s.Stale.MinIdle.Seconds(),
+			MaxIdleSeconds: s.Stale.MaxIdle.Seconds(),
+		},
 	}
 }

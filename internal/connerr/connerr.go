@@ -1,5 +1,6 @@
 // Package connerr names the network errors a client meets on a connection,
-// for error.type span attributes and retry reasons.
+// for error.type span attributes and retry reasons, and follows the
+// connections a request gets to tell the keep-alive race from the rest.
 package connerr
 
 import (

@@ -433,11 +433,13 @@ func (c *Client) attempt(req *http.Request, body io.ReadCloser, host string, res
 	if resend > 0 {
 		actx = context.WithValue(actx, resendKey{}, resend)
 	}
-	var cu connUse
+	var cu connerr.Use
 	actx = httptrace.WithClientTrace(actx, &httptrace.ClientTrace{
 		GotConn: func(info httptrace.GotConnInfo) {
 			c.conns.WithLabelValues(host, strconv.FormatBool(info.Reused)).Inc()
-			if idle, stale := cu.got(info); stale {
+			// net/http replays a request on a new connection by itself
+			// when the pooled one it tried was closed by the peer.
+			if idle, stale := cu.Got(info); stale {
 				c.staleIdle.WithLabelValues(host).Observe(idle.Seconds())
 			}
 		},
@@ -457,72 +459,27 @@ func (c *Client) attempt(req *http.Request, body io.ReadCloser, host string, res
 		if kind == "" {
 			kind = "other"
 		}
-		conn, idle := cu.last()
+		got, reused, idle := cu.Last()
+		conn := "none"
+		switch {
+		case reused:
+			conn = "reused"
+		case got:
+			conn = "new"
+		}
 		c.errs.WithLabelValues(host, kind, conn).Inc()
-		if conn == "reused" && (kind == "eof" || kind == "reset") {
+		if reused && (kind == "eof" || kind == "reset") {
 			// The peer closed the pooled connection as it was reused: the
 			// client side of the keep-alive race. The error says so, with
 			// the idle time that points at the peer's keep-alive timeout.
 			c.staleIdle.WithLabelValues(host).Observe(idle.Seconds())
-			err = &reusedConnError{err: err, idle: idle}
+			err = connerr.OnKeptAlive(err, idle)
 		}
 		err = &url.Error{Op: urlOp(req.Method), URL: redact(req.URL), Err: err}
 	}
 	c.requests.WithLabelValues(host, req.Method, code).Inc()
 	return resp, cancel, err
 }
-
-// connUse follows the connections one attempt gets: net/http gets another
-// when it replays a request on a new connection by itself, which it does
-// only when the pooled one it tried had been closed by the peer.
-type connUse struct {
-	mu     sync.Mutex
-	n      int
-	reused bool
-	idle   time.Duration
-}
-
-// got records the attempt's next connection. When a pooled connection came
-// before it, that one was stale: got returns how long it had been idle.
-func (u *connUse) got(info httptrace.GotConnInfo) (staleIdle time.Duration, stale bool) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	staleIdle, stale = u.idle, u.n > 0 && u.reused
-	u.n++
-	u.reused, u.idle = info.Reused, info.IdleTime
-	return staleIdle, stale
-}
-
-// last names the connection the attempt ended on (new, reused, or none when
-// it got none) and, for a pooled one, how long it had been idle.
-func (u *connUse) last() (conn string, idle time.Duration) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	switch {
-	case u.n == 0:
-		return "none", 0
-	case u.reused:
-		return "reused", u.idle
-	}
-	return "new", 0
-}
-
-// reusedConnError notes in an attempt's error that it failed on a pooled
-// connection, and how long that had been idle: an EOF there reads
-// "...: EOF (on a kept-alive connection idle 4.98s)".
-type reusedConnError struct {
-	err  error
-	idle time.Duration
-}
-
-func (e *reusedConnError) Error() string {
-	if e.idle <= 0 {
-		return e.err.Error() + " (on a kept-alive connection)"
-	}
-	return fmt.Sprintf("%s (on a kept-alive connection idle %s)", e.err, e.idle.Round(10*time.Millisecond))
-}
-
-func (e *reusedConnError) Unwrap() error { return e.err }
 
 func finish(resp *http.Response, cancel context.CancelFunc, err error) (*http.Response, error) {
 	if cancel == nil {
