@@ -43,8 +43,15 @@ func PrintSummary(w io.Writer, o Options, s Summary) {
 		}
 	}
 	if st := s.Stale; st.Total() > 0 {
-		line("stale connections", "%d kept-alive connections the server had closed were reused (%d requests replayed by net/http, %d failed), idle %s to %s: the server (or a proxy) closes idle connections after %s or less",
-			st.Total(), st.Replayed, st.Failed, round(st.MinIdle), round(st.MaxIdle), round(st.MinIdle))
+		// Connections closed after a short idle are a server dropping
+		// requests (a crash, a handler that hangs up), not a keep-alive
+		// timeout, which no server sets that low.
+		hint := ""
+		if st.MinIdle >= 100*time.Millisecond {
+			hint = fmt.Sprintf(": the server (or a proxy) closes idle connections after %s or less", round(st.MinIdle))
+		}
+		line("stale connections", "%d kept-alive connections were found closed when reused (%d requests replayed by net/http, %d failed), idle %s to %s%s",
+			st.Total(), st.Replayed, st.Failed, round(st.MinIdle), round(st.MaxIdle), hint)
 	} else {
 		line("stale connections", "0")
 	}
