@@ -496,6 +496,8 @@ func TestBreakerBulkheadHoldsSlotUntilWorkEnds(t *testing.T) {
 
 // A run that finishes after its timeout must not race with the caller: the
 // caller gets the fallback value, the late value is dropped (-race checks).
+// Each run returns only once its timeout's fallback has been called, so it
+// is late however slowly the machine schedules the breaker's timer.
 func TestBreakerLateResultDoesNotRace(t *testing.T) {
 	t.Parallel()
 	b := newTestBreaker(t, BreakerConfig{Timeout: 10 * time.Millisecond, MaxConcurrent: 50, ErrorPercent: 100, RequestVolume: 1000, SleepWindow: time.Second}, prometheus.NewRegistry())
@@ -503,14 +505,20 @@ func TestBreakerLateResultDoesNotRace(t *testing.T) {
 	var callers sync.WaitGroup
 	for range 20 {
 		runs.Add(1)
+		fellBack := make(chan struct{})
 		callers.Go(func() {
 			got, err := Execute(context.Background(), b,
 				func(context.Context) ([]int, error) {
 					defer runs.Done()
-					time.Sleep(40 * time.Millisecond) // ignores ctx: finishes late
+					select { // ignores ctx: finishes late
+					case <-fellBack:
+					case <-time.After(5 * time.Second):
+						t.Error("the run was not timed out within 5s")
+					}
 					return []int{1, 2, 3}, nil
 				},
 				func(_ context.Context, cause error) ([]int, error) {
+					defer close(fellBack)
 					if !errors.Is(cause, ErrTimeout) {
 						t.Errorf("cause %v, want ErrTimeout", cause)
 					}

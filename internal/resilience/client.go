@@ -240,14 +240,15 @@ func NewClient(cfg ClientConfig, logger *slog.Logger, reg prometheus.Registerer,
 		ResponseHeaderTimeout: headerTimeout,
 		ExpectContinueTimeout: cfg.ExpectContinueTimeout,
 	}
-	c.rt = c.transport
+	c.rt = connTracking{c: c, rt: c.transport}
 	if tp != nil {
 		prop := o.propagator
 		if prop == nil {
 			prop = otel.GetTextMapPropagator()
 		}
-		// One client span per attempt, so retries show in the trace.
-		c.rt = otelhttp.NewTransport(resendCount{c.transport},
+		// One client span per attempt, so retries show in the trace; the
+		// span's error is connTracking's, naming a kept-alive connection.
+		c.rt = otelhttp.NewTransport(resendCount{c.rt},
 			otelhttp.WithTracerProvider(tp),
 			otelhttp.WithPropagators(prop),
 			// Our own Prometheus metrics cover outbound calls; keep otelhttp
@@ -259,6 +260,56 @@ func NewClient(cfg ClientConfig, logger *slog.Logger, reg prometheus.Registerer,
 		)
 	}
 	return c, nil
+}
+
+// connTracking follows the connections each attempt gets (httptrace), under
+// otelhttp: it counts them, counts failed attempts by kind and connection,
+// and notes a pooled connection the peer had closed, in the stale histogram
+// and in the error the caller and the client span see: "EOF (on a
+// kept-alive connection idle 4.98s)".
+type connTracking struct {
+	c  *Client
+	rt http.RoundTripper
+}
+
+func (t connTracking) RoundTrip(req *http.Request) (*http.Response, error) {
+	c, host := t.c, req.URL.Host
+	var u connerr.Use
+	ctx := httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) {
+			c.conns.WithLabelValues(host, strconv.FormatBool(info.Reused)).Inc()
+			// net/http replays a request on a new connection by itself
+			// when the pooled one it tried was closed by the peer.
+			if idle, stale := u.Got(info); stale {
+				c.staleIdle.WithLabelValues(host).Observe(idle.Seconds())
+			}
+		},
+	})
+	resp, err := t.rt.RoundTrip(req.WithContext(ctx))
+	if err == nil {
+		return resp, nil
+	}
+	kind := spanErrorType(err)
+	if kind == "" {
+		kind = "other"
+	}
+	got, reused, idle := u.Last()
+	conn := "none"
+	switch {
+	case reused:
+		conn = "reused"
+	case got:
+		conn = "new"
+	}
+	c.errs.WithLabelValues(host, kind, conn).Inc()
+	if reused && (kind == "eof" || kind == "reset") {
+		// The peer closed the pooled connection as it was reused: the
+		// client side of the keep-alive race. The error says so, with the
+		// idle time that points at the peer's keep-alive timeout.
+		c.staleIdle.WithLabelValues(host).Observe(idle.Seconds())
+		err = connerr.OnKeptAlive(err, idle)
+	}
+	return resp, err
 }
 
 type resendKey struct{}
@@ -433,17 +484,6 @@ func (c *Client) attempt(req *http.Request, body io.ReadCloser, host string, res
 	if resend > 0 {
 		actx = context.WithValue(actx, resendKey{}, resend)
 	}
-	var cu connerr.Use
-	actx = httptrace.WithClientTrace(actx, &httptrace.ClientTrace{
-		GotConn: func(info httptrace.GotConnInfo) {
-			c.conns.WithLabelValues(host, strconv.FormatBool(info.Reused)).Inc()
-			// net/http replays a request on a new connection by itself
-			// when the pooled one it tried was closed by the peer.
-			if idle, stale := cu.Got(info); stale {
-				c.staleIdle.WithLabelValues(host).Observe(idle.Seconds())
-			}
-		},
-	})
 	areq := req.WithContext(actx)
 	if body != nil {
 		areq.Body = body
@@ -455,26 +495,6 @@ func (c *Client) attempt(req *http.Request, body io.ReadCloser, host string, res
 	if err == nil {
 		code = strconv.Itoa(resp.StatusCode)
 	} else {
-		kind := spanErrorType(err)
-		if kind == "" {
-			kind = "other"
-		}
-		got, reused, idle := cu.Last()
-		conn := "none"
-		switch {
-		case reused:
-			conn = "reused"
-		case got:
-			conn = "new"
-		}
-		c.errs.WithLabelValues(host, kind, conn).Inc()
-		if reused && (kind == "eof" || kind == "reset") {
-			// The peer closed the pooled connection as it was reused: the
-			// client side of the keep-alive race. The error says so, with
-			// the idle time that points at the peer's keep-alive timeout.
-			c.staleIdle.WithLabelValues(host).Observe(idle.Seconds())
-			err = connerr.OnKeptAlive(err, idle)
-		}
 		err = &url.Error{Op: urlOp(req.Method), URL: redact(req.URL), Err: err}
 	}
 	c.requests.WithLabelValues(host, req.Method, code).Inc()

@@ -592,6 +592,53 @@ func TestClientStaleConnections(t *testing.T) {
 	}
 }
 
+// With tracing, the failed attempt's client span says the same: its status
+// names the kept-alive connection and its idle time, and error.type is eof.
+func TestClientStaleConnectionSpan(t *testing.T) {
+	t.Parallel()
+	ds := newDownstream(t, 0)
+	rec, tp := recordingProvider(t)
+	reg := prometheus.NewRegistry()
+	c, err := NewClient(testClientConfig(), discardLogger(), reg, tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.CloseIdleConnections)
+	ctx := ctxTimeout(t, 5*time.Second)
+	resp, err := mustGet(t, ctx, c, ds.URL()+"/items/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	time.Sleep(50 * time.Millisecond)
+	ds.setMode(mode{kind: modeEOF, first: 1})
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, ds.URL()+"/orders", strings.NewReader("pay 10"))
+	if resp, err = c.Do(req); err == nil {
+		readAll(t, resp)
+		t.Fatal("POST on a stale connection succeeded")
+	}
+	spans := rec.Ended()
+	if len(spans) != 2 {
+		t.Fatalf("%d client spans, want 2", len(spans))
+	}
+	sp := spans[1]
+	if d := sp.Status().Description; !strings.Contains(d, "(on a kept-alive connection idle ") {
+		t.Errorf("span status %q does not name the kept-alive connection", d)
+	}
+	var errType string
+	for _, kv := range sp.Attributes() {
+		if kv.Key == "error.type" {
+			errType = kv.Value.AsString()
+		}
+	}
+	if errType != "eof" {
+		t.Errorf("error.type %q, want eof", errType)
+	}
+	if got := metric(t, reg, "http_client_attempt_errors_total", map[string]string{"kind": "eof", "connection": "reused"}); got != 1 {
+		t.Errorf("attempt errors {eof, reused} = %v with tracing, want 1", got)
+	}
+}
+
 func TestClientMetrics(t *testing.T) {
 	t.Parallel()
 	ds := newDownstream(t, 0)
