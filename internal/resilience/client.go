@@ -278,10 +278,13 @@ func (t connTracking) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
 		GotConn: func(info httptrace.GotConnInfo) {
 			c.conns.WithLabelValues(host, strconv.FormatBool(info.Reused)).Inc()
+			// The host's stale series exists from its first connection on,
+			// so increase() sees the first stale one too.
+			stale := c.staleIdle.WithLabelValues(host)
 			// net/http replays a request on a new connection by itself
 			// when the pooled one it tried was closed by the peer.
-			if idle, stale := u.Got(info); stale {
-				c.staleIdle.WithLabelValues(host).Observe(idle.Seconds())
+			if idle, ok := u.Got(info); ok {
+				stale.Observe(idle.Seconds())
 			}
 		},
 	})

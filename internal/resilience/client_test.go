@@ -471,6 +471,26 @@ func TestClientIdleCloseUnderKeepAliveLoad(t *testing.T) {
 	}
 }
 
+// hasSeries reports whether reg has a series name{labels}.
+func hasSeries(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) bool {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if hasLabels(m, labels) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // histogramSum returns the sum of the histogram series name{labels} in reg.
 func histogramSum(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
@@ -653,6 +673,11 @@ func TestClientMetrics(t *testing.T) {
 		readAll(t, resp)
 	}
 	host := ds.Host()
+	// The stale-connection series of the host exists from its first
+	// connection, at 0.
+	if !hasSeries(t, reg, "http_client_stale_connection_idle_seconds", map[string]string{"host": host}) {
+		t.Error("no http_client_stale_connection_idle_seconds series for the host after its first connection")
+	}
 	checks := []struct {
 		name   string
 		labels map[string]string
