@@ -471,43 +471,12 @@ func TestClientIdleCloseUnderKeepAliveLoad(t *testing.T) {
 	}
 }
 
-// hasSeries reports whether reg has a series name{labels}.
-func hasSeries(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) bool {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if hasLabels(m, labels) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 // histogramSum returns the sum of the histogram series name{labels} in reg.
 func histogramSum(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
 	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if hasLabels(m, labels) {
-				sum += m.GetHistogram().GetSampleSum()
-			}
-		}
+	for _, m := range seriesOf(t, reg, name, labels) {
+		sum += m.GetHistogram().GetSampleSum()
 	}
 	return sum
 }
@@ -675,7 +644,7 @@ func TestClientMetrics(t *testing.T) {
 	host := ds.Host()
 	// The stale-connection series of the host exists from its first
 	// connection, at 0.
-	if !hasSeries(t, reg, "http_client_stale_connection_idle_seconds", map[string]string{"host": host}) {
+	if len(seriesOf(t, reg, "http_client_stale_connection_idle_seconds", map[string]string{"host": host})) == 0 {
 		t.Error("no http_client_stale_connection_idle_seconds series for the host after its first connection")
 	}
 	checks := []struct {

@@ -175,30 +175,40 @@ func (d *downstream) wait(r *http.Request, delay time.Duration) bool {
 // discardLogger drops everything.
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// metric returns the value of the series name{labels} in reg (0 if absent).
-func metric(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+// seriesOf returns the series name{labels} in reg.
+func seriesOf(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) []*dto.Metric {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatalf("gather: %v", err)
 	}
-	var sum float64
+	var out []*dto.Metric
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			if !hasLabels(m, labels) {
-				continue
+			if hasLabels(m, labels) {
+				out = append(out, m)
 			}
-			switch {
-			case m.Counter != nil:
-				sum += m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				sum += m.GetGauge().GetValue()
-			case m.Histogram != nil:
-				sum += float64(m.GetHistogram().GetSampleCount())
-			}
+		}
+	}
+	return out
+}
+
+// metric returns the value of the series name{labels} in reg (0 if absent).
+// Several series are summed; a histogram counts its samples.
+func metric(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	var sum float64
+	for _, m := range seriesOf(t, reg, name, labels) {
+		switch {
+		case m.Counter != nil:
+			sum += m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			sum += m.GetGauge().GetValue()
+		case m.Histogram != nil:
+			sum += float64(m.GetHistogram().GetSampleCount())
 		}
 	}
 	return sum
